@@ -1,0 +1,74 @@
+/**
+ * The validated, frozen configuration the rest of the proxy reads. YAML keys are snake_case;
+ * these fields are their camelCase twins, with durations converted to milliseconds.
+ *
+ * @module
+ */
+
+/** Client protocol families that `allowed_protocols` can switch on or off. */
+export type ClientProtocol = "plain" | "dd" | "tls";
+
+/** Log levels accepted by `log_level`. */
+export type LogLevel = "debug" | "info" | "warning" | "error";
+
+/** A host and port to dial. */
+export interface HostPort {
+  readonly host: string;
+  readonly port: number;
+}
+
+/** One listening socket and the secret its clients must know. */
+export interface ListenerConfig {
+  /** Unique name, used in logs and links. */
+  readonly name: string;
+  /** IPv4 or IPv6 literal to bind ("0.0.0.0", "::"). */
+  readonly host: string;
+  readonly port: number;
+  /** The 16-byte secret. */
+  readonly secret: Uint8Array;
+  /** Fake-TLS domains accepted as SNI; the first is used in links. Empty when unset. */
+  readonly tlsDomains: readonly string[];
+  /** Protocols this listener accepts (the global list unless overridden per listener). */
+  readonly allowedProtocols: readonly ClientProtocol[];
+}
+
+/** Direct-mode Telegram settings. */
+export interface TelegramConfig {
+  /** Overrides of the built-in DC table: DC id (negative = media) -> address. */
+  readonly dcAddresses: ReadonlyMap<number, HostPort>;
+  readonly preferIpv6: boolean;
+  /** DC used when a client asks for an id nobody knows. */
+  readonly defaultDc: number;
+}
+
+/** Timeouts, all in milliseconds. */
+export interface TimeoutsConfig {
+  /** A client must finish its handshake within this. */
+  readonly handshakeMs: number;
+  /** A relayed connection with no traffic either way for this long is closed. */
+  readonly idleMs: number;
+  /** Dialing a DC must succeed within this. */
+  readonly dcConnectMs: number;
+  /** On SIGINT/SIGTERM, live clients get this long to finish. */
+  readonly shutdownGraceMs: number;
+}
+
+/** Fake-TLS settings. */
+export interface TlsConfig {
+  /** A ClientHello timestamp may be this far in the past or future. */
+  readonly maxClockSkewMs: number;
+}
+
+/** The whole configuration. */
+export interface Config {
+  readonly listeners: readonly ListenerConfig[];
+  readonly allowedProtocols: readonly ClientProtocol[];
+  /** Host printed in links; null when unset (links then use the listener address). */
+  readonly publicHost: string | null;
+  readonly logLevel: LogLevel;
+  readonly telegram: TelegramConfig;
+  readonly timeouts: TimeoutsConfig;
+  readonly tls: TlsConfig;
+  /** Concurrent clients per listener; further connections are refused at accept. */
+  readonly maxConnections: number;
+}
