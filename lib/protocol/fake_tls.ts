@@ -1,0 +1,376 @@
+/**
+ * Fake-TLS (`ee` secrets): the ClientHello whose random field carries an HMAC of the secret,
+ * the server's answer (ServerHello + ChangeCipherSpec + one ApplicationData record, signed the
+ * same way), and the ApplicationData record framing that carries obfuscated2 afterwards.
+ * Pure: the caller passes the clock and random bytes in.
+ *
+ * @module
+ */
+import { hmacSha256, timingSafeEqual } from "../crypto.ts";
+
+/** TLS record header length. */
+export const RECORD_HEADER_LEN = 5;
+/** Largest ApplicationData payload the proxy sends (TLS plaintext limit). */
+export const MAX_RECORD_PAYLOAD = 16384;
+/** Largest record accepted from a client (the Erlang proxy's limit; clients send <= 16384). */
+export const MAX_INCOMING_RECORD = 65535;
+
+const RANDOM_OFF = 11;
+const RANDOM_LEN = 32;
+
+/** Fatal decode_error alert, sent when a ClientHello cannot be parsed or names no server. */
+export const ALERT_DECODE_ERROR: Uint8Array = Uint8Array.of(
+  0x15,
+  0x03,
+  0x03,
+  0x00,
+  0x02,
+  0x02,
+  0x32,
+);
+
+/** Why a TLS byte stream was refused. */
+export type TlsRejectReason =
+  | "tls_malformed"
+  | "tls_too_large"
+  | "tls_unexpected_record"
+  | "tls_bad_version";
+
+/** A parsed ClientHello. Views point into the received bytes. */
+export interface ClientHello {
+  /** The whole record, header included, exactly as received. */
+  readonly record: Uint8Array;
+  /** Bytes 11..42: HMAC digest XOR timestamp. */
+  readonly random: Uint8Array;
+  readonly sessionId: Uint8Array;
+  readonly cipherSuites: readonly number[];
+  /** First host_name in the server_name extension; null when absent. */
+  readonly sni: string | null;
+}
+
+/** Outcome of {@linkcode parseClientHello}. */
+export type HelloStep =
+  | { kind: "hello"; hello: ClientHello; rest: Uint8Array }
+  | { kind: "need"; atLeast: number }
+  | { kind: "reject"; reason: TlsRejectReason };
+
+/** Whether the first bytes of a connection look like a TLS handshake record (`16 03 01`). */
+export function looksLikeTls(prefix: Uint8Array): boolean {
+  return prefix[0] === 0x16 && (prefix.length < 2 || prefix[1] === 0x03) &&
+    (prefix.length < 3 || prefix[2] === 0x01);
+}
+
+class _Cursor {
+  pos: number;
+  constructor(readonly buf: Uint8Array, pos: number, readonly end: number) {
+    this.pos = pos;
+  }
+  u8(): number {
+    if (this.pos + 1 > this.end) throw new RangeError("short");
+    return this.buf[this.pos++]!;
+  }
+  u16(): number {
+    return (this.u8() << 8) | this.u8();
+  }
+  bytes(n: number): Uint8Array {
+    if (this.pos + n > this.end) throw new RangeError("short");
+    const out = this.buf.subarray(this.pos, this.pos + n);
+    this.pos += n;
+    return out;
+  }
+}
+
+function _parseSni(data: Uint8Array): string | null {
+  const c = new _Cursor(data, 0, data.length);
+  const listEnd = 2 + c.u16();
+  if (listEnd > data.length) throw new RangeError("short");
+  while (c.pos < listEnd) {
+    const type = c.u8();
+    const name = c.bytes(c.u16());
+    if (type === 0) {
+      if (name.length === 0 || name.includes(0)) throw new RangeError("bad name");
+      return new TextDecoder("latin1").decode(name);
+    }
+  }
+  return null;
+}
+
+/**
+ * Parse one ClientHello record from the start of `buf`. Depends only on the fields every client
+ * sends (see protocol.md §5.3): never on extension order, GREASE, padding or key shares.
+ */
+export function parseClientHello(buf: Uint8Array): HelloStep {
+  if (buf.length < RECORD_HEADER_LEN) return { kind: "need", atLeast: RECORD_HEADER_LEN };
+  if (!looksLikeTls(buf)) return { kind: "reject", reason: "tls_malformed" };
+  const len = (buf[3]! << 8) | buf[4]!;
+  if (len > MAX_RECORD_PAYLOAD) return { kind: "reject", reason: "tls_too_large" };
+  const end = RECORD_HEADER_LEN + len;
+  if (buf.length < end) return { kind: "need", atLeast: end };
+  try {
+    const c = new _Cursor(buf, RECORD_HEADER_LEN, end);
+    if (c.u8() !== 0x01) return { kind: "reject", reason: "tls_malformed" };
+    const hsLen = (c.u8() << 16) | c.u16();
+    if (hsLen + 4 > len) return { kind: "reject", reason: "tls_malformed" };
+    const hsEnd = RECORD_HEADER_LEN + 4 + hsLen;
+    const h = new _Cursor(buf, c.pos, hsEnd);
+    h.u16(); // legacy_version
+    const random = h.bytes(RANDOM_LEN);
+    const sessionId = h.bytes(h.u8());
+    if (sessionId.length > 32) return { kind: "reject", reason: "tls_malformed" };
+    const suites = h.bytes(h.u16());
+    if (suites.length % 2 !== 0) return { kind: "reject", reason: "tls_malformed" };
+    const cipherSuites: number[] = [];
+    for (let i = 0; i < suites.length; i += 2) {
+      cipherSuites.push((suites[i]! << 8) | suites[i + 1]!);
+    }
+    h.bytes(h.u8()); // compression methods
+    let sni: string | null = null;
+    if (h.pos < hsEnd) {
+      const extEnd = h.pos + 2 + h.u16();
+      if (extEnd > hsEnd) return { kind: "reject", reason: "tls_malformed" };
+      while (h.pos < extEnd) {
+        const type = h.u16();
+        const data = h.bytes(h.u16());
+        if (type === 0x0000 && sni === null) sni = _parseSni(data);
+      }
+    }
+    const record = buf.subarray(0, end);
+    return {
+      kind: "hello",
+      hello: { record, random, sessionId, cipherSuites, sni },
+      rest: buf.subarray(end),
+    };
+  } catch {
+    return { kind: "reject", reason: "tls_malformed" };
+  }
+}
+
+/** Outcome of checking a ClientHello's digest against one secret. */
+export type HelloCheck =
+  | { kind: "ok"; timestamp: number }
+  | { kind: "bad_digest" }
+  | { kind: "bad_timestamp"; timestamp: number };
+
+function _zeroedRecord(record: Uint8Array): Uint8Array {
+  const zeroed = record.slice();
+  zeroed.fill(0, RANDOM_OFF, RANDOM_OFF + RANDOM_LEN);
+  return zeroed;
+}
+
+/**
+ * Check the hello's HMAC digest with `secret` and its timestamp against `nowSec` +- `maxSkewSec`.
+ *
+ * @example Usage
+ * ```ts ignore
+ * const check = verifyClientHello(hello, secret, Date.now() / 1000, 600);
+ * if (check.kind === "ok") console.log("client clock", check.timestamp);
+ * ```
+ */
+export function verifyClientHello(
+  hello: ClientHello,
+  secret: Uint8Array,
+  nowSec: number,
+  maxSkewSec: number,
+): HelloCheck {
+  const mac = hmacSha256(secret, _zeroedRecord(hello.record));
+  for (let i = 0; i < RANDOM_LEN; i++) mac[i]! ^= hello.random[i]!;
+  if (!timingSafeEqual(mac.subarray(0, 28), new Uint8Array(28))) return { kind: "bad_digest" };
+  const timestamp = new DataView(mac.buffer).getUint32(28, true);
+  if (Math.abs(nowSec - timestamp) > maxSkewSec) return { kind: "bad_timestamp", timestamp };
+  return { kind: "ok", timestamp };
+}
+
+/** Options for {@linkcode buildServerHello}. */
+export interface ServerHelloOptions {
+  /** The server's X25519 public key (32 bytes). */
+  keyShare: Uint8Array;
+  /** Payload of the fake encrypted-handshake ApplicationData record. */
+  appData: Uint8Array;
+  /** Extension order in the ServerHello. @default "key_share_first" */
+  extensionOrder?: "key_share_first" | "versions_first";
+}
+
+function _isGrease(suite: number): boolean {
+  return (suite & 0x0f0f) === 0x0a0a && (suite >> 8) === (suite & 0xff);
+}
+
+/** The TLS 1.3 suite to answer with: the client's first non-GREASE `13 0x`, else `13 01`. */
+export function chooseCipherSuite(suites: readonly number[]): number {
+  return suites.find((s) => !_isGrease(s) && (s >> 8) === 0x13) ?? 0x1301;
+}
+
+/**
+ * Build the server's answer to a verified hello: ServerHello, ChangeCipherSpec and one
+ * ApplicationData record, with the HMAC of `secret` over the client random and the whole
+ * answer written into the ServerHello random.
+ */
+export function buildServerHello(
+  hello: ClientHello,
+  secret: Uint8Array,
+  options: ServerHelloOptions,
+): Uint8Array {
+  const keyShare = [0x00, 0x33, 0x00, 0x24, 0x00, 0x1d, 0x00, 0x20, ...options.keyShare];
+  const versions = [0x00, 0x2b, 0x00, 0x02, 0x03, 0x04];
+  const exts = options.extensionOrder === "versions_first"
+    ? [...versions, ...keyShare]
+    : [...keyShare, ...versions];
+  const suite = chooseCipherSuite(hello.cipherSuites);
+  const body = [
+    0x03,
+    0x03,
+    ...new Uint8Array(RANDOM_LEN),
+    hello.sessionId.length,
+    ...hello.sessionId,
+    suite >> 8,
+    suite & 0xff,
+    0x00,
+    exts.length >> 8,
+    exts.length & 0xff,
+    ...exts,
+  ];
+  const hs = [0x02, body.length >> 16, (body.length >> 8) & 0xff, body.length & 0xff, ...body];
+  const appLen = options.appData.length;
+  const out = new Uint8Array(5 + hs.length + 6 + 5 + appLen);
+  out.set([0x16, 0x03, 0x03, hs.length >> 8, hs.length & 0xff, ...hs], 0);
+  let off = 5 + hs.length;
+  out.set([0x14, 0x03, 0x03, 0x00, 0x01, 0x01], off);
+  off += 6;
+  out.set([0x17, 0x03, 0x03, appLen >> 8, appLen & 0xff], off);
+  out.set(options.appData, off + 5);
+  out.set(hmacSha256(secret, hello.random, out), RANDOM_OFF);
+  return out;
+}
+
+/**
+ * Client side: sign an unsigned hello record for `secret` at time `nowSec` (writes the random
+ * field of a copy and returns it).
+ */
+export function signClientHello(
+  record: Uint8Array,
+  secret: Uint8Array,
+  nowSec: number,
+): Uint8Array {
+  const out = _zeroedRecord(record);
+  const mac = hmacSha256(secret, out);
+  const ts = new Uint8Array(4);
+  new DataView(ts.buffer).setUint32(0, nowSec >>> 0, true);
+  for (let i = 0; i < 4; i++) mac[28 + i]! ^= ts[i]!;
+  out.set(mac, RANDOM_OFF);
+  return out;
+}
+
+/** Outcome of {@linkcode parseServerHello}. */
+export type ServerHelloStep =
+  | { kind: "ok"; length: number }
+  | { kind: "need"; atLeast: number }
+  | { kind: "reject"; reason: "tls_malformed" | "bad_digest" };
+
+/**
+ * Client side: check a server answer the way TDLib does (a `16 03 03` record, then
+ * `14 03 03 00 01 01`, then one `17 03 03` record, HMAC over all of it equal to the random).
+ */
+export function parseServerHello(
+  buf: Uint8Array,
+  clientRandom: Uint8Array,
+  secret: Uint8Array,
+): ServerHelloStep {
+  if (buf.length < 5) return { kind: "need", atLeast: 5 };
+  if (buf[0] !== 0x16 || buf[1] !== 0x03 || buf[2] !== 0x03) {
+    return { kind: "reject", reason: "tls_malformed" };
+  }
+  const first = 5 + ((buf[3]! << 8) | buf[4]!);
+  const ccsEnd = first + 6;
+  if (buf.length < ccsEnd + 5) return { kind: "need", atLeast: ccsEnd + 5 };
+  const ccs = buf.subarray(first, ccsEnd);
+  const app = buf.subarray(ccsEnd, ccsEnd + 3);
+  if (
+    !timingSafeEqual(ccs, Uint8Array.of(0x14, 0x03, 0x03, 0x00, 0x01, 0x01)) ||
+    !timingSafeEqual(app, Uint8Array.of(0x17, 0x03, 0x03))
+  ) {
+    return { kind: "reject", reason: "tls_malformed" };
+  }
+  const end = ccsEnd + 5 + ((buf[ccsEnd + 3]! << 8) | buf[ccsEnd + 4]!);
+  if (buf.length < end) return { kind: "need", atLeast: end };
+  const answer = buf.slice(0, end);
+  const random = answer.slice(RANDOM_OFF, RANDOM_OFF + RANDOM_LEN);
+  answer.fill(0, RANDOM_OFF, RANDOM_OFF + RANDOM_LEN);
+  const mac = hmacSha256(secret, clientRandom, answer);
+  return timingSafeEqual(mac, random)
+    ? { kind: "ok", length: end }
+    : { kind: "reject", reason: "bad_digest" };
+}
+
+/** Write an ApplicationData record header for a payload of `len` bytes at `buf[off..off+5)`. */
+export function writeAppDataHeader(buf: Uint8Array, off: number, len: number): void {
+  buf[off] = 0x17;
+  buf[off + 1] = 0x03;
+  buf[off + 2] = 0x03;
+  buf[off + 3] = len >> 8;
+  buf[off + 4] = len & 0xff;
+}
+
+/** Wrap `payload` in ApplicationData records of at most `maxRecord` payload bytes each. */
+export function encodeAppData(payload: Uint8Array, maxRecord = MAX_RECORD_PAYLOAD): Uint8Array {
+  const records = Math.max(1, Math.ceil(payload.length / maxRecord));
+  const out = new Uint8Array(payload.length + records * RECORD_HEADER_LEN);
+  let w = 0;
+  for (let r = 0; r < payload.length || w === 0; r += maxRecord) {
+    const n = Math.min(maxRecord, payload.length - r);
+    writeAppDataHeader(out, w, n);
+    out.set(payload.subarray(r, r + n), w + RECORD_HEADER_LEN);
+    w += RECORD_HEADER_LEN + n;
+  }
+  return out;
+}
+
+/**
+ * Incremental, in-place reader of the records a client sends after its hello: drops
+ * ChangeCipherSpec records and ApplicationData headers, keeps ApplicationData payloads.
+ * Records may be split or coalesced arbitrarily across reads.
+ */
+export class TlsRecordReader {
+  #header = new Uint8Array(RECORD_HEADER_LEN);
+  #have = 0;
+  #left = 0;
+  #keep = false;
+
+  /**
+   * Replace the record framing in `buf` by the payload bytes, moved to the front in place.
+   * Returns how many payload bytes now start `buf`, or why the stream was refused.
+   */
+  unwrap(buf: Uint8Array): number | TlsRejectReason {
+    let r = 0;
+    let w = 0;
+    const len = buf.length;
+    while (r < len) {
+      if (this.#left === 0) {
+        const take = Math.min(RECORD_HEADER_LEN - this.#have, len - r);
+        this.#header.set(buf.subarray(r, r + take), this.#have);
+        this.#have += take;
+        r += take;
+        if (this.#have < RECORD_HEADER_LEN) break;
+        this.#have = 0;
+        const h = this.#header;
+        if (h[1] !== 0x03 || h[2] !== 0x03) return "tls_bad_version";
+        const size = (h[3]! << 8) | h[4]!;
+        if (h[0] === 0x17) {
+          this.#keep = true;
+        } else if (h[0] === 0x14 && size === 1) {
+          this.#keep = false;
+        } else {
+          return "tls_unexpected_record";
+        }
+        this.#left = size;
+        continue;
+      }
+      const n = Math.min(this.#left, len - r);
+      if (this.#keep) {
+        if (w !== r) buf.copyWithin(w, r, r + n);
+        w += n;
+      }
+      r += n;
+      this.#left -= n;
+    }
+    return w;
+  }
+}

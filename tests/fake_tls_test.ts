@@ -1,0 +1,151 @@
+import { assert, assertEquals } from "./assert.ts";
+import { bytesOf, hex, vector } from "./vectors.ts";
+import { randomBytes, sha256 } from "../lib/crypto.ts";
+import {
+  ALERT_DECODE_ERROR,
+  buildServerHello,
+  encodeAppData,
+  parseClientHello,
+  parseServerHello,
+  signClientHello,
+  TlsRecordReader,
+  verifyClientHello,
+} from "../lib/protocol/fake_tls.ts";
+
+function hello(v: ReturnType<typeof vector>) {
+  const step = parseClientHello(bytesOf(v, "client_hello"));
+  assert(step.kind === "hello");
+  return step.hello;
+}
+
+for (const id of ["tls_legacy_valid", "tls_modern_valid"]) {
+  Deno.test(`verifyClientHello accepts ${id} and buildServerHello reproduces its answer`, () => {
+    const v = vector(id);
+    const h = hello(v);
+    const secret = bytesOf(v, "secret");
+    assertEquals(h.sni, v.expected.sni);
+    assertEquals(hex(h.random), v.expected.client_random);
+    assertEquals(verifyClientHello(h, secret, v.inputs.now as number, 600), {
+      kind: "ok",
+      timestamp: v.expected.timestamp as number,
+    });
+    const expected = bytesOf(v, "server_response", "expected");
+    const appLen = v.inputs.server_appdata_len as number;
+    const answer = buildServerHello(h, secret, {
+      keyShare: bytesOf(v, "server_x25519_key"),
+      appData: expected.subarray(expected.length - appLen),
+    });
+    assertEquals(hex(answer), v.expected.server_response);
+    assertEquals(parseServerHello(answer, h.random, secret), { kind: "ok", length: answer.length });
+  });
+}
+
+Deno.test("parseServerHello verifies the Erlang proxy's answer to a modern hello", () => {
+  const v = vector("tls_server_response_erlang");
+  const h = hello(v);
+  const answer = bytesOf(v, "server_response", "expected");
+  assertEquals(parseServerHello(answer, h.random, bytesOf(v, "secret")).kind, "ok");
+  assertEquals(parseServerHello(answer, h.random, new Uint8Array(16)).kind, "reject");
+});
+
+Deno.test("verifyClientHello rejects a stale timestamp and a wrong secret", () => {
+  const expired = vector("tls_legacy_expired");
+  assertEquals(
+    verifyClientHello(
+      hello(expired),
+      bytesOf(expired, "secret"),
+      expired.inputs.now as number,
+      600,
+    ),
+    { kind: "bad_timestamp", timestamp: expired.expected.timestamp as number },
+  );
+  const modern = vector("tls_modern_valid");
+  assertEquals(
+    verifyClientHello(hello(modern), new Uint8Array(16), modern.inputs.now as number, 600),
+    { kind: "bad_digest" },
+  );
+});
+
+Deno.test("signClientHello produces a hello that verifyClientHello accepts", () => {
+  const v = vector("tls_modern_valid");
+  const secret = randomBytes(16);
+  const signed = signClientHello(bytesOf(v, "client_hello"), secret, 1_800_000_000);
+  const step = parseClientHello(signed);
+  assert(step.kind === "hello");
+  assertEquals(verifyClientHello(step.hello, secret, 1_800_000_100, 600), {
+    kind: "ok",
+    timestamp: 1_800_000_000,
+  });
+});
+
+Deno.test("parseClientHello asks for more bytes until the record is whole, keeps what follows", () => {
+  const record = bytesOf(vector("tls_modern_valid"), "client_hello");
+  for (const cut of [0, 1, 4, 5, 100, record.length - 1]) {
+    const step = parseClientHello(record.subarray(0, cut));
+    assertEquals(step.kind, "need");
+  }
+  const extra = Uint8Array.of(0x14, 0x03, 0x03, 0x00, 0x01, 0x01);
+  const both = new Uint8Array(record.length + extra.length);
+  both.set(record);
+  both.set(extra, record.length);
+  const step = parseClientHello(both);
+  assert(step.kind === "hello");
+  assertEquals(step.rest, extra);
+});
+
+Deno.test("parseClientHello refuses malformed hellos without throwing", () => {
+  const record = bytesOf(vector("tls_modern_valid"), "client_hello");
+  for (let i = 0; i < 2000; i++) {
+    const bad = record.slice();
+    const pos = 5 + Math.floor(Math.random() * (bad.length - 5));
+    bad[pos] = Math.floor(Math.random() * 256);
+    parseClientHello(bad); // any outcome but an exception
+  }
+  const garbage = randomBytes(600);
+  garbage.set([0x16, 0x03, 0x01, 0x02, 0x53]);
+  assertEquals(parseClientHello(garbage).kind, "reject");
+  assertEquals(hex(ALERT_DECODE_ERROR), vector("tls_decode_error_alert").expected.bytes);
+});
+
+Deno.test("encodeAppData splits 20000 bytes into records of 16384 and 3616", () => {
+  const v = vector("tls_app_data_split");
+  const out = encodeAppData(new Uint8Array(v.inputs.plain_len as number));
+  assertEquals(out.length, v.expected.encoded_len);
+  assertEquals(hex(out.subarray(0, 5)), v.expected.first_record_header);
+  assertEquals(hex(out.subarray(16389, 16394)), v.expected.second_record_header);
+});
+
+Deno.test("TlsRecordReader recovers the payload for any split of the records", () => {
+  const payload = randomBytes(40_000);
+  const ccs = Uint8Array.of(0x14, 0x03, 0x03, 0x00, 0x01, 0x01);
+  const records = encodeAppData(payload, 2878);
+  const wire = new Uint8Array(ccs.length + records.length);
+  wire.set(ccs);
+  wire.set(records, ccs.length);
+  for (const size of [1, 2, 5, 6, 7, 1000, 2883, 16384, wire.length]) {
+    const reader = new TlsRecordReader();
+    const got: Uint8Array[] = [];
+    for (let i = 0; i < wire.length; i += size) {
+      const chunk = wire.slice(i, i + size);
+      const n = reader.unwrap(chunk);
+      assert(typeof n === "number");
+      got.push(chunk.subarray(0, n));
+    }
+    assertEquals(hex(sha256(...got)), hex(sha256(payload)), `chunks of ${size}`);
+  }
+});
+
+Deno.test("TlsRecordReader refuses other record types and versions", () => {
+  assertEquals(
+    new TlsRecordReader().unwrap(Uint8Array.of(0x16, 0x03, 0x03, 0, 1, 1)),
+    "tls_unexpected_record",
+  );
+  assertEquals(
+    new TlsRecordReader().unwrap(Uint8Array.of(0x17, 0x03, 0x01, 0, 1, 1)),
+    "tls_bad_version",
+  );
+  assertEquals(
+    new TlsRecordReader().unwrap(Uint8Array.of(0x15, 0x03, 0x03, 0, 2, 1, 0)),
+    "tls_unexpected_record",
+  );
+});
