@@ -1,0 +1,69 @@
+/**
+ * What happens to client sessions, as typed events. Logging and counters subscribe to them, so
+ * the session code never formats log lines or knows about metrics.
+ *
+ * @module
+ */
+import type { ClientProtocol } from "../config/types.ts";
+import type { TransportTag } from "../protocol/obfuscated2.ts";
+
+/** Why a client was turned away before its traffic reached Telegram. */
+export type RejectReason =
+  | "timeout"
+  | "eof"
+  | "bad_secret"
+  | "protocol_disallowed"
+  | "tls_expected"
+  | "bad_sni"
+  | "no_sni"
+  | "tls_malformed"
+  | "tls_bad_digest"
+  | "tls_bad_timestamp"
+  | "tls_inner_not_padded"
+  | "tls_bad_record"
+  | "too_many_connections"
+  | "dc_unreachable"
+  | "dc_timeout"
+  | "shutdown";
+
+/** Why an established relay ended. */
+export type CloseReason =
+  | "client_closed"
+  | "dc_closed"
+  | "idle"
+  | "shutdown"
+  | "tls_bad_record";
+
+/** One thing that happened to a session. */
+export type ProxyEvent =
+  | { type: "accepted"; listener: string; peer: string }
+  | { type: "rejected"; listener: string; peer: string; reason: RejectReason; detail?: string }
+  | {
+    type: "established";
+    listener: string;
+    peer: string;
+    protocol: ClientProtocol;
+    transport: TransportTag;
+    /** The DC id the client asked for. */
+    requestedDc: number;
+    /** The DC id used (differs when the requested one was unknown). */
+    dc: number;
+    dcAddress: string;
+  }
+  | {
+    type: "closed";
+    listener: string;
+    peer: string;
+    reason: CloseReason;
+    bytesFromClient: number;
+    bytesToClient: number;
+    durationMs: number;
+  };
+
+/** Receives events. */
+export interface EventSink {
+  emit(event: ProxyEvent): void;
+}
+
+/** A sink that drops everything. */
+export const dropEvents: EventSink = { emit: () => {} };

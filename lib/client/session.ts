@@ -1,0 +1,327 @@
+/**
+ * One client connection: detect fake-TLS or obfuscated2 from the first bytes, authenticate the
+ * secret, apply the listener's protocol policy, open the Telegram side and relay both ways.
+ * The session owns both sockets and every cipher, and releases them in one `finally`.
+ *
+ * @module
+ */
+import { randomBytes, randomInt, type StreamCipher, x25519PublicKey } from "../crypto.ts";
+import type { ClientProtocol, Config, ListenerConfig } from "../config/types.ts";
+import {
+  closeQuietly,
+  type Conn,
+  DialTimeoutError,
+  formatHostPort,
+  remoteAddress,
+  writeAll,
+} from "../net.ts";
+import {
+  ALERT_DECODE_ERROR,
+  buildServerHello,
+  type ClientHello,
+  looksLikeTls,
+  parseClientHello,
+  TlsRecordReader,
+  verifyClientHello,
+} from "../protocol/fake_tls.ts";
+import { INIT_LEN, type ObfuscatedStream, openClientInit } from "../protocol/obfuscated2.ts";
+import { type DcRoute, routeDc } from "../telegram/dc.ts";
+import { type DcConnection, openDirect } from "../telegram/direct.ts";
+import type { CloseReason, EventSink, RejectReason } from "./events.ts";
+import { pump } from "./relay.ts";
+
+/** What a session needs from the server that runs it. */
+export interface SessionContext {
+  readonly listener: ListenerConfig;
+  readonly config: Config;
+  readonly events: EventSink;
+}
+
+/** A refusal during the handshake; carries bytes to send before closing (a TLS alert). */
+class Rejection extends Error {
+  constructor(readonly reason: RejectReason, readonly detail = "", readonly reply?: Uint8Array) {
+    super(detail ? `${reason}: ${detail}` : reason);
+    this.name = "Rejection";
+  }
+}
+
+/** Size of the fake encrypted-handshake record: in the range real certificates chains take. */
+const FAKE_CERT_MIN = 2500;
+const FAKE_CERT_MAX = 4700;
+
+/** Bytes read from the client during the handshake, kept whole (fronting will replay them). */
+class HandshakeBuffer {
+  bytes = new Uint8Array(2048);
+  length = 0;
+
+  constructor(readonly conn: Conn) {}
+
+  view(): Uint8Array {
+    return this.bytes.subarray(0, this.length);
+  }
+
+  /** Read until at least `n` bytes are buffered. */
+  async fill(n: number): Promise<void> {
+    while (this.length < n) {
+      if (this.length === this.bytes.length) {
+        const bigger = new Uint8Array(this.bytes.length * 2);
+        bigger.set(this.bytes);
+        this.bytes = bigger;
+      }
+      const got = await this.conn.read(this.bytes.subarray(this.length));
+      if (got === null) throw new Rejection("eof", `after ${this.length} bytes`);
+      this.length += got;
+    }
+  }
+}
+
+/** The client side after a successful handshake. */
+interface Authenticated {
+  readonly protocol: ClientProtocol;
+  readonly stream: ObfuscatedStream;
+  /** Present for fake-TLS clients: strips the records of what the client sends next. */
+  readonly tls: TlsRecordReader | null;
+  /** obfuscated2 bytes that arrived after the init, still encrypted. */
+  readonly leftover: Uint8Array;
+}
+
+/** One client connection, from accept to close. */
+export class Session {
+  readonly conn: Conn;
+  readonly peer: string;
+  readonly startedAt: number = Date.now();
+  /** "handshake" until the client is authenticated, "relay" once bytes flow to Telegram. */
+  phase: "handshake" | "dialing" | "relay" | "done" = "handshake";
+  lastActivity: number = this.startedAt;
+  #ctx: SessionContext;
+  #abort = new AbortController();
+  #abortReason: "timeout" | "idle" | "shutdown" | null = null;
+  #dc: DcConnection | null = null;
+  #ciphers: StreamCipher[] = [];
+
+  constructor(conn: Conn, ctx: SessionContext) {
+    this.conn = conn;
+    this.#ctx = ctx;
+    let peer = "unknown";
+    try {
+      peer = remoteAddress(conn);
+    } catch {
+      // The socket may already be gone.
+    }
+    this.peer = peer;
+  }
+
+  /** Stop this session now: closes both sockets, which ends every pending read. */
+  abort(reason: "timeout" | "idle" | "shutdown"): void {
+    if (this.phase === "done") return;
+    this.#abortReason ??= reason;
+    this.#abort.abort();
+    closeQuietly(this.conn);
+    if (this.#dc) closeQuietly(this.#dc.conn);
+  }
+
+  /** Run the session to its end. Never throws. */
+  async run(): Promise<void> {
+    const { listener, events } = this.#ctx;
+    const base = { listener: listener.name, peer: this.peer };
+    try {
+      this.conn.setNoDelay(true);
+      const client = await this.#authenticate();
+      this.#ciphers.push(client.stream.decryptor, client.stream.encryptor);
+      this.phase = "dialing";
+      const route = routeDc(client.stream.dcId, this.#ctx.config.telegram);
+      const dc = await this.#dial(route, client);
+      events.emit({
+        type: "established",
+        ...base,
+        protocol: client.protocol,
+        transport: client.stream.tag,
+        requestedDc: client.stream.dcId,
+        dc: route.dcId,
+        dcAddress: formatHostPort(route.address.host, route.address.port),
+      });
+      this.phase = "relay";
+      const reason = await this.#relay(client, dc);
+      events.emit({
+        type: "closed",
+        ...base,
+        reason,
+        bytesFromClient: this.#bytesFromClient,
+        bytesToClient: this.#bytesToClient,
+        durationMs: Date.now() - this.startedAt,
+      });
+    } catch (e) {
+      let rejection: Rejection;
+      if (e instanceof Rejection) {
+        rejection = e;
+      } else if (this.#abortReason === "timeout" || this.#abortReason === "shutdown") {
+        rejection = new Rejection(this.#abortReason);
+      } else {
+        rejection = new Rejection("eof", e instanceof Error ? e.message : String(e));
+      }
+      if (rejection.reply && this.#abortReason === null) {
+        await writeAll(this.conn, rejection.reply).catch(() => {});
+      }
+      const event = { type: "rejected" as const, ...base, reason: rejection.reason };
+      events.emit(rejection.detail ? { ...event, detail: rejection.detail } : event);
+    } finally {
+      this.phase = "done";
+      closeQuietly(this.conn);
+      if (this.#dc) closeQuietly(this.#dc.conn);
+      for (const c of this.#ciphers) c.close();
+    }
+  }
+
+  #bytesFromClient = 0;
+  #bytesToClient = 0;
+
+  #allowed(protocol: ClientProtocol): boolean {
+    return this.#ctx.listener.allowedProtocols.includes(protocol);
+  }
+
+  async #authenticate(): Promise<Authenticated> {
+    const hs = new HandshakeBuffer(this.conn);
+    await hs.fill(1);
+    if (hs.bytes[0] === 0x16) await hs.fill(3);
+    if (looksLikeTls(hs.view())) return await this.#authenticateTls(hs);
+    if (!this.#allowed("plain") && !this.#allowed("dd")) {
+      throw new Rejection("tls_expected", "listener accepts only fake-TLS");
+    }
+    await hs.fill(INIT_LEN);
+    const stream = openClientInit(hs.view().subarray(0, INIT_LEN), this.#ctx.listener.secret);
+    if (!stream) throw new Rejection("bad_secret");
+    const protocol: ClientProtocol = stream.tag === "padded" ? "dd" : "plain";
+    if (!this.#allowed(protocol)) {
+      stream.decryptor.close();
+      stream.encryptor.close();
+      throw new Rejection("protocol_disallowed", protocol);
+    }
+    return { protocol, stream, tls: null, leftover: hs.view().slice(INIT_LEN) };
+  }
+
+  async #authenticateTls(hs: HandshakeBuffer): Promise<Authenticated> {
+    const { listener, config } = this.#ctx;
+    let hello: ClientHello;
+    let rest: Uint8Array;
+    while (true) {
+      const step = parseClientHello(hs.view());
+      if (step.kind === "need") {
+        await hs.fill(step.atLeast);
+        continue;
+      }
+      if (step.kind === "reject") {
+        throw new Rejection("tls_malformed", step.reason, ALERT_DECODE_ERROR);
+      }
+      hello = step.hello;
+      rest = step.rest;
+      break;
+    }
+    if (!this.#allowed("tls")) throw new Rejection("protocol_disallowed", "tls");
+    if (hello.sni === null) throw new Rejection("no_sni", "", ALERT_DECODE_ERROR);
+    const sni = hello.sni.toLowerCase();
+    if (!listener.tlsDomains.includes(sni)) throw new Rejection("bad_sni", JSON.stringify(sni));
+    const check = verifyClientHello(
+      hello,
+      listener.secret,
+      Date.now() / 1000,
+      config.tls.maxClockSkewMs / 1000,
+    );
+    if (check.kind === "bad_digest") throw new Rejection("tls_bad_digest");
+    if (check.kind === "bad_timestamp") {
+      const skew = Math.round(Date.now() / 1000 - check.timestamp);
+      throw new Rejection("tls_bad_timestamp", `client clock off by ${skew} s`);
+    }
+    const answer = buildServerHello(hello, listener.secret, {
+      keyShare: x25519PublicKey(),
+      appData: randomBytes(randomInt(FAKE_CERT_MIN, FAKE_CERT_MAX)),
+    });
+    await writeAll(this.conn, answer);
+
+    // Now records: a ChangeCipherSpec, then ApplicationData carrying obfuscated2.
+    const reader = new TlsRecordReader();
+    let inner = new Uint8Array(Math.max(256, rest.length));
+    let innerLen = 0;
+    const take = (chunk: Uint8Array) => {
+      const n = reader.unwrap(chunk);
+      if (typeof n === "string") throw new Rejection("tls_bad_record", n);
+      if (innerLen + n > inner.length) {
+        const bigger = new Uint8Array(Math.max(inner.length * 2, innerLen + n));
+        bigger.set(inner.subarray(0, innerLen));
+        inner = bigger;
+      }
+      inner.set(chunk.subarray(0, n), innerLen);
+      innerLen += n;
+    };
+    take(rest.slice());
+    const chunk = new Uint8Array(1024);
+    while (innerLen < INIT_LEN) {
+      const got = await this.conn.read(chunk);
+      if (got === null) throw new Rejection("eof", "after the TLS handshake");
+      take(chunk.subarray(0, got));
+    }
+    const stream = openClientInit(inner.slice(0, INIT_LEN), listener.secret);
+    if (!stream) throw new Rejection("bad_secret", "inside fake-TLS");
+    if (stream.tag !== "padded") {
+      stream.decryptor.close();
+      stream.encryptor.close();
+      throw new Rejection("tls_inner_not_padded", stream.tag);
+    }
+    return {
+      protocol: "tls",
+      stream,
+      tls: reader,
+      leftover: inner.slice(INIT_LEN, innerLen),
+    };
+  }
+
+  async #dial(route: DcRoute, client: Authenticated): Promise<DcConnection> {
+    const { config } = this.#ctx;
+    const first = client.leftover;
+    this.#bytesFromClient += first.length;
+    client.stream.decryptor.update(first);
+    try {
+      this.#dc = await openDirect(route, client.stream.tag, {
+        timeoutMs: config.timeouts.dcConnectMs,
+        signal: this.#abort.signal,
+        firstData: first,
+      });
+    } catch (e) {
+      if (this.#abortReason) {
+        throw new Rejection(this.#abortReason === "shutdown" ? "shutdown" : "timeout");
+      }
+      const address = formatHostPort(route.address.host, route.address.port);
+      const why = e instanceof Error ? e.message : String(e);
+      if (e instanceof DialTimeoutError) throw new Rejection("dc_timeout", why);
+      throw new Rejection("dc_unreachable", `${address}: ${why}`);
+    }
+    this.#ciphers.push(this.#dc.encryptor, this.#dc.decryptor);
+    return this.#dc;
+  }
+
+  async #relay(client: Authenticated, dc: DcConnection): Promise<CloseReason> {
+    const fromClient = pump(this.conn, dc.conn, {
+      ciphers: [client.stream.decryptor, dc.encryptor],
+      ...(client.tls ? { unwrapTls: client.tls } : {}),
+      onData: (n) => {
+        this.#bytesFromClient += n;
+        this.lastActivity = Date.now();
+      },
+    }).then((end) => ({ side: "client" as const, end }));
+    const toClient = pump(dc.conn, this.conn, {
+      ciphers: [dc.decryptor, client.stream.encryptor],
+      wrapTls: client.tls !== null,
+      onData: (n) => {
+        this.#bytesToClient += n;
+        this.lastActivity = Date.now();
+      },
+    }).then((end) => ({ side: "dc" as const, end }));
+    const first = await Promise.race([fromClient, toClient]);
+    // Either side ending ends the session: close both so the other pump returns too.
+    closeQuietly(this.conn);
+    closeQuietly(dc.conn);
+    await Promise.all([fromClient, toClient]);
+    if (this.#abortReason === "idle" || this.#abortReason === "shutdown") return this.#abortReason;
+    if (first.end !== "eof") return "tls_bad_record";
+    return first.side === "client" ? "client_closed" : "dc_closed";
+  }
+}

@@ -1,0 +1,237 @@
+/**
+ * Starts the listeners and runs a session per accepted client; owns the timers that enforce
+ * handshake and idle timeouts, and the graceful shutdown.
+ *
+ * @module
+ */
+import { getLogger } from "@logtape/logtape";
+import type { Config, ListenerConfig } from "./config/types.ts";
+import { closeQuietly, formatHostPort, type Listener, listenTcp } from "./net.ts";
+import type { EventSink, ProxyEvent } from "./client/events.ts";
+import { Session } from "./client/session.ts";
+import { defaultCipherBackend, openSslLoadError } from "./crypto.ts";
+
+const log = getLogger(["mtproxy", "server"]);
+
+/** Counters kept by the server, readable at any time. */
+export interface ServerStats {
+  accepted: number;
+  active: number;
+  established: number;
+  rejected: Record<string, number>;
+  closed: Record<string, number>;
+  bytesFromClients: number;
+  bytesToClients: number;
+}
+
+/** A running proxy. */
+export interface ServerHandle {
+  /** Where each listener is bound (port resolved when 0 was configured). */
+  readonly addresses: readonly { name: string; host: string; port: number }[];
+  /** Stop accepting, give live clients the grace period, then close the rest. */
+  shutdown(): Promise<void>;
+  /** Resolves once shutdown has finished. */
+  readonly closed: Promise<void>;
+  /** A snapshot of the counters. */
+  stats(): ServerStats;
+}
+
+/** Options for {@linkcode startServer}. */
+export interface StartServerOptions {
+  /** Also receives every session event (tests use it). */
+  events?: EventSink;
+}
+
+function _logEvent(e: ProxyEvent): void {
+  switch (e.type) {
+    case "accepted":
+      log.debug("{listener}: accepted {peer}", e);
+      break;
+    case "rejected":
+      if (e.reason === "dc_unreachable" || e.reason === "dc_timeout") {
+        log.warn("{listener}: {peer} closed: Telegram DC not reachable ({reason}: {detail})", {
+          ...e,
+          detail: e.detail ?? "",
+        });
+      } else {
+        log.info("{listener}: {peer} refused: {reason}{detail}", {
+          ...e,
+          detail: e.detail ? ` (${e.detail})` : "",
+        });
+      }
+      break;
+    case "established":
+      if (e.requestedDc !== e.dc) {
+        log.info(
+          "{listener}: {peer} asked for unknown DC {requestedDc}; using default DC {dc} at {dcAddress}",
+          e,
+        );
+      } else {
+        log.debug(
+          "{listener}: {peer} relayed to DC {dc} at {dcAddress} ({protocol}, {transport})",
+          e,
+        );
+      }
+      break;
+    case "closed":
+      log.debug(
+        "{listener}: {peer} closed: {reason} after {durationMs} ms, {bytesFromClient} B up, {bytesToClient} B down",
+        e,
+      );
+      break;
+  }
+}
+
+/**
+ * Bind every listener of `config` and serve clients until {@linkcode ServerHandle.shutdown}.
+ * Fails (closing what it opened) when a listener cannot be bound.
+ */
+export async function startServer(
+  config: Config,
+  options: StartServerOptions = {},
+): Promise<ServerHandle> {
+  const backend = defaultCipherBackend();
+  if (backend === "openssl") {
+    log.debug("AES backend: OpenSSL libcrypto via FFI");
+  } else {
+    log.warn("AES backend: node:crypto (about 10x slower); OpenSSL not loaded: {error}", {
+      error: openSslLoadError(),
+    });
+  }
+
+  const stats: ServerStats = {
+    accepted: 0,
+    active: 0,
+    established: 0,
+    rejected: {},
+    closed: {},
+    bytesFromClients: 0,
+    bytesToClients: 0,
+  };
+  const sink: EventSink = {
+    emit(e) {
+      if (e.type === "rejected") stats.rejected[e.reason] = (stats.rejected[e.reason] ?? 0) + 1;
+      if (e.type === "established") stats.established++;
+      if (e.type === "closed") {
+        stats.closed[e.reason] = (stats.closed[e.reason] ?? 0) + 1;
+        stats.bytesFromClients += e.bytesFromClient;
+        stats.bytesToClients += e.bytesToClient;
+      }
+      _logEvent(e);
+      options.events?.emit(e);
+    },
+  };
+
+  const bound: { config: ListenerConfig; socket: Listener }[] = [];
+  try {
+    for (const l of config.listeners) {
+      bound.push({ config: l, socket: listenTcp(l.host, l.port) });
+    }
+  } catch (e) {
+    for (const b of bound) closeQuietly(b.socket);
+    const failed = config.listeners[bound.length]!;
+    const why = e instanceof Error ? e.message : String(e);
+    throw new Error(
+      `Cannot listen on ${formatHostPort(failed.host, failed.port)} (${failed.name}): ${why}`,
+    );
+  }
+
+  const sessions = new Set<Session>();
+  const running = new Set<Promise<void>>();
+  let accepting = true;
+
+  // One timer for all sessions: per-connection timers would cost memory on every idle client.
+  const tickMs = Math.max(
+    50,
+    Math.min(1000, config.timeouts.handshakeMs / 4, config.timeouts.idleMs / 4),
+  );
+  const sweeper = setInterval(() => {
+    const now = Date.now();
+    for (const s of sessions) {
+      if (s.phase === "handshake" && now - s.startedAt > config.timeouts.handshakeMs) {
+        s.abort("timeout");
+      } else if (s.phase === "relay" && now - s.lastActivity > config.timeouts.idleMs) {
+        s.abort("idle");
+      }
+    }
+  }, tickMs);
+
+  async function acceptLoop(l: ListenerConfig, socket: Listener): Promise<void> {
+    let active = 0;
+    while (accepting) {
+      let conn: Deno.TcpConn;
+      try {
+        conn = await socket.accept();
+      } catch (e) {
+        if (!accepting || e instanceof Deno.errors.BadResource) return;
+        // Out of file descriptors and the like: log, breathe, keep serving.
+        log.error("{listener}: accept failed: {error}", { listener: l.name, error: String(e) });
+        await new Promise((r) => setTimeout(r, 100));
+        continue;
+      }
+      stats.accepted++;
+      if (active >= config.maxConnections) {
+        const peer = `${conn.remoteAddr.hostname}:${conn.remoteAddr.port}`;
+        closeQuietly(conn);
+        sink.emit({ type: "rejected", listener: l.name, peer, reason: "too_many_connections" });
+        continue;
+      }
+      const session = new Session(conn, { listener: l, config, events: sink });
+      sink.emit({ type: "accepted", listener: l.name, peer: session.peer });
+      sessions.add(session);
+      active++;
+      stats.active++;
+      const done = session.run().finally(() => {
+        sessions.delete(session);
+        running.delete(done);
+        active--;
+        stats.active--;
+      });
+      running.add(done);
+    }
+  }
+
+  const loops = bound.map((b) => acceptLoop(b.config, b.socket));
+  const addresses = bound.map((b) => ({
+    name: b.config.name,
+    host: b.config.host,
+    port: (b.socket.addr as Deno.NetAddr).port,
+  }));
+
+  let resolveClosed!: () => void;
+  const closed = new Promise<void>((r) => (resolveClosed = r));
+  let shuttingDown: Promise<void> | null = null;
+
+  async function shutdown(): Promise<void> {
+    accepting = false;
+    for (const b of bound) closeQuietly(b.socket);
+    await Promise.all(loops);
+    if (sessions.size > 0) {
+      log.info("Shutting down: waiting up to {ms} ms for {n} clients", {
+        ms: config.timeouts.shutdownGraceMs,
+        n: sessions.size,
+      });
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const grace = new Promise<void>((
+        r,
+      ) => (timer = setTimeout(r, config.timeouts.shutdownGraceMs)));
+      const drained = (async () => {
+        while (running.size > 0) await Promise.race([...running]);
+      })();
+      await Promise.race([grace, drained]);
+      clearTimeout(timer);
+      for (const s of sessions) s.abort("shutdown");
+      await Promise.all([...running]);
+      await drained;
+    }
+    clearInterval(sweeper);
+    resolveClosed();
+  }
+
+  return {
+    addresses,
+    closed,
+    stats: () => structuredClone(stats),
+    shutdown: () => (shuttingDown ??= shutdown()),
+  };
+}
