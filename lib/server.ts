@@ -86,10 +86,18 @@ function _logEvent(e: ProxyEvent): void {
  * Bind every listener of `config` and serve clients until {@linkcode ServerHandle.shutdown}.
  * Fails (closing what it opened) when a listener cannot be bound.
  */
-export async function startServer(
+export function startServer(
   config: Config,
   options: StartServerOptions = {},
 ): Promise<ServerHandle> {
+  try {
+    return Promise.resolve(_start(config, options));
+  } catch (e) {
+    return Promise.reject(e);
+  }
+}
+
+function _start(config: Config, options: StartServerOptions): ServerHandle {
   const backend = defaultCipherBackend();
   if (backend === "openssl") {
     log.debug("AES backend: OpenSSL libcrypto via FFI");
