@@ -1,0 +1,115 @@
+/**
+ * Shared helpers for tests that run the proxy in-process: a Config built in code (no file),
+ * a started server bound to 127.0.0.1 on a free port, and event capture.
+ *
+ * @module
+ */
+import type { ClientProtocol, Config, HostPort, ListenerConfig } from "../lib/config/types.ts";
+import type { ProxyEvent } from "../lib/client/events.ts";
+import { type ServerHandle, startServer } from "../lib/server.ts";
+
+/** The secret most tests use. */
+export const TEST_SECRET: Uint8Array = Uint8Array.from(
+  "0123456789abcdef0123456789abcdef".match(/../g)!.map((h) => parseInt(h, 16)),
+);
+
+/** Overrides for {@linkcode testConfig}. */
+export interface TestConfigOptions {
+  secret?: Uint8Array;
+  tlsDomains?: string[];
+  allowed?: ClientProtocol[];
+  /** DC id -> 127.0.0.1 port of a fake DC. */
+  dcPorts?: Record<number, number>;
+  dcAddresses?: Record<number, HostPort>;
+  defaultDc?: number;
+  handshakeMs?: number;
+  idleMs?: number;
+  dcConnectMs?: number;
+  shutdownGraceMs?: number;
+  maxClockSkewMs?: number;
+  maxConnections?: number;
+  port?: number;
+}
+
+/** A Config for one listener on 127.0.0.1 (port 0 unless given). */
+export function testConfig(options: TestConfigOptions = {}): Config {
+  const allowed = options.allowed ?? ["plain", "dd", "tls"];
+  const listener: ListenerConfig = {
+    name: "test",
+    host: "127.0.0.1",
+    port: options.port ?? 0,
+    secret: options.secret ?? TEST_SECRET,
+    tlsDomains: options.tlsDomains ?? ["example.com"],
+    allowedProtocols: allowed,
+  };
+  const dcAddresses = new Map<number, HostPort>();
+  for (const [id, port] of Object.entries(options.dcPorts ?? {})) {
+    dcAddresses.set(Number(id), { host: "127.0.0.1", port });
+  }
+  for (const [id, hp] of Object.entries(options.dcAddresses ?? {})) dcAddresses.set(Number(id), hp);
+  return {
+    listeners: [listener],
+    allowedProtocols: allowed,
+    publicHost: null,
+    logLevel: "warning",
+    telegram: { dcAddresses, preferIpv6: false, defaultDc: options.defaultDc ?? 2 },
+    timeouts: {
+      handshakeMs: options.handshakeMs ?? 5000,
+      idleMs: options.idleMs ?? 60_000,
+      dcConnectMs: options.dcConnectMs ?? 2000,
+      shutdownGraceMs: options.shutdownGraceMs ?? 200,
+    },
+    tls: { maxClockSkewMs: options.maxClockSkewMs ?? 600_000 },
+    maxConnections: options.maxConnections ?? 10_000,
+  };
+}
+
+/** A proxy running in this process, with the events it emitted. */
+export interface TestProxy {
+  readonly server: ServerHandle;
+  readonly port: number;
+  readonly events: ProxyEvent[];
+  /** Resolve when an event matching `pred` has been seen (or reject after `timeoutMs`). */
+  waitForEvent(pred: (e: ProxyEvent) => boolean, timeoutMs?: number): Promise<ProxyEvent>;
+  [Symbol.asyncDispose](): Promise<void>;
+}
+
+/** Start the proxy in-process; dispose it with `await using`. */
+export async function startTestProxy(config: Config): Promise<TestProxy> {
+  const events: ProxyEvent[] = [];
+  const waiters = new Set<() => void>();
+  const server = await startServer(config, {
+    events: {
+      emit(e) {
+        events.push(e);
+        for (const w of [...waiters]) w();
+      },
+    },
+  });
+  return {
+    server,
+    port: server.addresses[0]!.port,
+    events,
+    waitForEvent(pred, timeoutMs = 5000) {
+      const found = events.find(pred);
+      if (found) return Promise.resolve(found);
+      return new Promise((resolve, reject) => {
+        const timer = setTimeout(() => {
+          waiters.delete(check);
+          reject(new Error(`No matching event within ${timeoutMs} ms: ${JSON.stringify(events)}`));
+        }, timeoutMs);
+        const check = () => {
+          const e = events.find(pred);
+          if (!e) return;
+          clearTimeout(timer);
+          waiters.delete(check);
+          resolve(e);
+        };
+        waiters.add(check);
+      });
+    },
+    async [Symbol.asyncDispose]() {
+      await server.shutdown();
+    },
+  };
+}
