@@ -368,6 +368,8 @@ Deno.test("openRawConnection readAll times out while the peer stays open", async
 interface MiniTlsServer {
   port: number;
   hellos: number;
+  /** Raw bytes each connection sent after its hello, in order. */
+  afterHello: Uint8Array[][];
   close(): Promise<void>;
 }
 
@@ -378,6 +380,7 @@ function _startMiniTlsServer(secret: Uint8Array): MiniTlsServer {
   const server: MiniTlsServer = {
     port: (listener.addr as Deno.NetAddr).port,
     hellos: 0,
+    afterHello: [],
     async close() {
       listener.close();
       await accepting;
@@ -420,6 +423,8 @@ function _startMiniTlsServer(secret: Uint8Array): MiniTlsServer {
         append(buf.subarray(0, n));
       }
       const reader = new TlsRecordReader();
+      const raw: Uint8Array[] = [];
+      server.afterHello.push(raw);
       pending = new Uint8Array(0);
       let input: Uint8Array | null = rest;
       while (true) {
@@ -428,6 +433,7 @@ function _startMiniTlsServer(secret: Uint8Array): MiniTlsServer {
           if (n === null) return;
           input = buf.subarray(0, n);
         }
+        raw.push(input.slice());
         const got = reader.unwrap(input);
         if (typeof got === "string") return;
         const data = input.subarray(0, got);
@@ -478,6 +484,20 @@ function _startMiniTlsServer(secret: Uint8Array): MiniTlsServer {
   return server;
 }
 
+function _recordSizes(parts: Uint8Array[]): string[] {
+  const all = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let off = 0;
+  for (const p of parts) {
+    all.set(p, off);
+    off += p.length;
+  }
+  const out: string[] = [];
+  for (let p = 0; p + 5 <= all.length; p += 5 + ((all[p + 3]! << 8) | all[p + 4]!)) {
+    out.push(`${all[p]!.toString(16)}:${(all[p + 3]! << 8) | all[p + 4]!}`);
+  }
+  return out;
+}
+
 Deno.test("tls test client completes the fake-TLS handshake and exchanges frames", async () => {
   const secret = randomBytes(16);
   const server = _startMiniTlsServer(secret);
@@ -504,6 +524,14 @@ Deno.test("tls test client completes the fake-TLS handshake and exchanges frames
       }
     }
     assertEquals(server.hellos, 3);
+    // Like TDLib: one CCS, then records of at most 2878 bytes, the init in the first one.
+    assertEquals(_recordSizes(server.afterHello[0]!).slice(0, 5), [
+      "14:1",
+      "17:2878",
+      "17:2878",
+      "17:2878",
+      `17:${64 + 4 + 10_000 - 3 * 2878}`,
+    ]);
   } finally {
     await server.close();
   }
@@ -562,4 +590,41 @@ Deno.test("connectTestClient refuses impossible option combinations", async () =
     RangeError,
     "padded",
   );
+});
+
+Deno.test("fake_dc.ts runs standalone, prints its port and stops on SIGTERM", async () => {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", new URL("./kit/fake_dc.ts", import.meta.url).pathname, "--mode", "echo"],
+    stdout: "piped",
+    stderr: "inherit",
+  }).spawn();
+  const reader = child.stdout.getReader();
+  try {
+    let text = "";
+    while (!text.includes("\n")) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      text += new TextDecoder().decode(value);
+    }
+    const match = /^listening (\d+)\n/.exec(text);
+    assert(match, `unexpected output: ${JSON.stringify(text)}`);
+    const client = await connectTestClient({
+      port: Number(match[1]),
+      secret: null,
+      kind: "plain",
+      dcId: 2,
+    });
+    try {
+      const data = randomBytes(1000);
+      await client.sendRaw(data);
+      assertEquals(await client.readRaw(1000), data);
+    } finally {
+      await client.close();
+    }
+  } finally {
+    child.kill("SIGTERM");
+    await reader.cancel();
+    const status = await child.status;
+    assertEquals(status.code, 0);
+  }
 });

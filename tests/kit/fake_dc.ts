@@ -313,12 +313,16 @@ class _FakeDc implements FakeDc {
  * ```
  */
 export function startFakeDc(options: FakeDcOptions = {}): Promise<FakeDc> {
-  const listener = Deno.listen({
-    hostname: options.host ?? "127.0.0.1",
-    port: options.port ?? 0,
-    transport: "tcp",
-  });
-  return Promise.resolve(new _FakeDc(listener, options.mode ?? "mtproto"));
+  try {
+    const listener = Deno.listen({
+      hostname: options.host ?? "127.0.0.1",
+      port: options.port ?? 0,
+      transport: "tcp",
+    });
+    return Promise.resolve(new _FakeDc(listener, options.mode ?? "mtproto"));
+  } catch (e) {
+    return Promise.reject(e);
+  }
 }
 
 const MODES: readonly FakeDcMode[] = ["mtproto", "echo", "silent", "close"];
@@ -348,5 +352,10 @@ async function _main(args: string[]): Promise<void> {
 }
 
 if (import.meta.main) {
-  await _main(Deno.args);
+  try {
+    await _main(Deno.args);
+  } catch (e) {
+    console.error(`fake_dc: ${e instanceof Error ? e.message : String(e)}`);
+    Deno.exit(2);
+  }
 }
