@@ -81,6 +81,8 @@ export interface TestClient {
   readonly dcId: number;
   /** The proxy's fake-TLS answer (tls), else null. */
   readonly serverHello: Uint8Array | null;
+  /** Send the obfuscated2 init now if it is still held back (see `deferInit`). */
+  flushInit(): Promise<void>;
   /** Send one frame. */
   send(payload: Uint8Array, options?: SendOptions): Promise<void>;
   /** The next frame payload; quick-ack tokens are set aside for `receiveQuickAck`. */
