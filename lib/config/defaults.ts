@@ -1,0 +1,59 @@
+/**
+ * Every configuration default, named and justified. `config.example.yaml` and the README's
+ * configuration reference repeat these values; keep the three in sync.
+ *
+ * @module
+ */
+import type { ClientProtocol, LogLevel } from "./types.ts";
+
+/** Listening port: unprivileged, so a first run needs no root; production usually maps 443. */
+export const DEFAULT_PORT = 1443;
+
+/** Bind address: every IPv4 interface, the usual choice on a single-homed server. */
+export const DEFAULT_HOST = "0.0.0.0";
+
+/** Name of the listener created when the file lists none; it shows in logs and `link`. */
+export const DEFAULT_LISTENER_NAME = "main";
+
+/** All client protocols, best first (fake-TLS hides best, plain is for old apps). */
+export const DEFAULT_ALLOWED_PROTOCOLS: readonly ClientProtocol[] = Object.freeze([
+  "tls",
+  "dd",
+  "plain",
+]);
+
+/** Info logs listeners, refusals and failures without a line per healthy connection. */
+export const DEFAULT_LOG_LEVEL: LogLevel = "info";
+
+/** Handshake deadline: long enough for slow mobile links, short enough to shed idle probes. */
+export const DEFAULT_HANDSHAKE_TIMEOUT_MS = 30_000;
+
+/** Idle close after 20 min, the Erlang proxy's ready timeout; apps keep connections warm. */
+export const DEFAULT_IDLE_TIMEOUT_MS = 1_200_000;
+
+/** Dial deadline for a Telegram DC: a healthy DC answers in well under a second. */
+export const DEFAULT_DC_CONNECT_TIMEOUT_MS = 10_000;
+
+/** Grace period on SIGINT/SIGTERM: lets live transfers finish, fits systemd's 30 s stop. */
+export const DEFAULT_SHUTDOWN_GRACE_MS = 10_000;
+
+/** Fake-TLS timestamp window of ±10 min: phones with drifting clocks still get in. */
+export const DEFAULT_TLS_MAX_CLOCK_SKEW_MS = 600_000;
+
+/** DC for unknown DC ids: DC 2 is where most accounts live and what mtg falls back to. */
+export const DEFAULT_DC = 2;
+
+/** DC ids with built-in addresses (lib/telegram/dc.ts), valid as `default_dc` without an override. */
+export const BUILTIN_DC_IDS: readonly number[] = Object.freeze([1, 2, 3, 4, 5, 203]);
+
+/** Dial DCs over IPv4 unless asked: many hosts have no working IPv6 route. */
+export const DEFAULT_PREFER_IPV6 = false;
+
+/** Concurrent clients per listener: two sockets each fits a 65536 file-descriptor limit. */
+export const DEFAULT_MAX_CONNECTIONS = 10_000;
+
+/** Fake-TLS domain used when none is configured, so `ee` links always work. */
+export const DEFAULT_TLS_DOMAIN = "www.cloudflare.com";
+
+/** State file name, created next to the config file (or in the working directory). */
+export const DEFAULT_STATE_FILE_NAME = "mtproxy-state.json";
