@@ -1,0 +1,845 @@
+/**
+ * Loading and validating the configuration: YAML text (or any parsed value) plus overrides from
+ * the environment and the command line become a {@linkcode ConfigDraft}, in which a listener's
+ * secret may still be missing; {@linkcode resolveSecrets} fills those from the state file and
+ * returns the deeply frozen {@linkcode Config}.
+ *
+ * Layering is: defaults (defaults.ts) <- YAML file <- overrides (environment, then flags; the
+ * caller merges those two). Overrides are written into the YAML-shaped value before
+ * validation, so one schema checks everything and a bad override is reported like a bad key,
+ * naming where it came from.
+ *
+ * @module
+ */
+import { isScalar, LineCounter, parseDocument, visit } from "yaml";
+import type {
+  ClientProtocol,
+  Config,
+  HostPort,
+  ListenerConfig,
+  LogLevel,
+  TelegramConfig,
+} from "./types.ts";
+import {
+  BUILTIN_DC_IDS,
+  DEFAULT_ALLOWED_PROTOCOLS,
+  DEFAULT_DC,
+  DEFAULT_DC_CONNECT_TIMEOUT_MS,
+  DEFAULT_HANDSHAKE_TIMEOUT_MS,
+  DEFAULT_HOST,
+  DEFAULT_IDLE_TIMEOUT_MS,
+  DEFAULT_LISTENER_NAME,
+  DEFAULT_LOG_LEVEL,
+  DEFAULT_MAX_CONNECTIONS,
+  DEFAULT_PORT,
+  DEFAULT_PREFER_IPV6,
+  DEFAULT_SHUTDOWN_GRACE_MS,
+  DEFAULT_TLS_DOMAIN,
+  DEFAULT_TLS_MAX_CLOCK_SKEW_MS,
+} from "./defaults.ts";
+import {
+  isValidTlsDomain,
+  MAX_TLS_DOMAIN_BYTES,
+  type ParsedSecret,
+  parseSecret,
+  SecretError,
+} from "../secret.ts";
+
+/** A configuration that failed validation; `problems` lists every problem, one per entry. */
+export class ConfigError extends Error {
+  /** Each problem as "key.path: reason". */
+  readonly problems: readonly string[];
+
+  /** Create the error from its problems. */
+  constructor(problems: readonly string[]) {
+    super(`Invalid configuration: ${problems.join("; ")}`);
+    this.name = "ConfigError";
+    this.problems = Object.freeze([...problems]);
+  }
+}
+
+/** A listener before its secret is resolved. */
+export interface ListenerDraft extends Omit<ListenerConfig, "secret"> {
+  /** The 16-byte secret, or null when neither the file nor an override gives one. */
+  readonly secret: Uint8Array | null;
+}
+
+/** A validated configuration whose listener secrets may still be missing. */
+export interface ConfigDraft extends Omit<Config, "listeners"> {
+  readonly listeners: readonly ListenerDraft[];
+  /** `state_file` as written (a relative path is not resolved yet); null when unset. */
+  readonly stateFile: string | null;
+  /** Things that are valid but probably not meant, as "key.path: reason". */
+  readonly warnings: readonly string[];
+}
+
+/** One override value and where it came from (shown in problems, e.g. "MTP_PORT"). */
+export interface ConfigOverride<T> {
+  readonly value: T;
+  readonly source: string;
+}
+
+/**
+ * Values from the environment or the command line, laid over the file. `host`, `port`,
+ * `secret` and `tlsDomains` apply to the first listener (created when the file has none);
+ * `allowedProtocols` replaces the global list and every per-listener list.
+ */
+export interface ConfigOverrides {
+  readonly host?: ConfigOverride<string>;
+  readonly port?: ConfigOverride<string | number>;
+  readonly secret?: ConfigOverride<string>;
+  readonly tlsDomains?: ConfigOverride<readonly string[]>;
+  readonly allowedProtocols?: ConfigOverride<readonly string[]>;
+  readonly publicHost?: ConfigOverride<string>;
+  readonly logLevel?: ConfigOverride<string>;
+}
+
+/** Options for {@linkcode buildConfigDraft} and the functions built on it. */
+export interface BuildConfigOptions {
+  /** Environment and command-line values, laid over the file. @default {} */
+  overrides?: ConfigOverrides;
+}
+
+/** Options for {@linkcode buildConfig} and {@linkcode parseConfig}. */
+export interface ResolveConfigOptions extends BuildConfigOptions {
+  /** Secret for listeners that have none (from the state file). @default null */
+  stateSecret?: Uint8Array | null;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Public API
+
+/**
+ * Parse YAML text into a plain value. Syntax errors become a {@linkcode ConfigError} whose
+ * problems read "source:line:column: reason". Empty text (or only comments) gives null.
+ *
+ * @example Usage
+ * ```ts
+ * import { parseYaml } from "./load.ts";
+ * parseYaml("log_level: debug\n", "config.yaml"); // { log_level: "debug" }
+ * ```
+ */
+export function parseYaml(yamlText: string, source: string): unknown {
+  const lines = new LineCounter();
+  const doc = parseDocument(yamlText, { lineCounter: lines, prettyErrors: false });
+  if (doc.errors.length > 0) {
+    throw new ConfigError(doc.errors.map((e) => {
+      const pos = lines.linePos(e.pos[0]);
+      return `${source}:${pos.line}:${pos.col}: YAML syntax error: ${e.message.split("\n")[0]}`;
+    }));
+  }
+  // An all-digit secret such as 0123…9 would otherwise become a number and lose digits.
+  visit(doc, {
+    Pair(_, pair) {
+      if (
+        isScalar(pair.key) && pair.key.value === "secret" && isScalar(pair.value) &&
+        typeof pair.value.value === "number" && pair.value.source !== undefined
+      ) {
+        pair.value.value = pair.value.source;
+      }
+    },
+  });
+  try {
+    return doc.toJS({ maxAliasCount: 100 });
+  } catch (e) {
+    throw new ConfigError([`${source}: YAML error: ${e instanceof Error ? e.message : e}`]);
+  }
+}
+
+/**
+ * Validate a parsed configuration value (the YAML file's content; null or undefined means an
+ * empty file) with `options.overrides` laid over it. Throws {@linkcode ConfigError} listing
+ * every problem.
+ *
+ * @example Usage
+ * ```ts
+ * import { buildConfigDraft } from "./load.ts";
+ * const draft = buildConfigDraft({ listeners: [{ port: 443 }] });
+ * draft.listeners[0]?.secret; // null: resolveSecrets fills it
+ * ```
+ */
+export function buildConfigDraft(raw: unknown, options: BuildConfigOptions = {}): ConfigDraft {
+  const origins = new Map<string, string>();
+  const root = _applyOverrides(raw, options.overrides ?? {}, origins);
+  const c = new _Checker(origins);
+  const parsed = ROOT(root, "", c);
+  if (parsed === INVALID || c.problems.length > 0) {
+    throw new ConfigError(c.problems.length > 0 ? c.problems : ["Configuration is invalid"]);
+  }
+  const draft = _toDraft(parsed, c);
+  if (c.problems.length > 0) throw new ConfigError(c.problems);
+  return draft;
+}
+
+/**
+ * Parse and validate YAML text into a {@linkcode ConfigDraft}.
+ *
+ * @example Usage
+ * ```ts
+ * import { parseConfigDraft } from "./load.ts";
+ * parseConfigDraft("", "empty.yaml").listeners[0]?.port; // 1443
+ * ```
+ */
+export function parseConfigDraft(
+  yamlText: string,
+  source: string,
+  options: BuildConfigOptions = {},
+): ConfigDraft {
+  return buildConfigDraft(parseYaml(yamlText, source), options);
+}
+
+/**
+ * Fill every missing listener secret with `stateSecret` and return the deeply frozen
+ * {@linkcode Config}. Throws {@linkcode ConfigError} when a secret is missing and
+ * `stateSecret` is null. (Secret bytes are copies; typed arrays cannot be frozen.)
+ *
+ * @example Usage
+ * ```ts
+ * import { buildConfigDraft, resolveSecrets } from "./load.ts";
+ * const config = resolveSecrets(buildConfigDraft(null), new Uint8Array(16));
+ * Object.isFrozen(config.listeners[0]); // true
+ * ```
+ */
+export function resolveSecrets(draft: ConfigDraft, stateSecret: Uint8Array | null): Config {
+  const problems: string[] = [];
+  const listeners = draft.listeners.map((l, i): ListenerConfig => {
+    const secret = l.secret ?? stateSecret;
+    if (secret === null) {
+      problems.push(
+        `listeners[${i}].secret: missing: set it in the file, pass --secret, or let "mtproxy run" keep one in the state file`,
+      );
+    } else if (secret.length !== 16) {
+      problems.push(`listeners[${i}].secret: must be 16 bytes: got ${secret.length}`);
+    }
+    return { ...l, secret: (secret ?? new Uint8Array(16)).slice() };
+  });
+  if (problems.length > 0) throw new ConfigError(problems);
+  const config: Config = {
+    listeners,
+    allowedProtocols: draft.allowedProtocols,
+    publicHost: draft.publicHost,
+    logLevel: draft.logLevel,
+    telegram: { ...draft.telegram, dcAddresses: new _FrozenMap(draft.telegram.dcAddresses) },
+    timeouts: draft.timeouts,
+    tls: draft.tls,
+    maxConnections: draft.maxConnections,
+  };
+  return _deepFreeze(config);
+}
+
+/**
+ * Validate a parsed configuration value and resolve its secrets in one step.
+ *
+ * @example Usage
+ * ```ts
+ * import { buildConfig } from "./load.ts";
+ * const config = buildConfig({ listeners: [{ secret: "0123456789abcdef0123456789abcdef" }] });
+ * config.listeners[0]?.port; // 1443
+ * ```
+ */
+export function buildConfig(raw: unknown, options: ResolveConfigOptions = {}): Config {
+  return resolveSecrets(buildConfigDraft(raw, options), options.stateSecret ?? null);
+}
+
+/**
+ * Parse YAML text into a frozen {@linkcode Config}. Every listener needs a secret, from the
+ * file, an override or `options.stateSecret`.
+ *
+ * @example Usage
+ * ```ts
+ * import { parseConfig } from "./load.ts";
+ * const config = parseConfig("log_level: debug\n", "inline", { stateSecret: new Uint8Array(16) });
+ * config.logLevel; // "debug"
+ * ```
+ */
+export function parseConfig(
+  yamlText: string,
+  source: string,
+  options: ResolveConfigOptions = {},
+): Config {
+  return buildConfig(parseYaml(yamlText, source), options);
+}
+
+/**
+ * Read and validate a YAML file into a {@linkcode ConfigDraft}. A file that cannot be read is
+ * a {@linkcode ConfigError} too.
+ *
+ * @example Usage
+ * ```ts ignore
+ * import { loadConfigDraftFile } from "./load.ts";
+ * const draft = await loadConfigDraftFile("/etc/mtproxy/config.yaml");
+ * ```
+ */
+export async function loadConfigDraftFile(
+  path: string,
+  options: BuildConfigOptions = {},
+): Promise<ConfigDraft> {
+  return buildConfigDraft(parseYaml(await _readConfigText(path), path), options);
+}
+
+/**
+ * Read a YAML file into a frozen {@linkcode Config} (every listener needs a secret).
+ *
+ * @example Usage
+ * ```ts ignore
+ * import { loadConfigFile } from "./load.ts";
+ * const config = await loadConfigFile("config.yaml");
+ * ```
+ */
+export async function loadConfigFile(
+  path: string,
+  options: ResolveConfigOptions = {},
+): Promise<Config> {
+  return parseConfig(await _readConfigText(path), path, options);
+}
+
+/**
+ * The candidate closest to `word` when it is a likely typo of it (case, `-` for `_`, or a
+ * small edit distance), else undefined.
+ *
+ * @example Usage
+ * ```ts
+ * import { suggest } from "./load.ts";
+ * suggest("prot", ["port", "host"]); // "port"
+ * suggest("zzz", ["port", "host"]); // undefined
+ * ```
+ */
+export function suggest(word: string, candidates: readonly string[]): string | undefined {
+  const norm = (s: string) => s.toLowerCase().replaceAll("-", "_");
+  const w = norm(word);
+  let best: string | undefined;
+  let bestDistance = Infinity;
+  for (const candidate of candidates) {
+    const c = norm(candidate);
+    const d = c === w ? 0 : _editDistance(w, c);
+    const limit = Math.max(1, Math.min(3, Math.floor(Math.max(w.length, c.length) / 3)));
+    const prefix = w.length >= 3 && (c.startsWith(w) || w.startsWith(c));
+    if ((d <= limit || prefix) && d < bestDistance) {
+      best = candidate;
+      bestDistance = d;
+    }
+  }
+  return best;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading
+
+async function _readConfigText(path: string): Promise<string> {
+  try {
+    return await Deno.readTextFile(path);
+  } catch (e) {
+    const why = e instanceof Deno.errors.NotFound
+      ? "no such file"
+      : e instanceof Deno.errors.PermissionDenied
+      ? "permission denied"
+      : e instanceof Deno.errors.IsADirectory
+      ? "it is a directory"
+      : e instanceof Error
+      ? e.message
+      : String(e);
+    throw new ConfigError([`Cannot read config file ${JSON.stringify(path)}: ${why}`]);
+  }
+}
+
+function _editDistance(a: string, b: string): number {
+  // Optimal string alignment: insertions, deletions, substitutions, adjacent transpositions.
+  const rows = a.length + 1;
+  const cols = b.length + 1;
+  const d: number[] = new Array(rows * cols).fill(0);
+  const at = (i: number, j: number) => d[i * cols + j]!;
+  for (let i = 0; i < rows; i++) d[i * cols] = i;
+  for (let j = 0; j < cols; j++) d[j] = j;
+  for (let i = 1; i < rows; i++) {
+    for (let j = 1; j < cols; j++) {
+      const cost = a[i - 1] === b[j - 1] ? 0 : 1;
+      let v = Math.min(at(i - 1, j) + 1, at(i, j - 1) + 1, at(i - 1, j - 1) + cost);
+      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1]) {
+        v = Math.min(v, at(i - 2, j - 2) + 1);
+      }
+      d[i * cols + j] = v;
+    }
+  }
+  return at(a.length, b.length);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Overrides
+
+function _isMapping(v: unknown): v is Record<string, unknown> {
+  return typeof v === "object" && v !== null && !Array.isArray(v) && !(v instanceof Uint8Array);
+}
+
+function _applyOverrides(
+  raw: unknown,
+  o: ConfigOverrides,
+  origins: Map<string, string>,
+): unknown {
+  if (raw !== null && raw !== undefined && !_isMapping(raw)) return raw;
+  const root: Record<string, unknown> = raw ? structuredClone(raw) : {};
+  const set = (
+    target: Record<string, unknown>,
+    key: string,
+    path: string,
+    ov: ConfigOverride<unknown> | undefined,
+    convert: (v: unknown) => unknown = (v) => v,
+  ) => {
+    if (ov === undefined) return;
+    target[key] = convert(ov.value);
+    origins.set(path, ov.source);
+  };
+  const numeric = (v: unknown) => typeof v === "string" && /^\s*\d+\s*$/.test(v) ? Number(v) : v;
+  const list = (v: unknown) => Array.isArray(v) ? [...v] : v;
+
+  set(root, "public_host", "public_host", o.publicHost);
+  set(root, "log_level", "log_level", o.logLevel);
+  set(root, "allowed_protocols", "allowed_protocols", o.allowedProtocols, list);
+  if (o.allowedProtocols && Array.isArray(root.listeners)) {
+    for (const l of root.listeners) if (_isMapping(l)) delete l.allowed_protocols;
+  }
+  const listenerOverride = o.host ?? o.port ?? o.secret ?? o.tlsDomains;
+  if (root.listeners === undefined || root.listeners === null) {
+    root.listeners = [{ name: DEFAULT_LISTENER_NAME }];
+  } else if (Array.isArray(root.listeners) && root.listeners.length === 0 && listenerOverride) {
+    root.listeners.push({ name: DEFAULT_LISTENER_NAME });
+  }
+  const first: unknown = Array.isArray(root.listeners) ? root.listeners[0] : undefined;
+  if (_isMapping(first)) {
+    set(first, "host", "listeners[0].host", o.host);
+    set(first, "port", "listeners[0].port", o.port, numeric);
+    set(first, "secret", "listeners[0].secret", o.secret);
+    set(first, "tls_domain", "listeners[0].tls_domain", o.tlsDomains, list);
+  }
+  return root;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Schema: checks return the value (converted) or INVALID after recording a problem.
+
+const INVALID: unique symbol = Symbol("invalid");
+type Invalid = typeof INVALID;
+type Check<T> = (value: unknown, path: string, c: _Checker) => T | Invalid;
+
+class _Checker {
+  readonly problems: string[] = [];
+  readonly warnings: string[] = [];
+  readonly #origins: ReadonlyMap<string, string>;
+
+  constructor(origins: ReadonlyMap<string, string>) {
+    this.#origins = origins;
+  }
+
+  label(path: string): string {
+    for (const [p, source] of this.#origins) {
+      if (path === p || path.startsWith(p + "[") || path.startsWith(p + ".")) {
+        return `${path} (from ${source})`;
+      }
+    }
+    return path === "" ? "(top level)" : path;
+  }
+
+  /** Record a problem; `got` is the offending value and an optional hint after it. */
+  fail(path: string, reason: string, ...got: [value: unknown, hint?: string] | []): Invalid {
+    const detail = got.length > 0 ? `: got ${_show(got[0])}${got[1] ?? ""}` : "";
+    this.problems.push(`${this.label(path)}: ${reason}${detail}`);
+    return INVALID;
+  }
+
+  warn(path: string, reason: string): void {
+    this.warnings.push(`${this.label(path)}: ${reason}`);
+  }
+}
+
+function _show(v: unknown): string {
+  if (typeof v === "string") return JSON.stringify(v);
+  if (Array.isArray(v)) return "a list";
+  if (v instanceof Uint8Array) return `${v.length} bytes`;
+  if (typeof v === "object" && v !== null) return "a mapping";
+  return String(v);
+}
+
+function _join(path: string, key: string): string {
+  return path === "" ? key : `${path}.${key}`;
+}
+
+type Shape = Record<string, Check<unknown>>;
+type ShapeOut<S extends Shape> = {
+  [K in keyof S]?: S[K] extends Check<infer T> ? T : never;
+};
+
+/** Key hints for keys that belong elsewhere. */
+const MISPLACED: Readonly<Record<string, string>> = {
+  secret: "listeners[0].secret",
+  port: "listeners[0].port",
+  host: "listeners[0].host",
+  name: "listeners[0].name",
+  tls_domain: "listeners[0].tls_domain",
+  tls_domains: "listeners[0].tls_domain",
+  dc_addresses: "telegram.dc_addresses",
+  prefer_ipv6: "telegram.prefer_ipv6",
+  default_dc: "telegram.default_dc",
+  handshake: "timeouts.handshake",
+  idle: "timeouts.idle",
+  dc_connect: "timeouts.dc_connect",
+  shutdown_grace: "timeouts.shutdown_grace",
+  max_clock_skew: "tls.max_clock_skew",
+};
+
+/** A mapping with known keys; absent (undefined or null) fields come out as undefined. */
+function _mapping<S extends Shape>(shape: S): Check<ShapeOut<S>> {
+  const known = Object.keys(shape);
+  return (value, path, c) => {
+    const v = value ?? {};
+    if (!_isMapping(v)) return c.fail(path, "must be a mapping of keys to values", value);
+    let ok = true;
+    const out: Record<string, unknown> = {};
+    // Document order, so problems read top to bottom like the file.
+    for (const key of Object.keys(v)) {
+      const check = Object.hasOwn(shape, key) ? shape[key] : undefined;
+      if (check === undefined) {
+        ok = false;
+        const close = suggest(key, known);
+        const elsewhere = path === "" ? MISPLACED[key] : undefined;
+        const hint = close !== undefined
+          ? ` (did you mean ${JSON.stringify(close)}?)`
+          : elsewhere !== undefined
+          ? ` (did you mean ${elsewhere}?)`
+          : ` (known keys: ${known.join(", ")})`;
+        c.problems.push(`${c.label(_join(path, key))}: unknown key${hint}`);
+        continue;
+      }
+      const field = v[key];
+      if (field === undefined || field === null) continue;
+      const r = check(field, _join(path, key), c);
+      if (r === INVALID) ok = false;
+      else out[key] = r;
+    }
+    return ok ? out as ShapeOut<S> : INVALID;
+  };
+}
+
+function _list<T>(item: Check<T>, what: string, options: { single?: boolean } = {}): Check<T[]> {
+  return (value, path, c) => {
+    const items = Array.isArray(value)
+      ? value
+      : options.single && (typeof value === "string" || typeof value === "number")
+      ? [value]
+      : null;
+    if (items === null) return c.fail(path, `must be a list of ${what}`, value);
+    if (items.length === 0) return c.fail(path, "must not be empty");
+    const out: T[] = [];
+    let ok = true;
+    items.forEach((x, i) => {
+      const r = item(x, `${path}[${i}]`, c);
+      if (r === INVALID) ok = false;
+      else if (!out.includes(r)) out.push(r);
+    });
+    return ok ? out : INVALID;
+  };
+}
+
+function _string(what: string): Check<string> {
+  return (value, path, c) => {
+    if (typeof value === "number") return String(value);
+    if (typeof value !== "string" || value.trim() === "") {
+      return c.fail(path, `must be ${what}`, value);
+    }
+    return value.trim();
+  };
+}
+
+function _int(min: number, max: number): Check<number> {
+  return (value, path, c) => {
+    const n = typeof value === "string" && /^\s*[+-]?\d+\s*$/.test(value) ? Number(value) : value;
+    if (typeof n !== "number" || !Number.isInteger(n) || n < min || n > max) {
+      return c.fail(path, `must be an integer ${min}-${max}`, value);
+    }
+    return n;
+  };
+}
+
+/** Longest timer setTimeout supports, in seconds. */
+const MAX_SECONDS = 2_147_483;
+
+/** Positive seconds in, milliseconds out. */
+const _seconds: Check<number> = (value, path, c) => {
+  const n = typeof value === "string" && value.trim() !== "" ? Number(value) : value;
+  if (typeof n !== "number" || !Number.isFinite(n) || n <= 0 || n > MAX_SECONDS) {
+    return c.fail(path, `must be a positive number of seconds up to ${MAX_SECONDS}`, value);
+  }
+  return Math.max(1, Math.round(n * 1000));
+};
+
+const _bool: Check<boolean> = (value, path, c) => {
+  if (typeof value === "boolean") return value;
+  if (value === "true" || value === "false") return value === "true";
+  return c.fail(path, "must be true or false", value);
+};
+
+function _choice<T extends string>(values: readonly T[]): Check<T> {
+  return (value, path, c) => {
+    const s = typeof value === "string" ? value.trim().toLowerCase() : undefined;
+    const hit = values.find((v) => v === s);
+    if (hit !== undefined) return hit;
+    const close = typeof value === "string" ? suggest(value, values) : undefined;
+    const hint = close === undefined ? "" : ` (did you mean ${JSON.stringify(close)}?)`;
+    return c.fail(path, `must be one of ${values.join(", ")}`, value, hint);
+  };
+}
+
+const IPV4_RE = /^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$/;
+
+/** The canonical text of an IP literal, or null. IPv6 comes out compressed, lowercase. */
+function _ipLiteral(text: string): string | null {
+  const s = text.trim().replace(/^\[(.*)\]$/, "$1");
+  if (IPV4_RE.test(s)) return s;
+  if (!s.includes(":") || !/^[0-9a-fA-F:.]+$/.test(s)) return null;
+  try {
+    return new URL(`http://[${s}]/`).hostname.slice(1, -1);
+  } catch {
+    return null;
+  }
+}
+
+function _isHostName(s: string): boolean {
+  const labels = s.split(".");
+  return s.length <= 253 && !/^\d+$/.test(labels[labels.length - 1]!) &&
+    labels.every((l) => /^(?!-)[a-z0-9_-]{1,63}(?<!-)$/i.test(l));
+}
+
+const _bindHost: Check<string> = (value, path, c) => {
+  const ip = typeof value === "string" ? _ipLiteral(value) : null;
+  if (ip === null) {
+    return c.fail(path, "must be an IPv4 or IPv6 address literal such as 0.0.0.0 or ::", value);
+  }
+  return ip;
+};
+
+const _publicHost: Check<string> = (value, path, c) => {
+  const s = typeof value === "string" ? value.trim() : "";
+  const ip = _ipLiteral(s);
+  if (ip !== null) return ip;
+  if (s !== "" && !s.includes(":") && _isHostName(s)) return s.toLowerCase();
+  return c.fail(path, "must be a host name or an IP address", value);
+};
+
+const _tlsDomain: Check<string> = (value, path, c) => {
+  if (typeof value === "string" && isValidTlsDomain(value.trim())) {
+    return value.trim().toLowerCase();
+  }
+  return c.fail(
+    path,
+    `must be a host name of at most ${MAX_TLS_DOMAIN_BYTES} characters`,
+    value,
+  );
+};
+
+const _listenerName: Check<string> = (value, path, c) => {
+  const s = typeof value === "number" ? String(value) : value;
+  if (typeof s === "string" && /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/.test(s)) return s;
+  return c.fail(
+    path,
+    'must be 1-64 letters, digits, ".", "_" or "-", starting with a letter or digit',
+    value,
+  );
+};
+
+const _secret: Check<ParsedSecret> = (value, path, c) => {
+  if (typeof value !== "string") {
+    return c.fail(path, "must be a string of 32 hex digits (quote it in YAML)", value);
+  }
+  try {
+    return parseSecret(value);
+  } catch (e) {
+    if (e instanceof SecretError && e.reason === "bad_domain") {
+      return c.fail(
+        path,
+        `has an invalid "ee" domain: it must be a host name of at most ${MAX_TLS_DOMAIN_BYTES} characters`,
+        value,
+      );
+    }
+    return c.fail(
+      path,
+      'must be 32 hex digits, "dd" + 32 hex digits, or an "ee" secret in hex or base64url',
+      value,
+    );
+  }
+};
+
+const _dcId = _int(-1000, 1000);
+
+const _hostPort: Check<HostPort> = (value, path, c) => {
+  const s = typeof value === "string" ? value.trim() : "";
+  const m = /^\[([^\]]+)\]:(\d+)$/.exec(s) ?? /^([^:\[\]]+):(\d+)$/.exec(s);
+  const host = m ? (_ipLiteral(m[1]!) ?? (_isHostName(m[1]!) ? m[1]!.toLowerCase() : null)) : null;
+  const port = m ? Number(m[2]) : 0;
+  if (host === null || port < 1 || port > 65535) {
+    return c.fail(path, 'must be "host:port" (IPv6 as "[addr]:port") with a port 1-65535', value);
+  }
+  return { host, port };
+};
+
+const _dcAddresses: Check<Map<number, HostPort>> = (value, path, c) => {
+  if (!_isMapping(value)) {
+    return c.fail(path, 'must be a mapping of DC ids to "host:port"', value);
+  }
+  const out = new Map<number, HostPort>();
+  let ok = true;
+  for (const [key, v] of Object.entries(value)) {
+    const p = _join(path, key);
+    const id = /^[+-]?\d+$/.test(key.trim()) ? Number(key) : NaN;
+    if (!Number.isInteger(id) || id === 0 || id < -1000 || id > 1000) {
+      c.fail(p, "DC id must be a nonzero integer -1000..1000", key);
+      ok = false;
+      continue;
+    }
+    const hp = _hostPort(v, p, c);
+    if (hp === INVALID) ok = false;
+    else out.set(id, hp);
+  }
+  return ok ? out : INVALID;
+};
+
+const PROTOCOLS: readonly ClientProtocol[] = ["tls", "dd", "plain"];
+const LOG_LEVELS: readonly LogLevel[] = ["debug", "info", "warning", "error"];
+const _protocols = _list(_choice(PROTOCOLS), "tls, dd, plain", { single: true });
+
+const LISTENER = _mapping({
+  name: _listenerName,
+  host: _bindHost,
+  port: _int(1, 65535),
+  secret: _secret,
+  tls_domain: _list(_tlsDomain, "host names", { single: true }),
+  allowed_protocols: _protocols,
+});
+
+/** The whole file. */
+const ROOT = _mapping({
+  listeners: _list(LISTENER, "listeners"),
+  allowed_protocols: _protocols,
+  public_host: _publicHost,
+  log_level: _choice(LOG_LEVELS),
+  max_connections: _int(1, 10_000_000),
+  telegram: _mapping({
+    dc_addresses: _dcAddresses,
+    prefer_ipv6: _bool,
+    default_dc: _dcId,
+  }),
+  timeouts: _mapping({
+    handshake: _seconds,
+    idle: _seconds,
+    dc_connect: _seconds,
+    shutdown_grace: _seconds,
+  }),
+  tls: _mapping({ max_clock_skew: _seconds }),
+  state_file: _string("a file path"),
+});
+
+// ---------------------------------------------------------------------------------------------
+// From the checked value to the draft: defaults and cross-field checks.
+
+function _toDraft(p: Exclude<ReturnType<typeof ROOT>, Invalid>, c: _Checker): ConfigDraft {
+  const allowedProtocols = p.allowed_protocols ?? [...DEFAULT_ALLOWED_PROTOCOLS];
+  const rawListeners = p.listeners ?? [{}];
+
+  const names = new Map<string, number>();
+  const addresses = new Map<string, number>();
+  const listeners = rawListeners.map((l, i): ListenerDraft => {
+    const name = l.name ?? (p.listeners ? `listener${i + 1}` : DEFAULT_LISTENER_NAME);
+    const host = l.host ?? DEFAULT_HOST;
+    const port = l.port ?? DEFAULT_PORT;
+    const earlier = names.get(name);
+    if (earlier !== undefined) {
+      c.fail(`listeners[${i}].name`, `duplicate listener name (also listeners[${earlier}])`, name);
+    } else names.set(name, i);
+    const address = host.includes(":") ? `[${host}]:${port}` : `${host}:${port}`;
+    const same = addresses.get(address);
+    if (same !== undefined) {
+      c.fail(`listeners[${i}]`, `same address as listeners[${same}]`, address);
+    } else addresses.set(address, i);
+
+    let tlsDomains = l.tls_domain ?? [];
+    const eeDomain = l.secret?.domain?.toLowerCase();
+    if (eeDomain !== undefined) {
+      if (tlsDomains.length === 0) tlsDomains = [eeDomain];
+      else if (!tlsDomains.includes(eeDomain)) {
+        c.warn(
+          `listeners[${i}].secret`,
+          `its "ee" domain ${
+            JSON.stringify(eeDomain)
+          } is not in tls_domain, so clients using that secret form will be refused`,
+        );
+      }
+    }
+    if (tlsDomains.length === 0) tlsDomains = [DEFAULT_TLS_DOMAIN];
+    return {
+      name,
+      host,
+      port,
+      secret: l.secret ? l.secret.key : null,
+      tlsDomains,
+      allowedProtocols: l.allowed_protocols ?? allowedProtocols,
+    };
+  });
+
+  const dcAddresses = p.telegram?.dc_addresses ?? new Map<number, HostPort>();
+  const defaultDc = p.telegram?.default_dc ?? DEFAULT_DC;
+  if (defaultDc === 0) c.fail("telegram.default_dc", "must not be 0", defaultDc);
+  else if (!BUILTIN_DC_IDS.includes(defaultDc) && !dcAddresses.has(defaultDc)) {
+    c.fail(
+      "telegram.default_dc",
+      `must be a built-in DC (${BUILTIN_DC_IDS.join(", ")}) or a key of telegram.dc_addresses`,
+      defaultDc,
+    );
+  }
+  const telegram: TelegramConfig = {
+    dcAddresses,
+    preferIpv6: p.telegram?.prefer_ipv6 ?? DEFAULT_PREFER_IPV6,
+    defaultDc,
+  };
+  return {
+    listeners,
+    allowedProtocols,
+    publicHost: p.public_host ?? null,
+    logLevel: p.log_level ?? DEFAULT_LOG_LEVEL,
+    telegram,
+    timeouts: {
+      handshakeMs: p.timeouts?.handshake ?? DEFAULT_HANDSHAKE_TIMEOUT_MS,
+      idleMs: p.timeouts?.idle ?? DEFAULT_IDLE_TIMEOUT_MS,
+      dcConnectMs: p.timeouts?.dc_connect ?? DEFAULT_DC_CONNECT_TIMEOUT_MS,
+      shutdownGraceMs: p.timeouts?.shutdown_grace ?? DEFAULT_SHUTDOWN_GRACE_MS,
+    },
+    tls: { maxClockSkewMs: p.tls?.max_clock_skew ?? DEFAULT_TLS_MAX_CLOCK_SKEW_MS },
+    maxConnections: p.max_connections ?? DEFAULT_MAX_CONNECTIONS,
+    stateFile: p.state_file ?? null,
+    warnings: c.warnings,
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Freezing
+
+/** A Map whose mutators throw, so a frozen Config cannot be changed through its maps. */
+class _FrozenMap<K, V> extends Map<K, V> {
+  constructor(entries: Iterable<readonly [K, V]>) {
+    super();
+    for (const [k, v] of entries) super.set(k, _deepFreeze(v));
+    Object.freeze(this);
+  }
+  override set(): this {
+    throw new TypeError("Configuration is read-only");
+  }
+  override delete(): boolean {
+    throw new TypeError("Configuration is read-only");
+  }
+  override clear(): void {
+    throw new TypeError("Configuration is read-only");
+  }
+}
+
+function _deepFreeze<T>(value: T): T {
+  if (typeof value !== "object" || value === null || ArrayBuffer.isView(value)) return value;
+  if (value instanceof Map) return value;
+  for (const v of Object.values(value)) _deepFreeze(v);
+  return Object.freeze(value);
+}

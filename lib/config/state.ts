@@ -1,0 +1,240 @@
+/**
+ * The state file: a small JSON document that keeps the random secret made on first start, so
+ * links stay valid across restarts. Written atomically (temporary file, then link or rename)
+ * with mode 0600.
+ *
+ * ```json
+ * { "version": 1, "secret": "0123456789abcdef0123456789abcdef", "created_at": "2026-01-01T00:00:00.000Z" }
+ * ```
+ *
+ * @module
+ */
+import { dirname, isAbsolute, join, resolve } from "node:path";
+import { DEFAULT_STATE_FILE_NAME } from "./defaults.ts";
+import { generateSecret, parseSecret, SecretError, toHex } from "../secret.ts";
+
+/** Environment variable naming the state file; it wins over `state_file`. */
+export const STATE_FILE_ENV = "MTP_STATE_FILE";
+
+/** What the state file keeps. */
+export interface ProxyState {
+  /** The 16-byte secret for listeners that have none in the configuration. */
+  readonly secret: Uint8Array;
+  /** When the secret was made (ISO 8601). */
+  readonly createdAt: string;
+}
+
+/** A state file that cannot be read, parsed or written. */
+export class StateFileError extends Error {
+  /** The state file's path. */
+  readonly path: string;
+
+  /** Create the error for `path`. */
+  constructor(path: string, message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = "StateFileError";
+    this.path = path;
+  }
+}
+
+/** Inputs of {@linkcode resolveStatePath}. */
+export interface StatePathOptions {
+  /** Environment to read `MTP_STATE_FILE` from. @default {} */
+  env?: Readonly<Record<string, string | undefined>>;
+  /** `state_file` from the configuration. @default null */
+  stateFile?: string | null;
+  /** The configuration file, when one is used. @default null */
+  configPath?: string | null;
+  /** Directory for relative paths without a config file. @default Deno.cwd() */
+  cwd?: string;
+}
+
+/**
+ * Where the state file lives: `$MTP_STATE_FILE` (relative to the working directory), else
+ * `state_file` (relative to the config file's directory), else `mtproxy-state.json` next to the
+ * config file, else in the working directory. Always an absolute path.
+ *
+ * @example Usage
+ * ```ts
+ * import { resolveStatePath } from "./state.ts";
+ * resolveStatePath({ configPath: "/etc/mtproxy/config.yaml" }); // "/etc/mtproxy/mtproxy-state.json"
+ * ```
+ */
+export function resolveStatePath(options: StatePathOptions = {}): string {
+  const cwd = options.cwd ?? Deno.cwd();
+  const fromEnv = options.env?.[STATE_FILE_ENV]?.trim();
+  if (fromEnv) return resolve(cwd, fromEnv);
+  const configDir = options.configPath ? dirname(resolve(cwd, options.configPath)) : cwd;
+  if (options.stateFile) {
+    return isAbsolute(options.stateFile)
+      ? options.stateFile
+      : resolve(configDir, options.stateFile);
+  }
+  return join(configDir, DEFAULT_STATE_FILE_NAME);
+}
+
+/**
+ * Read the state file; null when it does not exist. Throws {@linkcode StateFileError} when it
+ * cannot be read or is not a valid state document.
+ *
+ * @example Usage
+ * ```ts ignore
+ * import { readState } from "./state.ts";
+ * const state = await readState("/var/lib/mtproxy/state.json");
+ * ```
+ */
+export async function readState(path: string): Promise<ProxyState | null> {
+  let text: string;
+  try {
+    text = await Deno.readTextFile(path);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return null;
+    throw new StateFileError(path, `Cannot read state file ${JSON.stringify(path)}: ${_why(e)}`, {
+      cause: e,
+    });
+  }
+  return _parseState(path, text);
+}
+
+/**
+ * Write the state file atomically with mode 0600, replacing any previous one. Creates the
+ * parent directory when missing.
+ *
+ * @example Usage
+ * ```ts ignore
+ * import { writeState } from "./state.ts";
+ * await writeState("state.json", { secret: new Uint8Array(16), createdAt: new Date().toISOString() });
+ * ```
+ */
+export async function writeState(path: string, state: ProxyState): Promise<void> {
+  const tmp = await _writeTemp(path, state);
+  try {
+    await Deno.rename(tmp, path);
+  } catch (e) {
+    await _removeQuietly(tmp);
+    throw new StateFileError(path, `Cannot write state file ${JSON.stringify(path)}: ${_why(e)}`, {
+      cause: e,
+    });
+  }
+}
+
+/** What {@linkcode loadOrCreateState} found or made. */
+export interface LoadedState {
+  readonly state: ProxyState;
+  /** True when this call made the secret and wrote the file. */
+  readonly created: boolean;
+}
+
+/**
+ * Read the state file, or make a new random secret and write it when there is none. Safe when
+ * two processes start at once: both end up with the secret that was written first.
+ *
+ * @example Usage
+ * ```ts ignore
+ * import { loadOrCreateState } from "./state.ts";
+ * const { state, created } = await loadOrCreateState("./mtproxy-state.json");
+ * ```
+ */
+export async function loadOrCreateState(path: string): Promise<LoadedState> {
+  const existing = await readState(path);
+  if (existing) return { state: existing, created: false };
+  const state: ProxyState = { secret: generateSecret(), createdAt: new Date().toISOString() };
+  const tmp = await _writeTemp(path, state);
+  try {
+    // A hard link creates `path` only if it does not exist yet: no clobbering a racing writer.
+    await Deno.link(tmp, path);
+  } catch (e) {
+    if (e instanceof Deno.errors.AlreadyExists) {
+      await _removeQuietly(tmp);
+      const other = await readState(path);
+      if (other) return { state: other, created: false };
+      return await loadOrCreateState(path);
+    }
+    // No hard links here (some file systems): fall back to a plain rename.
+    try {
+      await Deno.rename(tmp, path);
+      return { state, created: true };
+    } catch (e2) {
+      await _removeQuietly(tmp);
+      throw new StateFileError(
+        path,
+        `Cannot write state file ${JSON.stringify(path)}: ${_why(e2)}`,
+        { cause: e2 },
+      );
+    }
+  }
+  await _removeQuietly(tmp);
+  return { state, created: true };
+}
+
+function _parseState(path: string, text: string): ProxyState {
+  const bad = (why: string) =>
+    new StateFileError(
+      path,
+      `State file ${
+        JSON.stringify(path)
+      } is not valid: ${why}; fix it, or delete it to make a new secret (every link changes)`,
+    );
+  let data: unknown;
+  try {
+    data = JSON.parse(text);
+  } catch (e) {
+    throw bad(`not JSON (${_why(e)})`);
+  }
+  if (typeof data !== "object" || data === null || Array.isArray(data)) {
+    throw bad("expected a JSON object");
+  }
+  const doc = data as Record<string, unknown>;
+  if (doc.version !== 1) throw bad(`unsupported version: got ${JSON.stringify(doc.version)}`);
+  if (typeof doc.secret !== "string") throw bad('"secret" must be a string of 32 hex digits');
+  let secret: Uint8Array;
+  try {
+    const parsed = parseSecret(doc.secret);
+    if (parsed.kind !== "plain") throw new SecretError("bad_format", "not plain");
+    secret = parsed.key;
+  } catch {
+    throw bad(`"secret" must be 32 hex digits: got ${JSON.stringify(doc.secret)}`);
+  }
+  const createdAt = typeof doc.created_at === "string" ? doc.created_at : "";
+  return { secret, createdAt };
+}
+
+async function _writeTemp(path: string, state: ProxyState): Promise<string> {
+  const text = JSON.stringify(
+    { version: 1, secret: toHex(state.secret), created_at: state.createdAt },
+    null,
+    2,
+  ) + "\n";
+  const tmp = `${path}.${toHex(crypto.getRandomValues(new Uint8Array(6)))}.tmp`;
+  try {
+    await Deno.mkdir(dirname(path), { recursive: true, mode: 0o700 });
+    const file = await Deno.open(tmp, { write: true, createNew: true, mode: 0o600 });
+    try {
+      const bytes = new TextEncoder().encode(text);
+      for (let off = 0; off < bytes.length;) off += await file.write(bytes.subarray(off));
+      await file.syncData();
+    } finally {
+      file.close();
+    }
+    return tmp;
+  } catch (e) {
+    await _removeQuietly(tmp);
+    throw new StateFileError(path, `Cannot write state file ${JSON.stringify(path)}: ${_why(e)}`, {
+      cause: e,
+    });
+  }
+}
+
+async function _removeQuietly(path: string): Promise<void> {
+  try {
+    await Deno.remove(path);
+  } catch {
+    // Already gone.
+  }
+}
+
+function _why(e: unknown): string {
+  if (e instanceof Deno.errors.PermissionDenied) return "permission denied";
+  if (e instanceof Deno.errors.NotFound) return "no such file or directory";
+  return e instanceof Error ? e.message : String(e);
+}
