@@ -1,0 +1,106 @@
+/**
+ * `mtproxy link`: print the tg:// and https://t.me links of every listener for every allowed
+ * protocol, with the same options and configuration as `run`.
+ *
+ * @module
+ */
+import type { Config } from "../config/types.ts";
+import { proxyLinks } from "../secret.ts";
+import { parseRunArgs, reportError, resolveRunConfig, RUN_OPTIONS_HELP } from "./options.ts";
+
+/** Help screen of `mtproxy link`. */
+export const LINK_HELP = `Usage: mtproxy link [options]
+
+Print the tg:// and https://t.me proxy links of every listener, for every allowed
+protocol, using public_host as the server. Reads the same configuration as "run";
+secrets come from the config or the state file (which "link" never creates).
+
+${RUN_OPTIONS_HELP}`;
+
+/** `host:port`, with brackets around an IPv6 literal. */
+export function formatAddress(host: string, port: number): string {
+  return host.includes(":") ? `[${host}]:${port}` : `${host}:${port}`;
+}
+
+/** What {@linkcode formatLinks} prints. */
+export interface FormattedLinks {
+  /** The lines for stdout. */
+  readonly lines: readonly string[];
+  /** Warnings for stderr (public_host unset). */
+  readonly warnings: readonly string[];
+}
+
+const WILDCARDS = new Set(["0.0.0.0", "::"]);
+
+/**
+ * The link block of every listener of `config`, and warnings when public_host is unset.
+ *
+ * @example Usage
+ * ```ts
+ * import { formatLinks } from "./link.ts";
+ * import { buildConfig } from "../config/load.ts";
+ * const config = buildConfig({ public_host: "proxy.example.com" }, {
+ *   stateSecret: new Uint8Array(16),
+ * });
+ * formatLinks(config).lines[0]; // "main (0.0.0.0:1443), links to proxy.example.com:1443"
+ * ```
+ */
+export function formatLinks(config: Config): FormattedLinks {
+  const lines: string[] = [];
+  const warnings: string[] = [];
+  for (const l of config.listeners) {
+    const host = config.publicHost ?? l.host;
+    if (config.publicHost === null) {
+      warnings.push(
+        WILDCARDS.has(l.host)
+          ? `Warning: public_host is not set, so the links of listener ${
+            JSON.stringify(l.name)
+          } use its bind address ${l.host}, which is no address clients can reach: set public_host (or --public-host, MTP_PUBLIC_HOST) to this server's public name or IP address`
+          : `Warning: public_host is not set, so the links of listener ${
+            JSON.stringify(l.name)
+          } use its bind address ${l.host}: set public_host (or --public-host, MTP_PUBLIC_HOST) if clients reach this server by another name or address`,
+      );
+    }
+    if (lines.length > 0) lines.push("");
+    lines.push(
+      `${l.name} (${formatAddress(l.host, l.port)}), links to ${formatAddress(host, l.port)}`,
+    );
+    const sets = proxyLinks({ host, port: l.port }, l.secret, {
+      protocols: l.allowedProtocols,
+      ...(l.tlsDomains[0] !== undefined && { tlsDomain: l.tlsDomains[0] }),
+    });
+    for (const s of sets) {
+      const label = s.kind === "tls" ? `tls (${s.encoding})` : s.kind;
+      lines.push(`  ${label.padEnd(16)} ${s.tg}`);
+      lines.push(`  ${"".padEnd(16)} ${s.https}`);
+    }
+  }
+  return { lines, warnings };
+}
+
+/**
+ * Run `mtproxy link`; returns the exit code.
+ *
+ * @example Usage
+ * ```ts ignore
+ * import { linkCommand } from "./link.ts";
+ * Deno.exit(await linkCommand(["--config", "config.yaml"]));
+ * ```
+ */
+export async function linkCommand(args: string[]): Promise<number> {
+  try {
+    const parsed = parseRunArgs(args);
+    if (parsed.help) {
+      console.log(LINK_HELP);
+      return 0;
+    }
+    const { config, warnings } = await resolveRunConfig(parsed, Deno.env.toObject());
+    for (const w of warnings) console.error(`Warning: ${w}`);
+    const out = formatLinks(config);
+    for (const w of out.warnings) console.error(w);
+    for (const line of out.lines) console.log(line);
+    return 0;
+  } catch (e) {
+    return reportError("link", e);
+  }
+}

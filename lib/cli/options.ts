@@ -1,0 +1,339 @@
+/**
+ * The option set shared by `run` and `link` (flags and `MTP_*` environment variables), how
+ * they become a {@linkcode Config}, and the error reporting every subcommand uses.
+ *
+ * Precedence: flags > environment > config file > defaults. `--port`, `--host`, `--secret` and
+ * `--tls-domain` apply to the first listener (created when the file has none); `--allow`
+ * replaces the allowed protocols everywhere.
+ *
+ * @module
+ */
+import { resolve } from "node:path";
+import { parseArgs, type ParseArgsOptionsConfig } from "node:util";
+import type { Config } from "../config/types.ts";
+import {
+  buildConfigDraft,
+  ConfigError,
+  type ConfigOverride,
+  type ConfigOverrides,
+  loadConfigDraftFile,
+  resolveSecrets,
+  suggest,
+} from "../config/load.ts";
+import {
+  loadOrCreateState,
+  readState,
+  resolveStatePath,
+  STATE_FILE_ENV,
+  StateFileError,
+} from "../config/state.ts";
+
+/** A command line that cannot be understood; commands exit with code 2 for it. */
+export class UsageError extends Error {
+  /** Create the error with its one-line message. */
+  constructor(message: string) {
+    super(message);
+    this.name = "UsageError";
+  }
+}
+
+/** The flags of `run` and `link`. */
+export const RUN_OPTIONS = {
+  config: { type: "string" },
+  port: { type: "string", short: "p" },
+  host: { type: "string" },
+  secret: { type: "string", short: "s" },
+  allow: { type: "string", short: "a", multiple: true },
+  "tls-domain": { type: "string", short: "d", multiple: true },
+  "public-host": { type: "string" },
+  "log-level": { type: "string" },
+  help: { type: "boolean", short: "h" },
+} as const satisfies ParseArgsOptionsConfig;
+
+/** Environment variables read by `run` and `link`. */
+export const ENV = {
+  config: "MTP_CONFIG",
+  port: "MTP_PORT",
+  host: "MTP_HOST",
+  secret: "MTP_SECRET",
+  allow: "MTP_ALLOW",
+  tlsDomain: "MTP_TLS_DOMAIN",
+  publicHost: "MTP_PUBLIC_HOST",
+  logLevel: "MTP_LOG_LEVEL",
+  stateFile: STATE_FILE_ENV,
+} as const;
+
+/** Help text for the shared options, for the `run` and `link` help screens. */
+export const RUN_OPTIONS_HELP =
+  `Options (each has an environment variable; flags win over it, it wins over the file):
+      --config FILE        YAML configuration file                            [MTP_CONFIG]
+  -p, --port PORT          port of the first listener (default 1443)          [MTP_PORT]
+      --host ADDR          bind address of the first listener (default 0.0.0.0) [MTP_HOST]
+  -s, --secret SECRET      secret of the first listener: 32 hex digits, or a
+                           dd/ee form (only its key is used)                  [MTP_SECRET]
+  -a, --allow PROTO        allowed protocol: tls, dd or plain; repeat or use
+                           commas (tls,dd); replaces every allowed list       [MTP_ALLOW]
+  -d, --tls-domain NAME    fake-TLS domain of the first listener; repeatable  [MTP_TLS_DOMAIN]
+      --public-host HOST   host name or IP address put in links               [MTP_PUBLIC_HOST]
+      --log-level LEVEL    debug, info, warning or error                      [MTP_LOG_LEVEL]
+  -h, --help               show this help
+
+Listeners without a secret share a random one kept in the state file:
+$MTP_STATE_FILE, else state_file from the config, else mtproxy-state.json next to
+the config file (or in the working directory).`;
+
+/** The parsed flags of `run` and `link`. */
+export interface RunArgs {
+  readonly help: boolean;
+  readonly config?: string;
+  readonly port?: string;
+  readonly host?: string;
+  readonly secret?: string;
+  readonly allow: readonly string[];
+  readonly tlsDomains: readonly string[];
+  readonly publicHost?: string;
+  readonly logLevel?: string;
+}
+
+/** The flag values and positional arguments of a command line. */
+export interface ParsedCommandArgs<T extends ParseArgsOptionsConfig> {
+  readonly values: ReturnType<typeof parseArgs<{ options: T; strict: true }>>["values"];
+  readonly positionals: string[];
+}
+
+/**
+ * Parse `args` with `node:util` parseArgs in strict mode, turning its errors into a
+ * {@linkcode UsageError} with a one-line message (and a "did you mean" for a mistyped flag).
+ *
+ * @example Usage
+ * ```ts
+ * import { parseCommandArgs } from "./options.ts";
+ * const { values } = parseCommandArgs(["--tls-domain", "a.example"], {
+ *   "tls-domain": { type: "string" },
+ * });
+ * values["tls-domain"]; // "a.example"
+ * ```
+ */
+export function parseCommandArgs<T extends ParseArgsOptionsConfig>(
+  args: readonly string[],
+  options: T,
+  config: { allowPositionals?: boolean } = {},
+): ParsedCommandArgs<T> {
+  try {
+    return parseArgs({
+      args: [...args],
+      options,
+      strict: true,
+      allowPositionals: config.allowPositionals ?? false,
+    }) as ParsedCommandArgs<T>;
+  } catch (e) {
+    throw new UsageError(_usageMessage(e, options));
+  }
+}
+
+function _usageMessage(e: unknown, options: ParseArgsOptionsConfig): string {
+  const code = (e as { code?: string }).code;
+  const message = e instanceof Error ? e.message : String(e);
+  const quoted = /'([^']*)'/.exec(message)?.[1];
+  if (code === "ERR_PARSE_ARGS_UNKNOWN_OPTION" && quoted !== undefined) {
+    const flags = Object.entries(options).flatMap(([long, o]) => [
+      `--${long}`,
+      ...(o.short ? [`-${o.short}`] : []),
+    ]);
+    const name = quoted.split("=")[0]!;
+    const close = name.startsWith("--") ? suggest(name, flags) : undefined;
+    const hint = close === undefined ? "" : ` (did you mean ${JSON.stringify(close)}?)`;
+    return `Unknown option ${JSON.stringify(quoted)}${hint}`;
+  }
+  if (code === "ERR_PARSE_ARGS_UNEXPECTED_POSITIONAL" && quoted !== undefined) {
+    return `Unexpected argument ${JSON.stringify(quoted)}`;
+  }
+  if (code === "ERR_PARSE_ARGS_INVALID_OPTION_VALUE" && quoted !== undefined) {
+    if (message.includes("does not take an argument")) {
+      return `Option ${JSON.stringify(quoted)} does not take a value`;
+    }
+    return `Option ${JSON.stringify(quoted.replace(/ <value>$/, ""))} needs a value`;
+  }
+  return message.split("\n")[0]!.replace(/\.$/, "");
+}
+
+/**
+ * Parse the shared flags of `run` and `link`. Throws {@linkcode UsageError}.
+ *
+ * @example Usage
+ * ```ts
+ * import { parseRunArgs } from "./options.ts";
+ * parseRunArgs(["-p", "443", "-a", "tls,dd"]).allow; // ["tls,dd"]
+ * ```
+ */
+export function parseRunArgs(args: readonly string[]): RunArgs {
+  const { values: v } = parseCommandArgs(args, RUN_OPTIONS);
+  return {
+    help: v.help ?? false,
+    ...(v.config !== undefined && { config: v.config }),
+    ...(v.port !== undefined && { port: v.port }),
+    ...(v.host !== undefined && { host: v.host }),
+    ...(v.secret !== undefined && { secret: v.secret }),
+    allow: v.allow ?? [],
+    tlsDomains: v["tls-domain"] ?? [],
+    ...(v["public-host"] !== undefined && { publicHost: v["public-host"] }),
+    ...(v["log-level"] !== undefined && { logLevel: v["log-level"] }),
+  };
+}
+
+/** Environment variables as a plain record (`Deno.env.toObject()`). */
+export type Env = Readonly<Record<string, string | undefined>>;
+
+/** Options for {@linkcode resolveRunConfig}. */
+export interface ResolveRunOptions {
+  /** Make and save a secret when a listener needs one and there is no state file. @default false */
+  createState?: boolean;
+  /** Directory that relative paths start from. @default Deno.cwd() */
+  cwd?: string;
+}
+
+/** The configuration `run` and `link` work with, and where it came from. */
+export interface ResolvedRunConfig {
+  readonly config: Config;
+  /** The config file used, or null. */
+  readonly configPath: string | null;
+  /** The state file location (used only when `stateUsed`). */
+  readonly statePath: string;
+  /** True when some listener takes its secret from the state file. */
+  readonly stateUsed: boolean;
+  /** True when this call made the state file. */
+  readonly stateCreated: boolean;
+  /** Configuration warnings, as "key.path: reason". */
+  readonly warnings: readonly string[];
+}
+
+/**
+ * Build the configuration of `run`/`link`: defaults <- config file (`--config` or
+ * `MTP_CONFIG`) <- environment <- flags, with missing secrets taken from the state file (made
+ * when `options.createState`). Throws {@linkcode UsageError}, {@linkcode ConfigError} or
+ * {@linkcode StateFileError}.
+ *
+ * @example Usage
+ * ```ts ignore
+ * import { resolveRunConfig } from "./options.ts";
+ * const { config, statePath } = await resolveRunConfig(["-p", "443"], Deno.env.toObject());
+ * ```
+ */
+export async function resolveRunConfig(
+  args: readonly string[] | RunArgs,
+  env: Env,
+  options: ResolveRunOptions = {},
+): Promise<ResolvedRunConfig> {
+  const a = _isRunArgs(args) ? args : parseRunArgs(args);
+  const e = (name: string) => {
+    const v = env[name]?.trim();
+    return v ? v : undefined;
+  };
+  const cwd = options.cwd ?? Deno.cwd();
+  const pick = <T>(flag: string, flagValue: T | undefined, envName: string, envValue?: T) =>
+    flagValue !== undefined
+      ? { value: flagValue, source: flag }
+      : envValue !== undefined
+      ? { value: envValue, source: envName }
+      : undefined;
+  const list = (values: readonly string[]) =>
+    values.flatMap((v) => v.split(",")).map((v) => v.trim()).filter((v) => v !== "");
+  const listOrUndefined = (values: readonly string[]) =>
+    values.length > 0 ? list(values) : undefined;
+  const envList = (name: string) => {
+    const v = e(name);
+    return v === undefined ? undefined : list([v]);
+  };
+
+  const overrides: Record<string, ConfigOverride<unknown> | undefined> = {
+    host: pick("--host", a.host, ENV.host, e(ENV.host)),
+    port: pick("--port", a.port, ENV.port, e(ENV.port)),
+    secret: pick("--secret", a.secret, ENV.secret, e(ENV.secret)),
+    tlsDomains: pick(
+      "--tls-domain",
+      listOrUndefined(a.tlsDomains),
+      ENV.tlsDomain,
+      envList(ENV.tlsDomain),
+    ),
+    allowedProtocols: pick("--allow", listOrUndefined(a.allow), ENV.allow, envList(ENV.allow)),
+    publicHost: pick("--public-host", a.publicHost, ENV.publicHost, e(ENV.publicHost)),
+    logLevel: pick("--log-level", a.logLevel, ENV.logLevel, e(ENV.logLevel)),
+  };
+  for (const key of Object.keys(overrides)) {
+    if (overrides[key] === undefined) delete overrides[key];
+  }
+  const buildOptions = { overrides: overrides as ConfigOverrides };
+
+  const configPath = a.config ?? e(ENV.config) ?? null;
+  const draft = configPath === null
+    ? buildConfigDraft(null, buildOptions)
+    : await loadConfigDraftFile(
+      options.cwd === undefined ? configPath : resolve(options.cwd, configPath),
+      buildOptions,
+    );
+  const statePath = resolveStatePath({ env, stateFile: draft.stateFile, configPath, cwd });
+  const missing = draft.listeners.filter((l) => l.secret === null);
+  let stateSecret: Uint8Array | null = null;
+  let stateCreated = false;
+  if (missing.length > 0) {
+    if (options.createState) {
+      const loaded = await loadOrCreateState(statePath);
+      stateSecret = loaded.state.secret;
+      stateCreated = loaded.created;
+    } else {
+      const state = await readState(statePath);
+      if (state === null) {
+        const names = missing.map((l) => JSON.stringify(l.name)).join(", ");
+        throw new StateFileError(
+          statePath,
+          `No secret yet for listener ${names}: the state file ${
+            JSON.stringify(statePath)
+          } does not exist; start the proxy once ("mtproxy run" makes it), pass --secret, or set ${ENV.stateFile} to the file the proxy uses`,
+        );
+      }
+      stateSecret = state.secret;
+    }
+  }
+  return {
+    config: resolveSecrets(draft, stateSecret),
+    configPath,
+    statePath,
+    stateUsed: missing.length > 0,
+    stateCreated,
+    warnings: draft.warnings,
+  };
+}
+
+function _isRunArgs(args: readonly string[] | RunArgs): args is RunArgs {
+  return !Array.isArray(args);
+}
+
+/**
+ * Print `e` for the user, without a stack trace, and return the exit code: 2 for a
+ * {@linkcode UsageError}, 1 for anything else. Configuration problems go one per line.
+ *
+ * @example Usage
+ * ```ts
+ * import { reportError, UsageError } from "./options.ts";
+ * const code = reportError("link", new UsageError('Unknown option "--x"'), () => {});
+ * code; // 2
+ * ```
+ */
+export function reportError(
+  command: string,
+  e: unknown,
+  write: (line: string) => void = console.error,
+): number {
+  const prefix = command === "" ? "mtproxy" : `mtproxy ${command}`;
+  if (e instanceof UsageError) {
+    write(`${prefix}: ${e.message}; see "${prefix} --help"`);
+    return 2;
+  }
+  if (e instanceof ConfigError) {
+    write(`${prefix}: Invalid configuration:`);
+    for (const p of e.problems) write(`  ${p}`);
+    return 1;
+  }
+  write(`${prefix}: ${e instanceof Error ? e.message : String(e)}`);
+  return 1;
+}

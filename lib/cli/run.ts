@@ -1,0 +1,112 @@
+/**
+ * `mtproxy run` (the default command): resolve the configuration, print the links, start the
+ * listeners and serve until SIGINT/SIGTERM, then shut down gracefully.
+ *
+ * @module
+ */
+import { type ServerHandle, startServer } from "../server.ts";
+import { logger, setupLogging } from "../ops/log.ts";
+import { formatAddress, formatLinks } from "./link.ts";
+import { parseRunArgs, reportError, resolveRunConfig, RUN_OPTIONS_HELP } from "./options.ts";
+
+/** Help screen of `mtproxy run`. */
+export const RUN_HELP = `Usage: mtproxy [run] [options]
+
+Run the proxy: print the proxy links, listen, and relay Telegram clients until
+SIGINT or SIGTERM (live clients then get timeouts.shutdown_grace seconds to
+finish; a second signal exits at once). Logs go to stderr.
+
+${RUN_OPTIONS_HELP}`;
+
+const SIGNALS: readonly Deno.Signal[] = ["SIGINT", "SIGTERM"];
+
+/**
+ * Run `mtproxy run`; resolves with the exit code once the server has shut down.
+ *
+ * @example Usage
+ * ```ts ignore
+ * import { runCommand } from "./run.ts";
+ * Deno.exit(await runCommand(["--config", "config.yaml"]));
+ * ```
+ */
+export async function runCommand(args: string[]): Promise<number> {
+  let server: ServerHandle;
+  try {
+    const parsed = parseRunArgs(args);
+    if (parsed.help) {
+      console.log(RUN_HELP);
+      return 0;
+    }
+    const resolved = await resolveRunConfig(parsed, Deno.env.toObject(), { createState: true });
+    const { config } = resolved;
+    await setupLogging(config.logLevel);
+    for (const w of resolved.warnings) console.error(`Warning: ${w}`);
+
+    const links = formatLinks(config);
+    for (const w of links.warnings) console.error(w);
+    for (const line of links.lines) console.log(line);
+    console.log("");
+    if (resolved.configPath !== null) console.log(`Config file: ${resolved.configPath}`);
+    console.log(
+      resolved.stateUsed
+        ? `State file: ${resolved.statePath}${
+          resolved.stateCreated ? " (created now with a new random secret)" : ""
+        }`
+        : `State file: not used (every listener has its own secret)`,
+    );
+
+    try {
+      server = await startServer(config);
+    } catch (e) {
+      const message = e instanceof Error ? e.message : String(e);
+      const hint = /permission denied|os error 13/i.test(message) &&
+          config.listeners.some((l) => l.port < 1024)
+        ? "; ports below 1024 need root or CAP_NET_BIND_SERVICE"
+        : /address already in use|os error 98/i.test(message)
+        ? "; another process already listens there"
+        : "";
+      throw new Error(`${message}${hint}`);
+    }
+  } catch (e) {
+    return reportError("run", e);
+  }
+
+  for (const a of server.addresses) {
+    console.log(`listening on ${formatAddress(a.host, a.port)} (${a.name})`);
+  }
+  await _serveUntilSignal(server);
+  return 0;
+}
+
+async function _serveUntilSignal(server: ServerHandle): Promise<void> {
+  const log = logger("cli");
+  let signals = 0;
+  const { promise: stop, resolve } = Promise.withResolvers<Deno.Signal>();
+  const handlers = SIGNALS.map((signal) => {
+    const handler = () => {
+      signals++;
+      if (signals === 1) resolve(signal);
+      else {
+        console.error(`${signal} again: exiting without waiting for clients`);
+        Deno.exit(130);
+      }
+    };
+    try {
+      Deno.addSignalListener(signal, handler);
+      return { signal, handler };
+    } catch {
+      // SIGTERM cannot be caught on Windows.
+      return null;
+    }
+  });
+  try {
+    const signal = await Promise.race([stop, server.closed.then(() => null)]);
+    if (signal !== null) {
+      log.info("{signal}: shutting down", { signal });
+      await server.shutdown();
+      log.info("Stopped");
+    }
+  } finally {
+    for (const h of handlers) if (h) Deno.removeSignalListener(h.signal, h.handler);
+  }
+}

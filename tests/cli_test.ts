@@ -1,0 +1,421 @@
+/**
+ * The command line, run as a user runs it: `deno run -A main.ts ...` in a temporary directory.
+ * No test here starts a server.
+ */
+import {
+  assert,
+  assertEquals,
+  assertRejects,
+  assertStringIncludes,
+  assertThrows,
+} from "./assert.ts";
+import { fileURLToPath as fromFileUrl } from "node:url";
+import { parseSecret, toHex } from "../lib/secret.ts";
+import { writeState } from "../lib/config/state.ts";
+import { ConfigError } from "../lib/config/load.ts";
+import { parseRunArgs, resolveRunConfig, UsageError } from "../lib/cli/options.ts";
+import { formatLinks } from "../lib/cli/link.ts";
+import { secretLines } from "../lib/cli/secret.ts";
+
+const MAIN = fromFileUrl(new URL("../main.ts", import.meta.url));
+const EXAMPLE = fromFileUrl(new URL("../config.example.yaml", import.meta.url));
+const HEX = "0123456789abcdef0123456789abcdef";
+const KEY = Uint8Array.from(HEX.match(/../g)!, (h) => parseInt(h, 16));
+const MTP_VARS = [
+  "MTP_CONFIG",
+  "MTP_PORT",
+  "MTP_HOST",
+  "MTP_SECRET",
+  "MTP_ALLOW",
+  "MTP_TLS_DOMAIN",
+  "MTP_PUBLIC_HOST",
+  "MTP_LOG_LEVEL",
+  "MTP_STATE_FILE",
+];
+
+interface Result {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Run mtproxy with every MTP_* variable blanked unless `env` sets it. */
+async function mtproxy(
+  args: string[],
+  options: { cwd?: string; env?: Record<string, string> } = {},
+): Promise<Result> {
+  const env: Record<string, string> = { NO_COLOR: "1" };
+  for (const name of MTP_VARS) env[name] = "";
+  Object.assign(env, options.env ?? {});
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", MAIN, ...args],
+    env,
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+    ...(options.cwd !== undefined && { cwd: options.cwd }),
+  }).output();
+  const dec = new TextDecoder();
+  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
+}
+
+function assertNoStack(r: Result): void {
+  assert(!/^\s+at /m.test(r.stderr), `stack trace in stderr:\n${r.stderr}`);
+}
+
+async function withTempDir(fn: (dir: string) => Promise<void>): Promise<void> {
+  const dir = await Deno.makeTempDir({ prefix: "mtproxy_cli_test_" });
+  try {
+    await fn(dir);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+function linksIn(stdout: string): string[] {
+  return stdout.split("\n").map((l) => l.trim().split(/\s+/).pop() ?? "").filter((w) =>
+    w.startsWith("tg://") || w.startsWith("https://t.me/")
+  );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Help and dispatch
+
+Deno.test("mtproxy --help lists every subcommand and exits 0", async () => {
+  for (const args of [["--help"], ["-h"], ["help"]]) {
+    const r = await mtproxy(args);
+    assertEquals(r.code, 0, r.stderr);
+    for (const word of ["run", "link", "secret", "check-config", "--version"]) {
+      assertStringIncludes(r.stdout, word);
+    }
+  }
+});
+
+Deno.test("mtproxy COMMAND --help shows that command's options", async () => {
+  const cases: [string[], string][] = [
+    [["run", "--help"], "--public-host"],
+    [["--help", "run"], "link"],
+    [["link", "-h"], "MTP_PUBLIC_HOST"],
+    [["secret", "--help"], "--tls-domain"],
+    [["check-config", "--help"], "Configuration OK"],
+    [["help", "link"], "never creates"],
+  ];
+  for (const [args, text] of cases) {
+    const r = await mtproxy(args);
+    assertEquals(r.code, 0, `${args.join(" ")}: ${r.stderr}`);
+    assertStringIncludes(r.stdout, text);
+  }
+});
+
+Deno.test("mtproxy --version prints the version", async () => {
+  const r = await mtproxy(["--version"]);
+  assertEquals(r.code, 0);
+  assert(/^mtproxy \d+\.\d+\.\d+\n$/.test(r.stdout), r.stdout);
+});
+
+Deno.test("mtproxy refuses unknown commands and flags with one line, a hint and exit code 2", async () => {
+  const cases: [string[], string][] = [
+    [["lnik"], 'mtproxy: Unknown command "lnik" (did you mean "link"?); see "mtproxy --help"'],
+    [["--frob"], 'mtproxy run: Unknown option "--frob"; see "mtproxy run --help"'],
+    [["run", "--prot", "1"], 'mtproxy run: Unknown option "--prot" (did you mean "--port"?)'],
+    [["link", "-z"], 'mtproxy link: Unknown option "-z"; see "mtproxy link --help"'],
+    [["link", "extra"], 'mtproxy link: Unexpected argument "extra"'],
+    [["link", "--port"], 'mtproxy link: Option "-p, --port" needs a value'],
+    [["secret", "--tls-domain"], 'mtproxy secret: Option "-d, --tls-domain" needs a value'],
+    [["secret", "--help=yes"], 'mtproxy secret: Option "-h, --help" does not take a value'],
+    [["check-config"], "mtproxy check-config: Missing the configuration file to check"],
+    [["check-config", "a", "b"], "Expected one configuration file: got 2"],
+    [["help", "nope"], 'Unknown command "nope"'],
+  ];
+  for (const [args, text] of cases) {
+    const r = await mtproxy(args);
+    assertEquals(r.code, 2, `${args.join(" ")}: ${r.stderr}`);
+    assertStringIncludes(r.stderr, text);
+    assertEquals(r.stderr.trim().split("\n").length, 1, r.stderr);
+    assertEquals(r.stdout, "");
+  }
+});
+
+// ---------------------------------------------------------------------------------------------
+// secret
+
+Deno.test("mtproxy secret prints one new secret in every form", async () => {
+  const r = await mtproxy(["secret"]);
+  assertEquals(r.code, 0, r.stderr);
+  const lines = r.stdout.trim().split("\n");
+  assertEquals(lines.map((l) => l.split(/\s{2,}/)[0]), [
+    "secret",
+    "plain",
+    "dd",
+    "ee (hex)",
+    "ee (base64url)",
+  ]);
+  const values = lines.map((l) => l.split(/\s+/).pop()!);
+  const key = parseSecret(values[0]!).key;
+  assertEquals(parseSecret(values[2]!), { kind: "dd", key });
+  assertEquals(parseSecret(values[3]!), { kind: "tls", key, domain: "www.cloudflare.com" });
+  assertEquals(parseSecret(values[4]!), { kind: "tls", key, domain: "www.cloudflare.com" });
+  const again = await mtproxy(["secret"]);
+  assert(again.stdout !== r.stdout, "each run makes a new secret");
+});
+
+Deno.test("mtproxy secret --tls-domain puts the domain in the ee forms", async () => {
+  const r = await mtproxy(["secret", "-d", "WWW.Example.com"]);
+  assertEquals(r.code, 0, r.stderr);
+  const ee = r.stdout.split("\n").find((l) => l.startsWith("ee (base64url)"))!.split(/\s+/).pop()!;
+  assertEquals(parseSecret(ee).domain, "www.example.com");
+  const bad = await mtproxy(["secret", "--tls-domain", "not a domain"]);
+  assertEquals(bad.code, 2);
+  assertStringIncludes(bad.stderr, 'got "not a domain"');
+});
+
+Deno.test("secretLines formats a known key", () => {
+  const lines = secretLines(KEY, "example.com");
+  assertEquals(lines[0], `secret          ${HEX}`);
+  assertEquals(lines[2], `dd              dd${HEX}`);
+});
+
+// ---------------------------------------------------------------------------------------------
+// link
+
+Deno.test("mtproxy link prints tg and t.me links for every listener and protocol", async () => {
+  await withTempDir(async (dir) => {
+    await Deno.writeTextFile(
+      `${dir}/c.yaml`,
+      `public_host: proxy.example.com
+listeners:
+  - { name: a, port: 443, secret: "${HEX}", tls_domain: www.example.com }
+  - { name: b, port: 8443, secret: "dd${"ff".repeat(16)}", allowed_protocols: [dd] }
+`,
+    );
+    const r = await mtproxy(["link", "--config", "c.yaml"], { cwd: dir });
+    assertEquals(r.code, 0, r.stderr);
+    assertEquals(r.stderr, "");
+    const ee = "ee" + HEX + toHex(new TextEncoder().encode("www.example.com"));
+    const b64 = "7gEjRWeJq83vASNFZ4mrze93d3cuZXhhbXBsZS5jb20";
+    const q = (port: number, s: string) =>
+      `proxy?server=proxy.example.com&port=${port}&secret=${s}`;
+    assertEquals(linksIn(r.stdout), [
+      `tg://${q(443, ee)}`,
+      `https://t.me/${q(443, ee)}`,
+      `tg://${q(443, b64)}`,
+      `https://t.me/${q(443, b64)}`,
+      `tg://${q(443, "dd" + HEX)}`,
+      `https://t.me/${q(443, "dd" + HEX)}`,
+      `tg://${q(443, HEX)}`,
+      `https://t.me/${q(443, HEX)}`,
+      `tg://${q(8443, "dd" + "ff".repeat(16))}`,
+      `https://t.me/${q(8443, "dd" + "ff".repeat(16))}`,
+    ]);
+    assertStringIncludes(r.stdout, "a (0.0.0.0:443), links to proxy.example.com:443");
+    assertStringIncludes(r.stdout, "b (0.0.0.0:8443), links to proxy.example.com:8443");
+  });
+});
+
+Deno.test("mtproxy link warns on stderr when public_host is unset and the host is 0.0.0.0", async () => {
+  const r = await mtproxy(["link", "-s", HEX, "-a", "dd"]);
+  assertEquals(r.code, 0, r.stderr);
+  assertStringIncludes(r.stderr, "public_host is not set");
+  assertStringIncludes(r.stderr, "0.0.0.0, which is no address clients can reach");
+  assertEquals(linksIn(r.stdout)[0], `tg://proxy?server=0.0.0.0&port=1443&secret=dd${HEX}`);
+  const r6 = await mtproxy(["link", "-s", HEX, "--host", "::", "-a", "plain"]);
+  assertStringIncludes(r6.stderr, "bind address ::, which is no address clients can reach");
+  assertEquals(linksIn(r6.stdout)[0], `tg://proxy?server=::&port=1443&secret=${HEX}`);
+});
+
+Deno.test("mtproxy link takes flags over environment over file", async () => {
+  await withTempDir(async (dir) => {
+    await Deno.writeTextFile(
+      `${dir}/c.yaml`,
+      `listeners: [{ port: 443, secret: "${HEX}" }]\npublic_host: file.example\nallowed_protocols: [plain]\n`,
+    );
+    const env = { MTP_CONFIG: `${dir}/c.yaml`, MTP_PORT: "8443", MTP_PUBLIC_HOST: "env.example" };
+    const fromEnv = await mtproxy(["link"], { env });
+    assertEquals(fromEnv.code, 0, fromEnv.stderr);
+    assertEquals(
+      linksIn(fromEnv.stdout)[0],
+      `tg://proxy?server=env.example&port=8443&secret=${HEX}`,
+    );
+    const fromFlags = await mtproxy(["link", "-p", "9443", "--public-host", "cli.example"], {
+      env,
+    });
+    assertEquals(
+      linksIn(fromFlags.stdout)[0],
+      `tg://proxy?server=cli.example&port=9443&secret=${HEX}`,
+    );
+    const fromFile = await mtproxy(["link", "--config", "c.yaml"], { cwd: dir });
+    assertEquals(
+      linksIn(fromFile.stdout)[0],
+      `tg://proxy?server=file.example&port=443&secret=${HEX}`,
+    );
+  });
+});
+
+Deno.test("mtproxy link names the variable behind a bad value and exits 1", async () => {
+  const r = await mtproxy(["link", "-s", HEX], { env: { MTP_PORT: "abc", MTP_ALLOW: "tls,udp" } });
+  assertEquals(r.code, 1);
+  assertNoStack(r);
+  assertStringIncludes(r.stderr, "mtproxy link: Invalid configuration:");
+  assertStringIncludes(
+    r.stderr,
+    'listeners[0].port (from MTP_PORT): must be an integer 1-65535: got "abc"',
+  );
+  assertStringIncludes(r.stderr, "allowed_protocols[1] (from MTP_ALLOW): must be one of");
+});
+
+Deno.test("mtproxy link reads the secret from the state file and never creates one", async () => {
+  await withTempDir(async (dir) => {
+    const missing = await mtproxy(["link", "--public-host", "p.example"], { cwd: dir });
+    assertEquals(missing.code, 1);
+    assertNoStack(missing);
+    assertStringIncludes(missing.stderr, 'No secret yet for listener "main"');
+    assertStringIncludes(missing.stderr, `${dir}/mtproxy-state.json`);
+    assertEquals([...Deno.readDirSync(dir)].length, 0);
+
+    await writeState(`${dir}/state.json`, { secret: KEY, createdAt: "2026-01-01T00:00:00Z" });
+    const r = await mtproxy(["link", "--public-host", "p.example", "-a", "plain"], {
+      cwd: dir,
+      env: { MTP_STATE_FILE: "state.json" },
+    });
+    assertEquals(r.code, 0, r.stderr);
+    assertEquals(linksIn(r.stdout)[0], `tg://proxy?server=p.example&port=1443&secret=${HEX}`);
+
+    await Deno.writeTextFile(`${dir}/state.json`, "{broken");
+    const corrupt = await mtproxy(["link"], { cwd: dir, env: { MTP_STATE_FILE: "state.json" } });
+    assertEquals(corrupt.code, 1);
+    assertNoStack(corrupt);
+    assertStringIncludes(corrupt.stderr, "is not valid: not JSON");
+  });
+});
+
+// ---------------------------------------------------------------------------------------------
+// check-config
+
+Deno.test("mtproxy check-config accepts a good file and the example", async () => {
+  await withTempDir(async (dir) => {
+    await Deno.writeTextFile(`${dir}/c.yaml`, "listeners: [{ port: 443 }, { port: 444 }]\n");
+    const r = await mtproxy(["check-config", `${dir}/c.yaml`]);
+    assertEquals(r.code, 0, r.stderr);
+    assertEquals(r.stdout, "Configuration OK: 2 listeners\n");
+  });
+  const ex = await mtproxy(["check-config", EXAMPLE]);
+  assertEquals(ex.code, 0, ex.stderr);
+  assertEquals(ex.stdout, "Configuration OK: 1 listener\n");
+});
+
+Deno.test("mtproxy check-config prints every problem on its own line and exits 1", async () => {
+  await withTempDir(async (dir) => {
+    const path = `${dir}/bad.yaml`;
+    await Deno.writeTextFile(
+      path,
+      "listeners:\n  - port: abc\n    prot: 1\nlog_level: loud\ntimeouts: { idle: -5 }\n",
+    );
+    const r = await mtproxy(["check-config", path]);
+    assertEquals(r.code, 1);
+    assertNoStack(r);
+    assertEquals(r.stdout, "");
+    assertEquals(r.stderr.trim().split("\n"), [
+      `${path}: 4 problems`,
+      'listeners[0].port: must be an integer 1-65535: got "abc"',
+      'listeners[0].prot: unknown key (did you mean "port"?)',
+      'log_level: must be one of debug, info, warning, error: got "loud"',
+      "timeouts.idle: must be a positive number of seconds up to 2147483: got -5",
+    ]);
+  });
+});
+
+Deno.test("mtproxy check-config reports YAML syntax errors and missing files without a stack", async () => {
+  await withTempDir(async (dir) => {
+    await Deno.writeTextFile(`${dir}/broken.yaml`, "a: 1\na: 2\n");
+    const r = await mtproxy(["check-config", "broken.yaml"], { cwd: dir });
+    assertEquals(r.code, 1);
+    assertNoStack(r);
+    assertStringIncludes(r.stderr, "broken.yaml:2:1: YAML syntax error: Map keys must be unique");
+    const missing = await mtproxy(["check-config", "nope.yaml"], { cwd: dir });
+    assertEquals(missing.code, 1);
+    assertNoStack(missing);
+    assertStringIncludes(missing.stderr, 'Cannot read config file "nope.yaml": no such file');
+  });
+});
+
+// ---------------------------------------------------------------------------------------------
+// run (without starting a server)
+
+Deno.test("mtproxy run stops before listening when the configuration is invalid", async () => {
+  await withTempDir(async (dir) => {
+    const r = await mtproxy(["run", "--log-level", "loud", "-p", "0"], { cwd: dir });
+    assertEquals(r.code, 1);
+    assertNoStack(r);
+    assertStringIncludes(r.stderr, "log_level (from --log-level): must be one of");
+    assertStringIncludes(r.stderr, "listeners[0].port (from --port): must be an integer 1-65535");
+    assert(!r.stdout.includes("listening on"));
+    assertEquals([...Deno.readDirSync(dir)].length, 0, "no state file for a bad config");
+  });
+});
+
+// ---------------------------------------------------------------------------------------------
+// In-process: option resolution
+
+Deno.test("resolveRunConfig layers flags over environment over file and reads lists", async () => {
+  await withTempDir(async (dir) => {
+    await Deno.writeTextFile(
+      `${dir}/c.yaml`,
+      `listeners: [{ port: 443, secret: "${HEX}" }]\nlog_level: debug\n`,
+    );
+    const env = {
+      MTP_CONFIG: "c.yaml",
+      MTP_ALLOW: "tls, dd",
+      MTP_TLS_DOMAIN: "a.example,b.example",
+      MTP_HOST: "127.0.0.1",
+      MTP_LOG_LEVEL: "error",
+    };
+    const r = await resolveRunConfig(["--log-level", "warning", "-a", "plain"], env, { cwd: dir });
+    const l = r.config.listeners[0]!;
+    assertEquals(r.configPath, "c.yaml");
+    assertEquals(l.host, "127.0.0.1");
+    assertEquals(l.tlsDomains, ["a.example", "b.example"]);
+    assertEquals(l.allowedProtocols, ["plain"]);
+    assertEquals(r.config.logLevel, "warning");
+    assertEquals(r.stateUsed, false);
+  });
+});
+
+Deno.test("resolveRunConfig with createState makes the state file next to the config file", async () => {
+  await withTempDir(async (dir) => {
+    await Deno.mkdir(`${dir}/etc`);
+    await Deno.writeTextFile(`${dir}/etc/c.yaml`, "listeners: [{ port: 443 }, { port: 444 }]\n");
+    const first = await resolveRunConfig(["--config", "etc/c.yaml"], {}, {
+      cwd: dir,
+      createState: true,
+    });
+    assertEquals(first.statePath, `${dir}/etc/mtproxy-state.json`);
+    assert(first.stateUsed && first.stateCreated);
+    const [a, b] = first.config.listeners;
+    assertEquals(a!.secret, b!.secret);
+    const again = await resolveRunConfig(["--config", `${dir}/etc/c.yaml`], {}, { cwd: dir });
+    assertEquals(again.config.listeners[0]!.secret, a!.secret);
+    assertEquals(again.stateCreated, false);
+  });
+});
+
+Deno.test("resolveRunConfig reports a missing config file as a ConfigError", async () => {
+  await assertRejects(
+    () => resolveRunConfig(["--config", "/nonexistent/mtproxy.yaml"], {}),
+    ConfigError,
+    "Cannot read config file",
+  );
+});
+
+Deno.test("parseRunArgs collects repeated flags and rejects unknown ones", () => {
+  const a = parseRunArgs(["-a", "tls", "--allow", "dd", "-d", "x.example", "-d", "y.example"]);
+  assertEquals(a.allow, ["tls", "dd"]);
+  assertEquals(a.tlsDomains, ["x.example", "y.example"]);
+  assertThrows(() => parseRunArgs(["--tls-domian", "x"]), UsageError, '"--tls-domain"');
+});
+
+Deno.test("formatLinks prints no warning when public_host is set", async () => {
+  const r = await resolveRunConfig(["-s", HEX, "--public-host", "203.0.113.5"], {});
+  const out = formatLinks(r.config);
+  assertEquals(out.warnings, []);
+  assertEquals(out.lines[0], "main (0.0.0.0:1443), links to 203.0.113.5:1443");
+});
