@@ -4,14 +4,14 @@
  *
  * @module
  */
-import { getLogger } from "@logtape/logtape";
+import { logger } from "./ops/log.ts";
 import type { Config, ListenerConfig } from "./config/types.ts";
 import { closeQuietly, formatHostPort, type Listener, listenTcp } from "./net.ts";
 import type { EventSink, ProxyEvent } from "./client/events.ts";
 import { Session } from "./client/session.ts";
 import { defaultCipherBackend, openSslLoadError } from "./crypto.ts";
 
-const log = getLogger(["mtproxy", "server"]);
+const log = logger("server");
 
 /** Counters kept by the server, readable at any time. */
 export interface ServerStats {

@@ -26,7 +26,7 @@ export interface ListenerConfig {
   readonly port: number;
   /** The 16-byte secret. */
   readonly secret: Uint8Array;
-  /** Fake-TLS domains accepted as SNI; the first is used in links. Empty when unset. */
+  /** Fake-TLS domains accepted as SNI; the first is used in links. Never empty (a default applies). */
   readonly tlsDomains: readonly string[];
   /** Protocols this listener accepts (the global list unless overridden per listener). */
   readonly allowedProtocols: readonly ClientProtocol[];
