@@ -363,27 +363,29 @@ function sha256Stream() {
   };
 }
 
-Deno.test("32 MB each way arrive intact through dd and fake-TLS", async () => {
-  await withDcs(["echo"], async ([dc]) => {
-    await using proxy = await startTestProxy(testConfig({ dcPorts: { 2: dc!.port } }));
-    for (const kind of ["dd", "tls"] as const) {
-      const client = await connectTestClient({
-        port: proxy.port,
-        secret: TEST_SECRET,
-        kind,
-        dcId: 2,
-      });
-      try {
-        await client.flushInit();
-        await transfer(client, 32 * 1024 * 1024);
-      } finally {
-        await client.close();
+for (const fastMode of [true, false]) {
+  Deno.test(`32 MB each way arrive intact through dd and fake-TLS (fast mode ${fastMode ? "on" : "off"})`, async () => {
+    await withDcs(["echo"], async ([dc]) => {
+      await using proxy = await startTestProxy(testConfig({ dcPorts: { 2: dc!.port }, fastMode }));
+      for (const kind of ["dd", "tls"] as const) {
+        const client = await connectTestClient({
+          port: proxy.port,
+          secret: TEST_SECRET,
+          kind,
+          dcId: 2,
+        });
+        try {
+          await client.flushInit();
+          await transfer(client, 32 * 1024 * 1024);
+        } finally {
+          await client.close();
+        }
       }
-    }
-    const closed = await proxy.waitForEvent((e) => e.type === "closed" && e.bytesToClient > 0);
-    assert(closed.type === "closed" && closed.bytesFromClient >= 32 * 1024 * 1024);
+      const closed = await proxy.waitForEvent((e) => e.type === "closed" && e.bytesToClient > 0);
+      assert(closed.type === "closed" && closed.bytesFromClient >= 32 * 1024 * 1024);
+    });
   });
-});
+}
 
 Deno.test("400 concurrent clients of every protocol are served", async () => {
   await withDcs(["mtproto"], async ([dc]) => {

@@ -22,6 +22,7 @@ export interface TestConfigOptions {
   dcPorts?: Record<number, number>;
   dcAddresses?: Record<number, HostPort>;
   defaultDc?: number;
+  fastMode?: boolean;
   handshakeMs?: number;
   idleMs?: number;
   dcConnectMs?: number;
@@ -52,7 +53,12 @@ export function testConfig(options: TestConfigOptions = {}): Config {
     allowedProtocols: allowed,
     publicHost: null,
     logLevel: "warning",
-    telegram: { dcAddresses, preferIpv6: false, defaultDc: options.defaultDc ?? 2 },
+    telegram: {
+      dcAddresses,
+      preferIpv6: false,
+      fastMode: options.fastMode ?? true,
+      defaultDc: options.defaultDc ?? 2,
+    },
     timeouts: {
       handshakeMs: options.handshakeMs ?? 5000,
       idleMs: options.idleMs ?? 60_000,

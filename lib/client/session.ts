@@ -279,11 +279,15 @@ export class Session {
     const first = client.leftover;
     this.#bytesFromClient += first.length;
     client.stream.decryptor.update(first);
+    const fast = config.telegram.fastMode;
     try {
       this.#dc = await openDirect(route, client.stream.tag, {
         timeoutMs: config.timeouts.dcConnectMs,
         signal: this.#abort.signal,
         firstData: first,
+        ...(fast
+          ? { replyKey: { key: client.stream.keys.encryptKey, iv: client.stream.keys.encryptIv } }
+          : {}),
       });
     } catch (e) {
       if (this.#abortReason) {
@@ -294,7 +298,10 @@ export class Session {
       if (e instanceof DialTimeoutError) throw new Rejection("dc_timeout", why);
       throw new Rejection("dc_unreachable", `${address}: ${why}`);
     }
-    this.#ciphers.push(this.#dc.encryptor, this.#dc.decryptor);
+    this.#ciphers.push(this.#dc.encryptor);
+    if (this.#dc.decryptor) this.#ciphers.push(this.#dc.decryptor);
+    // Fast mode never uses the client encryptor: free its native context now.
+    else client.stream.encryptor.close();
     return this.#dc;
   }
 
@@ -308,7 +315,8 @@ export class Session {
       },
     }).then((end) => ({ side: "client" as const, end }));
     const toClient = pump(dc.conn, this.conn, {
-      ciphers: [dc.decryptor, client.stream.encryptor],
+      // Fast mode: the DC already encrypted for the client.
+      ciphers: dc.decryptor ? [dc.decryptor, client.stream.encryptor] : [],
       wrapTls: client.tls !== null,
       onData: (n) => {
         this.#bytesToClient += n;

@@ -49,6 +49,12 @@ export const BUILTIN_DC_IDS: readonly number[] = Object.freeze([1, 2, 3, 4, 5, 2
 /** Dial DCs over IPv4 unless asked: many hosts have no working IPv6 route. */
 export const DEFAULT_PREFER_IPV6 = false;
 
+/**
+ * Let DCs encrypt their replies with the client's keystream, so replies need no AES work:
+ * half the CPU per byte downloaded and two fewer cipher contexts per client.
+ */
+export const DEFAULT_FAST_MODE = true;
+
 /** Concurrent clients per listener: two sockets each fits a 65536 file-descriptor limit. */
 export const DEFAULT_MAX_CONNECTIONS = 10_000;
 

@@ -25,6 +25,7 @@ import {
   DEFAULT_ALLOWED_PROTOCOLS,
   DEFAULT_DC,
   DEFAULT_DC_CONNECT_TIMEOUT_MS,
+  DEFAULT_FAST_MODE,
   DEFAULT_HANDSHAKE_TIMEOUT_MS,
   DEFAULT_HOST,
   DEFAULT_IDLE_TIMEOUT_MS,
@@ -477,6 +478,7 @@ const MISPLACED: Readonly<Record<string, string>> = {
   tls_domains: "listeners[0].tls_domain",
   dc_addresses: "telegram.dc_addresses",
   prefer_ipv6: "telegram.prefer_ipv6",
+  fast_mode: "telegram.fast_mode",
   default_dc: "telegram.default_dc",
   handshake: "timeouts.handshake",
   idle: "timeouts.idle",
@@ -723,6 +725,7 @@ const ROOT = _mapping({
   telegram: _mapping({
     dc_addresses: _dcAddresses,
     prefer_ipv6: _bool,
+    fast_mode: _bool,
     default_dc: _dcId,
   }),
   timeouts: _mapping({
@@ -795,6 +798,7 @@ function _toDraft(p: Exclude<ReturnType<typeof ROOT>, Invalid>, c: _Checker): Co
   const telegram: TelegramConfig = {
     dcAddresses,
     preferIpv6: p.telegram?.prefer_ipv6 ?? DEFAULT_PREFER_IPV6,
+    fastMode: p.telegram?.fast_mode ?? DEFAULT_FAST_MODE,
     defaultDc,
   };
   return {

@@ -37,6 +37,11 @@ export interface TelegramConfig {
   /** Overrides of the built-in DC table: DC id (negative = media) -> address. */
   readonly dcAddresses: ReadonlyMap<number, HostPort>;
   readonly preferIpv6: boolean;
+  /**
+   * Fast mode: the proxy asks each DC to encrypt its replies with the client's keystream, so
+   * they pass to the client without being decrypted and re-encrypted.
+   */
+  readonly fastMode: boolean;
   /** DC used when a client asks for an id nobody knows. */
   readonly defaultDc: number;
 }

@@ -53,6 +53,8 @@ export interface ObfuscatedStream {
   readonly decryptor: StreamCipher;
   /** Encrypts bytes to the peer, starting at keystream offset 0. */
   readonly encryptor: StreamCipher;
+  /** The keys behind both ciphers. */
+  readonly keys: ObfuscatedKeys;
 }
 
 /**
@@ -98,7 +100,7 @@ export function openClientInit(
   }
   const dcId = new DataView(plain.buffer).getInt16(60, true);
   const encryptor = createAesCtr(keys.encryptKey, keys.encryptIv, options);
-  return { tag, dcId, decryptor, encryptor };
+  return { tag, dcId, decryptor, encryptor, keys };
 }
 
 const FORBIDDEN_FIRST_WORDS = new Set([
@@ -126,6 +128,20 @@ export function isValidInitRandom(random: Uint8Array): boolean {
 export interface CreateInitOptions extends AesOptions {
   /** Secret for a client talking to a proxy; null or absent for the proxy talking to a DC. */
   secret?: Uint8Array | null;
+  /** 48 bytes to place at init offset 8 instead of the random ones (see `replyKeyMaterial`). */
+  keyMaterial?: Uint8Array;
+}
+
+/**
+ * Init key material that makes the peer (a DC, which uses no secret) encrypt its replies with
+ * exactly the keystream `key`/`iv` produce from offset 0. The proxy then forwards the DC's
+ * bytes to its client without decrypting and re-encrypting them (alexbers' "fast mode").
+ */
+export function replyKeyMaterial(key: Uint8Array, iv: Uint8Array): Uint8Array {
+  const out = new Uint8Array(48);
+  out.set(key);
+  out.set(iv, 32);
+  return out.reverse();
 }
 
 /**
@@ -143,6 +159,12 @@ export function createInit(
     throw new RangeError(`Init random must be 64 bytes: got ${random.length}`);
   }
   const init = random.slice();
+  if (options.keyMaterial) {
+    if (options.keyMaterial.length !== 48) {
+      throw new RangeError(`Key material must be 48 bytes: got ${options.keyMaterial.length}`);
+    }
+    init.set(options.keyMaterial, 8);
+  }
   init.set(tagBytes(tag), 56);
   new DataView(init.buffer).setInt16(60, dcId, true);
   // The client's encrypt direction is the server's decrypt direction, and vice versa.

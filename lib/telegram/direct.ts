@@ -7,7 +7,12 @@
  */
 import { randomBytes, type StreamCipher } from "../crypto.ts";
 import { closeQuietly, type Conn, dialTcp, writeAll } from "../net.ts";
-import { createInit, isValidInitRandom, type TransportTag } from "../protocol/obfuscated2.ts";
+import {
+  createInit,
+  isValidInitRandom,
+  replyKeyMaterial,
+  type TransportTag,
+} from "../protocol/obfuscated2.ts";
 import type { DcRoute } from "./dc.ts";
 
 /** An open obfuscated2 connection to a DC. */
@@ -15,8 +20,11 @@ export interface DcConnection {
   readonly conn: Conn;
   /** Encrypts what the proxy sends to the DC (already past the init). */
   readonly encryptor: StreamCipher;
-  /** Decrypts what the DC sends. */
-  readonly decryptor: StreamCipher;
+  /**
+   * Decrypts what the DC sends; null in fast mode, where the DC's bytes are already encrypted
+   * for the client.
+   */
+  readonly decryptor: StreamCipher | null;
 }
 
 /** Options for {@linkcode openDirect}. */
@@ -25,6 +33,11 @@ export interface OpenDirectOptions {
   signal?: AbortSignal;
   /** Plaintext client bytes that arrived with the handshake, sent together with the init. */
   firstData?: Uint8Array;
+  /**
+   * Fast mode: the key and IV the proxy encrypts toward its client with. The DC is asked to
+   * use them, so its replies pass to the client untouched.
+   */
+  replyKey?: { key: Uint8Array; iv: Uint8Array };
 }
 
 /** 64 random bytes that make a valid init start. */
@@ -44,7 +57,14 @@ export async function openDirect(
     ? { timeoutMs: options.timeoutMs, signal: options.signal }
     : { timeoutMs: options.timeoutMs };
   const conn = await dialTcp(route.address.host, route.address.port, dialOptions);
-  const { wire, encryptor, decryptor } = createInit(initRandom(), tag, route.dcId);
+  const reply = options.replyKey;
+  const { wire, encryptor, decryptor } = createInit(
+    initRandom(),
+    tag,
+    route.dcId,
+    reply ? { keyMaterial: replyKeyMaterial(reply.key, reply.iv) } : {},
+  );
+  if (reply) decryptor.close();
   try {
     const first = options.firstData ?? new Uint8Array(0);
     const out = new Uint8Array(wire.length + first.length);
@@ -52,7 +72,7 @@ export async function openDirect(
     out.set(first, wire.length);
     encryptor.update(out.subarray(wire.length));
     await writeAll(conn, out);
-    return { conn, encryptor, decryptor };
+    return { conn, encryptor, decryptor: reply ? null : decryptor };
   } catch (e) {
     closeQuietly(conn);
     encryptor.close();
