@@ -64,3 +64,29 @@ Deno.test("sha256 and hmacSha256 match known answers", () => {
   );
   assert(hex(mac).startsWith("f7bc83f430538424b13298e6aa6fb143"));
 });
+
+Deno.test("interleaved OpenSSL CTR streams on the shared context stay independent", () => {
+  const streams = Array.from({ length: 5 }, () => {
+    const key = randomBytes(32);
+    const iv = randomBytes(16);
+    iv.fill(0xff, 8); // the counter carries across bytes soon
+    return {
+      ssl: createAes("ctr", key, iv, { backend: "openssl" }),
+      node: createAes("ctr", key, iv, { backend: "node" }),
+    };
+  });
+  for (let round = 0; round < 200; round++) {
+    for (const s of streams) {
+      const data = randomBytes(1 + Math.floor(Math.random() * 100));
+      const a = data.slice();
+      const b = data.slice();
+      s.ssl.update(a);
+      s.node.update(b);
+      assertEquals(a, b);
+    }
+  }
+  for (const s of streams) {
+    s.ssl.close();
+    s.node.close();
+  }
+});
