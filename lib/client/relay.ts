@@ -15,12 +15,13 @@ import {
   RECORD_HEADER_LEN,
   type TlsRecordReader,
 } from "../protocol/fake_tls.ts";
-import { writeAll } from "../net.ts";
 
 /** Buffer sizes by level: idle, active, bulk. */
-const LEVEL_SIZES = [1024, RECORD_HEADER_LEN + MAX_RECORD_PAYLOAD, 65536] as const;
+const LEVEL_SIZES = [512, RECORD_HEADER_LEN + MAX_RECORD_PAYLOAD, 65536] as const;
 /** How many free buffers of each level the pool keeps. */
-const POOL_CAPS = [4096, 256, 64] as const;
+const POOL_CAPS = [65536, 256, 64] as const;
+/** Idle buffers are carved from slabs of this many: an ArrayBuffer apiece costs more in V8. */
+const SLAB_COUNT = 128;
 
 /** A free list of relay buffers per size level. */
 export class BufferPool {
@@ -28,7 +29,14 @@ export class BufferPool {
 
   /** A buffer of the given level (0 = smallest). */
   get(level: number): Uint8Array {
-    return this.#free[level]!.pop() ?? new Uint8Array(LEVEL_SIZES[level]!);
+    const free = this.#free[level]!;
+    const buf = free.pop();
+    if (buf) return buf;
+    const size = LEVEL_SIZES[level]!;
+    if (level > 0) return new Uint8Array(size);
+    const slab = new Uint8Array(size * SLAB_COUNT);
+    for (let i = 1; i < SLAB_COUNT; i++) free.push(slab.subarray(i * size, (i + 1) * size));
+    return slab.subarray(0, size);
   }
 
   /** Return a buffer obtained from {@linkcode get}. */
@@ -57,6 +65,8 @@ export interface PumpOptions {
   readonly wrapTls?: boolean;
   /** Called with the byte count of every chunk read, for idle tracking and traffic counters. */
   readonly onData: (bytes: number) => void;
+  /** Called once when the pump stops. */
+  readonly onEnd: (end: PumpEnd) => void;
 }
 
 /** How a pump ended. */
@@ -68,56 +78,125 @@ export type PumpEnd =
   | "tls_too_large";
 
 /**
- * Move bytes from `src` to `dst` until `src` ends. Socket errors (a reset, or the other
- * direction closing the sockets) end the pump with "eof"; protocol errors name themselves.
+ * Move bytes from `src` to `dst` until `src` ends, then call `onEnd`. Socket errors (a reset, or
+ * the other direction closing the sockets) end the pump with "eof"; protocol errors name
+ * themselves.
+ *
+ * The loop is written with callbacks rather than as an async function: it is parked on a read
+ * for the whole life of an idle connection, and a suspended async function (generator, its
+ * registers, await closures) costs about half a kilobyte more per direction.
  */
-export async function pump(
-  src: RelaySocket,
-  dst: RelaySocket,
-  options: PumpOptions,
-): Promise<PumpEnd> {
-  const { ciphers, unwrapTls, wrapTls, onData } = options;
-  const headroom = wrapTls ? RECORD_HEADER_LEN : 0;
-  // A TLS record carries at most 16384 bytes: one read fills one record, no copying.
-  const maxLevel = wrapTls ? 1 : LEVEL_SIZES.length - 1;
-  let level = 0;
-  let buf = relayBuffers.get(level);
-  try {
-    while (true) {
-      const room = Math.min(buf.length - headroom, wrapTls ? MAX_RECORD_PAYLOAD : buf.length);
-      const n = await src.read(buf.subarray(headroom, headroom + room));
-      if (n === null) return "eof";
-      onData(n);
-      let len = n;
-      if (unwrapTls) {
-        const out = unwrapTls.unwrap(buf.subarray(0, n));
-        if (typeof out === "string") return out;
-        len = out;
-      }
-      if (len > 0) {
-        const data = buf.subarray(headroom, headroom + len);
-        for (const c of ciphers) c.update(data);
-        if (wrapTls) {
-          buf[0] = 0x17;
-          buf[1] = 0x03;
-          buf[2] = 0x03;
-          buf[3] = len >> 8;
-          buf[4] = len & 0xff;
-        }
-        await writeAll(dst, buf.subarray(0, headroom + len));
-      }
-      if (n === room && level < maxLevel) {
-        relayBuffers.put(level, buf);
-        buf = relayBuffers.get(++level);
-      } else if (n < LEVEL_SIZES[0] / 2 && level > 0) {
-        relayBuffers.put(level, buf);
-        level = 0;
-        buf = relayBuffers.get(level);
-      }
+export function startPump(src: RelaySocket, dst: RelaySocket, options: PumpOptions): void {
+  new _Pump(src, dst, options).read();
+}
+
+class _Pump {
+  readonly #src: RelaySocket;
+  readonly #dst: RelaySocket;
+  readonly #options: PumpOptions;
+  readonly #headroom: number;
+  readonly #maxLevel: number;
+  #level = 0;
+  #buf: Uint8Array | null;
+  /** Bytes requested by the pending read, and bytes it returned. */
+  #room = 0;
+  #got = 0;
+  /** The pending write: buf[#written, #end). */
+  #written = 0;
+  #end = 0;
+
+  constructor(src: RelaySocket, dst: RelaySocket, options: PumpOptions) {
+    this.#src = src;
+    this.#dst = dst;
+    this.#options = options;
+    this.#headroom = options.wrapTls ? RECORD_HEADER_LEN : 0;
+    // A TLS record carries at most 16384 bytes: one read fills one record, no copying.
+    this.#maxLevel = options.wrapTls ? 1 : LEVEL_SIZES.length - 1;
+    this.#buf = relayBuffers.get(0);
+  }
+
+  read(): void {
+    const buf = this.#buf!;
+    const headroom = this.#headroom;
+    this.#room = Math.min(
+      buf.length - headroom,
+      this.#options.wrapTls ? MAX_RECORD_PAYLOAD : buf.length,
+    );
+    try {
+      this.#src.read(buf.subarray(headroom, headroom + this.#room)).then(
+        this.#onRead,
+        this.#onFail,
+      );
+    } catch {
+      this.#finish("eof");
     }
-  } catch {
-    return "eof";
-  } finally {
-    relayBuffers.put(level, buf);
+  }
+
+  #onRead = (n: number | null): void => {
+    if (n === null) return this.#finish("eof");
+    const { ciphers, unwrapTls, wrapTls, onData } = this.#options;
+    const buf = this.#buf!;
+    const headroom = this.#headroom;
+    onData(n);
+    this.#got = n;
+    let len = n;
+    if (unwrapTls) {
+      const out = unwrapTls.unwrap(buf.subarray(0, n));
+      if (typeof out === "string") return this.#finish(out);
+      len = out;
+    }
+    if (len === 0) return this.#next();
+    const data = buf.subarray(headroom, headroom + len);
+    for (const c of ciphers) c.update(data);
+    if (wrapTls) {
+      buf[0] = 0x17;
+      buf[1] = 0x03;
+      buf[2] = 0x03;
+      buf[3] = len >> 8;
+      buf[4] = len & 0xff;
+    }
+    this.#written = 0;
+    this.#end = headroom + len;
+    this.#write();
+  };
+
+  #write(): void {
+    try {
+      this.#dst.write(this.#buf!.subarray(this.#written, this.#end)).then(
+        this.#onWritten,
+        this.#onFail,
+      );
+    } catch {
+      this.#finish("eof");
+    }
+  }
+
+  #onWritten = (n: number): void => {
+    this.#written += n;
+    if (this.#written < this.#end) return this.#write();
+    this.#next();
+  };
+
+  /** Resize the buffer to the traffic (step up after a full read, down when sparse), read on. */
+  #next(): void {
+    const n = this.#got;
+    if (n === this.#room && this.#level < this.#maxLevel) {
+      relayBuffers.put(this.#level, this.#buf!);
+      this.#buf = relayBuffers.get(++this.#level);
+    } else if (n < LEVEL_SIZES[0] / 2 && this.#level > 0) {
+      relayBuffers.put(this.#level, this.#buf!);
+      this.#level = 0;
+      this.#buf = relayBuffers.get(0);
+    }
+    this.read();
+  }
+
+  #onFail = (): void => this.#finish("eof");
+
+  #finish(end: PumpEnd): void {
+    if (this.#buf === null) return;
+    relayBuffers.put(this.#level, this.#buf);
+    this.#buf = null;
+    this.#options.onEnd(end);
   }
 }

@@ -28,7 +28,7 @@ import { INIT_LEN, type ObfuscatedStream, openClientInit } from "../protocol/obf
 import { type DcRoute, routeDc } from "../telegram/dc.ts";
 import { type DcConnection, openDirect } from "../telegram/direct.ts";
 import type { CloseReason, EventSink, RejectReason } from "./events.ts";
-import { pump } from "./relay.ts";
+import { type PumpEnd, startPump } from "./relay.ts";
 
 /** What a session needs from the server that runs it. */
 export interface SessionContext {
@@ -85,6 +85,17 @@ interface Authenticated {
   readonly leftover: Uint8Array;
 }
 
+/** What the relay phase keeps: the DC socket and the work on each direction. */
+interface RelayPlan {
+  readonly dc: Conn;
+  /** Ciphers applied to client bytes on their way to the DC. */
+  readonly up: readonly StreamCipher[];
+  /** Ciphers applied to DC bytes on their way to the client. */
+  readonly down: readonly StreamCipher[];
+  /** Present for fake-TLS clients. */
+  readonly tls: TlsRecordReader | null;
+}
+
 /** One client connection, from accept to close. */
 export class Session {
   readonly conn: Conn;
@@ -94,7 +105,7 @@ export class Session {
   phase: "handshake" | "dialing" | "relay" | "done" = "handshake";
   lastActivity: number = this.startedAt;
   #ctx: SessionContext;
-  #abort = new AbortController();
+  #dialAbort: AbortController | null = null;
   #abortReason: "timeout" | "idle" | "shutdown" | null = null;
   #dc: DcConnection | null = null;
   #ciphers: StreamCipher[] = [];
@@ -115,61 +126,85 @@ export class Session {
   abort(reason: "timeout" | "idle" | "shutdown"): void {
     if (this.phase === "done") return;
     this.#abortReason ??= reason;
-    this.#abort.abort();
+    this.#dialAbort?.abort();
     closeQuietly(this.conn);
     if (this.#dc) closeQuietly(this.#dc.conn);
   }
 
   /** Run the session to its end. Never throws. */
   async run(): Promise<void> {
-    const { listener, events } = this.#ctx;
-    const base = { listener: listener.name, peer: this.peer };
     try {
       this.conn.setNoDelay(true);
-      const client = await this.#authenticate();
-      this.#ciphers.push(client.stream.decryptor, client.stream.encryptor);
-      this.phase = "dialing";
-      const route = routeDc(client.stream.dcId, this.#ctx.config.telegram);
-      const dc = await this.#dial(route, client);
-      events.emit({
-        type: "established",
-        ...base,
-        protocol: client.protocol,
-        transport: client.stream.tag,
-        requestedDc: client.stream.dcId,
-        dc: route.dcId,
-        dcAddress: formatHostPort(route.address.host, route.address.port),
-      });
+      // Everything the handshake needed lives in #establish's frame and is gone once it
+      // returns: a suspended async function keeps all of its locals, and this one waits for
+      // the whole life of the connection.
+      const relay = await this.#establish();
       this.phase = "relay";
-      const reason = await this.#relay(client, dc);
-      events.emit({
+      const reason = await this.#relay(relay);
+      this.#ctx.events.emit({
         type: "closed",
-        ...base,
+        listener: this.#ctx.listener.name,
+        peer: this.peer,
         reason,
         bytesFromClient: this.#bytesFromClient,
         bytesToClient: this.#bytesToClient,
         durationMs: Date.now() - this.startedAt,
       });
     } catch (e) {
-      let rejection: Rejection;
-      if (e instanceof Rejection) {
-        rejection = e;
-      } else if (this.#abortReason === "timeout" || this.#abortReason === "shutdown") {
-        rejection = new Rejection(this.#abortReason);
-      } else {
-        rejection = new Rejection("eof", e instanceof Error ? e.message : String(e));
-      }
-      if (rejection.reply && this.#abortReason === null) {
-        await writeAll(this.conn, rejection.reply).catch(() => {});
-      }
-      const event = { type: "rejected" as const, ...base, reason: rejection.reason };
-      events.emit(rejection.detail ? { ...event, detail: rejection.detail } : event);
+      await this.#reject(e);
     } finally {
       this.phase = "done";
       closeQuietly(this.conn);
       if (this.#dc) closeQuietly(this.#dc.conn);
       for (const c of this.#ciphers) c.close();
     }
+  }
+
+  async #reject(e: unknown): Promise<void> {
+    let rejection: Rejection;
+    if (e instanceof Rejection) {
+      rejection = e;
+    } else if (this.#abortReason === "timeout" || this.#abortReason === "shutdown") {
+      rejection = new Rejection(this.#abortReason);
+    } else {
+      rejection = new Rejection("eof", e instanceof Error ? e.message : String(e));
+    }
+    if (rejection.reply && this.#abortReason === null) {
+      await writeAll(this.conn, rejection.reply).catch(() => {});
+    }
+    const event = {
+      type: "rejected" as const,
+      listener: this.#ctx.listener.name,
+      peer: this.peer,
+      reason: rejection.reason,
+    };
+    this.#ctx.events.emit(rejection.detail ? { ...event, detail: rejection.detail } : event);
+  }
+
+  /** Handshake, policy, DC dial: returns the two relay directions. */
+  async #establish(): Promise<RelayPlan> {
+    const client = await this.#authenticate();
+    this.#ciphers.push(client.stream.decryptor, client.stream.encryptor);
+    this.phase = "dialing";
+    const route = routeDc(client.stream.dcId, this.#ctx.config.telegram);
+    const dc = await this.#dial(route, client);
+    this.#ctx.events.emit({
+      type: "established",
+      listener: this.#ctx.listener.name,
+      peer: this.peer,
+      protocol: client.protocol,
+      transport: client.stream.tag,
+      requestedDc: client.stream.dcId,
+      dc: route.dcId,
+      dcAddress: formatHostPort(route.address.host, route.address.port),
+    });
+    return {
+      dc: dc.conn,
+      up: [client.stream.decryptor, dc.encryptor],
+      // Fast mode: the DC already encrypted for the client.
+      down: dc.decryptor ? [dc.decryptor, client.stream.encryptor] : [],
+      tls: client.tls,
+    };
   }
 
   #bytesFromClient = 0;
@@ -280,10 +315,11 @@ export class Session {
     this.#bytesFromClient += first.length;
     client.stream.decryptor.update(first);
     const fast = config.telegram.fastMode;
+    this.#dialAbort = new AbortController();
     try {
       this.#dc = await openDirect(route, client.stream.tag, {
         timeoutMs: config.timeouts.dcConnectMs,
-        signal: this.#abort.signal,
+        signal: this.#dialAbort.signal,
         firstData: first,
         ...(fast
           ? { replyKey: { key: client.stream.keys.encryptKey, iv: client.stream.keys.encryptIv } }
@@ -297,6 +333,8 @@ export class Session {
       const why = e instanceof Error ? e.message : String(e);
       if (e instanceof DialTimeoutError) throw new Rejection("dc_timeout", why);
       throw new Rejection("dc_unreachable", `${address}: ${why}`);
+    } finally {
+      this.#dialAbort = null;
     }
     this.#ciphers.push(this.#dc.encryptor);
     if (this.#dc.decryptor) this.#ciphers.push(this.#dc.decryptor);
@@ -305,31 +343,43 @@ export class Session {
     return this.#dc;
   }
 
-  async #relay(client: Authenticated, dc: DcConnection): Promise<CloseReason> {
-    const fromClient = pump(this.conn, dc.conn, {
-      ciphers: [client.stream.decryptor, dc.encryptor],
-      ...(client.tls ? { unwrapTls: client.tls } : {}),
-      onData: (n) => {
-        this.#bytesFromClient += n;
-        this.lastActivity = Date.now();
-      },
-    }).then((end) => ({ side: "client" as const, end }));
-    const toClient = pump(dc.conn, this.conn, {
-      // Fast mode: the DC already encrypted for the client.
-      ciphers: dc.decryptor ? [dc.decryptor, client.stream.encryptor] : [],
-      wrapTls: client.tls !== null,
-      onData: (n) => {
-        this.#bytesToClient += n;
-        this.lastActivity = Date.now();
-      },
-    }).then((end) => ({ side: "dc" as const, end }));
-    const first = await Promise.race([fromClient, toClient]);
-    // Either side ending ends the session: close both so the other pump returns too.
-    closeQuietly(this.conn);
-    closeQuietly(dc.conn);
-    await Promise.all([fromClient, toClient]);
-    if (this.#abortReason === "idle" || this.#abortReason === "shutdown") return this.#abortReason;
-    if (first.end !== "eof") return "tls_bad_record";
-    return first.side === "client" ? "client_closed" : "dc_closed";
+  #relay(plan: RelayPlan): Promise<CloseReason> {
+    const dc = plan.dc;
+    return new Promise((resolve) => {
+      let running = 2;
+      let first: "client" | "dc" | null = null;
+      let bad = false;
+      const onEnd = (side: "client" | "dc") => (end: PumpEnd) => {
+        first ??= side;
+        if (end !== "eof") bad = true;
+        // Either side ending ends the session: close both so the other pump stops too.
+        closeQuietly(this.conn);
+        closeQuietly(dc);
+        if (--running > 0) return;
+        if (this.#abortReason === "idle" || this.#abortReason === "shutdown") {
+          resolve(this.#abortReason);
+        } else {
+          resolve(bad ? "tls_bad_record" : first === "client" ? "client_closed" : "dc_closed");
+        }
+      };
+      startPump(this.conn, dc, {
+        ciphers: plan.up,
+        ...(plan.tls ? { unwrapTls: plan.tls } : {}),
+        onData: (n) => {
+          this.#bytesFromClient += n;
+          this.lastActivity = Date.now();
+        },
+        onEnd: onEnd("client"),
+      });
+      startPump(dc, this.conn, {
+        ciphers: plan.down,
+        wrapTls: plan.tls !== null,
+        onData: (n) => {
+          this.#bytesToClient += n;
+          this.lastActivity = Date.now();
+        },
+        onEnd: onEnd("dc"),
+      });
+    });
   }
 }

@@ -329,8 +329,10 @@ export function encodeAppData(payload: Uint8Array, maxRecord = MAX_RECORD_PAYLOA
  * Records may be split or coalesced arbitrarily across reads.
  */
 export class TlsRecordReader {
-  #header = new Uint8Array(RECORD_HEADER_LEN);
+  // Header parsing state in plain numbers: an ArrayBuffer per client costs more than it holds.
   #have = 0;
+  #type = 0;
+  #size = 0;
   #left = 0;
   #keep = false;
 
@@ -344,23 +346,31 @@ export class TlsRecordReader {
     const len = buf.length;
     while (r < len) {
       if (this.#left === 0) {
-        const take = Math.min(RECORD_HEADER_LEN - this.#have, len - r);
-        this.#header.set(buf.subarray(r, r + take), this.#have);
-        this.#have += take;
-        r += take;
-        if (this.#have < RECORD_HEADER_LEN) break;
-        this.#have = 0;
-        const h = this.#header;
-        if (h[1] !== 0x03 || h[2] !== 0x03) return "tls_bad_version";
-        const size = (h[3]! << 8) | h[4]!;
-        if (h[0] === 0x17) {
-          this.#keep = true;
-        } else if (h[0] === 0x14 && size === 1) {
-          this.#keep = false;
-        } else {
-          return "tls_unexpected_record";
+        const b = buf[r++]!;
+        switch (this.#have++) {
+          case 0:
+            this.#type = b;
+            break;
+          case 1:
+          case 2:
+            if (b !== 0x03) return "tls_bad_version";
+            break;
+          case 3:
+            this.#size = b << 8;
+            break;
+          default: {
+            this.#size |= b;
+            this.#have = 0;
+            if (this.#type === 0x17) {
+              this.#keep = true;
+            } else if (this.#type === 0x14 && this.#size === 1) {
+              this.#keep = false;
+            } else {
+              return "tls_unexpected_record";
+            }
+            this.#left = this.#size;
+          }
         }
-        this.#left = size;
         continue;
       }
       const n = Math.min(this.#left, len - r);
