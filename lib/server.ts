@@ -145,7 +145,8 @@ function _start(config: Config, options: StartServerOptions): ServerHandle {
   }
 
   const sessions = new Set<Session>();
-  const running = new Set<Promise<void>>();
+  // Resolves a shutdown waiting for the last session (set only while one waits).
+  let drainedNow: (() => void) | null = null;
   let accepting = true;
 
   // One timer for all sessions: per-connection timers would cost memory on every idle client.
@@ -189,13 +190,12 @@ function _start(config: Config, options: StartServerOptions): ServerHandle {
       sessions.add(session);
       active++;
       stats.active++;
-      const done = session.run().finally(() => {
+      session.run().then(() => {
         sessions.delete(session);
-        running.delete(done);
         active--;
         stats.active--;
+        if (sessions.size === 0) drainedNow?.();
       });
-      running.add(done);
     }
   }
 
@@ -219,18 +219,14 @@ function _start(config: Config, options: StartServerOptions): ServerHandle {
         ms: config.timeouts.shutdownGraceMs,
         n: sessions.size,
       });
+      const drained = new Promise<void>((r) => (drainedNow = r));
       let timer: ReturnType<typeof setTimeout> | undefined;
-      const grace = new Promise<void>((
-        r,
-      ) => (timer = setTimeout(r, config.timeouts.shutdownGraceMs)));
-      const drained = (async () => {
-        while (running.size > 0) await Promise.race([...running]);
-      })();
-      await Promise.race([grace, drained]);
+      const graceMs = config.timeouts.shutdownGraceMs;
+      await Promise.race([drained, new Promise((r) => (timer = setTimeout(r, graceMs)))]);
       clearTimeout(timer);
       for (const s of sessions) s.abort("shutdown");
-      await Promise.all([...running]);
       await drained;
+      drainedNow = null;
     }
     clearInterval(sweeper);
     resolveClosed();

@@ -63,10 +63,21 @@ export interface PumpOptions {
   readonly unwrapTls?: TlsRecordReader;
   /** Wrap what goes to the sink in TLS ApplicationData records (proxy to fake-TLS client). */
   readonly wrapTls?: boolean;
-  /** Called with the byte count of every chunk read, for idle tracking and traffic counters. */
-  readonly onData: (bytes: number) => void;
-  /** Called once when the pump stops. */
-  readonly onEnd: (end: PumpEnd) => void;
+  /** Told about traffic and the end (one host object for both directions: no closures). */
+  readonly host: PumpHost;
+  /** Which direction this is, passed back to the host. */
+  readonly side: PumpSide;
+}
+
+/** The two directions of a relay. */
+export type PumpSide = "client" | "dc";
+
+/** Receives what pumps report. */
+export interface PumpHost {
+  /** `bytes` were read from the source of `side`, for idle tracking and traffic counters. */
+  pumped(side: PumpSide, bytes: number): void;
+  /** The pump of `side` stopped. Called once per pump. */
+  pumpEnded(side: PumpSide, end: PumpEnd): void;
 }
 
 /** How a pump ended. */
@@ -78,7 +89,7 @@ export type PumpEnd =
   | "tls_too_large";
 
 /**
- * Move bytes from `src` to `dst` until `src` ends, then call `onEnd`. Socket errors (a reset, or
+ * Move bytes from `src` to `dst` until `src` ends, then tell the host. Socket errors (a reset, or
  * the other direction closing the sockets) end the pump with "eof"; protocol errors name
  * themselves.
  *
@@ -134,10 +145,10 @@ class _Pump {
 
   #onRead = (n: number | null): void => {
     if (n === null) return this.#finish("eof");
-    const { ciphers, unwrapTls, wrapTls, onData } = this.#options;
+    const { ciphers, unwrapTls, wrapTls, host, side } = this.#options;
     const buf = this.#buf!;
     const headroom = this.#headroom;
-    onData(n);
+    host.pumped(side, n);
     this.#got = n;
     let len = n;
     if (unwrapTls) {
@@ -197,6 +208,6 @@ class _Pump {
     if (this.#buf === null) return;
     relayBuffers.put(this.#level, this.#buf);
     this.#buf = null;
-    this.#options.onEnd(end);
+    this.#options.host.pumpEnded(this.#options.side, end);
   }
 }

@@ -28,7 +28,7 @@ import { INIT_LEN, type ObfuscatedStream, openClientInit } from "../protocol/obf
 import { type DcRoute, routeDc } from "../telegram/dc.ts";
 import { type DcConnection, openDirect } from "../telegram/direct.ts";
 import type { CloseReason, EventSink, RejectReason } from "./events.ts";
-import { type PumpEnd, startPump } from "./relay.ts";
+import { type PumpEnd, type PumpHost, type PumpSide, startPump } from "./relay.ts";
 
 /** What a session needs from the server that runs it. */
 export interface SessionContext {
@@ -97,7 +97,7 @@ interface RelayPlan {
 }
 
 /** One client connection, from accept to close. */
-export class Session {
+export class Session implements PumpHost {
   readonly conn: Conn;
   readonly peer: string;
   readonly startedAt: number = Date.now();
@@ -109,6 +109,13 @@ export class Session {
   #abortReason: "timeout" | "idle" | "shutdown" | null = null;
   #dc: DcConnection | null = null;
   #ciphers: StreamCipher[] = [];
+  #relayState: {
+    dc: Conn;
+    running: number;
+    first: PumpSide | null;
+    bad: boolean;
+    resolve: (reason: CloseReason) => void;
+  } | null = null;
 
   constructor(conn: Conn, ctx: SessionContext) {
     this.conn = conn;
@@ -338,48 +345,51 @@ export class Session {
     }
     this.#ciphers.push(this.#dc.encryptor);
     if (this.#dc.decryptor) this.#ciphers.push(this.#dc.decryptor);
-    // Fast mode never uses the client encryptor: free its native context now.
-    else client.stream.encryptor.close();
+    else {
+      // Fast mode never uses the client encryptor: release it now.
+      client.stream.encryptor.close();
+      this.#ciphers = this.#ciphers.filter((c) => c !== client.stream.encryptor);
+    }
     return this.#dc;
   }
 
   #relay(plan: RelayPlan): Promise<CloseReason> {
-    const dc = plan.dc;
     return new Promise((resolve) => {
-      let running = 2;
-      let first: "client" | "dc" | null = null;
-      let bad = false;
-      const onEnd = (side: "client" | "dc") => (end: PumpEnd) => {
-        first ??= side;
-        if (end !== "eof") bad = true;
-        // Either side ending ends the session: close both so the other pump stops too.
-        closeQuietly(this.conn);
-        closeQuietly(dc);
-        if (--running > 0) return;
-        if (this.#abortReason === "idle" || this.#abortReason === "shutdown") {
-          resolve(this.#abortReason);
-        } else {
-          resolve(bad ? "tls_bad_record" : first === "client" ? "client_closed" : "dc_closed");
-        }
-      };
-      startPump(this.conn, dc, {
+      this.#relayState = { dc: plan.dc, running: 2, first: null, bad: false, resolve };
+      startPump(this.conn, plan.dc, {
         ciphers: plan.up,
         ...(plan.tls ? { unwrapTls: plan.tls } : {}),
-        onData: (n) => {
-          this.#bytesFromClient += n;
-          this.lastActivity = Date.now();
-        },
-        onEnd: onEnd("client"),
+        host: this,
+        side: "client",
       });
-      startPump(dc, this.conn, {
+      startPump(plan.dc, this.conn, {
         ciphers: plan.down,
         wrapTls: plan.tls !== null,
-        onData: (n) => {
-          this.#bytesToClient += n;
-          this.lastActivity = Date.now();
-        },
-        onEnd: onEnd("dc"),
+        host: this,
+        side: "dc",
       });
     });
+  }
+
+  /** Traffic from one side (PumpHost). */
+  pumped(side: PumpSide, bytes: number): void {
+    if (side === "client") this.#bytesFromClient += bytes;
+    else this.#bytesToClient += bytes;
+    this.lastActivity = Date.now();
+  }
+
+  /** One side stopped (PumpHost): close both so the other pump stops too. */
+  pumpEnded(side: PumpSide, end: PumpEnd): void {
+    const st = this.#relayState!;
+    st.first ??= side;
+    if (end !== "eof") st.bad = true;
+    closeQuietly(this.conn);
+    closeQuietly(st.dc);
+    if (--st.running > 0) return;
+    if (this.#abortReason === "idle" || this.#abortReason === "shutdown") {
+      st.resolve(this.#abortReason);
+    } else {
+      st.resolve(st.bad ? "tls_bad_record" : st.first === "client" ? "client_closed" : "dc_closed");
+    }
   }
 }
