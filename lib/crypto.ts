@@ -7,6 +7,7 @@
  * @module
  */
 import nodeCrypto from "node:crypto";
+import { Buffer } from "node:buffer";
 
 /** A running cipher that transforms bytes in place, keeping its state between calls. */
 export interface StreamCipher {
@@ -45,7 +46,16 @@ const OPENSSL_SYMBOLS = {
     parameters: ["pointer", "buffer", "buffer", "buffer", "i32"],
     result: "i32",
   },
+  EVP_PKEY_new_raw_private_key: {
+    parameters: ["i32", "pointer", "buffer", "usize"],
+    result: "pointer",
+  },
+  EVP_PKEY_get_raw_public_key: { parameters: ["pointer", "buffer", "buffer"], result: "i32" },
+  EVP_PKEY_free: { parameters: ["pointer"], result: "void" },
 } as const;
+
+/** OpenSSL's NID / EVP_PKEY type of X25519. */
+const EVP_PKEY_X25519 = 1034;
 
 type OpenSsl = Deno.DynamicLibrary<typeof OPENSSL_SYMBOLS>["symbols"];
 
@@ -382,12 +392,56 @@ export function timingSafeEqual(a: Uint8Array, b: Uint8Array): boolean {
   return diff === 0;
 }
 
+/** PKCS#8 DER prefix of a raw X25519 private key (RFC 8410). */
+const X25519_PKCS8_PREFIX = Uint8Array.from([
+  0x30,
+  0x2e,
+  0x02,
+  0x01,
+  0x00,
+  0x30,
+  0x05,
+  0x06,
+  0x03,
+  0x2b,
+  0x65,
+  0x6e,
+  0x04,
+  0x22,
+  0x04,
+  0x20,
+]);
+
 /**
- * X25519 public key for a random private key: the fake-TLS ServerHello carries a real curve
- * point, so a censor that validates the key share sees nothing odd.
+ * X25519 public key of `privateKey` (random when absent): the fake-TLS ServerHello carries a
+ * real curve point, so a censor that validates the key share sees nothing odd. Through OpenSSL
+ * when loaded (nothing left for the GC to finalise), else `node:crypto`.
  */
-export function x25519PublicKey(): Uint8Array {
-  const { publicKey } = nodeCrypto.generateKeyPairSync("x25519");
-  const der = new Uint8Array(publicKey.export({ type: "spki", format: "der" }));
-  return der.subarray(der.length - 32);
+export function x25519PublicKey(
+  privateKey: Uint8Array = randomBytes(32),
+  options: AesOptions = {},
+): Uint8Array {
+  const lib = (options.backend ?? defaultCipherBackend()) === "openssl" ? _loadOpenSsl() : null;
+  if (lib) {
+    const pkey = lib.EVP_PKEY_new_raw_private_key(EVP_PKEY_X25519, null, privateKey, 32n);
+    if (pkey === null) throw new Error("OpenSSL EVP_PKEY_new_raw_private_key failed");
+    try {
+      const out = new Uint8Array(32);
+      const len = new BigUint64Array([32n]);
+      if (lib.EVP_PKEY_get_raw_public_key(pkey, out, new Uint8Array(len.buffer)) !== 1) {
+        throw new Error("OpenSSL EVP_PKEY_get_raw_public_key failed");
+      }
+      return out;
+    } finally {
+      lib.EVP_PKEY_free(pkey);
+    }
+  }
+  const der = new Uint8Array(X25519_PKCS8_PREFIX.length + 32);
+  der.set(X25519_PKCS8_PREFIX);
+  der.set(privateKey, X25519_PKCS8_PREFIX.length);
+  const key = nodeCrypto.createPrivateKey({ key: Buffer.from(der), format: "der", type: "pkcs8" });
+  const spki = new Uint8Array(
+    nodeCrypto.createPublicKey(key).export({ type: "spki", format: "der" }),
+  );
+  return spki.slice(spki.length - 32);
 }

@@ -8,7 +8,7 @@ import { logger } from "./ops/log.ts";
 import type { Config, ListenerConfig } from "./config/types.ts";
 import { closeQuietly, formatHostPort, type Listener, listenTcp } from "./net.ts";
 import type { EventSink, ProxyEvent } from "./client/events.ts";
-import { Session } from "./client/session.ts";
+import { Session, type SessionContext } from "./client/session.ts";
 import { defaultCipherBackend, openSslLoadError } from "./crypto.ts";
 
 const log = logger("server");
@@ -125,8 +125,13 @@ function _start(config: Config, options: StartServerOptions): ServerHandle {
         stats.bytesFromClients += e.bytesFromClient;
         stats.bytesToClients += e.bytesToClient;
       }
-      _logEvent(e);
-      options.events?.emit(e);
+      try {
+        _logEvent(e);
+        options.events?.emit(e);
+      } catch (err) {
+        // A broken sink must not break sessions.
+        log.error("Event sink failed: {error}", { error: String(err) });
+      }
     },
   };
 
@@ -167,6 +172,17 @@ function _start(config: Config, options: StartServerOptions): ServerHandle {
 
   async function acceptLoop(l: ListenerConfig, socket: Listener): Promise<void> {
     let active = 0;
+    const ctx: SessionContext = {
+      listener: l,
+      config,
+      events: sink,
+      onDone(session) {
+        sessions.delete(session);
+        active--;
+        stats.active--;
+        if (sessions.size === 0) drainedNow?.();
+      },
+    };
     while (accepting) {
       let conn: Deno.TcpConn;
       try {
@@ -185,17 +201,12 @@ function _start(config: Config, options: StartServerOptions): ServerHandle {
         sink.emit({ type: "rejected", listener: l.name, peer, reason: "too_many_connections" });
         continue;
       }
-      const session = new Session(conn, { listener: l, config, events: sink });
+      const session = new Session(conn, ctx);
       sink.emit({ type: "accepted", listener: l.name, peer: session.peer });
       sessions.add(session);
       active++;
       stats.active++;
-      session.run().then(() => {
-        sessions.delete(session);
-        active--;
-        stats.active--;
-        if (sessions.size === 0) drainedNow?.();
-      });
+      session.start();
     }
   }
 

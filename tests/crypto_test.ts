@@ -1,5 +1,12 @@
 import { assert, assertEquals, assertThrows } from "./assert.ts";
-import { createAes, defaultCipherBackend, hmacSha256, randomBytes, sha256 } from "../lib/crypto.ts";
+import {
+  createAes,
+  defaultCipherBackend,
+  hmacSha256,
+  randomBytes,
+  sha256,
+  x25519PublicKey,
+} from "../lib/crypto.ts";
 
 Deno.test("OpenSSL is the default cipher backend on this host", () => {
   assertEquals(defaultCipherBackend(), "openssl");
@@ -89,4 +96,17 @@ Deno.test("interleaved OpenSSL CTR streams on the shared context stay independen
     s.ssl.close();
     s.node.close();
   }
+});
+
+Deno.test("x25519PublicKey matches RFC 7748 on both backends", () => {
+  const hex = (b: Uint8Array) => Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
+  const priv = Uint8Array.from(
+    "77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a".match(/../g)!.map((h) =>
+      parseInt(h, 16)
+    ),
+  );
+  const expected = "8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a";
+  assertEquals(hex(x25519PublicKey(priv, { backend: "openssl" })), expected);
+  assertEquals(hex(x25519PublicKey(priv, { backend: "node" })), expected);
+  assert(hex(x25519PublicKey()) !== hex(x25519PublicKey()));
 });

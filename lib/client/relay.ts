@@ -104,7 +104,12 @@ export function startPump(src: RelaySocket, dst: RelaySocket, options: PumpOptio
 class _Pump {
   readonly #src: RelaySocket;
   readonly #dst: RelaySocket;
-  readonly #options: PumpOptions;
+  // The options, copied into fields: this object lives as long as the connection.
+  readonly #ciphers: readonly StreamCipher[];
+  readonly #unwrapTls: TlsRecordReader | undefined;
+  readonly #wrapTls: boolean;
+  readonly #host: PumpHost;
+  readonly #side: PumpSide;
   readonly #headroom: number;
   readonly #maxLevel: number;
   #level = 0;
@@ -119,10 +124,14 @@ class _Pump {
   constructor(src: RelaySocket, dst: RelaySocket, options: PumpOptions) {
     this.#src = src;
     this.#dst = dst;
-    this.#options = options;
-    this.#headroom = options.wrapTls ? RECORD_HEADER_LEN : 0;
+    this.#ciphers = options.ciphers;
+    this.#unwrapTls = options.unwrapTls;
+    this.#wrapTls = options.wrapTls ?? false;
+    this.#host = options.host;
+    this.#side = options.side;
+    this.#headroom = this.#wrapTls ? RECORD_HEADER_LEN : 0;
     // A TLS record carries at most 16384 bytes: one read fills one record, no copying.
-    this.#maxLevel = options.wrapTls ? 1 : LEVEL_SIZES.length - 1;
+    this.#maxLevel = this.#wrapTls ? 1 : LEVEL_SIZES.length - 1;
     this.#buf = relayBuffers.get(0);
   }
 
@@ -131,7 +140,7 @@ class _Pump {
     const headroom = this.#headroom;
     this.#room = Math.min(
       buf.length - headroom,
-      this.#options.wrapTls ? MAX_RECORD_PAYLOAD : buf.length,
+      this.#wrapTls ? MAX_RECORD_PAYLOAD : buf.length,
     );
     try {
       this.#src.read(buf.subarray(headroom, headroom + this.#room)).then(
@@ -145,21 +154,20 @@ class _Pump {
 
   #onRead = (n: number | null): void => {
     if (n === null) return this.#finish("eof");
-    const { ciphers, unwrapTls, wrapTls, host, side } = this.#options;
     const buf = this.#buf!;
     const headroom = this.#headroom;
-    host.pumped(side, n);
+    this.#host.pumped(this.#side, n);
     this.#got = n;
     let len = n;
-    if (unwrapTls) {
-      const out = unwrapTls.unwrap(buf.subarray(0, n));
+    if (this.#unwrapTls) {
+      const out = this.#unwrapTls.unwrap(buf.subarray(0, n));
       if (typeof out === "string") return this.#finish(out);
       len = out;
     }
     if (len === 0) return this.#next();
     const data = buf.subarray(headroom, headroom + len);
-    for (const c of ciphers) c.update(data);
-    if (wrapTls) {
+    for (const c of this.#ciphers) c.update(data);
+    if (this.#wrapTls) {
       buf[0] = 0x17;
       buf[1] = 0x03;
       buf[2] = 0x03;
@@ -208,6 +216,6 @@ class _Pump {
     if (this.#buf === null) return;
     relayBuffers.put(this.#level, this.#buf);
     this.#buf = null;
-    this.#options.host.pumpEnded(this.#options.side, end);
+    this.#host.pumpEnded(this.#side, end);
   }
 }

@@ -30,11 +30,13 @@ import { type DcConnection, openDirect } from "../telegram/direct.ts";
 import type { CloseReason, EventSink, RejectReason } from "./events.ts";
 import { type PumpEnd, type PumpHost, type PumpSide, startPump } from "./relay.ts";
 
-/** What a session needs from the server that runs it. */
+/** What a session needs from the server that runs it (one object per listener, shared). */
 export interface SessionContext {
   readonly listener: ListenerConfig;
   readonly config: Config;
   readonly events: EventSink;
+  /** Called exactly once when a session has ended and released everything. */
+  readonly onDone: (session: Session) => void;
 }
 
 /** A refusal during the handshake; carries bytes to send before closing (a TLS alert). */
@@ -109,13 +111,10 @@ export class Session implements PumpHost {
   #abortReason: "timeout" | "idle" | "shutdown" | null = null;
   #dc: DcConnection | null = null;
   #ciphers: StreamCipher[] = [];
-  #relayState: {
-    dc: Conn;
-    running: number;
-    first: PumpSide | null;
-    bad: boolean;
-    resolve: (reason: CloseReason) => void;
-  } | null = null;
+  /** Relay phase: pumps still running, which side ended first, whether one ended badly. */
+  #running = 0;
+  #firstEnded: PumpSide | null = null;
+  #endedBadly = false;
 
   constructor(conn: Conn, ctx: SessionContext) {
     this.conn = conn;
@@ -138,33 +137,54 @@ export class Session implements PumpHost {
     if (this.#dc) closeQuietly(this.#dc.conn);
   }
 
-  /** Run the session to its end. Never throws. */
-  async run(): Promise<void> {
+  /**
+   * Start the session; it runs on its own and calls `onDone` at its end. Never throws.
+   *
+   * The handshake is an async function, but the relay is not: an async function suspended for
+   * the whole life of a connection keeps its frame and every local in it, which adds up over
+   * thousands of idle clients. Once the relay starts, the session and its two pumps are all
+   * that remain.
+   */
+  start(): void {
+    this.#handshake().catch(() => {
+      // Unreachable unless an event sink throws; never leave the sockets behind.
+      if (this.phase !== "done") this.#finish();
+    });
+  }
+
+  async #handshake(): Promise<void> {
+    let plan: RelayPlan;
     try {
       this.conn.setNoDelay(true);
-      // Everything the handshake needed lives in #establish's frame and is gone once it
-      // returns: a suspended async function keeps all of its locals, and this one waits for
-      // the whole life of the connection.
-      const relay = await this.#establish();
-      this.phase = "relay";
-      const reason = await this.#relay(relay);
-      this.#ctx.events.emit({
-        type: "closed",
-        listener: this.#ctx.listener.name,
-        peer: this.peer,
-        reason,
-        bytesFromClient: this.#bytesFromClient,
-        bytesToClient: this.#bytesToClient,
-        durationMs: Date.now() - this.startedAt,
-      });
+      plan = await this.#establish();
     } catch (e) {
       await this.#reject(e);
-    } finally {
-      this.phase = "done";
-      closeQuietly(this.conn);
-      if (this.#dc) closeQuietly(this.#dc.conn);
-      for (const c of this.#ciphers) c.close();
+      this.#finish();
+      return;
     }
+    this.phase = "relay";
+    this.#running = 2;
+    startPump(this.conn, plan.dc, {
+      ciphers: plan.up,
+      ...(plan.tls ? { unwrapTls: plan.tls } : {}),
+      host: this,
+      side: "client",
+    });
+    startPump(plan.dc, this.conn, {
+      ciphers: plan.down,
+      wrapTls: plan.tls !== null,
+      host: this,
+      side: "dc",
+    });
+  }
+
+  /** Release everything and tell the server. */
+  #finish(): void {
+    this.phase = "done";
+    closeQuietly(this.conn);
+    if (this.#dc) closeQuietly(this.#dc.conn);
+    for (const c of this.#ciphers) c.close();
+    this.#ctx.onDone(this);
   }
 
   async #reject(e: unknown): Promise<void> {
@@ -353,24 +373,6 @@ export class Session implements PumpHost {
     return this.#dc;
   }
 
-  #relay(plan: RelayPlan): Promise<CloseReason> {
-    return new Promise((resolve) => {
-      this.#relayState = { dc: plan.dc, running: 2, first: null, bad: false, resolve };
-      startPump(this.conn, plan.dc, {
-        ciphers: plan.up,
-        ...(plan.tls ? { unwrapTls: plan.tls } : {}),
-        host: this,
-        side: "client",
-      });
-      startPump(plan.dc, this.conn, {
-        ciphers: plan.down,
-        wrapTls: plan.tls !== null,
-        host: this,
-        side: "dc",
-      });
-    });
-  }
-
   /** Traffic from one side (PumpHost). */
   pumped(side: PumpSide, bytes: number): void {
     if (side === "client") this.#bytesFromClient += bytes;
@@ -380,16 +382,28 @@ export class Session implements PumpHost {
 
   /** One side stopped (PumpHost): close both so the other pump stops too. */
   pumpEnded(side: PumpSide, end: PumpEnd): void {
-    const st = this.#relayState!;
-    st.first ??= side;
-    if (end !== "eof") st.bad = true;
+    this.#firstEnded ??= side;
+    if (end !== "eof") this.#endedBadly = true;
     closeQuietly(this.conn);
-    closeQuietly(st.dc);
-    if (--st.running > 0) return;
+    if (this.#dc) closeQuietly(this.#dc.conn);
+    if (--this.#running > 0) return;
+    let reason: CloseReason;
     if (this.#abortReason === "idle" || this.#abortReason === "shutdown") {
-      st.resolve(this.#abortReason);
+      reason = this.#abortReason;
+    } else if (this.#endedBadly) {
+      reason = "tls_bad_record";
     } else {
-      st.resolve(st.bad ? "tls_bad_record" : st.first === "client" ? "client_closed" : "dc_closed");
+      reason = this.#firstEnded === "client" ? "client_closed" : "dc_closed";
     }
+    this.#ctx.events.emit({
+      type: "closed",
+      listener: this.#ctx.listener.name,
+      peer: this.peer,
+      reason,
+      bytesFromClient: this.#bytesFromClient,
+      bytesToClient: this.#bytesToClient,
+      durationMs: Date.now() - this.startedAt,
+    });
+    this.#finish();
   }
 }
