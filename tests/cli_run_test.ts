@@ -1,0 +1,175 @@
+/**
+ * `mtproxy run` as a user runs it: a separate process started from main.ts, configured by file,
+ * environment or nothing at all, serving real clients until SIGTERM.
+ */
+import { assert, assertEquals, assertStringIncludes } from "./assert.ts";
+import { fileURLToPath as fromFileUrl } from "node:url";
+import { startFakeDc } from "./kit/fake_dc.ts";
+import { connectTestClient } from "./kit/test_client.ts";
+import { parseSecret } from "../lib/secret.ts";
+
+const MAIN = fromFileUrl(new URL("../main.ts", import.meta.url));
+
+/** A running `mtproxy run` process with its output collected. */
+class ProxyProcess {
+  #child: Deno.ChildProcess;
+  stdout = "";
+  stderr = "";
+  #done: Promise<Deno.CommandStatus>;
+  #pumps: Promise<void>[];
+
+  constructor(args: string[], options: { cwd: string; env?: Record<string, string> }) {
+    this.#child = new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", MAIN, ...args],
+      cwd: options.cwd,
+      env: { NO_COLOR: "1", MTP_STATE_FILE: "", MTP_CONFIG: "", ...options.env },
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    const collect = async (stream: ReadableStream<Uint8Array>, into: "stdout" | "stderr") => {
+      const dec = new TextDecoder();
+      for await (const chunk of stream) this[into] += dec.decode(chunk, { stream: true });
+    };
+    this.#pumps = [collect(this.#child.stdout, "stdout"), collect(this.#child.stderr, "stderr")];
+    this.#done = this.#child.status;
+  }
+
+  /** Wait until stdout contains `text` (or the process exits, or 20 s pass). */
+  async waitFor(text: string): Promise<void> {
+    const deadline = Date.now() + 20_000;
+    let exited = false;
+    this.#done.then(() => (exited = true));
+    while (!this.stdout.includes(text)) {
+      if (exited || Date.now() > deadline) {
+        throw new Error(`No ${JSON.stringify(text)} in output:\n${this.stdout}\n${this.stderr}`);
+      }
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+
+  /** The port of the "listening on HOST:PORT (name)" line. */
+  port(): number {
+    const m = this.stdout.match(/listening on [^\s]+:(\d+) \(/);
+    assert(m, this.stdout);
+    return Number(m[1]);
+  }
+
+  async stop(signal: Deno.Signal = "SIGTERM"): Promise<number> {
+    try {
+      this.#child.kill(signal);
+    } catch {
+      // Already gone.
+    }
+    const status = await this.#done;
+    await Promise.all(this.#pumps);
+    return status.code;
+  }
+}
+
+function freePort(): number {
+  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (l.addr as Deno.NetAddr).port;
+  l.close();
+  return port;
+}
+
+Deno.test("mtproxy run serves plain, dd and fake-TLS clients from a config file and stops on SIGTERM", async () => {
+  const dir = await Deno.makeTempDir();
+  const dc = await startFakeDc();
+  const port = freePort();
+  await Deno.writeTextFile(
+    `${dir}/config.yaml`,
+    [
+      "listeners:",
+      "  - name: main",
+      "    host: 127.0.0.1",
+      `    port: ${port}`,
+      "    tls_domain: example.com",
+      "public_host: proxy.example.net",
+      "telegram:",
+      "  dc_addresses:",
+      `    "2": "127.0.0.1:${dc.port}"`,
+      "",
+    ].join("\n"),
+  );
+  const proxy = new ProxyProcess(["--config", "config.yaml"], { cwd: dir });
+  try {
+    await proxy.waitFor("listening on");
+    assertEquals(proxy.port(), port);
+    assertStringIncludes(proxy.stdout, `State file: ${dir}/mtproxy-state.json (created now`);
+    // The links printed at start carry the secret the proxy uses.
+    const link = proxy.stdout.match(
+      /tg:\/\/proxy\?server=proxy\.example\.net&port=\d+&secret=(ee[0-9a-f]+)/,
+    );
+    assert(link, proxy.stdout);
+    const secret = parseSecret(link[1]!);
+    assertEquals(secret.domain, "example.com");
+    for (const kind of ["plain", "dd", "tls"] as const) {
+      const client = await connectTestClient({ port, secret: secret.key, kind, dcId: 2 });
+      await client.reqPq();
+      await client.close();
+    }
+    assertEquals(await proxy.stop(), 0);
+    assertStringIncludes(proxy.stderr, "SIGTERM");
+  } finally {
+    await proxy.stop();
+    await dc.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("mtproxy run keeps its generated secret across restarts", async () => {
+  const dir = await Deno.makeTempDir();
+  const env = { MTP_PORT: String(freePort()), MTP_HOST: "127.0.0.1" };
+  try {
+    const first = new ProxyProcess([], { cwd: dir, env });
+    await first.waitFor("listening on");
+    assertEquals(await first.stop(), 0);
+    const second = new ProxyProcess([], { cwd: dir, env });
+    await second.waitFor("listening on");
+    assertEquals(await second.stop("SIGINT"), 0);
+    const links = (out: string) => out.match(/secret=[0-9a-f]{32}\b/g);
+    assert(links(first.stdout));
+    assertEquals(links(second.stdout), links(first.stdout));
+    assertStringIncludes(second.stdout, `State file: ${dir}/mtproxy-state.json`);
+    assert(!second.stdout.includes("created now"));
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("mtproxy run falls back to node:crypto with a warning when OpenSSL is unavailable", async () => {
+  const dir = await Deno.makeTempDir();
+  const dc = await startFakeDc();
+  const port = freePort();
+  const secret = "00112233445566778899aabbccddeeff";
+  await Deno.writeTextFile(
+    `${dir}/config.yaml`,
+    `telegram:\n  dc_addresses:\n    "2": "127.0.0.1:${dc.port}"\n`,
+  );
+  const proxy = new ProxyProcess(
+    ["--config", "config.yaml", "--host", "127.0.0.1", "-p", String(port), "-s", secret],
+    { cwd: dir, env: { MTP_CRYPTO_BACKEND: "node" } },
+  );
+  try {
+    await proxy.waitFor("listening on");
+    for (const kind of ["dd", "tls"] as const) {
+      const client = await connectTestClient({
+        port,
+        secret: parseSecret(secret).key,
+        kind,
+        dcId: 2,
+        sni: "www.cloudflare.com",
+      });
+      await client.reqPq();
+      await client.close();
+    }
+    assertEquals(await proxy.stop(), 0);
+    assertStringIncludes(proxy.stderr, "AES backend: node:crypto");
+  } finally {
+    await proxy.stop();
+    await dc.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
