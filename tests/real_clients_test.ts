@@ -24,6 +24,8 @@ import type { TransportTag } from "../lib/protocol/obfuscated2.ts";
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
 const TDLIB_SCRIPT = fileURLToPath(new URL("./real_clients/tdlib_ping.ts", import.meta.url));
 const MTCUTE_SCRIPT = fileURLToPath(new URL("./real_clients/mtcute_connect.ts", import.meta.url));
+/** The clients' own config and lockfile: the proxy's never lists them. */
+const CLIENTS_CONFIG = fileURLToPath(new URL("./real_clients/deno.json", import.meta.url));
 
 /** First run: download and unpack the npm packages (TDLib alone is 58 MB). */
 const INSTALL_TIMEOUT_MS = 600_000;
@@ -147,7 +149,14 @@ let _installed: Promise<void> | null = null;
 /** Install the clients' npm packages once per test process, with a deadline fit for a download. */
 function _ensureInstalled(): Promise<void> {
   _installed ??= (async () => {
-    const r = await _runDeno(["cache", "--quiet", TDLIB_SCRIPT, MTCUTE_SCRIPT], {
+    const r = await _runDeno([
+      "cache",
+      "--quiet",
+      "--config",
+      CLIENTS_CONFIG,
+      TDLIB_SCRIPT,
+      MTCUTE_SCRIPT,
+    ], {
       timeoutMs: INSTALL_TIMEOUT_MS,
     });
     if (r.code !== 0 || r.timedOut) {
@@ -230,6 +239,8 @@ for (const kind of KINDS) {
       try {
         const run = await _runDeno([
           "run",
+          "--config",
+          CLIENTS_CONFIG,
           "--allow-all",
           "--quiet",
           TDLIB_SCRIPT,
@@ -286,6 +297,8 @@ for (const kind of KINDS) {
     await _withProxyAndDc(async (proxy, dc) => {
       const run = await _runDeno([
         "run",
+        "--config",
+        CLIENTS_CONFIG,
         "--allow-all",
         "--quiet",
         MTCUTE_SCRIPT,
