@@ -1,0 +1,657 @@
+/**
+ * The bench's load generator, run as its own process: opens client connections through the
+ * proxy (as a `dd` client or an `ee` fake-TLS client) or through the plain relay (obfuscated2
+ * with no secret, straight to the echo DC), runs one scenario and prints its result as one JSON
+ * line on stdout.
+ *
+ * Handshakes and small ping-pongs are encrypted and checked byte for byte. Bulk throughput
+ * sends one pre-filled random buffer over and over without encrypting it (random bytes are
+ * valid ciphertext, and every hop's cipher is XOR, so nothing downstream can tell) and only
+ * counts what comes back: the load generator then takes little CPU from the process under test.
+ *
+ * Scenarios:
+ * - `throughput`: `--streams` full-duplex streams write 64 KiB chunks and read the echo; after
+ *   `--warmup` seconds, count bytes and the CPU time of `--pids` over `--seconds`.
+ * - `latency`: one connection, `--pings` sequential 100-byte ping-pongs; microseconds.
+ * - `handshakes`: `--workers` loops of connect, handshake, 100-byte first packet echoed,
+ *   close, for `--seconds`.
+ * - `idle`: warm up with 100 short-lived clients, read the memory of `--pids`, open `--clients` connections (handshake and one ping-pong each), let them sit, read
+ *   the memory of `--pids`, ping every one again, close them all. With `--mem-signal <pid>`,
+ *   send that process SIGUSR1 after each memory reading (scripts/bench_proxy.ts then prints its
+ *   V8 heap figures).
+ *
+ * @module
+ */
+import { parseArgs } from "node:util";
+import { randomBytes, type StreamCipher } from "../lib/crypto.ts";
+import {
+  MAX_RECORD_PAYLOAD,
+  parseServerHello,
+  RECORD_HEADER_LEN,
+  signClientHello,
+  TlsRecordReader,
+  writeAppDataHeader,
+} from "../lib/protocol/fake_tls.ts";
+import { createInit, isValidInitRandom } from "../lib/protocol/obfuscated2.ts";
+import { buildClientHello } from "../tests/kit/client_hello.ts";
+import {
+  closeQuietly,
+  cpuSeconds,
+  delay,
+  exitWhenStdinCloses,
+  type MemoryInfo,
+  memoryInfo,
+  parseHex,
+  parsePort,
+  writeAll,
+} from "./_bench_common.ts";
+
+/** How the load generator talks to the process in the middle. */
+export type LoadMode = "dd" | "ee" | "relay";
+
+/** The size of every bulk write, and of every read buffer. */
+const CHUNK = 65536;
+/** Bytes one bulk stream may have sent and not yet seen echoed. */
+const WINDOW = 1024 * 1024;
+const PING_LEN = 100;
+/** Longest a connect + handshake + ping-pong, or a ping-pong, may take before it is an error. */
+const OP_TIMEOUT_MS = 15_000;
+/** Clients opened and closed before the idle scenario's baseline is read. */
+const WARMUP_CLIENTS = 100;
+const DC_ID = 2;
+const CCS = Uint8Array.of(0x14, 0x03, 0x03, 0x00, 0x01, 0x01);
+
+interface Target {
+  port: number;
+  mode: LoadMode;
+  secret: Uint8Array;
+  sni: string;
+}
+
+/** Counts the payload bytes of a stream of TLS records without moving any data. */
+class RecordCounter {
+  #header = 0;
+  #lenHi = 0;
+  #left = 0;
+
+  /** Payload bytes among `buf[0..n)`. */
+  count(buf: Uint8Array, n: number): number {
+    let payload = 0;
+    let i = 0;
+    while (i < n) {
+      if (this.#left > 0) {
+        const take = Math.min(this.#left, n - i);
+        payload += take;
+        this.#left -= take;
+        i += take;
+        continue;
+      }
+      // Inside a 5-byte header: bytes 3 and 4 hold the length.
+      if (this.#header === 3) this.#lenHi = buf[i]!;
+      if (this.#header === 4) this.#left = (this.#lenHi << 8) | buf[i]!;
+      this.#header = (this.#header + 1) % RECORD_HEADER_LEN;
+      i++;
+    }
+    return payload;
+  }
+}
+
+/** One established client connection. */
+class Client {
+  #reader: TlsRecordReader | null;
+  #pending = new Uint8Array(0);
+  #readBuf = new Uint8Array(4096);
+
+  constructor(
+    readonly conn: Deno.TcpConn,
+    readonly encryptor: StreamCipher,
+    readonly decryptor: StreamCipher,
+    readonly tls: boolean,
+  ) {
+    this.#reader = tls ? new TlsRecordReader() : null;
+  }
+
+  /** Encrypt `plain` (a copy), frame it and send it. */
+  async send(plain: Uint8Array): Promise<void> {
+    const head = this.tls ? RECORD_HEADER_LEN : 0;
+    const out = new Uint8Array(head + plain.length);
+    out.set(plain, head);
+    this.encryptor.update(out.subarray(head));
+    if (this.tls) writeAppDataHeader(out, 0, plain.length);
+    await writeAll(this.conn, out);
+  }
+
+  /** Read exactly `n` payload bytes and decrypt them. */
+  async receive(n: number): Promise<Uint8Array> {
+    while (this.#pending.length < n) {
+      const got = await this.conn.read(this.#readBuf);
+      if (got === null) throw new Error(`Connection closed after ${this.#pending.length} bytes`);
+      let len = got;
+      if (this.#reader) {
+        const r = this.#reader.unwrap(this.#readBuf.subarray(0, got));
+        if (typeof r === "string") throw new Error(`Bad TLS record from the proxy: ${r}`);
+        len = r;
+      }
+      const joined = new Uint8Array(this.#pending.length + len);
+      joined.set(this.#pending);
+      joined.set(this.#readBuf.subarray(0, len), this.#pending.length);
+      this.#pending = joined;
+    }
+    const out = this.#pending.slice(0, n);
+    this.#pending = this.#pending.slice(n);
+    this.decryptor.update(out);
+    return out;
+  }
+
+  /** Send a random 100-byte ping and check the echo. */
+  async ping(): Promise<void> {
+    const ping = randomBytes(PING_LEN);
+    await this.send(ping);
+    const pong = await this.receive(PING_LEN);
+    if (!pong.every((b, i) => b === ping[i])) throw new Error("Echo differs from the ping");
+  }
+
+  close(): void {
+    closeQuietly(this.conn);
+    this.encryptor.close();
+    this.decryptor.close();
+  }
+}
+
+function _initRandom(): Uint8Array {
+  let r = randomBytes(64);
+  while (!isValidInitRandom(r)) r = randomBytes(64);
+  return r;
+}
+
+let helloTemplate: Uint8Array | null = null;
+
+/** A signed ClientHello with a fresh session id, so the proxy never sees the same one twice. */
+function _clientHello(target: Target): Uint8Array {
+  helloTemplate ??= buildClientHello({ sni: target.sni });
+  const hello = helloTemplate.slice();
+  hello.set(randomBytes(32), 44);
+  return signClientHello(hello, target.secret, Math.floor(Date.now() / 1000));
+}
+
+async function _readServerHello(
+  conn: Deno.TcpConn,
+  clientRandom: Uint8Array,
+  secret: Uint8Array,
+): Promise<void> {
+  let buf = new Uint8Array(8192);
+  let have = 0;
+  while (true) {
+    const step = parseServerHello(buf.subarray(0, have), clientRandom, secret);
+    if (step.kind === "ok") {
+      if (step.length !== have) throw new Error("Unexpected bytes after the ServerHello");
+      return;
+    }
+    if (step.kind === "reject") throw new Error(`Bad ServerHello: ${step.reason}`);
+    if (step.atLeast > buf.length) {
+      const bigger = new Uint8Array(step.atLeast * 2);
+      bigger.set(buf.subarray(0, have));
+      buf = bigger;
+    }
+    const n = await conn.read(buf.subarray(have));
+    if (n === null) throw new Error(`Proxy closed during the TLS handshake after ${have} bytes`);
+    have += n;
+  }
+}
+
+/** Connect and complete the handshake for `target.mode`; `first` (plaintext) rides along. */
+async function _open(target: Target, first: Uint8Array, signal: AbortSignal): Promise<Client> {
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port: target.port, signal });
+  const onAbort = () => closeQuietly(conn);
+  signal.addEventListener("abort", onAbort, { once: true });
+  let ciphers: StreamCipher[] = [];
+  try {
+    conn.setNoDelay(true);
+    const secret = target.mode === "relay" ? null : target.secret;
+    if (target.mode === "ee") {
+      const hello = _clientHello(target);
+      await writeAll(conn, hello);
+      await _readServerHello(conn, hello.subarray(11, 43), target.secret);
+    }
+    const { wire, encryptor, decryptor } = createInit(_initRandom(), "padded", DC_ID, { secret });
+    ciphers = [encryptor, decryptor];
+    const tls = target.mode === "ee";
+    const body = new Uint8Array(wire.length + first.length);
+    body.set(wire);
+    body.set(first, wire.length);
+    encryptor.update(body.subarray(wire.length));
+    if (tls) {
+      const out = new Uint8Array(CCS.length + RECORD_HEADER_LEN + body.length);
+      out.set(CCS);
+      writeAppDataHeader(out, CCS.length, body.length);
+      out.set(body, CCS.length + RECORD_HEADER_LEN);
+      await writeAll(conn, out);
+    } else {
+      await writeAll(conn, body);
+    }
+    const client = new Client(conn, encryptor, decryptor, tls);
+    ciphers = [];
+    return client;
+  } catch (e) {
+    closeQuietly(conn);
+    for (const c of ciphers) c.close();
+    throw e;
+  } finally {
+    signal.removeEventListener("abort", onAbort);
+  }
+}
+
+/** Fail with "Timed out" when `signal` fired (its socket was closed under `op`). */
+async function _timed<T>(signal: AbortSignal, what: string, op: () => Promise<T>): Promise<T> {
+  try {
+    return await op();
+  } catch (e) {
+    if (signal.aborted) throw new Error(`Timed out after ${OP_TIMEOUT_MS} ms: ${what}`);
+    throw e;
+  }
+}
+
+/**
+ * Open a connection and check one 100-byte ping-pong sent with the init, within
+ * {@linkcode OP_TIMEOUT_MS}.
+ */
+function _openAndPing(target: Target): Promise<Client> {
+  const signal = AbortSignal.timeout(OP_TIMEOUT_MS);
+  return _timed(signal, "connect, handshake and first ping", async () => {
+    const ping = randomBytes(PING_LEN);
+    const client = await _open(target, ping, signal);
+    const onAbort = () => client.close();
+    signal.addEventListener("abort", onAbort, { once: true });
+    try {
+      const pong = await client.receive(PING_LEN);
+      if (!pong.every((b, i) => b === ping[i])) throw new Error("Echo differs from the ping");
+      return client;
+    } catch (e) {
+      client.close();
+      throw e;
+    } finally {
+      signal.removeEventListener("abort", onAbort);
+    }
+  });
+}
+
+/** One more ping-pong on an open client, within {@linkcode OP_TIMEOUT_MS}. */
+function _pingAgain(client: Client): Promise<void> {
+  const signal = AbortSignal.timeout(OP_TIMEOUT_MS);
+  const onAbort = () => closeQuietly(client.conn);
+  signal.addEventListener("abort", onAbort, { once: true });
+  return _timed(signal, "ping", () => client.ping()).finally(() => {
+    signal.removeEventListener("abort", onAbort);
+  });
+}
+
+/** Errors seen, with a few messages kept. */
+class Errors {
+  count = 0;
+  samples: string[] = [];
+
+  add(e: unknown): void {
+    this.count++;
+    const msg = e instanceof Error ? `${e.name}: ${e.message}` : String(e);
+    if (this.samples.length < 5 && !this.samples.includes(msg)) this.samples.push(msg);
+  }
+
+  toJSON(): { errors: number; error_samples: string[] } {
+    return { errors: this.count, error_samples: this.samples };
+  }
+}
+
+/** The bulk write buffer: random bytes, framed as TLS records for `ee`. */
+function _bulkChunk(tls: boolean): { wire: Uint8Array; payload: number } {
+  if (!tls) return { wire: randomBytes(CHUNK), payload: CHUNK };
+  const records = CHUNK / MAX_RECORD_PAYLOAD;
+  const wire = randomBytes(CHUNK + records * RECORD_HEADER_LEN);
+  for (let r = 0; r < records; r++) {
+    writeAppDataHeader(wire, r * (MAX_RECORD_PAYLOAD + RECORD_HEADER_LEN), MAX_RECORD_PAYLOAD);
+  }
+  return { wire, payload: CHUNK };
+}
+
+function _cpuOf(pids: Record<string, number>): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const [name, pid] of Object.entries(pids)) out[name] = cpuSeconds(pid);
+  return out;
+}
+
+function _memOf(pids: Record<string, number>): Record<string, MemoryInfo> {
+  const out: Record<string, MemoryInfo> = {};
+  for (const [name, pid] of Object.entries(pids)) out[name] = memoryInfo(pid);
+  return out;
+}
+
+async function _throughput(
+  target: Target,
+  options: { streams: number; warmupS: number; seconds: number; pids: Record<string, number> },
+) {
+  const errors = new Errors();
+  const pids = { ...options.pids, load: Deno.pid };
+  const tConnect = performance.now();
+  const settled = await Promise.allSettled(
+    Array.from({ length: options.streams }, () => _openAndPing(target)),
+  );
+  const clients: Client[] = [];
+  for (const s of settled) s.status === "fulfilled" ? clients.push(s.value) : errors.add(s.reason);
+  const connectMs = performance.now() - tConnect;
+
+  const chunk = _bulkChunk(target.mode === "ee");
+  let stop = false;
+  let sent = 0;
+  let received = 0;
+  const loops: Promise<void>[] = [];
+  const wakers = new Set<() => void>();
+  for (const c of clients) {
+    // Each stream keeps at most WINDOW bytes in flight, so the kernel's socket buffers (which
+    // autotune to megabytes on loopback) do not fill up with hundreds of megabytes.
+    let inFlight = 0;
+    const gate: { wake: (() => void) | null } = { wake: null };
+    loops.push((async () => {
+      try {
+        while (!stop) {
+          while (inFlight > WINDOW - chunk.payload && !stop) {
+            await new Promise<void>((r) => wakers.add(gate.wake = r));
+          }
+          if (stop) return;
+          inFlight += chunk.payload;
+          await writeAll(c.conn, chunk.wire);
+          sent += chunk.payload;
+        }
+      } catch (e) {
+        if (!stop) errors.add(e);
+      }
+    })());
+    loops.push((async () => {
+      const buf = new Uint8Array(CHUNK);
+      const counter = c.tls ? new RecordCounter() : null;
+      try {
+        while (true) {
+          const n = await c.conn.read(buf);
+          if (n === null) {
+            if (!stop) errors.add(new Error("Connection closed during the transfer"));
+            return;
+          }
+          const payload = counter ? counter.count(buf, n) : n;
+          received += payload;
+          inFlight -= payload;
+          if (gate.wake && inFlight <= WINDOW - chunk.payload) {
+            wakers.delete(gate.wake);
+            gate.wake();
+            gate.wake = null;
+          }
+        }
+      } catch (e) {
+        if (!stop) errors.add(e);
+      }
+    })());
+  }
+  await delay(options.warmupS * 1000);
+  const t0 = performance.now();
+  const cpu0 = _cpuOf(pids);
+  const sent0 = sent;
+  const received0 = received;
+  await delay(options.seconds * 1000);
+  const t1 = performance.now();
+  const cpu1 = _cpuOf(pids);
+  const sent1 = sent;
+  const received1 = received;
+  stop = true;
+  for (const w of wakers) w();
+  for (const c of clients) c.close();
+  await Promise.all(loops);
+
+  const seconds = (t1 - t0) / 1000;
+  const cpu: Record<string, number> = {};
+  for (const name of Object.keys(pids)) cpu[name] = cpu1[name]! - cpu0[name]!;
+  return {
+    streams: clients.length,
+    connect_ms: connectMs,
+    seconds,
+    bytes_up: sent1 - sent0,
+    bytes_down: received1 - received0,
+    echo_mb_s: (received1 - received0) / 1e6 / seconds,
+    cpu_s: cpu,
+    ...errors.toJSON(),
+  };
+}
+
+function _percentile(sorted: number[], p: number): number {
+  if (sorted.length === 0) return NaN;
+  return sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))]!;
+}
+
+async function _latency(target: Target, options: { pings: number }) {
+  const errors = new Errors();
+  const samples: number[] = [];
+  try {
+    const client = await _openAndPing(target);
+    try {
+      for (let i = 0; i < Math.min(200, options.pings / 5); i++) await client.ping();
+      for (let i = 0; i < options.pings; i++) {
+        const t = performance.now();
+        await client.ping();
+        samples.push((performance.now() - t) * 1000);
+      }
+    } finally {
+      client.close();
+    }
+  } catch (e) {
+    errors.add(e);
+  }
+  samples.sort((a, b) => a - b);
+  return {
+    pings: samples.length,
+    p50_us: _percentile(samples, 0.5),
+    p99_us: _percentile(samples, 0.99),
+    max_us: samples.at(-1) ?? NaN,
+    ...errors.toJSON(),
+  };
+}
+
+async function _handshakes(
+  target: Target,
+  options: { workers: number; seconds: number; pids: Record<string, number> },
+) {
+  const errors = new Errors();
+  let done = 0;
+  const pids = { ...options.pids, load: Deno.pid };
+  const cpu0 = _cpuOf(pids);
+  const t0 = performance.now();
+  const deadline = t0 + options.seconds * 1000;
+  await Promise.all(Array.from({ length: options.workers }, async () => {
+    while (performance.now() < deadline) {
+      try {
+        const client = await _openAndPing(target);
+        client.close();
+        done++;
+      } catch (e) {
+        errors.add(e);
+        if (errors.count > 100) return;
+      }
+    }
+  }));
+  const seconds = (performance.now() - t0) / 1000;
+  const cpu1 = _cpuOf(pids);
+  const cpu: Record<string, number> = {};
+  for (const name of Object.keys(pids)) cpu[name] = cpu1[name]! - cpu0[name]!;
+  return {
+    handshakes: done,
+    seconds,
+    per_second: done / seconds,
+    cpu_s: cpu,
+    ...errors.toJSON(),
+  };
+}
+
+async function _idle(
+  target: Target,
+  options: {
+    clients: number;
+    concurrency: number;
+    settleS: number;
+    pids: Record<string, number>;
+    memSignal: number | null;
+  },
+) {
+  const errors = new Errors();
+  // Warm up first: code paths paged in and compiled, pools and tables sized, so that the
+  // baseline already holds what does not grow with the number of clients.
+  const warm = await Promise.allSettled(
+    Array.from({ length: WARMUP_CLIENTS }, () => _openAndPing(target)),
+  );
+  for (const w of warm) w.status === "fulfilled" ? w.value.close() : errors.add(w.reason);
+  await delay(1000);
+  const before = _memOf(options.pids);
+  await _memSignal(options.memSignal);
+  const clients: Client[] = [];
+  const t0 = performance.now();
+  let next = 0;
+  await Promise.all(Array.from({ length: options.concurrency }, async () => {
+    while (next < options.clients) {
+      next++;
+      try {
+        clients.push(await _openAndPing(target));
+      } catch (e) {
+        errors.add(e);
+      }
+    }
+  }));
+  const openS = (performance.now() - t0) / 1000;
+  await delay(options.settleS * 1000);
+  const loaded = _memOf(options.pids);
+  await _memSignal(options.memSignal);
+
+  // Every client must still be there: one more ping-pong each.
+  let alive = 0;
+  let index = 0;
+  await Promise.all(Array.from({ length: options.concurrency }, async () => {
+    while (index < clients.length) {
+      const c = clients[index++]!;
+      try {
+        await _pingAgain(c);
+        alive++;
+      } catch (e) {
+        errors.add(e);
+      }
+    }
+  }));
+  for (const c of clients) c.close();
+  await delay(1000);
+  const after = _memOf(options.pids);
+
+  const perClient: Record<string, number> = {};
+  const anonPerClient: Record<string, number> = {};
+  for (const name of Object.keys(options.pids)) {
+    perClient[name] = (loaded[name]!.rss - before[name]!.rss) / Math.max(1, clients.length);
+    anonPerClient[name] = (loaded[name]!.anon - before[name]!.anon) / Math.max(1, clients.length);
+  }
+  return {
+    clients: clients.length,
+    alive,
+    open_s: openS,
+    memory_before: before,
+    memory_loaded: loaded,
+    memory_after_close: after,
+    rss_per_client: perClient,
+    anon_per_client: anonPerClient,
+    ...errors.toJSON(),
+  };
+}
+
+/** Ask an in-process bench proxy to print its memory breakdown (after RSS was read). */
+async function _memSignal(pid: number | null): Promise<void> {
+  if (pid === null) return;
+  Deno.kill(pid, "SIGUSR1");
+  await delay(500);
+}
+
+function _pids(spec: string | undefined): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const part of (spec ?? "").split(",").filter(Boolean)) {
+    const [name, pid] = part.split("=");
+    if (!name || !Number.isInteger(Number(pid))) throw new RangeError(`Invalid --pids: "${spec}"`);
+    out[name] = Number(pid);
+  }
+  return out;
+}
+
+async function _main(): Promise<void> {
+  const { values } = parseArgs({
+    args: Deno.args,
+    options: {
+      scenario: { type: "string" },
+      mode: { type: "string" },
+      port: { type: "string" },
+      secret: { type: "string", default: "00000000000000000000000000000000" },
+      sni: { type: "string", default: "example.com" },
+      pids: { type: "string" },
+      streams: { type: "string", default: "1" },
+      warmup: { type: "string", default: "1" },
+      seconds: { type: "string", default: "3" },
+      pings: { type: "string", default: "2000" },
+      workers: { type: "string", default: "8" },
+      clients: { type: "string", default: "5000" },
+      concurrency: { type: "string", default: "64" },
+      settle: { type: "string", default: "2" },
+      "mem-signal": { type: "string" },
+    },
+  });
+  const mode = values.mode as LoadMode;
+  if (!["dd", "ee", "relay"].includes(mode)) throw new RangeError(`Invalid --mode: "${mode}"`);
+  const target: Target = {
+    port: parsePort(values.port, "port"),
+    mode,
+    secret: parseHex(values.secret),
+    sni: values.sni,
+  };
+  const pids = _pids(values.pids);
+  exitWhenStdinCloses();
+  let result: unknown;
+  switch (values.scenario) {
+    case "throughput":
+      result = await _throughput(target, {
+        streams: Number(values.streams),
+        warmupS: Number(values.warmup),
+        seconds: Number(values.seconds),
+        pids,
+      });
+      break;
+    case "latency":
+      result = await _latency(target, { pings: Number(values.pings) });
+      break;
+    case "handshakes":
+      result = await _handshakes(target, {
+        workers: Number(values.workers),
+        seconds: Number(values.seconds),
+        pids,
+      });
+      break;
+    case "idle":
+      result = await _idle(target, {
+        clients: Number(values.clients),
+        concurrency: Number(values.concurrency),
+        settleS: Number(values.settle),
+        pids,
+        memSignal: values["mem-signal"] ? Number(values["mem-signal"]) : null,
+      });
+      break;
+    default:
+      throw new RangeError(`Invalid --scenario: "${values.scenario}"`);
+  }
+  console.log(JSON.stringify({ scenario: values.scenario, mode, ...(result as object) }));
+}
+
+if (import.meta.main) {
+  let code = 0;
+  try {
+    await _main();
+  } catch (e) {
+    console.error(`bench_load: ${e instanceof Error ? e.stack : String(e)}`);
+    code = 2;
+  }
+  // The stdin watcher would keep the process alive.
+  Deno.exit(code);
+}
