@@ -295,6 +295,7 @@ telegram:
 timeouts:
   idle: 3600
   handshake: 60
+  shutdown_grace: 1
 max_connections: 20000
 `;
 }
@@ -317,7 +318,9 @@ async function _startProxy(env: Env): Promise<Middle> {
       configPath,
     ]);
     await child.waitForLine(new RegExp(`^listening on 127\\.0\\.0\\.1:${port}\\b`), 60_000);
-    return { child, port };
+    const middle = { child, port };
+    _warnIfForked(middle);
+    return middle;
   }
   const child = new Child("proxy", [
     "run",
@@ -702,15 +705,30 @@ function _table(results: Results, settings: Settings): string {
     }
   }
   out.push("-".repeat(74));
-  out.push(
-    "MB/s = 10^6 bytes/s echoed back to the clients, summed over streams (64 KiB writes, at most",
-    "1 MiB in flight per stream). CPU = the middle process's user+system time per 10^9 bytes it",
-    "relayed, both directions (2x echoed bytes). Ratio = proxy / relay.",
-    "(1) connect, handshake (ee: fake-TLS; dd: obfuscated2 init), first 100-byte packet echoed,",
-    `    close; ${settings.hsWorkers} at a time. Relay: connect, obfuscated2 init, packet, close.`,
-    "(2) RSS growth / clients, after every client did one ping-pong (both sockets open), fresh",
-    "    process.",
-  );
+  out.push("Ratio = proxy / relay.");
+  if (Object.keys(results.throughput_mb_s).length > 0) {
+    out.push(
+      "MB/s = 10^6 bytes/s echoed back to the clients, summed over streams (64 KiB writes, at",
+      `most 1 MiB in flight per stream; median of ${settings.repeat}). CPU = the middle process's`,
+      "user+system time per 10^9 bytes it relayed both ways (2x echoed bytes), all stream counts.",
+    );
+  }
+  if (Object.keys(results.latency_us).length > 0) {
+    out.push(`Latency: ${settings.pings} sequential 100-byte ping-pongs on one connection.`);
+  }
+  if (Object.keys(results.handshakes_per_s).length > 0) {
+    out.push(
+      "(1) connect, handshake (ee: fake-TLS; dd: obfuscated2 init), first 100-byte packet",
+      `    echoed, close; ${settings.hsWorkers} at a time. Relay: connect, obfuscated2 init,` +
+        " packet, close.",
+    );
+  }
+  if (Object.keys(results.idle_rss_kib_per_client).length > 0) {
+    out.push(
+      "(2) RSS growth / clients, every client idle after one ping-pong (both sockets open);",
+      "    fresh process, warmed up with 100 clients first.",
+    );
+  }
   return out.join("\n");
 }
 
@@ -773,6 +791,40 @@ function _loadavg(): number[] {
   }
 }
 
+/** Share of all CPUs busy over the next `ms` (0..1), from /proc/stat; null off Linux. */
+async function _machineBusy(ms: number): Promise<number | null> {
+  const sample = () => {
+    const f = Deno.readTextFileSync("/proc/stat").split("\n")[0]!.trim().split(/\s+/).slice(1)
+      .map(Number);
+    const idle = f[3]! + (f[4] ?? 0);
+    return { idle, total: f.reduce((a, b) => a + b, 0) };
+  };
+  try {
+    const a = sample();
+    await new Promise((r) => setTimeout(r, ms));
+    const b = sample();
+    return b.total > a.total ? 1 - (b.idle - a.idle) / (b.total - a.total) : null;
+  } catch {
+    return null;
+  }
+}
+
+/** `deno run` should be the process itself; a child would escape the CPU and RSS readings. */
+function _warnIfForked(middle: Middle): void {
+  try {
+    const pid = middle.child.pid;
+    const kids = Deno.readTextFileSync(`/proc/${pid}/task/${pid}/children`).trim();
+    if (kids) {
+      console.error(
+        `bench: warning: ${middle.child.name} (pid ${pid}) has child processes ${kids}; ` +
+          "its CPU and memory figures miss them",
+      );
+    }
+  } catch {
+    // Not Linux: nothing to check.
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 
 async function _main(): Promise<number> {
@@ -826,12 +878,14 @@ async function _main(): Promise<number> {
 
   const started = performance.now();
   const loadStart = _loadavg();
+  const busy = await _machineBusy(1000);
   console.error(
     `bench: ${[...parts].join(", ")}${values.quick ? " (quick)" : ""}; proxy: ${values.proxy};` +
-      ` ${navigator.hardwareConcurrency} CPUs; load average ${loadStart.join(" ")}`,
+      ` ${navigator.hardwareConcurrency} CPUs, ${busy === null ? "?" : _fmt(busy * 100, 0)}%` +
+      ` busy before the start`,
   );
-  if (loadStart[0]! > 0.5) {
-    console.error("bench: warning: the machine is busy; figures will be noisy");
+  if (busy !== null && busy > 0.1) {
+    console.error("bench: warning: something else is using the CPUs; figures will be noisy");
   }
   const results: Results = {
     throughput_mb_s: {},
@@ -917,6 +971,7 @@ async function _main(): Promise<number> {
     machine: {
       cpus: navigator.hardwareConcurrency,
       deno: Deno.version.deno,
+      busy_before_start: busy,
       loadavg_start: loadStart,
       loadavg_end: _loadavg(),
     },
