@@ -67,7 +67,7 @@ const FULL: Settings = {
   warmupS: 1,
   seconds: 2.5,
   repeat: 3,
-  pings: 2000,
+  pings: 5000,
   hsWorkers: 8,
   hsSeconds: 3,
   idleClients: TARGET_IDLE_CLIENTS,
