@@ -869,9 +869,15 @@ async function _main(): Promise<number> {
   }
   const settings: Settings = { ...base, repeat };
 
+  let tmp: string | null = null;
   for (const signal of ["SIGINT", "SIGTERM"] as const) {
     Deno.addSignalListener(signal, () => {
       _killAll();
+      try {
+        if (tmp) Deno.removeSync(tmp, { recursive: true });
+      } catch {
+        // Leave it to the OS.
+      }
       Deno.exit(130);
     });
   }
@@ -900,7 +906,7 @@ async function _main(): Promise<number> {
     detail: {},
   };
   const failures: string[] = [];
-  const tmp = await Deno.makeTempDir({ prefix: "mtproxy-bench-" });
+  tmp = await Deno.makeTempDir({ prefix: "mtproxy-bench-" });
   let dc: Middle | null = null;
   try {
     dc = await _startDc();
