@@ -27,8 +27,8 @@ Options:
                      (default 3, with --quick 1)
   --proxy KIND       cli: main.ts run --config FILE (default); inproc: scripts/bench_proxy.ts,
                      which also reports the proxy's V8 heap per idle client
-  --v8-flags FLAGS   V8 flags for both the proxy and the relay, e.g.
-                     --v8-flags=--max-semi-space-size=1 (young generation, MiB)
+  --v8-flags FLAGS   V8 flags for both the proxy and the relay (default: the ones
+                     \`deno task start\` uses, read from deno.json; "none" for none)
   -h, --help         show this help`;
 
 const PARTS = ["throughput", "latency", "handshakes", "memory"] as const;
@@ -252,9 +252,17 @@ async function _startDc(): Promise<Middle> {
   return { child, port: Number(m[1]) };
 }
 
+/** The V8 flags of `deno task start` in deno.json: the bench measures what users run. */
+function _startTaskV8Flags(): string {
+  const config = JSON.parse(Deno.readTextFileSync(`${ROOT}deno.json`));
+  const m = String(config.tasks?.start ?? "").match(/--v8-flags=(\S+)/);
+  return m ? m[1]! : "";
+}
+
 /** `--v8-flags=...` for the proxy and the relay, when the bench was given some. */
 function _v8Flags(env: Env, extra: string[] = []): string[] {
-  const flags = [...(env.v8Flags ? [env.v8Flags] : []), ...extra];
+  const given = env.v8Flags && env.v8Flags !== "none" ? [env.v8Flags] : [];
+  const flags = [...given, ...extra];
   return flags.length > 0 ? [`--v8-flags=${flags.join(",")}`] : [];
 }
 
@@ -837,7 +845,7 @@ async function _main(): Promise<number> {
         only: { type: "string" },
         repeat: { type: "string" },
         proxy: { type: "string", default: "cli" },
-        "v8-flags": { type: "string", default: "" },
+        "v8-flags": { type: "string", default: _startTaskV8Flags() },
         help: { type: "boolean", short: "h", default: false },
       },
     }).values;

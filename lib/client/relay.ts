@@ -101,6 +101,32 @@ export function startPump(src: RelaySocket, dst: RelaySocket, options: PumpOptio
   new _Pump(src, dst, options).read();
 }
 
+/** Headers for up to four records: a 64 KiB read becomes at most four 16 KiB records. */
+export const TLS_HEADROOM = RECORD_HEADER_LEN * Math.ceil(LEVEL_SIZES[2] / MAX_RECORD_PAYLOAD);
+
+/**
+ * Turn `len` bytes at `buf[headroom..]` into ApplicationData records of at most 16 KiB, in place:
+ * each chunk moves left by the headers that precede it (the last one stays put), and the
+ * headers go into the gaps. Returns where the records start. One write then carries them all,
+ * instead of one system call per record.
+ */
+export function frameTlsRecords(buf: Uint8Array, headroom: number, len: number): number {
+  const records = Math.ceil(len / MAX_RECORD_PAYLOAD);
+  const start = headroom - RECORD_HEADER_LEN * records;
+  for (let i = 0; i < records; i++) {
+    const from = headroom + i * MAX_RECORD_PAYLOAD;
+    const size = Math.min(MAX_RECORD_PAYLOAD, len - i * MAX_RECORD_PAYLOAD);
+    const at = start + i * (RECORD_HEADER_LEN + MAX_RECORD_PAYLOAD);
+    if (i < records - 1) buf.copyWithin(at + RECORD_HEADER_LEN, from, from + size);
+    buf[at] = 0x17;
+    buf[at + 1] = 0x03;
+    buf[at + 2] = 0x03;
+    buf[at + 3] = size >> 8;
+    buf[at + 4] = size & 0xff;
+  }
+  return start;
+}
+
 class _Pump {
   readonly #src: RelaySocket;
   readonly #dst: RelaySocket;
@@ -129,19 +155,16 @@ class _Pump {
     this.#wrapTls = options.wrapTls ?? false;
     this.#host = options.host;
     this.#side = options.side;
-    this.#headroom = this.#wrapTls ? RECORD_HEADER_LEN : 0;
-    // A TLS record carries at most 16384 bytes: one read fills one record, no copying.
-    this.#maxLevel = this.#wrapTls ? 1 : LEVEL_SIZES.length - 1;
+    // Room in front for one record header per 16 KiB the read may bring (see frameTlsRecords).
+    this.#headroom = this.#wrapTls ? TLS_HEADROOM : 0;
+    this.#maxLevel = LEVEL_SIZES.length - 1;
     this.#buf = relayBuffers.get(0);
   }
 
   read(): void {
     const buf = this.#buf!;
     const headroom = this.#headroom;
-    this.#room = Math.min(
-      buf.length - headroom,
-      this.#wrapTls ? MAX_RECORD_PAYLOAD : buf.length,
-    );
+    this.#room = buf.length - headroom;
     try {
       this.#src.read(buf.subarray(headroom, headroom + this.#room)).then(
         this.#onRead,
@@ -167,14 +190,7 @@ class _Pump {
     if (len === 0) return this.#next();
     const data = buf.subarray(headroom, headroom + len);
     for (const c of this.#ciphers) c.update(data);
-    if (this.#wrapTls) {
-      buf[0] = 0x17;
-      buf[1] = 0x03;
-      buf[2] = 0x03;
-      buf[3] = len >> 8;
-      buf[4] = len & 0xff;
-    }
-    this.#written = 0;
+    this.#written = this.#wrapTls ? frameTlsRecords(buf, headroom, len) : 0;
     this.#end = headroom + len;
     this.#write();
   };
