@@ -6,6 +6,10 @@
  * @module
  */
 
+import { closeQuietly, writeAll } from "../lib/net.ts";
+
+export { closeQuietly, writeAll };
+
 /** Clock ticks per second of /proc/<pid>/stat times (`getconf CLK_TCK`; 100 on Linux). */
 export const CLOCK_TICKS_PER_SECOND = 100;
 
@@ -36,24 +40,6 @@ export function memoryInfo(pid: number): MemoryInfo {
     return m ? Number(m[1]) * 1024 : 0;
   };
   return { rss: kib("VmRSS"), anon: kib("RssAnon"), file: kib("RssFile") };
-}
-
-/** Write every byte of `data`. */
-export async function writeAll(
-  conn: { write(data: Uint8Array): Promise<number> },
-  data: Uint8Array,
-): Promise<void> {
-  let off = 0;
-  while (off < data.length) off += await conn.write(data.subarray(off));
-}
-
-/** Close a socket or listener, ignoring "already closed". */
-export function closeQuietly(c: { close(): void }): void {
-  try {
-    c.close();
-  } catch {
-    // Already closed.
-  }
 }
 
 /** A promise that resolves after `ms`. */

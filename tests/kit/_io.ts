@@ -5,6 +5,10 @@
  * @module
  */
 
+import { closeQuietly, writeAll } from "../../lib/net.ts";
+
+export { closeQuietly, writeAll };
+
 /** Bytes read so far from one socket, with waiting by condition and deadline. */
 export class ByteQueue {
   #buf = new Uint8Array(65536);
@@ -136,21 +140,6 @@ export function isClosedError(e: unknown): boolean {
   return e instanceof Deno.errors.BadResource || e instanceof Deno.errors.Interrupted ||
     e instanceof Deno.errors.ConnectionReset || e instanceof Deno.errors.BrokenPipe ||
     e instanceof Deno.errors.NotConnected || e instanceof Deno.errors.ConnectionAborted;
-}
-
-/** Write every byte of `data`. */
-export async function writeAll(conn: Deno.Conn, data: Uint8Array): Promise<void> {
-  let off = 0;
-  while (off < data.length) off += await conn.write(data.subarray(off));
-}
-
-/** Close a connection or listener, ignoring "already closed". */
-export function closeQuietly(c: { close(): void }): void {
-  try {
-    c.close();
-  } catch {
-    // Already closed.
-  }
 }
 
 /** Dial 127.0.0.1 (or `host`) with a timeout; the timer is always cleared. */
