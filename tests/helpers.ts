@@ -4,7 +4,13 @@
  *
  * @module
  */
-import type { ClientProtocol, Config, HostPort, ListenerConfig } from "../lib/config/types.ts";
+import type {
+  ClientProtocol,
+  Config,
+  HostPort,
+  ListenerConfig,
+  ServerErrorFilter,
+} from "../lib/config/types.ts";
 import type { ProxyEvent } from "../lib/client/events.ts";
 import { type ServerHandle, startServer } from "../lib/server.ts";
 
@@ -30,6 +36,15 @@ export interface TestConfigOptions {
   maxClockSkewMs?: number;
   maxConnections?: number;
   port?: number;
+  fronting?: "off" | "sni" | HostPort;
+  frontingAllow?: string[];
+  frontingConnectMs?: number;
+  replayMaxEntries?: number;
+  serverErrorFilter?: ServerErrorFilter;
+  perSniSecrets?: boolean;
+  perSniSalt?: string;
+  fakeCertSize?: { min: number; max: number };
+  listeners?: Partial<ListenerConfig>[];
 }
 
 /** A Config for one listener on 127.0.0.1 (port 0 unless given). */
@@ -48,8 +63,13 @@ export function testConfig(options: TestConfigOptions = {}): Config {
     dcAddresses.set(Number(id), { host: "127.0.0.1", port });
   }
   for (const [id, hp] of Object.entries(options.dcAddresses ?? {})) dcAddresses.set(Number(id), hp);
+  const extra = (options.listeners ?? []).map((l, i): ListenerConfig => ({
+    ...listener,
+    name: `test${i + 2}`,
+    ...l,
+  }));
   return {
-    listeners: [listener],
+    listeners: [listener, ...extra],
     allowedProtocols: allowed,
     publicHost: null,
     logLevel: "warning",
@@ -65,8 +85,24 @@ export function testConfig(options: TestConfigOptions = {}): Config {
       dcConnectMs: options.dcConnectMs ?? 2000,
       shutdownGraceMs: options.shutdownGraceMs ?? 200,
     },
-    tls: { maxClockSkewMs: options.maxClockSkewMs ?? 600_000 },
+    tls: {
+      maxClockSkewMs: options.maxClockSkewMs ?? 600_000,
+      fakeCertSize: options.fakeCertSize ?? { min: 2500, max: 4700 },
+      profileRefreshMs: 0,
+    },
     maxConnections: options.maxConnections ?? 10_000,
+    replay: {
+      maxEntries: options.replayMaxEntries ?? 10_000,
+      maxAgeMs: 3_600_000,
+      serverErrorFilter: options.serverErrorFilter ?? "first",
+    },
+    fronting: {
+      mode: options.fronting ?? "off",
+      connectTimeoutMs: options.frontingConnectMs ?? 2000,
+      allow: options.frontingAllow ?? [],
+    },
+    perSniSecrets: options.perSniSecrets ?? false,
+    perSniSalt: options.perSniSalt ?? "mtproto-proxy-per-sni-v1",
   };
 }
 

@@ -63,3 +63,33 @@ export const DEFAULT_TLS_DOMAIN = "www.cloudflare.com";
 
 /** State file name, created next to the config file (or in the working directory). */
 export const DEFAULT_STATE_FILE_NAME = "mtproxy-state.json";
+
+/** Fallback size range of the fake certificate record: what real certificate chains take. */
+export const DEFAULT_FAKE_CERT_SIZE = Object.freeze({ min: 2500, max: 4700 });
+
+/** Measure the real site hourly: certificates change rarely, and probing often is a signal. */
+export const DEFAULT_PROFILE_REFRESH_MS = 3_600_000;
+
+/**
+ * Remember this many handshakes: at ~40 bytes each, 20 MB, enough for hours of a busy proxy
+ * (fake-TLS replays are also bounded by the clock window).
+ */
+export const DEFAULT_REPLAY_MAX_ENTRIES = 500_000;
+
+/** Obfuscated2 inits carry no clock, so remember them for six hours (the Erlang proxy's choice). */
+export const DEFAULT_REPLAY_MAX_AGE_MS = 6 * 3_600_000;
+
+/** Hide Telegram's answer to a replayed session's first packet (the Erlang proxy's default). */
+export const DEFAULT_SERVER_ERROR_FILTER = "first" as const;
+
+/**
+ * Front bad clients to the SNI's real site: a probe then meets the site's own certificate.
+ * Only configured tls_domains (and fronting.allow) are fronted, so it is no open relay.
+ */
+export const DEFAULT_FRONTING_MODE = "sni" as const;
+
+/** Give up dialing the fronting target after this long (the Erlang proxy's default). */
+export const DEFAULT_FRONTING_CONNECT_TIMEOUT_MS = 10_000;
+
+/** Salt of per-SNI secrets, as in the Erlang proxy, so their links carry over. */
+export const DEFAULT_PER_SNI_SALT = "mtproto-proxy-per-sni-v1";

@@ -18,6 +18,7 @@ import type {
   HostPort,
   ListenerConfig,
   LogLevel,
+  ServerErrorFilter,
   TelegramConfig,
 } from "./types.ts";
 import {
@@ -25,15 +26,23 @@ import {
   DEFAULT_ALLOWED_PROTOCOLS,
   DEFAULT_DC,
   DEFAULT_DC_CONNECT_TIMEOUT_MS,
+  DEFAULT_FAKE_CERT_SIZE,
   DEFAULT_FAST_MODE,
+  DEFAULT_FRONTING_CONNECT_TIMEOUT_MS,
+  DEFAULT_FRONTING_MODE,
   DEFAULT_HANDSHAKE_TIMEOUT_MS,
   DEFAULT_HOST,
   DEFAULT_IDLE_TIMEOUT_MS,
   DEFAULT_LISTENER_NAME,
   DEFAULT_LOG_LEVEL,
   DEFAULT_MAX_CONNECTIONS,
+  DEFAULT_PER_SNI_SALT,
   DEFAULT_PORT,
   DEFAULT_PREFER_IPV6,
+  DEFAULT_PROFILE_REFRESH_MS,
+  DEFAULT_REPLAY_MAX_AGE_MS,
+  DEFAULT_REPLAY_MAX_ENTRIES,
+  DEFAULT_SERVER_ERROR_FILTER,
   DEFAULT_SHUTDOWN_GRACE_MS,
   DEFAULT_TLS_DOMAIN,
   DEFAULT_TLS_MAX_CLOCK_SKEW_MS,
@@ -224,6 +233,10 @@ export function resolveSecrets(draft: ConfigDraft, stateSecret: Uint8Array | nul
     timeouts: draft.timeouts,
     tls: draft.tls,
     maxConnections: draft.maxConnections,
+    replay: draft.replay,
+    fronting: draft.fronting,
+    perSniSecrets: draft.perSniSecrets,
+    perSniSalt: draft.perSniSalt,
   };
   return _deepFreeze(config);
 }
@@ -485,6 +498,14 @@ const MISPLACED: Readonly<Record<string, string>> = {
   dc_connect: "timeouts.dc_connect",
   shutdown_grace: "timeouts.shutdown_grace",
   max_clock_skew: "tls.max_clock_skew",
+  fake_cert_size: "tls.fake_cert_size",
+  profile_refresh: "tls.profile_refresh",
+  max_entries: "replay.max_entries",
+  max_age: "replay.max_age",
+  server_error_filter: "replay.server_error_filter",
+  mode: "fronting.mode",
+  connect_timeout: "fronting.connect_timeout",
+  allow: "fronting.allow",
 };
 
 /** A mapping with known keys; absent (undefined or null) fields come out as undefined. */
@@ -670,6 +691,35 @@ const _secret: Check<ParsedSecret> = (value, path, c) => {
 
 const _dcId = _int(-1000, 1000);
 
+/** Zero or positive seconds in, milliseconds out (0 = never). */
+const _secondsOrZero: Check<number> = (value, path, c) => {
+  if (value === 0 || value === "0") return 0;
+  return _seconds(value, path, c);
+};
+
+/** `[min, max]` bytes of a TLS record payload. */
+const _sizeRange: Check<{ min: number; max: number }> = (value, path, c) => {
+  const item = _int(64, 16384);
+  if (!Array.isArray(value) || value.length !== 2) {
+    return c.fail(path, "must be a list of two sizes [min, max], 64-16384 bytes", value);
+  }
+  const min = item(value[0], `${path}[0]`, c);
+  const max = item(value[1], `${path}[1]`, c);
+  if (min === INVALID || max === INVALID) return INVALID;
+  if (min > max) return c.fail(path, "min must not exceed max", value);
+  return { min, max };
+};
+
+const SERVER_ERROR_FILTERS: readonly ServerErrorFilter[] = ["off", "first", "all"];
+
+/** `off`, `sni` or a fixed `host:port`. */
+const _frontingMode: Check<"off" | "sni" | HostPort> = (value, path, c) => {
+  if (value === false || value === "off") return "off";
+  if (value === "sni") return "sni";
+  if (typeof value === "string" && value.includes(":")) return _hostPort(value, path, c);
+  return c.fail(path, 'must be off, sni, or "host:port"', value);
+};
+
 const _hostPort: Check<HostPort> = (value, path, c) => {
   const s = typeof value === "string" ? value.trim() : "";
   const m = /^\[([^\]]+)\]:(\d+)$/.exec(s) ?? /^([^:\[\]]+):(\d+)$/.exec(s);
@@ -734,7 +784,23 @@ const ROOT = _mapping({
     dc_connect: _seconds,
     shutdown_grace: _seconds,
   }),
-  tls: _mapping({ max_clock_skew: _seconds }),
+  tls: _mapping({
+    max_clock_skew: _seconds,
+    fake_cert_size: _sizeRange,
+    profile_refresh: _secondsOrZero,
+  }),
+  replay: _mapping({
+    max_entries: _int(0, 100_000_000),
+    max_age: _seconds,
+    server_error_filter: _choice(SERVER_ERROR_FILTERS),
+  }),
+  fronting: _mapping({
+    mode: _frontingMode,
+    connect_timeout: _seconds,
+    allow: _list(_tlsDomain, "host names", { single: true }),
+  }),
+  per_sni_secrets: _bool,
+  per_sni_salt: _string("a non-empty string"),
   state_file: _string("a file path"),
 });
 
@@ -813,8 +879,24 @@ function _toDraft(p: Exclude<ReturnType<typeof ROOT>, Invalid>, c: _Checker): Co
       dcConnectMs: p.timeouts?.dc_connect ?? DEFAULT_DC_CONNECT_TIMEOUT_MS,
       shutdownGraceMs: p.timeouts?.shutdown_grace ?? DEFAULT_SHUTDOWN_GRACE_MS,
     },
-    tls: { maxClockSkewMs: p.tls?.max_clock_skew ?? DEFAULT_TLS_MAX_CLOCK_SKEW_MS },
+    tls: {
+      maxClockSkewMs: p.tls?.max_clock_skew ?? DEFAULT_TLS_MAX_CLOCK_SKEW_MS,
+      fakeCertSize: p.tls?.fake_cert_size ?? DEFAULT_FAKE_CERT_SIZE,
+      profileRefreshMs: p.tls?.profile_refresh ?? DEFAULT_PROFILE_REFRESH_MS,
+    },
     maxConnections: p.max_connections ?? DEFAULT_MAX_CONNECTIONS,
+    replay: {
+      maxEntries: p.replay?.max_entries ?? DEFAULT_REPLAY_MAX_ENTRIES,
+      maxAgeMs: p.replay?.max_age ?? DEFAULT_REPLAY_MAX_AGE_MS,
+      serverErrorFilter: p.replay?.server_error_filter ?? DEFAULT_SERVER_ERROR_FILTER,
+    },
+    fronting: {
+      mode: p.fronting?.mode ?? DEFAULT_FRONTING_MODE,
+      connectTimeoutMs: p.fronting?.connect_timeout ?? DEFAULT_FRONTING_CONNECT_TIMEOUT_MS,
+      allow: (p.fronting?.allow ?? []).map((d) => d.toLowerCase()),
+    },
+    perSniSecrets: p.per_sni_secrets ?? false,
+    perSniSalt: p.per_sni_salt ?? DEFAULT_PER_SNI_SALT,
     stateFile: p.state_file ?? null,
     warnings: c.warnings,
   };

@@ -62,6 +62,32 @@ export interface TimeoutsConfig {
 export interface TlsConfig {
   /** A ClientHello timestamp may be this far in the past or future. */
   readonly maxClockSkewMs: number;
+  /** Size range of the fake encrypted-handshake record when the real site was not measured. */
+  readonly fakeCertSize: { readonly min: number; readonly max: number };
+  /** How often the real site of each tls_domain is measured; 0 = never. */
+  readonly profileRefreshMs: number;
+}
+
+/** What Telegram transport errors a replaying probe may see. */
+export type ServerErrorFilter = "off" | "first" | "all";
+
+/** Replay protection. */
+export interface ReplayConfig {
+  /** Handshakes remembered at most; 0 turns replay protection off. */
+  readonly maxEntries: number;
+  /** Handshakes are remembered this long at most. */
+  readonly maxAgeMs: number;
+  /** Close instead of forwarding Telegram's transport error (first packet only, or any). */
+  readonly serverErrorFilter: ServerErrorFilter;
+}
+
+/** Where connections that are not proxy clients go. */
+export interface FrontingConfig {
+  /** "off": close them; "sni": the SNI's host on port 443; or a fixed address. */
+  readonly mode: "off" | "sni" | HostPort;
+  readonly connectTimeoutMs: number;
+  /** SNIs fronted in "sni" mode besides every listener's tls_domain. */
+  readonly allow: readonly string[];
 }
 
 /** The whole configuration. */
@@ -76,4 +102,10 @@ export interface Config {
   readonly tls: TlsConfig;
   /** Concurrent clients per listener; further connections are refused at accept. */
   readonly maxConnections: number;
+  readonly replay: ReplayConfig;
+  readonly fronting: FrontingConfig;
+  /** Fake-TLS users get secrets derived from the base secret and their own SNI. */
+  readonly perSniSecrets: boolean;
+  /** Salt of the per-SNI derivation. */
+  readonly perSniSalt: string;
 }
