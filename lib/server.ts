@@ -8,8 +8,11 @@ import { logger } from "./ops/log.ts";
 import type { Config, ListenerConfig } from "./config/types.ts";
 import { closeQuietly, formatHostPort, type Listener, listenTcp } from "./net.ts";
 import type { EventSink, ProxyEvent } from "./client/events.ts";
-import { Session, type SessionContext } from "./client/session.ts";
-import { defaultCipherBackend, openSslLoadError } from "./crypto.ts";
+import { Session, type SessionContext, type SessionGuard } from "./client/session.ts";
+import { defaultCipherBackend, openSslLoadError, randomInt } from "./crypto.ts";
+import { acceptAllReplays, createReplayCache } from "./guard/replay.ts";
+import { frontableSnis, isOwnAddress, localIpAddresses } from "./guard/fronting.ts";
+import { fakeCertSize, type RefreshTarget, TlsProfileStore } from "./guard/tls_profile.ts";
 
 const log = logger("server");
 
@@ -149,6 +152,12 @@ function _start(config: Config, options: StartServerOptions): ServerHandle {
     );
   }
 
+  const addresses = bound.map((b) => ({
+    name: b.config.name,
+    host: b.config.host,
+    port: (b.socket.addr as Deno.NetAddr).port,
+  }));
+  const guard = _guard(config, addresses);
   const sessions = new Set<Session>();
   // Resolves a shutdown waiting for the last session (set only while one waits).
   let drainedNow: (() => void) | null = null;
@@ -176,6 +185,7 @@ function _start(config: Config, options: StartServerOptions): ServerHandle {
       listener: l,
       config,
       events: sink,
+      guard: guard.session,
       onDone(session) {
         sessions.delete(session);
         active--;
@@ -211,11 +221,6 @@ function _start(config: Config, options: StartServerOptions): ServerHandle {
   }
 
   const loops = bound.map((b) => acceptLoop(b.config, b.socket));
-  const addresses = bound.map((b) => ({
-    name: b.config.name,
-    host: b.config.host,
-    port: (b.socket.addr as Deno.NetAddr).port,
-  }));
 
   let resolveClosed!: () => void;
   const closed = new Promise<void>((r) => (resolveClosed = r));
@@ -240,6 +245,7 @@ function _start(config: Config, options: StartServerOptions): ServerHandle {
       drainedNow = null;
     }
     clearInterval(sweeper);
+    await guard.stop();
     resolveClosed();
   }
 
@@ -248,5 +254,80 @@ function _start(config: Config, options: StartServerOptions): ServerHandle {
     closed,
     stats: () => structuredClone(stats),
     shutdown: () => (shuttingDown ??= shutdown()),
+  };
+}
+
+/**
+ * Replay cache, fronting checks and the fake-TLS answer shape shared by all sessions, plus the
+ * periodic measuring of each tls_domain's real site.
+ */
+function _guard(
+  config: Config,
+  addresses: readonly { host: string; port: number }[],
+): { session: SessionGuard; stop(): Promise<void> } {
+  const replay = config.replay.maxEntries > 0
+    ? createReplayCache({ maxEntries: config.replay.maxEntries, maxAgeMs: config.replay.maxAgeMs })
+    : acceptAllReplays;
+  const profiles = new TlsProfileStore();
+  const localIps = localIpAddresses();
+  const session: SessionGuard = {
+    seenBefore: (key) => replay.checkAndAdd(key, Date.now()),
+    frontableSnis: frontableSnis(config.listeners, config.fronting),
+    isOwnAddress: (addr) => isOwnAddress(addr, addresses, localIps),
+    answerShape(sni) {
+      const profile = profiles.get(sni);
+      return {
+        appDataLength: fakeCertSize(profile, randomInt, config.tls.fakeCertSize),
+        extensionOrder: profile?.extensionOrder ?? "key_share_first",
+      };
+    },
+  };
+
+  // Measure the real sites our answers imitate: only where fronting points at them anyway.
+  const mode = config.fronting.mode;
+  if (mode === "off" || config.tls.profileRefreshMs === 0) {
+    return { session, stop: () => Promise.resolve() };
+  }
+  const domains = [...new Set(config.listeners.flatMap((l) => l.tlsDomains))];
+  const abort = new AbortController();
+  const running = new Set<Promise<unknown>>();
+  const refresh = () => {
+    for (const domain of domains) {
+      const target: RefreshTarget = mode === "sni"
+        ? { signal: abort.signal }
+        : { host: mode.host, port: mode.port, sni: domain, signal: abort.signal };
+      const job = profiles.refresh(domain, target).then((outcome) => {
+        if (outcome.ok) {
+          const p = outcome.profile;
+          log.info(
+            "Measured {domain}: suite {suite}, {order}, encrypted handshake records {sizes}",
+            {
+              domain,
+              suite: `0x${p.cipherSuite.toString(16)}`,
+              order: p.extensionOrder,
+              sizes: p.appDataSizes.join("+"),
+            },
+          );
+        } else if (!abort.signal.aborted) {
+          log.warn("Cannot measure {domain} ({error}); fake-TLS answers use {kind}", {
+            domain,
+            error: outcome.error.message,
+            kind: outcome.profile ? "the previous measurement" : "tls.fake_cert_size",
+          });
+        }
+      });
+      running.add(job);
+      job.finally(() => running.delete(job));
+    }
+  };
+  refresh();
+  const timer = setInterval(refresh, config.tls.profileRefreshMs);
+  return {
+    session,
+    async stop() {
+      clearInterval(timer);
+      abort.abort();
+      await Promise.all([...running]);
+    },
   };
 }

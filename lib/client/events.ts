@@ -24,6 +24,10 @@ export type RejectReason =
   | "too_many_connections"
   | "dc_unreachable"
   | "dc_timeout"
+  | "replay"
+  | "http_request"
+  | "fronting_failed"
+  | "fronting_loop"
   | "shutdown";
 
 /** Why an established relay ended. */
@@ -32,7 +36,9 @@ export type CloseReason =
   | "dc_closed"
   | "idle"
   | "shutdown"
-  | "tls_bad_record";
+  | "tls_bad_record"
+  | "server_error"
+  | "fronted";
 
 /** One thing that happened to a session. */
 export type ProxyEvent =
@@ -49,6 +55,14 @@ export type ProxyEvent =
     /** The DC id used (differs when the requested one was unknown). */
     dc: number;
     dcAddress: string;
+  }
+  | {
+    type: "fronted";
+    listener: string;
+    peer: string;
+    /** Why the connection could not be a client. */
+    reason: RejectReason;
+    target: string;
   }
   | {
     type: "closed";

@@ -67,6 +67,16 @@ export interface PumpOptions {
   readonly host: PumpHost;
   /** Which direction this is, passed back to the host. */
   readonly side: PumpSide;
+  /** Looks at the data after the first `at` ciphers; may stop the pump (server error filter). */
+  readonly inspect?: ChunkInspector;
+}
+
+/** Watches a pump's data. */
+export interface ChunkInspector {
+  /** How many of the pump's ciphers run before `check`. */
+  readonly at: number;
+  /** "stop" ends the pump with "server_error"; "done" means nothing more to look at. */
+  check(data: Uint8Array): "ok" | "stop" | "done";
 }
 
 /** The two directions of a relay. */
@@ -86,7 +96,8 @@ export type PumpEnd =
   | "tls_unexpected_record"
   | "tls_bad_version"
   | "tls_malformed"
-  | "tls_too_large";
+  | "tls_too_large"
+  | "server_error";
 
 /**
  * Move bytes from `src` to `dst` until `src` ends, then tell the host. Socket errors (a reset, or
@@ -136,6 +147,7 @@ class _Pump {
   readonly #wrapTls: boolean;
   readonly #host: PumpHost;
   readonly #side: PumpSide;
+  #inspect: ChunkInspector | undefined;
   readonly #headroom: number;
   readonly #maxLevel: number;
   #level = 0;
@@ -155,6 +167,7 @@ class _Pump {
     this.#wrapTls = options.wrapTls ?? false;
     this.#host = options.host;
     this.#side = options.side;
+    this.#inspect = options.inspect;
     // Room in front for one record header per 16 KiB the read may bring (see frameTlsRecords).
     this.#headroom = this.#wrapTls ? TLS_HEADROOM : 0;
     this.#maxLevel = LEVEL_SIZES.length - 1;
@@ -189,7 +202,17 @@ class _Pump {
     }
     if (len === 0) return this.#next();
     const data = buf.subarray(headroom, headroom + len);
-    for (const c of this.#ciphers) c.update(data);
+    const ciphers = this.#ciphers;
+    const inspect = this.#inspect;
+    if (inspect) {
+      for (let i = 0; i < inspect.at; i++) ciphers[i]!.update(data);
+      const verdict = inspect.check(data);
+      if (verdict === "stop") return this.#finish("server_error");
+      if (verdict === "done") this.#inspect = undefined;
+      for (let i = inspect.at; i < ciphers.length; i++) ciphers[i]!.update(data);
+    } else {
+      for (const c of ciphers) c.update(data);
+    }
     this.#written = this.#wrapTls ? frameTlsRecords(buf, headroom, len) : 0;
     this.#end = headroom + len;
     this.#write();

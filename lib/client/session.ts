@@ -5,11 +5,12 @@
  *
  * @module
  */
-import { randomBytes, randomInt, type StreamCipher, x25519PublicKey } from "../crypto.ts";
+import { createAesCtr, randomBytes, type StreamCipher, x25519PublicKey } from "../crypto.ts";
 import type { ClientProtocol, Config, ListenerConfig } from "../config/types.ts";
 import {
   closeQuietly,
   type Conn,
+  dialTcp,
   DialTimeoutError,
   formatHostPort,
   remoteAddress,
@@ -21,35 +22,84 @@ import {
   type ClientHello,
   looksLikeTls,
   parseClientHello,
+  tlsAlert,
   TlsRecordReader,
   verifyClientHello,
 } from "../protocol/fake_tls.ts";
+import { perSniSecret } from "../secret.ts";
+import { frontingTarget } from "../guard/fronting.ts";
+import { ServerErrorFilter } from "../guard/server_error.ts";
 import { INIT_LEN, type ObfuscatedStream, openClientInit } from "../protocol/obfuscated2.ts";
 import { type DcRoute, routeDc } from "../telegram/dc.ts";
 import { type DcConnection, openDirect } from "../telegram/direct.ts";
 import type { CloseReason, EventSink, RejectReason } from "./events.ts";
-import { type PumpEnd, type PumpHost, type PumpSide, startPump } from "./relay.ts";
+import {
+  type ChunkInspector,
+  type PumpEnd,
+  type PumpHost,
+  type PumpSide,
+  startPump,
+} from "./relay.ts";
+
+/** Probe resistance shared by all sessions of a server. */
+export interface SessionGuard {
+  /** Whether a handshake with this key was seen before (the key is recorded either way). */
+  seenBefore(key: Uint8Array): boolean;
+  /** SNIs that "sni" fronting may dial. */
+  readonly frontableSnis: ReadonlySet<string>;
+  /** Whether an address is one of this proxy's own listeners (fronting there would loop). */
+  isOwnAddress(addr: { hostname: string; port: number }): boolean;
+  /** How the fake-TLS answer for a hello naming `sni` should look (copied from the real site). */
+  answerShape(sni: string): {
+    appDataLength: number;
+    extensionOrder: "key_share_first" | "versions_first";
+  };
+}
 
 /** What a session needs from the server that runs it (one object per listener, shared). */
 export interface SessionContext {
   readonly listener: ListenerConfig;
   readonly config: Config;
   readonly events: EventSink;
+  readonly guard: SessionGuard;
   /** Called exactly once when a session has ended and released everything. */
   readonly onDone: (session: Session) => void;
 }
 
-/** A refusal during the handshake; carries bytes to send before closing (a TLS alert). */
+/** Options of a {@linkcode Rejection}. */
+interface RejectionOptions {
+  detail?: string;
+  /** Bytes to send before closing (a TLS alert). */
+  reply?: Uint8Array;
+  /**
+   * The connection cannot be our client but may be a prober or someone else's client: hand it
+   * to the fronting target. `sni` is the SNI its hello named (null: none, or not TLS).
+   */
+  front?: { sni: string | null; tls: boolean };
+}
+
+/** A refusal during the handshake. */
 class Rejection extends Error {
-  constructor(readonly reason: RejectReason, readonly detail = "", readonly reply?: Uint8Array) {
-    super(detail ? `${reason}: ${detail}` : reason);
+  readonly detail: string;
+  readonly reply: Uint8Array | undefined;
+  readonly front: { sni: string | null; tls: boolean } | undefined;
+
+  constructor(readonly reason: RejectReason, options: RejectionOptions = {}) {
+    super(options.detail ? `${reason}: ${options.detail}` : reason);
     this.name = "Rejection";
+    this.detail = options.detail ?? "";
+    this.reply = options.reply;
+    this.front = options.front;
   }
 }
 
-/** Size of the fake encrypted-handshake record: in the range real certificates chains take. */
-const FAKE_CERT_MIN = 2500;
-const FAKE_CERT_MAX = 4700;
+/** First words of HTTP requests (no valid obfuscated2 init starts with these). */
+const HTTP_STARTS = new Set(
+  ["GET ", "POST", "HEAD", "PUT ", "OPTI", "DELE", "PATC", "CONN", "TRAC", "PRI "],
+);
+
+/** TLS alert descriptions. */
+const ALERT_UNRECOGNIZED_NAME = 112;
 
 /** Bytes read from the client during the handshake, kept whole (fronting will replay them). */
 class HandshakeBuffer {
@@ -71,7 +121,7 @@ class HandshakeBuffer {
         this.bytes = bigger;
       }
       const got = await this.conn.read(this.bytes.subarray(this.length));
-      if (got === null) throw new Rejection("eof", `after ${this.length} bytes`);
+      if (got === null) throw new Rejection("eof", { detail: `after ${this.length} bytes` });
       this.length += got;
     }
   }
@@ -96,6 +146,8 @@ interface RelayPlan {
   readonly down: readonly StreamCipher[];
   /** Present for fake-TLS clients. */
   readonly tls: TlsRecordReader | null;
+  /** The server error filter, if on. */
+  readonly inspect: ChunkInspector | null;
 }
 
 /** One client connection, from accept to close. */
@@ -111,10 +163,18 @@ export class Session implements PumpHost {
   #abortReason: "timeout" | "idle" | "shutdown" | null = null;
   #dc: DcConnection | null = null;
   #ciphers: StreamCipher[] = [];
+  /** Other things to close at the end. */
+  #closers: { close(): void }[] = [];
+  /** Bytes read during the handshake, kept for fronting; null once no longer needed. */
+  #hs: HandshakeBuffer | null = null;
+  /** The fronting target's socket, when this connection was fronted. */
+  #frontConn: Conn | null = null;
+  #fronted = false;
   /** Relay phase: pumps still running, which side ended first, whether one ended badly. */
   #running = 0;
   #firstEnded: PumpSide | null = null;
   #endedBadly = false;
+  #endedBy: PumpEnd = "eof";
 
   constructor(conn: Conn, ctx: SessionContext) {
     this.conn = conn;
@@ -135,6 +195,7 @@ export class Session implements PumpHost {
     this.#dialAbort?.abort();
     closeQuietly(this.conn);
     if (this.#dc) closeQuietly(this.#dc.conn);
+    if (this.#frontConn) closeQuietly(this.#frontConn);
   }
 
   /**
@@ -158,9 +219,15 @@ export class Session implements PumpHost {
       this.conn.setNoDelay(true);
       plan = await this.#establish();
     } catch (e) {
-      await this.#reject(e);
+      const rejection = this.#asRejection(e);
+      if (rejection.front && this.#abortReason === null && await this.#tryFront(rejection)) {
+        return;
+      }
+      await this.#reject(rejection);
       this.#finish();
       return;
+    } finally {
+      this.#hs = null;
     }
     this.phase = "relay";
     this.#running = 2;
@@ -173,9 +240,80 @@ export class Session implements PumpHost {
     startPump(plan.dc, this.conn, {
       ciphers: plan.down,
       wrapTls: plan.tls !== null,
+      ...(plan.inspect ? { inspect: plan.inspect } : {}),
       host: this,
       side: "dc",
     });
+  }
+
+  /**
+   * Hand a connection that cannot be a client to the fronting target: the bytes read so far
+   * first, then both directions untouched until either side closes. Returns false when it is
+   * not fronted (fronting off, SNI not allowed, dial failed, loop); the caller then closes it.
+   */
+  async #tryFront(rejection: Rejection): Promise<boolean> {
+    const { config, guard, listener } = this.#ctx;
+    const front = rejection.front!;
+    const decision = frontingTarget(config.fronting, front.sni, guard.frontableSnis);
+    if (decision.kind === "close") {
+      // Close a TLS hello the way a TLS server turns one away.
+      if (front.tls && decision.reason !== "fronting_off" && !rejection.reply) {
+        await this.#reject(
+          new Rejection(rejection.reason, {
+            detail: rejection.detail,
+            reply: tlsAlert(ALERT_UNRECOGNIZED_NAME),
+          }),
+        );
+        this.#finish();
+        return true;
+      }
+      return false;
+    }
+    const target = decision.target;
+    const where = formatHostPort(target.host, target.port);
+    this.phase = "dialing";
+    this.#dialAbort = new AbortController();
+    let conn: Conn;
+    try {
+      conn = await dialTcp(target.host, target.port, {
+        timeoutMs: config.fronting.connectTimeoutMs,
+        signal: this.#dialAbort.signal,
+      });
+    } catch (e) {
+      if (this.#abortReason) return false;
+      const why = e instanceof Error ? e.message : String(e);
+      await this.#reject(new Rejection("fronting_failed", { detail: `${where}: ${why}` }));
+      this.#finish();
+      return true;
+    } finally {
+      this.#dialAbort = null;
+    }
+    this.#frontConn = conn;
+    if (guard.isOwnAddress(conn.remoteAddr as Deno.NetAddr)) {
+      await this.#reject(new Rejection("fronting_loop", { detail: `${where} is this proxy` }));
+      this.#finish();
+      return true;
+    }
+    try {
+      await writeAll(conn, this.#hs!.view());
+    } catch {
+      this.#finish();
+      return true;
+    }
+    this.#ctx.events.emit({
+      type: "fronted",
+      listener: listener.name,
+      peer: this.peer,
+      reason: rejection.reason,
+      target: where,
+    });
+    this.#hs = null;
+    this.#fronted = true;
+    this.phase = "relay";
+    this.#running = 2;
+    startPump(this.conn, conn, { ciphers: [], host: this, side: "client" });
+    startPump(conn, this.conn, { ciphers: [], host: this, side: "dc" });
+    return true;
   }
 
   /** Release everything and tell the server. */
@@ -183,19 +321,21 @@ export class Session implements PumpHost {
     this.phase = "done";
     closeQuietly(this.conn);
     if (this.#dc) closeQuietly(this.#dc.conn);
+    if (this.#frontConn) closeQuietly(this.#frontConn);
     for (const c of this.#ciphers) c.close();
+    for (const c of this.#closers) c.close();
     this.#ctx.onDone(this);
   }
 
-  async #reject(e: unknown): Promise<void> {
-    let rejection: Rejection;
-    if (e instanceof Rejection) {
-      rejection = e;
-    } else if (this.#abortReason === "timeout" || this.#abortReason === "shutdown") {
-      rejection = new Rejection(this.#abortReason);
-    } else {
-      rejection = new Rejection("eof", e instanceof Error ? e.message : String(e));
+  #asRejection(e: unknown): Rejection {
+    if (this.#abortReason === "timeout" || this.#abortReason === "shutdown") {
+      return new Rejection(this.#abortReason);
     }
+    if (e instanceof Rejection) return e;
+    return new Rejection("eof", { detail: e instanceof Error ? e.message : String(e) });
+  }
+
+  async #reject(rejection: Rejection): Promise<void> {
     if (rejection.reply && this.#abortReason === null) {
       await writeAll(this.conn, rejection.reply).catch(() => {});
     }
@@ -215,6 +355,7 @@ export class Session implements PumpHost {
     this.phase = "dialing";
     const route = routeDc(client.stream.dcId, this.#ctx.config.telegram);
     const dc = await this.#dial(route, client);
+    const inspect = this.#serverErrorFilter(client, dc);
     this.#ctx.events.emit({
       type: "established",
       listener: this.#ctx.listener.name,
@@ -231,7 +372,24 @@ export class Session implements PumpHost {
       // Fast mode: the DC already encrypted for the client.
       down: dc.decryptor ? [dc.decryptor, client.stream.encryptor] : [],
       tls: client.tls,
+      inspect,
     };
+  }
+
+  /** The server error filter for the DC-to-client direction, per replay.server_error_filter. */
+  #serverErrorFilter(client: Authenticated, dc: DcConnection): ChunkInspector | null {
+    const mode = this.#ctx.config.replay.serverErrorFilter;
+    if (mode === "off") return null;
+    // Fast mode: the DC's bytes are encrypted with the client's keystream, from offset 0.
+    const shadow = dc.decryptor
+      ? null
+      : createAesCtr(client.stream.keys.encryptKey, client.stream.keys.encryptIv);
+    const filter = new ServerErrorFilter(client.stream.tag, {
+      firstOnly: mode === "first",
+      shadow,
+    });
+    this.#closers.push(filter);
+    return filter;
   }
 
   #bytesFromClient = 0;
@@ -243,20 +401,35 @@ export class Session implements PumpHost {
 
   async #authenticate(): Promise<Authenticated> {
     const hs = new HandshakeBuffer(this.conn);
+    this.#hs = hs;
     await hs.fill(1);
     if (hs.bytes[0] === 0x16) await hs.fill(3);
     if (looksLikeTls(hs.view())) return await this.#authenticateTls(hs);
+    const notClient = { front: { sni: null, tls: false } };
     if (!this.#allowed("plain") && !this.#allowed("dd")) {
-      throw new Rejection("tls_expected", "listener accepts only fake-TLS");
+      throw new Rejection("tls_expected", {
+        detail: "listener accepts only fake-TLS",
+        ...notClient,
+      });
     }
+    await hs.fill(4);
+    const start = new TextDecoder("latin1").decode(hs.bytes.subarray(0, 4));
+    if (HTTP_STARTS.has(start)) throw new Rejection("http_request", notClient);
     await hs.fill(INIT_LEN);
-    const stream = openClientInit(hs.view().subarray(0, INIT_LEN), this.#ctx.listener.secret);
-    if (!stream) throw new Rejection("bad_secret");
+    const init = hs.view().subarray(0, INIT_LEN);
+    const stream = openClientInit(init, this.#ctx.listener.secret);
+    if (!stream) throw new Rejection("bad_secret", notClient);
     const protocol: ClientProtocol = stream.tag === "padded" ? "dd" : "plain";
-    if (!this.#allowed(protocol)) {
+    let refusal: Rejection | null = null;
+    if (this.#ctx.guard.seenBefore(init.subarray(8, 56))) {
+      refusal = new Rejection("replay", notClient);
+    } else if (!this.#allowed(protocol)) {
+      refusal = new Rejection("protocol_disallowed", { detail: protocol });
+    }
+    if (refusal) {
       stream.decryptor.close();
       stream.encryptor.close();
-      throw new Rejection("protocol_disallowed", protocol);
+      throw refusal;
     }
     return { protocol, stream, tls: null, leftover: hs.view().slice(INIT_LEN) };
   }
@@ -272,30 +445,49 @@ export class Session implements PumpHost {
         continue;
       }
       if (step.kind === "reject") {
-        throw new Rejection("tls_malformed", step.reason, ALERT_DECODE_ERROR);
+        throw new Rejection("tls_malformed", {
+          detail: step.reason,
+          reply: ALERT_DECODE_ERROR,
+          front: { sni: null, tls: true },
+        });
       }
       hello = step.hello;
       rest = step.rest;
       break;
     }
-    if (!this.#allowed("tls")) throw new Rejection("protocol_disallowed", "tls");
-    if (hello.sni === null) throw new Rejection("no_sni", "", ALERT_DECODE_ERROR);
+    const front = { sni: hello.sni, tls: true };
+    if (!this.#allowed("tls")) {
+      throw new Rejection("protocol_disallowed", { detail: "tls", front });
+    }
+    if (hello.sni === null) {
+      throw new Rejection("no_sni", { reply: ALERT_DECODE_ERROR, front });
+    }
     const sni = hello.sni.toLowerCase();
-    if (!listener.tlsDomains.includes(sni)) throw new Rejection("bad_sni", JSON.stringify(sni));
+    let secret = listener.secret;
+    if (config.perSniSecrets) {
+      // Each user's link carries a secret derived for their SNI, as sent (its exact bytes).
+      const sniBytes = Uint8Array.from(hello.sni, (ch) => ch.charCodeAt(0));
+      secret = perSniSecret(listener.secret, sniBytes, config.perSniSalt);
+    } else if (!listener.tlsDomains.includes(sni)) {
+      throw new Rejection("bad_sni", { detail: JSON.stringify(sni), front });
+    }
     const check = verifyClientHello(
       hello,
-      listener.secret,
+      secret,
       Date.now() / 1000,
       config.tls.maxClockSkewMs / 1000,
     );
-    if (check.kind === "bad_digest") throw new Rejection("tls_bad_digest");
+    if (check.kind === "bad_digest") throw new Rejection("tls_bad_digest", { front });
     if (check.kind === "bad_timestamp") {
       const skew = Math.round(Date.now() / 1000 - check.timestamp);
-      throw new Rejection("tls_bad_timestamp", `client clock off by ${skew} s`);
+      throw new Rejection("tls_bad_timestamp", { detail: `client clock off by ${skew} s`, front });
     }
-    const answer = buildServerHello(hello, listener.secret, {
+    if (this.#ctx.guard.seenBefore(hello.random)) throw new Rejection("replay", { front });
+    const shape = this.#ctx.guard.answerShape(sni);
+    const answer = buildServerHello(hello, secret, {
       keyShare: x25519PublicKey(),
-      appData: randomBytes(randomInt(FAKE_CERT_MIN, FAKE_CERT_MAX)),
+      appData: randomBytes(shape.appDataLength),
+      extensionOrder: shape.extensionOrder,
     });
     await writeAll(this.conn, answer);
 
@@ -305,7 +497,7 @@ export class Session implements PumpHost {
     let innerLen = 0;
     const take = (chunk: Uint8Array) => {
       const n = reader.unwrap(chunk);
-      if (typeof n === "string") throw new Rejection("tls_bad_record", n);
+      if (typeof n === "string") throw new Rejection("tls_bad_record", { detail: n });
       if (innerLen + n > inner.length) {
         const bigger = new Uint8Array(Math.max(inner.length * 2, innerLen + n));
         bigger.set(inner.subarray(0, innerLen));
@@ -318,15 +510,15 @@ export class Session implements PumpHost {
     const chunk = new Uint8Array(1024);
     while (innerLen < INIT_LEN) {
       const got = await this.conn.read(chunk);
-      if (got === null) throw new Rejection("eof", "after the TLS handshake");
+      if (got === null) throw new Rejection("eof", { detail: "after the TLS handshake" });
       take(chunk.subarray(0, got));
     }
-    const stream = openClientInit(inner.slice(0, INIT_LEN), listener.secret);
-    if (!stream) throw new Rejection("bad_secret", "inside fake-TLS");
+    const stream = openClientInit(inner.slice(0, INIT_LEN), secret);
+    if (!stream) throw new Rejection("bad_secret", { detail: "inside fake-TLS" });
     if (stream.tag !== "padded") {
       stream.decryptor.close();
       stream.encryptor.close();
-      throw new Rejection("tls_inner_not_padded", stream.tag);
+      throw new Rejection("tls_inner_not_padded", { detail: stream.tag });
     }
     return {
       protocol: "tls",
@@ -358,8 +550,8 @@ export class Session implements PumpHost {
       }
       const address = formatHostPort(route.address.host, route.address.port);
       const why = e instanceof Error ? e.message : String(e);
-      if (e instanceof DialTimeoutError) throw new Rejection("dc_timeout", why);
-      throw new Rejection("dc_unreachable", `${address}: ${why}`);
+      if (e instanceof DialTimeoutError) throw new Rejection("dc_timeout", { detail: why });
+      throw new Rejection("dc_unreachable", { detail: `${address}: ${why}` });
     } finally {
       this.#dialAbort = null;
     }
@@ -383,15 +575,21 @@ export class Session implements PumpHost {
   /** One side stopped (PumpHost): close both so the other pump stops too. */
   pumpEnded(side: PumpSide, end: PumpEnd): void {
     this.#firstEnded ??= side;
-    if (end !== "eof") this.#endedBadly = true;
+    if (end !== "eof" && !this.#endedBadly) {
+      this.#endedBadly = true;
+      this.#endedBy = end;
+    }
     closeQuietly(this.conn);
     if (this.#dc) closeQuietly(this.#dc.conn);
+    if (this.#frontConn) closeQuietly(this.#frontConn);
     if (--this.#running > 0) return;
     let reason: CloseReason;
     if (this.#abortReason === "idle" || this.#abortReason === "shutdown") {
       reason = this.#abortReason;
+    } else if (this.#fronted) {
+      reason = "fronted";
     } else if (this.#endedBadly) {
-      reason = "tls_bad_record";
+      reason = this.#endedBy === "server_error" ? "server_error" : "tls_bad_record";
     } else {
       reason = this.#firstEnded === "client" ? "client_closed" : "dc_closed";
     }

@@ -5,6 +5,7 @@
  *
  * @module
  */
+import type { StreamCipher } from "../crypto.ts";
 import type { TransportTag } from "../protocol/obfuscated2.ts";
 
 /** What a scan concluded so far. */
@@ -87,5 +88,45 @@ export class ServerErrorScanner {
       }
     }
     return this.#done ? "clean" : "undecided";
+  }
+}
+
+/**
+ * The server error filter as a relay inspector for the DC-to-client direction. In fast mode the
+ * DC's bytes are still encrypted for the client: `shadow` (the client's keystream from offset 0)
+ * decrypts a copy of them; otherwise the inspector runs after the DC decryptor (`at` = 1).
+ */
+export class ServerErrorFilter {
+  readonly at: number;
+  readonly #scanner: ServerErrorScanner;
+  readonly #shadow: StreamCipher | null;
+
+  constructor(
+    tag: TransportTag,
+    options: { firstOnly: boolean; shadow: StreamCipher | null },
+  ) {
+    this.#scanner = new ServerErrorScanner(tag, { firstOnly: options.firstOnly });
+    this.#shadow = options.shadow;
+    this.at = options.shadow ? 0 : 1;
+  }
+
+  check(data: Uint8Array): "ok" | "stop" | "done" {
+    let plain = data;
+    if (this.#shadow) {
+      plain = data.slice();
+      this.#shadow.update(plain);
+    }
+    const result = this.#scanner.scan(plain);
+    if (result === "error") return "stop";
+    if (result === "clean") {
+      this.#shadow?.close();
+      return "done";
+    }
+    return "ok";
+  }
+
+  /** Release the shadow cipher (the relay ended first). */
+  close(): void {
+    this.#shadow?.close();
   }
 }

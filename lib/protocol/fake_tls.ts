@@ -29,6 +29,11 @@ export const ALERT_DECODE_ERROR: Uint8Array = Uint8Array.of(
   0x32,
 );
 
+/** A fatal TLS 1.2-style alert record with the given description code. */
+export function tlsAlert(description: number): Uint8Array {
+  return Uint8Array.of(0x15, 0x03, 0x03, 0x00, 0x02, 0x02, description);
+}
+
 /** Why a TLS byte stream was refused. */
 export type TlsRejectReason =
   | "tls_malformed"
