@@ -419,3 +419,32 @@ Deno.test("formatLinks prints no warning when public_host is set", async () => {
   assertEquals(out.warnings, []);
   assertEquals(out.lines[0], "main (0.0.0.0:1443), links to 203.0.113.5:1443");
 });
+
+Deno.test("mtproxy link --sni prints a user's per-SNI fake-TLS links (README vector)", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    await Deno.writeTextFile(
+      `${dir}/c.yaml`,
+      "per_sni_secrets: true\nper_sni_salt: my-private-salt-change-me\npublic_host: p.example.net\n" +
+        "listeners:\n  - secret: d0d6e111bada5511fcce9584deadbeef\n",
+    );
+    const r = await mtproxy(["link", "--config", "c.yaml", "--sni", "alice.example.com"], {
+      cwd: dir,
+    });
+    assertEquals(r.code, 0, r.stderr);
+    assertStringIncludes(
+      r.stdout,
+      "secret=eeaf4d5729ce2a0de4a40bbf439ac9d515616c6963652e6578616d706c652e636f6d",
+    );
+    // The base secret never appears in a fake-TLS link.
+    assert(!r.stdout.includes("secret=eed0d6e111"));
+    const plain = await mtproxy(["link", "--config", "c.yaml"], { cwd: dir });
+    assertStringIncludes(plain.stdout, "--sni NAME");
+    assert(!plain.stdout.includes("secret=ee"));
+    const off = await mtproxy(["link", "-s", HEX, "--sni", "a.example.com"], { cwd: dir });
+    assertEquals(off.code, 2);
+    assertStringIncludes(off.stderr, "per_sni_secrets");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -5,8 +5,18 @@
  * @module
  */
 import type { Config } from "../config/types.ts";
-import { proxyLinks } from "../secret.ts";
-import { parseRunArgs, reportError, resolveRunConfig, RUN_OPTIONS_HELP } from "./options.ts";
+import { perSniSecret, proxyLinks } from "../secret.ts";
+import {
+  parseCommandArgs,
+  reportError,
+  resolveRunConfig,
+  RUN_OPTIONS,
+  RUN_OPTIONS_HELP,
+  runArgsFromValues,
+  UsageError,
+} from "./options.ts";
+
+const LINK_OPTIONS = { ...RUN_OPTIONS, sni: { type: "string", multiple: true } } as const;
 
 /** Help screen of `mtproxy link`. */
 export const LINK_HELP = `Usage: mtproxy link [options]
@@ -15,6 +25,8 @@ Print the tg:// and https://t.me proxy links of every listener, for every allowe
 protocol, using public_host as the server. Reads the same configuration as "run";
 secrets come from the config or the state file (which "link" never creates).
 
+      --sni NAME           with per_sni_secrets: the fake-TLS links of the user
+                           whose SNI is NAME (their own secret); repeatable
 ${RUN_OPTIONS_HELP}`;
 
 /** `host:port`, with brackets around an IPv6 literal. */
@@ -45,7 +57,10 @@ const WILDCARDS = new Set(["0.0.0.0", "::"]);
  * formatLinks(config).lines[0]; // "main (0.0.0.0:1443), links to proxy.example.com:1443"
  * ```
  */
-export function formatLinks(config: Config): FormattedLinks {
+export function formatLinks(
+  config: Config,
+  options: { snis?: readonly string[] } = {},
+): FormattedLinks {
   const lines: string[] = [];
   const warnings: string[] = [];
   for (const l of config.listeners) {
@@ -65,10 +80,23 @@ export function formatLinks(config: Config): FormattedLinks {
     lines.push(
       `${l.name} (${formatAddress(l.host, l.port)}), links to ${formatAddress(host, l.port)}`,
     );
+    const perSni = config.perSniSecrets && l.allowedProtocols.includes("tls");
     const sets = proxyLinks({ host, port: l.port }, l.secret, {
-      protocols: l.allowedProtocols,
+      // Per-SNI: base-secret fake-TLS links are refused, so only users' own links are shown.
+      protocols: perSni ? l.allowedProtocols.filter((p) => p !== "tls") : l.allowedProtocols,
       ...(l.tlsDomains[0] !== undefined && { tlsDomain: l.tlsDomains[0] }),
     });
+    if (perSni) {
+      for (const sni of options.snis ?? []) {
+        const key = perSniSecret(l.secret, sni, config.perSniSalt);
+        sets.unshift(
+          ...proxyLinks({ host, port: l.port }, key, { protocols: ["tls"], tlsDomain: sni }),
+        );
+      }
+      if ((options.snis ?? []).length === 0) {
+        lines.push("  tls              per-SNI secrets: print a user's links with --sni NAME");
+      }
+    }
     for (const s of sets) {
       const label = s.kind === "tls" ? `tls (${s.encoding})` : s.kind;
       lines.push(`  ${label.padEnd(16)} ${s.tg}`);
@@ -89,14 +117,19 @@ export function formatLinks(config: Config): FormattedLinks {
  */
 export async function linkCommand(args: string[]): Promise<number> {
   try {
-    const parsed = parseRunArgs(args);
+    const { values } = parseCommandArgs(args, LINK_OPTIONS);
+    const parsed = runArgsFromValues(values);
     if (parsed.help) {
       console.log(LINK_HELP);
       return 0;
     }
     const { config, warnings } = await resolveRunConfig(parsed, Deno.env.toObject());
     for (const w of warnings) console.error(`Warning: ${w}`);
-    const out = formatLinks(config);
+    const snis = values.sni ?? [];
+    if (snis.length > 0 && !config.perSniSecrets) {
+      throw new UsageError("--sni needs per_sni_secrets: true in the configuration");
+    }
+    const out = formatLinks(config, { snis });
     for (const w of out.warnings) console.error(w);
     for (const line of out.lines) console.log(line);
     return 0;

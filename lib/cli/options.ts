@@ -167,7 +167,11 @@ function _usageMessage(e: unknown, options: ParseArgsOptionsConfig): string {
  * ```
  */
 export function parseRunArgs(args: readonly string[]): RunArgs {
-  const { values: v } = parseCommandArgs(args, RUN_OPTIONS);
+  return runArgsFromValues(parseCommandArgs(args, RUN_OPTIONS).values);
+}
+
+/** The {@linkcode RunArgs} in values parsed with (a superset of) {@linkcode RUN_OPTIONS}. */
+export function runArgsFromValues(v: ParsedCommandArgs<typeof RUN_OPTIONS>["values"]): RunArgs {
   return {
     help: v.help ?? false,
     ...(v.config !== undefined && { config: v.config }),
