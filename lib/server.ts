@@ -13,6 +13,7 @@ import { defaultCipherBackend, openSslLoadError, randomInt } from "./crypto.ts";
 import { acceptAllReplays, createReplayCache } from "./guard/replay.ts";
 import { frontableSnis, isOwnAddress, localIpAddresses } from "./guard/fronting.ts";
 import { fakeCertSize, type RefreshTarget, TlsProfileStore } from "./guard/tls_profile.ts";
+import { GROUP_X25519, GROUP_X25519_MLKEM768 } from "./protocol/fake_tls.ts";
 
 const log = logger("server");
 
@@ -279,6 +280,9 @@ function _guard(
       return {
         appDataLength: fakeCertSize(profile, randomInt, config.tls.fakeCertSize),
         extensionOrder: profile?.extensionOrder ?? "key_share_first",
+        // Unmeasured: big sites pick the post-quantum group when a browser offers it.
+        keyShareGroup: profile ? (profile.keyShareGroup ?? GROUP_X25519) : GROUP_X25519_MLKEM768,
+        ...(profile ? { cipherSuite: profile.cipherSuite } : {}),
       };
     },
   };

@@ -5,6 +5,7 @@ import {
   ALERT_DECODE_ERROR,
   buildServerHello,
   encodeAppData,
+  GROUP_X25519_MLKEM768,
   parseClientHello,
   parseServerHello,
   signClientHello,
@@ -148,4 +149,23 @@ Deno.test("TlsRecordReader refuses other record types and versions", () => {
     new TlsRecordReader().unwrap(Uint8Array.of(0x15, 0x03, 0x03, 0, 2, 1, 0)),
     "tls_unexpected_record",
   );
+});
+
+Deno.test("buildServerHello answers a post-quantum offer with a 1120-byte key share that still verifies", () => {
+  const v = vector("tls_modern_valid");
+  const h = hello(v);
+  assert(h.keyShareGroups.includes(GROUP_X25519_MLKEM768));
+  const secret = bytesOf(v, "secret");
+  const answer = buildServerHello(h, secret, {
+    keyShare: randomBytes(1120),
+    keyShareGroup: GROUP_X25519_MLKEM768,
+    cipherSuite: 0x1302,
+    appData: randomBytes(3000),
+  });
+  const helloLen = (answer[3]! << 8) | answer[4]!;
+  assertEquals(helloLen, 0x7a + 1120 - 32);
+  // The cipher suite sits right after the echoed session id.
+  const suiteAt = 5 + 4 + 2 + 32 + 1 + h.sessionId.length;
+  assertEquals((answer[suiteAt]! << 8) | answer[suiteAt + 1]!, 0x1302);
+  assertEquals(parseServerHello(answer, h.random, secret).kind, "ok");
 });

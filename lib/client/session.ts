@@ -20,6 +20,8 @@ import {
   ALERT_DECODE_ERROR,
   buildServerHello,
   type ClientHello,
+  GROUP_X25519,
+  GROUP_X25519_MLKEM768,
   looksLikeTls,
   parseClientHello,
   tlsAlert,
@@ -53,6 +55,10 @@ export interface SessionGuard {
   answerShape(sni: string): {
     appDataLength: number;
     extensionOrder: "key_share_first" | "versions_first";
+    /** The group the real site picks when offered X25519MLKEM768 and X25519. */
+    keyShareGroup: number;
+    /** The real site's cipher suite, if measured. */
+    cipherSuite?: number;
   };
 }
 
@@ -97,6 +103,16 @@ class Rejection extends Error {
 const HTTP_STARTS = new Set(
   ["GET ", "POST", "HEAD", "PUT ", "OPTI", "DELE", "PATC", "CONN", "TRAC", "PRI "],
 );
+
+/** An ML-KEM-768 ciphertext: any bytes of this length are a well-formed one. */
+const MLKEM768_CIPHERTEXT_LEN = 1088;
+
+function _concat(a: Uint8Array, b: Uint8Array): Uint8Array {
+  const out = new Uint8Array(a.length + b.length);
+  out.set(a);
+  out.set(b, a.length);
+  return out;
+}
 
 /** TLS alert descriptions. */
 const ALERT_UNRECOGNIZED_NAME = 112;
@@ -484,10 +500,17 @@ export class Session implements PumpHost {
     }
     if (this.#ctx.guard.seenBefore(hello.random)) throw new Rejection("replay", { front });
     const shape = this.#ctx.guard.answerShape(sni);
+    // Answer a post-quantum offer like the site does: an ML-KEM ciphertext makes the
+    // ServerHello ~1.2 KB, and a 127-byte one would stand out.
+    const mlkem = shape.keyShareGroup === GROUP_X25519_MLKEM768 &&
+      hello.keyShareGroups.includes(GROUP_X25519_MLKEM768);
+    const x25519 = x25519PublicKey();
     const answer = buildServerHello(hello, secret, {
-      keyShare: x25519PublicKey(),
+      keyShare: mlkem ? _concat(randomBytes(MLKEM768_CIPHERTEXT_LEN), x25519) : x25519,
+      keyShareGroup: mlkem ? GROUP_X25519_MLKEM768 : GROUP_X25519,
       appData: randomBytes(shape.appDataLength),
       extensionOrder: shape.extensionOrder,
+      ...(shape.cipherSuite !== undefined ? { cipherSuite: shape.cipherSuite } : {}),
     });
     await writeAll(this.conn, answer);
 

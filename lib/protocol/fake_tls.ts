@@ -51,6 +51,8 @@ export interface ClientHello {
   readonly cipherSuites: readonly number[];
   /** First host_name in the server_name extension; null when absent. */
   readonly sni: string | null;
+  /** Groups of the key_share extension, in order (GREASE included). */
+  readonly keyShareGroups: readonly number[];
 }
 
 /** Outcome of {@linkcode parseClientHello}. */
@@ -100,6 +102,21 @@ function _parseSni(data: Uint8Array): string | null {
   return null;
 }
 
+function _keyShareGroups(data: Uint8Array, out: number[]): void {
+  const c = new _Cursor(data, 0, data.length);
+  const end = 2 + c.u16();
+  if (end > data.length) throw new RangeError("short");
+  while (c.pos < end) {
+    out.push(c.u16());
+    c.bytes(c.u16());
+  }
+}
+
+/** The hybrid post-quantum group modern clients offer first. */
+export const GROUP_X25519_MLKEM768 = 0x11ec;
+/** Plain X25519. */
+export const GROUP_X25519 = 0x001d;
+
 /**
  * Parse one ClientHello record from the start of `buf`. Depends only on the fields every client
  * sends (see protocol.md §5.3): never on extension order, GREASE, padding or key shares.
@@ -130,6 +147,7 @@ export function parseClientHello(buf: Uint8Array): HelloStep {
     }
     h.bytes(h.u8()); // compression methods
     let sni: string | null = null;
+    const keyShareGroups: number[] = [];
     if (h.pos < hsEnd) {
       const extEnd = h.pos + 2 + h.u16();
       if (extEnd > hsEnd) return { kind: "reject", reason: "tls_malformed" };
@@ -137,12 +155,13 @@ export function parseClientHello(buf: Uint8Array): HelloStep {
         const type = h.u16();
         const data = h.bytes(h.u16());
         if (type === 0x0000 && sni === null) sni = _parseSni(data);
+        if (type === 0x0033) _keyShareGroups(data, keyShareGroups);
       }
     }
     const record = buf.subarray(0, end);
     return {
       kind: "hello",
-      hello: { record, random, sessionId, cipherSuites, sni },
+      hello: { record, random, sessionId, cipherSuites, sni, keyShareGroups },
       rest: buf.subarray(end),
     };
   } catch {
@@ -187,8 +206,15 @@ export function verifyClientHello(
 
 /** Options for {@linkcode buildServerHello}. */
 export interface ServerHelloOptions {
-  /** The server's X25519 public key (32 bytes). */
+  /**
+   * The server's key share: an X25519 public key (32 bytes), or for X25519MLKEM768 an ML-KEM
+   * ciphertext (1088 bytes) followed by an X25519 public key.
+   */
   keyShare: Uint8Array;
+  /** The key share's group. @default GROUP_X25519 */
+  keyShareGroup?: number;
+  /** Cipher suite to answer with when the client offers it. @default the client's first TLS 1.3 suite */
+  cipherSuite?: number;
   /** Payload of the fake encrypted-handshake ApplicationData record. */
   appData: Uint8Array;
   /** Extension order in the ServerHello. @default "key_share_first" */
@@ -214,12 +240,27 @@ export function buildServerHello(
   secret: Uint8Array,
   options: ServerHelloOptions,
 ): Uint8Array {
-  const keyShare = [0x00, 0x33, 0x00, 0x24, 0x00, 0x1d, 0x00, 0x20, ...options.keyShare];
+  const group = options.keyShareGroup ?? GROUP_X25519;
+  const keyLen = options.keyShare.length;
+  const keyShare = [
+    0x00,
+    0x33,
+    (keyLen + 4) >> 8,
+    (keyLen + 4) & 0xff,
+    group >> 8,
+    group & 0xff,
+    keyLen >> 8,
+    keyLen & 0xff,
+    ...options.keyShare,
+  ];
   const versions = [0x00, 0x2b, 0x00, 0x02, 0x03, 0x04];
   const exts = options.extensionOrder === "versions_first"
     ? [...versions, ...keyShare]
     : [...keyShare, ...versions];
-  const suite = chooseCipherSuite(hello.cipherSuites);
+  const preferred = options.cipherSuite;
+  const suite = preferred !== undefined && hello.cipherSuites.includes(preferred)
+    ? preferred
+    : chooseCipherSuite(hello.cipherSuites);
   const body = [
     0x03,
     0x03,
