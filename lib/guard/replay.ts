@@ -202,7 +202,7 @@ class _RingReplayCache implements ReplayCache {
       if (keys[at] === k0 && keys[at + 1] === k1 && keys[at + 2] === k2 && keys[at + 3] === k3) {
         seen = true;
         this.#tableDeleteAt(i);
-
+        this.#times[entry - 1] = _DEAD;
         this.#live--;
         break;
       }
