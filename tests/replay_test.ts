@@ -17,7 +17,7 @@ Deno.test("createReplayCache refuses out-of-range options with a RangeError", ()
     { maxEntries: 0, maxAgeMs: 1_000 },
     { maxEntries: 1.5, maxAgeMs: 1_000 },
     { maxEntries: NaN, maxAgeMs: 1_000 },
-    { maxEntries: 2 ** 24 + 1, maxAgeMs: 1_000 },
+    { maxEntries: 2 ** 27 + 1, maxAgeMs: 1_000 },
     { maxEntries: 10, maxAgeMs: 0 },
     { maxEntries: 10, maxAgeMs: -1 },
     { maxEntries: 10, maxAgeMs: NaN },
@@ -28,7 +28,7 @@ Deno.test("createReplayCache refuses out-of-range options with a RangeError", ()
     assertThrows(() => createReplayCache(options), RangeError, "Replay cache max");
   }
   createReplayCache({ maxEntries: 1, maxAgeMs: 1 });
-  createReplayCache({ maxEntries: 2 ** 24, maxAgeMs: 2 ** 31 - 1 });
+  createReplayCache({ maxEntries: 2 ** 27, maxAgeMs: 2 ** 31 - 1 });
 });
 
 Deno.test("createReplayCache refuses keys shorter than 16 bytes and times that are not finite", () => {

@@ -24,7 +24,7 @@ export interface ReplayCache {
 export interface ReplayCacheOptions {
   /**
    * Most keys held at once; when full, the key seen longest ago is forgotten. An integer from 1
-   * to 16,777,216.
+   * to 134,217,728 (the configuration allows up to 100,000,000).
    */
   maxEntries: number;
   /**
@@ -125,7 +125,7 @@ export function createReplayCache(options: ReplayCacheOptions): ReplayCache {
   return new _RingReplayCache(maxEntries, maxAgeMs);
 }
 
-const _MAX_ENTRIES = 1 << 24;
+const _MAX_ENTRIES = 2 ** 27;
 const _MAX_AGE_MS = 0x7fff_ffff;
 /** Ring slots allocated up front; the ring doubles from here as keys arrive. */
 const _INITIAL_SLOTS = 1024;
