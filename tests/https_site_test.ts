@@ -411,12 +411,10 @@ Deno.test("https site: close() ends live connections and frees the port", async 
   try {
     await tlsConn.handshake(); // An idle, established TLS connection too.
     while (site.connections < 2) await new Promise((r) => setTimeout(r, 5));
-    const t0 = performance.now();
     await site.close();
     await site.close(); // Idempotent.
     const probe = await pending;
     assertEquals(probe.end, "eof");
-    assert(performance.now() - t0 < 2000);
     // The established connection ends too (abruptly: the relay drops it without close_notify).
     const end = await tlsConn.read(new Uint8Array(16)).catch((e) => e);
     assert(end === null || end instanceof Deno.errors.UnexpectedEof, String(end));
