@@ -71,7 +71,7 @@ export const DEFAULT_FAKE_CERT_SIZE = Object.freeze({ min: 2500, max: 4700 });
 export const DEFAULT_PROFILE_REFRESH_MS = 3_600_000;
 
 /**
- * Remember this many handshakes: at ~40 bytes each, 20 MB, enough for hours of a busy proxy
+ * Remember this many handshakes: at ~31 bytes each (REPLAY_ENTRY_BYTES), 15.5 MB, enough for hours of a busy proxy
  * (fake-TLS replays are also bounded by the clock window).
  */
 export const DEFAULT_REPLAY_MAX_ENTRIES = 500_000;
