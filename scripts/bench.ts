@@ -297,6 +297,8 @@ listeners:
     tls_domain: ${TLS_DOMAIN}
 allowed_protocols: [tls, dd, plain]
 log_level: warning
+fronting:
+  mode: off
 telegram:
   dc_addresses:
     "2": "127.0.0.1:${dcPort}"

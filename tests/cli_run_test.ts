@@ -87,6 +87,8 @@ Deno.test("mtproxy run serves plain, dd and fake-TLS clients from a config file 
       `    port: ${port}`,
       "    tls_domain: example.com",
       "public_host: proxy.example.net",
+      "fronting:",
+      "  mode: off # tests never dial outside 127.0.0.1",
       "telegram:",
       "  dc_addresses:",
       `    "2": "127.0.0.1:${dc.port}"`,
@@ -123,10 +125,13 @@ Deno.test("mtproxy run keeps its generated secret across restarts", async () => 
   const dir = await Deno.makeTempDir();
   const env = { MTP_PORT: String(freePort()), MTP_HOST: "127.0.0.1" };
   try {
-    const first = new ProxyProcess([], { cwd: dir, env });
+    // The only setting: no fronting, so nothing is dialed outside 127.0.0.1.
+    await Deno.writeTextFile(`${dir}/mtproxy.yaml`, "fronting:\n  mode: off\n");
+    const args = ["--config", "mtproxy.yaml"];
+    const first = new ProxyProcess(args, { cwd: dir, env });
     await first.waitFor("listening on");
     assertEquals(await first.stop(), 0);
-    const second = new ProxyProcess([], { cwd: dir, env });
+    const second = new ProxyProcess(args, { cwd: dir, env });
     await second.waitFor("listening on");
     assertEquals(await second.stop("SIGINT"), 0);
     const links = (out: string) => out.match(/secret=[0-9a-f]{32}\b/g);
@@ -146,7 +151,7 @@ Deno.test("mtproxy run falls back to node:crypto with a warning when OpenSSL is 
   const secret = "00112233445566778899aabbccddeeff";
   await Deno.writeTextFile(
     `${dir}/config.yaml`,
-    `telegram:\n  dc_addresses:\n    "2": "127.0.0.1:${dc.port}"\n`,
+    `fronting:\n  mode: off\ntelegram:\n  dc_addresses:\n    "2": "127.0.0.1:${dc.port}"\n`,
   );
   const proxy = new ProxyProcess(
     ["--config", "config.yaml", "--host", "127.0.0.1", "-p", String(port), "-s", secret],
