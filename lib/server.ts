@@ -52,7 +52,12 @@ function _logEvent(e: ProxyEvent): void {
       log.debug("{listener}: accepted {peer}", e);
       break;
     case "rejected":
-      if (e.reason === "dc_unreachable" || e.reason === "dc_timeout") {
+      if (e.reason === "fronting_loop") {
+        log.error(
+          "{listener}: {peer} not fronted: the fronting target is this proxy; check fronting.mode",
+          e,
+        );
+      } else if (e.reason === "dc_unreachable" || e.reason === "dc_timeout") {
         log.warn("{listener}: {peer} closed: Telegram DC not reachable ({reason}: {detail})", {
           ...e,
           detail: e.detail ?? "",
@@ -76,6 +81,9 @@ function _logEvent(e: ProxyEvent): void {
           e,
         );
       }
+      break;
+    case "fronted":
+      log.info("{listener}: {peer} fronted to {target} ({reason})", e);
       break;
     case "closed":
       log.debug(
