@@ -69,3 +69,12 @@ Deno.test("ServerErrorScanner handles long abridged frames", () => {
   );
   assertEquals(scanInChunks(s, wire, 13), "error");
 });
+
+Deno.test("ServerErrorScanner in first mode settles on the first header when it is not 4 bytes", () => {
+  for (const tag of TAGS) {
+    const s = new ServerErrorScanner(tag, { firstOnly: true });
+    // A header announcing 1000 bytes settles it: the payload is never needed.
+    const header = encodeFrame(tag, randomBytes(1000)).subarray(0, tag === "abridged" ? 4 : 4);
+    assertEquals(s.scan(header), "clean");
+  }
+});

@@ -77,6 +77,8 @@ export interface ChunkInspector {
   readonly at: number;
   /** "stop" ends the pump with "server_error"; "done" means nothing more to look at. */
   check(data: Uint8Array): "ok" | "stop" | "done";
+  /** Release resources; called when the pump ends while the inspector was still active. */
+  close(): void;
 }
 
 /** The two directions of a relay. */
@@ -253,6 +255,8 @@ class _Pump {
 
   #finish(end: PumpEnd): void {
     if (this.#buf === null) return;
+    this.#inspect?.close();
+    this.#inspect = undefined;
     relayBuffers.put(this.#level, this.#buf);
     this.#buf = null;
     this.#host.pumpEnded(this.#side, end);

@@ -179,8 +179,6 @@ export class Session implements PumpHost {
   #abortReason: "timeout" | "idle" | "shutdown" | null = null;
   #dc: DcConnection | null = null;
   #ciphers: StreamCipher[] = [];
-  /** Other things to close at the end. */
-  #closers: { close(): void }[] = [];
   /** Bytes read during the handshake, kept for fronting; null once no longer needed. */
   #hs: HandshakeBuffer | null = null;
   /** The fronting target's socket, when this connection was fronted. */
@@ -339,7 +337,6 @@ export class Session implements PumpHost {
     if (this.#dc) closeQuietly(this.#dc.conn);
     if (this.#frontConn) closeQuietly(this.#frontConn);
     for (const c of this.#ciphers) c.close();
-    for (const c of this.#closers) c.close();
     this.#ctx.onDone(this);
   }
 
@@ -400,12 +397,8 @@ export class Session implements PumpHost {
     const shadow = dc.decryptor
       ? null
       : createAesCtr(client.stream.keys.encryptKey, client.stream.keys.encryptIv);
-    const filter = new ServerErrorFilter(client.stream.tag, {
-      firstOnly: mode === "first",
-      shadow,
-    });
-    this.#closers.push(filter);
-    return filter;
+    // The pump closes it (and its shadow cipher) when it ends early; "done" closes it too.
+    return new ServerErrorFilter(client.stream.tag, { firstOnly: mode === "first", shadow });
   }
 
   #bytesFromClient = 0;

@@ -65,6 +65,13 @@ export class ServerErrorScanner {
           size = h;
         }
         this.#size = size;
+        // Only a 4-byte payload can be an error code: a first frame of any other size settles
+        // "first" mode at once, without reading (and, in fast mode, decrypting) its payload.
+        const payload = this.#tag === "padded" ? size & ~3 : size;
+        if (this.#firstOnly && payload !== 4) {
+          this.#done = true;
+          return "clean";
+        }
         this.#left = size;
         this.#small = 0;
         this.#smallHave = 0;
@@ -100,6 +107,7 @@ export class ServerErrorFilter {
   readonly at: number;
   readonly #scanner: ServerErrorScanner;
   readonly #shadow: StreamCipher | null;
+  #closed = false;
 
   constructor(
     tag: TransportTag,
@@ -111,6 +119,7 @@ export class ServerErrorFilter {
   }
 
   check(data: Uint8Array): "ok" | "stop" | "done" {
+    if (this.#closed) return "done";
     let plain = data;
     if (this.#shadow) {
       plain = data.slice();
@@ -119,14 +128,15 @@ export class ServerErrorFilter {
     const result = this.#scanner.scan(plain);
     if (result === "error") return "stop";
     if (result === "clean") {
-      this.#shadow?.close();
+      this.close();
       return "done";
     }
     return "ok";
   }
 
-  /** Release the shadow cipher (the relay ended first). */
+  /** Release the shadow cipher. */
   close(): void {
+    this.#closed = true;
     this.#shadow?.close();
   }
 }
