@@ -241,48 +241,68 @@ export function buildServerHello(
   options: ServerHelloOptions,
 ): Uint8Array {
   const group = options.keyShareGroup ?? GROUP_X25519;
-  const keyLen = options.keyShare.length;
-  const keyShare = [
-    0x00,
-    0x33,
-    (keyLen + 4) >> 8,
-    (keyLen + 4) & 0xff,
-    group >> 8,
-    group & 0xff,
-    keyLen >> 8,
-    keyLen & 0xff,
-    ...options.keyShare,
-  ];
-  const versions = [0x00, 0x2b, 0x00, 0x02, 0x03, 0x04];
-  const exts = options.extensionOrder === "versions_first"
-    ? [...versions, ...keyShare]
-    : [...keyShare, ...versions];
+  const key = options.keyShare;
   const preferred = options.cipherSuite;
   const suite = preferred !== undefined && hello.cipherSuites.includes(preferred)
     ? preferred
     : chooseCipherSuite(hello.cipherSuites);
-  const body = [
-    0x03,
-    0x03,
-    ...new Uint8Array(RANDOM_LEN),
-    hello.sessionId.length,
-    ...hello.sessionId,
-    suite >> 8,
-    suite & 0xff,
-    0x00,
-    exts.length >> 8,
-    exts.length & 0xff,
-    ...exts,
-  ];
-  const hs = [0x02, body.length >> 16, (body.length >> 8) & 0xff, body.length & 0xff, ...body];
+  const sid = hello.sessionId;
+  const keyShareLen = 8 + key.length;
+  const extsLen = keyShareLen + 6;
+  const bodyLen = 2 + RANDOM_LEN + 1 + sid.length + 3 + 2 + extsLen;
+  const hsLen = 4 + bodyLen;
   const appLen = options.appData.length;
-  const out = new Uint8Array(5 + hs.length + 6 + 5 + appLen);
-  out.set([0x16, 0x03, 0x03, hs.length >> 8, hs.length & 0xff, ...hs], 0);
-  let off = 5 + hs.length;
-  out.set([0x14, 0x03, 0x03, 0x00, 0x01, 0x01], off);
-  off += 6;
-  out.set([0x17, 0x03, 0x03, appLen >> 8, appLen & 0xff], off);
-  out.set(options.appData, off + 5);
+  // Written straight into one buffer: the ML-KEM key share makes a spread-array version
+  // allocate tens of kilobytes of garbage per handshake.
+  const out = new Uint8Array(5 + hsLen + 6 + 5 + appLen);
+  let o = 0;
+  const u8 = (v: number) => {
+    out[o++] = v & 0xff;
+  };
+  const u16 = (v: number) => {
+    u8(v >> 8);
+    u8(v);
+  };
+  u8(0x16);
+  u16(0x0303);
+  u16(hsLen);
+  u8(0x02);
+  u8(bodyLen >> 16);
+  u16(bodyLen);
+  u16(0x0303);
+  o += RANDOM_LEN; // filled with the HMAC last
+  u8(sid.length);
+  out.set(sid, o);
+  o += sid.length;
+  u16(suite);
+  u8(0x00);
+  u16(extsLen);
+  const writeKeyShare = () => {
+    u16(0x0033);
+    u16(key.length + 4);
+    u16(group);
+    u16(key.length);
+    out.set(key, o);
+    o += key.length;
+  };
+  const writeVersions = () => {
+    u16(0x002b);
+    u16(2);
+    u16(0x0304);
+  };
+  if (options.extensionOrder === "versions_first") {
+    writeVersions();
+    writeKeyShare();
+  } else {
+    writeKeyShare();
+    writeVersions();
+  }
+  out.set([0x14, 0x03, 0x03, 0x00, 0x01, 0x01], o);
+  o += 6;
+  u8(0x17);
+  u16(0x0303);
+  u16(appLen);
+  out.set(options.appData, o);
   out.set(hmacSha256(secret, hello.random, out), RANDOM_OFF);
   return out;
 }
