@@ -501,7 +501,8 @@ export class Session implements PumpHost {
     const answer = buildServerHello(hello, secret, {
       keyShare: mlkem ? _concat(randomBytes(MLKEM768_CIPHERTEXT_LEN), x25519) : x25519,
       keyShareGroup: mlkem ? GROUP_X25519_MLKEM768 : GROUP_X25519,
-      appData: randomBytes(shape.appDataLength),
+      appData: shape.appDataLength,
+      fillAppData: (payload) => crypto.getRandomValues(payload),
       extensionOrder: shape.extensionOrder,
       ...(shape.cipherSuite !== undefined ? { cipherSuite: shape.cipherSuite } : {}),
     });

@@ -215,8 +215,13 @@ export interface ServerHelloOptions {
   keyShareGroup?: number;
   /** Cipher suite to answer with when the client offers it. @default the client's first TLS 1.3 suite */
   cipherSuite?: number;
-  /** Payload of the fake encrypted-handshake ApplicationData record. */
-  appData: Uint8Array;
+  /**
+   * Payload of the fake encrypted-handshake ApplicationData record, or its length: then
+   * `fillAppData` writes the payload in place (no separate buffer).
+   */
+  appData: Uint8Array | number;
+  /** Fills the payload when `appData` is a length (e.g. with random bytes). */
+  fillAppData?: (payload: Uint8Array) => void;
   /** Extension order in the ServerHello. @default "key_share_first" */
   extensionOrder?: "key_share_first" | "versions_first";
 }
@@ -251,7 +256,8 @@ export function buildServerHello(
   const extsLen = keyShareLen + 6;
   const bodyLen = 2 + RANDOM_LEN + 1 + sid.length + 3 + 2 + extsLen;
   const hsLen = 4 + bodyLen;
-  const appLen = options.appData.length;
+  const appData = options.appData;
+  const appLen = typeof appData === "number" ? appData : appData.length;
   // Written straight into one buffer: the ML-KEM key share makes a spread-array version
   // allocate tens of kilobytes of garbage per handshake.
   const out = new Uint8Array(5 + hsLen + 6 + 5 + appLen);
@@ -302,7 +308,8 @@ export function buildServerHello(
   u8(0x17);
   u16(0x0303);
   u16(appLen);
-  out.set(options.appData, o);
+  if (typeof appData === "number") options.fillAppData?.(out.subarray(o, o + appLen));
+  else out.set(appData, o);
   out.set(hmacSha256(secret, hello.random, out), RANDOM_OFF);
   return out;
 }
