@@ -119,6 +119,17 @@ function _start(config: Config, options: StartServerOptions): ServerHandle {
     });
   }
 
+  for (const l of config.listeners) {
+    const mode = config.telegram.mode;
+    if (mode === "middle" || (mode === "auto" && l.tag !== null)) {
+      // Until the middle-proxy pool lands, say plainly what happens instead.
+      log.warn(
+        "{listener}: middle-proxy mode is not implemented yet; its clients connect to Telegram directly and no promoted channel is shown",
+        { listener: l.name },
+      );
+    }
+  }
+
   const stats: ServerStats = {
     accepted: 0,
     active: 0,

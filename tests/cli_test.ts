@@ -26,6 +26,7 @@ const MTP_VARS = [
   "MTP_PORT",
   "MTP_HOST",
   "MTP_SECRET",
+  "MTP_TAG",
   "MTP_ALLOW",
   "MTP_TLS_DOMAIN",
   "MTP_PUBLIC_HOST",

@@ -9,6 +9,7 @@ import type {
   Config,
   HostPort,
   ListenerConfig,
+  PoolConfig,
   ServerErrorFilter,
 } from "../lib/config/types.ts";
 import type { ProxyEvent } from "../lib/client/events.ts";
@@ -45,6 +46,11 @@ export interface TestConfigOptions {
   perSniSalt?: string;
   fakeCertSize?: { min: number; max: number };
   listeners?: Partial<ListenerConfig>[];
+  tag?: Uint8Array;
+  telegramMode?: "auto" | "direct" | "middle";
+  proxyUrls?: { secret: string; config: string; configV6?: string };
+  externalIp?: string;
+  pool?: Partial<PoolConfig>;
 }
 
 /** A Config for one listener on 127.0.0.1 (port 0 unless given). */
@@ -57,6 +63,7 @@ export function testConfig(options: TestConfigOptions = {}): Config {
     secret: options.secret ?? TEST_SECRET,
     tlsDomains: options.tlsDomains ?? ["example.com"],
     allowedProtocols: allowed,
+    tag: options.tag ?? null,
   };
   const dcAddresses = new Map<number, HostPort>();
   for (const [id, port] of Object.entries(options.dcPorts ?? {})) {
@@ -78,6 +85,11 @@ export function testConfig(options: TestConfigOptions = {}): Config {
       preferIpv6: false,
       fastMode: options.fastMode ?? true,
       defaultDc: options.defaultDc ?? 2,
+      mode: options.telegramMode ?? "auto",
+      proxySecretUrl: options.proxyUrls?.secret ?? "http://127.0.0.1:9/getProxySecret",
+      proxyConfigUrl: options.proxyUrls?.config ?? "http://127.0.0.1:9/getProxyConfig",
+      proxyConfigV6Url: options.proxyUrls?.configV6 ?? "http://127.0.0.1:9/getProxyConfigV6",
+      refreshIntervalMs: 3_600_000,
     },
     timeouts: {
       handshakeMs: options.handshakeMs ?? 5000,
@@ -91,6 +103,16 @@ export function testConfig(options: TestConfigOptions = {}): Config {
       profileRefreshMs: 0,
     },
     maxConnections: options.maxConnections ?? 10_000,
+    pool: {
+      minConnections: 2,
+      clientsPerConnection: 300,
+      maxUnackedBytes: 300 * 30 * 1024,
+      maxUnackedPackets: 600,
+      maxClientUnackedBytes: 1024 * 1024,
+      ...options.pool,
+    },
+    externalIp: options.externalIp ?? "127.0.0.1",
+    ipLookupUrls: [],
     replay: {
       maxEntries: options.replayMaxEntries ?? 10_000,
       maxAgeMs: 3_600_000,

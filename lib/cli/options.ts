@@ -43,6 +43,7 @@ export const RUN_OPTIONS = {
   port: { type: "string", short: "p" },
   host: { type: "string" },
   secret: { type: "string", short: "s" },
+  tag: { type: "string", short: "t" },
   allow: { type: "string", short: "a", multiple: true },
   "tls-domain": { type: "string", short: "d", multiple: true },
   "public-host": { type: "string" },
@@ -56,6 +57,7 @@ export const ENV = {
   port: "MTP_PORT",
   host: "MTP_HOST",
   secret: "MTP_SECRET",
+  tag: "MTP_TAG",
   allow: "MTP_ALLOW",
   tlsDomain: "MTP_TLS_DOMAIN",
   publicHost: "MTP_PUBLIC_HOST",
@@ -71,6 +73,8 @@ export const RUN_OPTIONS_HELP =
       --host ADDR          bind address of the first listener (default 0.0.0.0) [MTP_HOST]
   -s, --secret SECRET      secret of the first listener: 32 hex digits, or a
                            dd/ee form (only its key is used)                  [MTP_SECRET]
+  -t, --tag TAG            promotion tag of the first listener (32 hex digits
+                           from @MTProxybot): its clients use middle proxies  [MTP_TAG]
   -a, --allow PROTO        allowed protocol: tls, dd or plain; repeat or use
                            commas (tls,dd); replaces every allowed list       [MTP_ALLOW]
   -d, --tls-domain NAME    fake-TLS domain of the first listener; repeatable  [MTP_TLS_DOMAIN]
@@ -89,6 +93,7 @@ export interface RunArgs {
   readonly port?: string;
   readonly host?: string;
   readonly secret?: string;
+  readonly tag?: string;
   readonly allow: readonly string[];
   readonly tlsDomains: readonly string[];
   readonly publicHost?: string;
@@ -178,6 +183,7 @@ export function runArgsFromValues(v: ParsedCommandArgs<typeof RUN_OPTIONS>["valu
     ...(v.port !== undefined && { port: v.port }),
     ...(v.host !== undefined && { host: v.host }),
     ...(v.secret !== undefined && { secret: v.secret }),
+    ...(v.tag !== undefined && { tag: v.tag }),
     allow: v.allow ?? [],
     tlsDomains: v["tls-domain"] ?? [],
     ...(v["public-host"] !== undefined && { publicHost: v["public-host"] }),
@@ -253,6 +259,7 @@ export async function resolveRunConfig(
     host: pick("--host", a.host, ENV.host, e(ENV.host)),
     port: pick("--port", a.port, ENV.port, e(ENV.port)),
     secret: pick("--secret", a.secret, ENV.secret, e(ENV.secret)),
+    tag: pick("--tag", a.tag, ENV.tag, e(ENV.tag)),
     tlsDomains: pick(
       "--tls-domain",
       listOrUndefined(a.tlsDomains),

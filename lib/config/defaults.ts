@@ -93,3 +93,34 @@ export const DEFAULT_FRONTING_CONNECT_TIMEOUT_MS = 10_000;
 
 /** Salt of per-SNI secrets, as in the Erlang proxy, so their links carry over. */
 export const DEFAULT_PER_SNI_SALT = "mtproto-proxy-per-sni-v1";
+
+/** Middle proxies for listeners with an ad tag, direct mode for the others. */
+export const DEFAULT_TELEGRAM_MODE = "auto" as const;
+
+/** Where Telegram publishes the middle proxies' shared secret. */
+export const DEFAULT_PROXY_SECRET_URL = "https://core.telegram.org/getProxySecret";
+/** Where Telegram publishes the middle-proxy list (IPv4). */
+export const DEFAULT_PROXY_CONFIG_URL = "https://core.telegram.org/getProxyConfig";
+/** Where Telegram publishes the middle-proxy list (IPv6). */
+export const DEFAULT_PROXY_CONFIG_V6_URL = "https://core.telegram.org/getProxyConfigV6";
+
+/** Fetch the middle-proxy list hourly (the Erlang proxy's and mtg's choice). */
+export const DEFAULT_REFRESH_INTERVAL_MS = 3_600_000;
+
+/** IP-echo services asked for our public IPv4 when external_ip is unset. */
+export const DEFAULT_IP_LOOKUP_URLS: readonly string[] = Object.freeze([
+  "https://v4.ident.me/",
+  "https://ipv4.icanhazip.com/",
+  "https://api.ipify.org/",
+]);
+
+/** Two connections per DC: one can rotate while the other carries the clients. */
+export const DEFAULT_POOL_MIN_CONNECTIONS = 2;
+/** Clients per middle-proxy connection before another opens (the Erlang proxy's default). */
+export const DEFAULT_POOL_CLIENTS_PER_CONNECTION = 300;
+/** Undelivered bytes per connection before it stops reading: 300 clients x 30 KiB. */
+export const DEFAULT_POOL_MAX_UNACKED_BYTES = 300 * 30 * 1024;
+/** Undelivered packets per connection before it stops reading: 2 per client. */
+export const DEFAULT_POOL_MAX_UNACKED_PACKETS = 600;
+/** One slow client may hold this much undelivered data; past it, it is dropped. */
+export const DEFAULT_POOL_MAX_CLIENT_UNACKED_BYTES = 1024 * 1024;

@@ -33,17 +33,28 @@ import {
   DEFAULT_HANDSHAKE_TIMEOUT_MS,
   DEFAULT_HOST,
   DEFAULT_IDLE_TIMEOUT_MS,
+  DEFAULT_IP_LOOKUP_URLS,
   DEFAULT_LISTENER_NAME,
   DEFAULT_LOG_LEVEL,
   DEFAULT_MAX_CONNECTIONS,
   DEFAULT_PER_SNI_SALT,
+  DEFAULT_POOL_CLIENTS_PER_CONNECTION,
+  DEFAULT_POOL_MAX_CLIENT_UNACKED_BYTES,
+  DEFAULT_POOL_MAX_UNACKED_BYTES,
+  DEFAULT_POOL_MAX_UNACKED_PACKETS,
+  DEFAULT_POOL_MIN_CONNECTIONS,
   DEFAULT_PORT,
   DEFAULT_PREFER_IPV6,
   DEFAULT_PROFILE_REFRESH_MS,
+  DEFAULT_PROXY_CONFIG_URL,
+  DEFAULT_PROXY_CONFIG_V6_URL,
+  DEFAULT_PROXY_SECRET_URL,
+  DEFAULT_REFRESH_INTERVAL_MS,
   DEFAULT_REPLAY_MAX_AGE_MS,
   DEFAULT_REPLAY_MAX_ENTRIES,
   DEFAULT_SERVER_ERROR_FILTER,
   DEFAULT_SHUTDOWN_GRACE_MS,
+  DEFAULT_TELEGRAM_MODE,
   DEFAULT_TLS_DOMAIN,
   DEFAULT_TLS_MAX_CLOCK_SKEW_MS,
 } from "./defaults.ts";
@@ -102,6 +113,7 @@ export interface ConfigOverrides {
   readonly allowedProtocols?: ConfigOverride<readonly string[]>;
   readonly publicHost?: ConfigOverride<string>;
   readonly logLevel?: ConfigOverride<string>;
+  readonly tag?: ConfigOverride<string>;
 }
 
 /** Options for {@linkcode buildConfigDraft} and the functions built on it. */
@@ -233,6 +245,9 @@ export function resolveSecrets(draft: ConfigDraft, stateSecret: Uint8Array | nul
     timeouts: draft.timeouts,
     tls: draft.tls,
     maxConnections: draft.maxConnections,
+    pool: draft.pool,
+    externalIp: draft.externalIp,
+    ipLookupUrls: draft.ipLookupUrls,
     replay: draft.replay,
     fronting: draft.fronting,
     perSniSecrets: draft.perSniSecrets,
@@ -411,7 +426,7 @@ function _applyOverrides(
   if (o.allowedProtocols && Array.isArray(root.listeners)) {
     for (const l of root.listeners) if (_isMapping(l)) delete l.allowed_protocols;
   }
-  const listenerOverride = o.host ?? o.port ?? o.secret ?? o.tlsDomains;
+  const listenerOverride = o.host ?? o.port ?? o.secret ?? o.tlsDomains ?? o.tag;
   if (root.listeners === undefined || root.listeners === null) {
     root.listeners = [{ name: DEFAULT_LISTENER_NAME }];
   } else if (Array.isArray(root.listeners) && root.listeners.length === 0 && listenerOverride) {
@@ -422,6 +437,7 @@ function _applyOverrides(
     set(first, "host", "listeners[0].host", o.host);
     set(first, "port", "listeners[0].port", o.port, numeric);
     set(first, "secret", "listeners[0].secret", o.secret);
+    set(first, "tag", "listeners[0].tag", o.tag);
     set(first, "tls_domain", "listeners[0].tls_domain", o.tlsDomains, list);
   }
   return root;
@@ -506,6 +522,13 @@ const MISPLACED: Readonly<Record<string, string>> = {
   mode: "fronting.mode",
   connect_timeout: "fronting.connect_timeout",
   allow: "fronting.allow",
+  tag: "listeners[0].tag",
+  min_connections: "pool.min_connections",
+  clients_per_connection: "pool.clients_per_connection",
+  proxy_secret_url: "telegram.proxy_secret_url",
+  proxy_config_url: "telegram.proxy_config_url",
+  proxy_config_v6_url: "telegram.proxy_config_v6_url",
+  refresh_interval: "telegram.refresh_interval",
 };
 
 /** A mapping with known keys; absent (undefined or null) fields come out as undefined. */
@@ -691,6 +714,34 @@ const _secret: Check<ParsedSecret> = (value, path, c) => {
 
 const _dcId = _int(-1000, 1000);
 
+/** A promotion tag: 32 hex digits -> 16 bytes. */
+const _tag: Check<Uint8Array> = (value, path, c) => {
+  const s = typeof value === "string" ? value.trim() : "";
+  if (!/^[0-9a-fA-F]{32}$/.test(s)) {
+    return c.fail(path, "must be 32 hex digits (the tag from @MTProxybot; quote it)", value);
+  }
+  return Uint8Array.from(s.match(/../g)!, (h) => parseInt(h, 16));
+};
+
+/** An http(s) URL. */
+const _url: Check<string> = (value, path, c) => {
+  const s = typeof value === "string" ? value.trim() : "";
+  try {
+    const u = new URL(s);
+    if (u.protocol === "http:" || u.protocol === "https:") return s;
+  } catch {
+    // Reported below.
+  }
+  return c.fail(path, "must be an http:// or https:// URL", value);
+};
+
+/** An IPv4 address literal. */
+const _ipv4: Check<string> = (value, path, c) => {
+  const s = typeof value === "string" ? value.trim() : "";
+  if (IPV4_RE.test(s)) return s;
+  return c.fail(path, "must be an IPv4 address", value);
+};
+
 /** Zero or positive seconds in, milliseconds out (0 = never). */
 const _secondsOrZero: Check<number> = (value, path, c) => {
   if (value === 0 || value === "0") return 0;
@@ -763,6 +814,7 @@ const LISTENER = _mapping({
   secret: _secret,
   tls_domain: _list(_tlsDomain, "host names", { single: true }),
   allowed_protocols: _protocols,
+  tag: _tag,
 });
 
 /** The whole file. */
@@ -777,6 +829,11 @@ const ROOT = _mapping({
     prefer_ipv6: _bool,
     fast_mode: _bool,
     default_dc: _dcId,
+    mode: _choice(["auto", "direct", "middle"] as const),
+    proxy_secret_url: _url,
+    proxy_config_url: _url,
+    proxy_config_v6_url: _url,
+    refresh_interval: _seconds,
   }),
   timeouts: _mapping({
     handshake: _seconds,
@@ -799,6 +856,15 @@ const ROOT = _mapping({
     connect_timeout: _seconds,
     allow: _list(_tlsDomain, "host names", { single: true }),
   }),
+  pool: _mapping({
+    min_connections: _int(1, 64),
+    clients_per_connection: _int(1, 100_000),
+    max_unacked_bytes: _int(65536, 2 ** 31 - 1),
+    max_unacked_packets: _int(16, 10_000_000),
+    max_client_unacked_bytes: _int(16384, 2 ** 31 - 1),
+  }),
+  external_ip: _ipv4,
+  ip_lookup_urls: _list(_url, "URLs", { single: true }),
   per_sni_secrets: _bool,
   per_sni_salt: _string("a non-empty string"),
   state_file: _string("a file path"),
@@ -848,6 +914,7 @@ function _toDraft(p: Exclude<ReturnType<typeof ROOT>, Invalid>, c: _Checker): Co
       secret: l.secret ? l.secret.key : null,
       tlsDomains,
       allowedProtocols: l.allowed_protocols ?? allowedProtocols,
+      tag: l.tag ?? null,
     };
   });
 
@@ -866,6 +933,11 @@ function _toDraft(p: Exclude<ReturnType<typeof ROOT>, Invalid>, c: _Checker): Co
     preferIpv6: p.telegram?.prefer_ipv6 ?? DEFAULT_PREFER_IPV6,
     fastMode: p.telegram?.fast_mode ?? DEFAULT_FAST_MODE,
     defaultDc,
+    mode: p.telegram?.mode ?? DEFAULT_TELEGRAM_MODE,
+    proxySecretUrl: p.telegram?.proxy_secret_url ?? DEFAULT_PROXY_SECRET_URL,
+    proxyConfigUrl: p.telegram?.proxy_config_url ?? DEFAULT_PROXY_CONFIG_URL,
+    proxyConfigV6Url: p.telegram?.proxy_config_v6_url ?? DEFAULT_PROXY_CONFIG_V6_URL,
+    refreshIntervalMs: p.telegram?.refresh_interval ?? DEFAULT_REFRESH_INTERVAL_MS,
   };
   return {
     listeners,
@@ -885,6 +957,16 @@ function _toDraft(p: Exclude<ReturnType<typeof ROOT>, Invalid>, c: _Checker): Co
       profileRefreshMs: p.tls?.profile_refresh ?? DEFAULT_PROFILE_REFRESH_MS,
     },
     maxConnections: p.max_connections ?? DEFAULT_MAX_CONNECTIONS,
+    pool: {
+      minConnections: p.pool?.min_connections ?? DEFAULT_POOL_MIN_CONNECTIONS,
+      clientsPerConnection: p.pool?.clients_per_connection ?? DEFAULT_POOL_CLIENTS_PER_CONNECTION,
+      maxUnackedBytes: p.pool?.max_unacked_bytes ?? DEFAULT_POOL_MAX_UNACKED_BYTES,
+      maxUnackedPackets: p.pool?.max_unacked_packets ?? DEFAULT_POOL_MAX_UNACKED_PACKETS,
+      maxClientUnackedBytes: p.pool?.max_client_unacked_bytes ??
+        DEFAULT_POOL_MAX_CLIENT_UNACKED_BYTES,
+    },
+    externalIp: p.external_ip ?? null,
+    ipLookupUrls: p.ip_lookup_urls ?? DEFAULT_IP_LOOKUP_URLS,
     replay: {
       maxEntries: p.replay?.max_entries ?? DEFAULT_REPLAY_MAX_ENTRIES,
       maxAgeMs: p.replay?.max_age ?? DEFAULT_REPLAY_MAX_AGE_MS,

@@ -30,6 +30,8 @@ export interface ListenerConfig {
   readonly tlsDomains: readonly string[];
   /** Protocols this listener accepts (the global list unless overridden per listener). */
   readonly allowedProtocols: readonly ClientProtocol[];
+  /** Promotion (ad) tag from @MTProxybot, 16 bytes; null when unset. */
+  readonly tag: Uint8Array | null;
 }
 
 /** Direct-mode Telegram settings. */
@@ -44,6 +46,27 @@ export interface TelegramConfig {
   readonly fastMode: boolean;
   /** DC used when a client asks for an id nobody knows. */
   readonly defaultDc: number;
+  /** "auto": middle proxies for listeners with a tag, direct otherwise. */
+  readonly mode: "auto" | "direct" | "middle";
+  readonly proxySecretUrl: string;
+  readonly proxyConfigUrl: string;
+  readonly proxyConfigV6Url: string;
+  /** How often the proxy secret and middle-proxy list are fetched again. */
+  readonly refreshIntervalMs: number;
+}
+
+/** The multiplexed connections to Telegram's middle proxies. */
+export interface PoolConfig {
+  /** Connections opened per DC at start or first use. */
+  readonly minConnections: number;
+  /** Open another connection when the least loaded one carries more clients than this. */
+  readonly clientsPerConnection: number;
+  /** Stop reading a connection while its clients have more undelivered bytes than this. */
+  readonly maxUnackedBytes: number;
+  /** ... or more undelivered packets than this. */
+  readonly maxUnackedPackets: number;
+  /** A single client may hold at most this many undelivered bytes before it is dropped. */
+  readonly maxClientUnackedBytes: number;
 }
 
 /** Timeouts, all in milliseconds. */
@@ -102,6 +125,11 @@ export interface Config {
   readonly tls: TlsConfig;
   /** Concurrent clients per listener; further connections are refused at accept. */
   readonly maxConnections: number;
+  readonly pool: PoolConfig;
+  /** Our public IPv4 as Telegram sees it (middle-proxy key derivation); null: look it up. */
+  readonly externalIp: string | null;
+  /** Tried in order when externalIp is unset. */
+  readonly ipLookupUrls: readonly string[];
   readonly replay: ReplayConfig;
   readonly fronting: FrontingConfig;
   /** Fake-TLS users get secrets derived from the base secret and their own SNI. */
