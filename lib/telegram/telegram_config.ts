@@ -2,12 +2,12 @@
  * Bundled middle-proxy configuration, used only when neither core.telegram.org nor the disk
  * cache can provide one (first start on a host that cannot reach Telegram's API).
  *
- * Where the values come from (docs/spec protocol.md §10.1): both are the fallbacks hard-coded in
- * alexbers/mtprotoproxy (`mtprotoproxy.py`). The secret is the historic `getProxySecret` answer
- * (128 bytes; its first 4 bytes `c4f9faca` are the key selector). The table is alexbers'
- * `TG_MIDDLE_PROXIES_V4`, port 8888 everywhere. Both can be stale: Telegram may rotate them at
- * any time, which is why the store prefers a fresh download, then the last good copy on disk.
- * There is no bundled IPv6 table.
+ * Where the values come from (the protocol reference, protocol.md §10.1): both are the
+ * fallbacks hard-coded in alexbers/mtprotoproxy (`mtprotoproxy.py`). The secret is the historic
+ * `getProxySecret` answer (128 bytes; its first 4 bytes `c4f9faca` are the key selector). The
+ * table is alexbers' `TG_MIDDLE_PROXIES_V4`, port 8888 everywhere. Both can be stale: Telegram
+ * may rotate them at any time, which is why the store prefers a fresh download, then the last
+ * good copy on disk. There is no bundled IPv6 table.
  *
  * @module
  */
