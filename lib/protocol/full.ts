@@ -1,0 +1,517 @@
+/**
+ * The full codec used toward middle proxies (protocol.md §4.4):
+ * `len u32 LE | seq i32 LE | body | crc32 u32 LE`, then optional `04 00 00 00` padding words up
+ * to a multiple of 16 bytes. Sequence numbers start at -2 in each direction.
+ *
+ * Three layers, each usable alone:
+ * - {@linkcode decodeFull} / {@linkcode encodeFull}: pure functions over one frame;
+ * - {@linkcode FullDecoder} / {@linkcode FullEncoder}: keep the sequence numbers and, for the
+ *   decoder, the bytes of a frame split across chunks;
+ * - {@linkcode FullCodec}: the same plus the AES-CBC ciphers of an RPC connection, switched on
+ *   after the plaintext nonce exchange.
+ *
+ * @module
+ */
+import type { StreamCipher } from "../crypto.ts";
+import { crc32 } from "./crc32.ts";
+
+/** Why the full decoder refused its input. */
+export type FullRejectReason = "bad_length" | "bad_crc" | "bad_seq";
+
+/** One decoded full-codec frame. */
+export interface FullFrame {
+  /** Sequence number carried by the frame. */
+  readonly seq: number;
+  /** The body (a view into the input). */
+  readonly body: Uint8Array;
+}
+
+/** One decoder step: a frame, a request for more bytes, or a refusal. */
+export type FullStep =
+  | { kind: "frame"; frame: FullFrame; rest: Uint8Array }
+  | { kind: "need"; atLeast: number }
+  | { kind: "reject"; reason: FullRejectReason };
+
+/** Options for {@linkcode decodeFull}. */
+export interface DecodeFullOptions {
+  /** Refuse the frame (`bad_seq`) when its seq differs. @default no check */
+  expectedSeq?: number;
+  /** Verify the CRC (Erlang's `mtp_full_check_crc32`). @default true */
+  checkCrc?: boolean;
+}
+
+/** What a decoder produced from one chunk: the frames, and the refusal that stopped it. */
+export interface FullDecodeResult {
+  /** Bodies decoded, in order (views into the input or into the decoder's own buffers). */
+  frames: Uint8Array[];
+  /** Set when the stream is broken; the decoder then refuses everything after it. */
+  reject: FullRejectReason | null;
+}
+
+/** Bytes of `len`, `seq` and `crc` around a body. */
+export const FULL_OVERHEAD = 12;
+/** Largest `len` a frame may declare (2^24). */
+export const MAX_FULL_LEN = 1 << 24;
+/** Largest body a frame can carry. */
+export const MAX_FULL_BODY = MAX_FULL_LEN - FULL_OVERHEAD;
+/** Sequence number of the first frame in each direction. */
+export const FIRST_SEQ = -2;
+
+function _u32(buf: Uint8Array, off: number): number {
+  return (buf[off]! | (buf[off + 1]! << 8) | (buf[off + 2]! << 16) | (buf[off + 3]! << 24)) >>> 0;
+}
+
+function _setU32(buf: Uint8Array, off: number, v: number): void {
+  buf[off] = v & 0xff;
+  buf[off + 1] = (v >>> 8) & 0xff;
+  buf[off + 2] = (v >>> 16) & 0xff;
+  buf[off + 3] = (v >>> 24) & 0xff;
+}
+
+function _isPadWord(buf: Uint8Array, off: number): boolean {
+  return buf[off] === 4 && buf[off + 1] === 0 && buf[off + 2] === 0 && buf[off + 3] === 0;
+}
+
+function _decode(buf: Uint8Array, expectedSeq: number | null, checkCrc: boolean): FullStep {
+  let off = 0;
+  for (;;) {
+    if (buf.length - off < 4) return { kind: "need", atLeast: off + 4 };
+    const len = _u32(buf, off);
+    if (len === 4) {
+      off += 4; // a padding word
+      continue;
+    }
+    if (len < FULL_OVERHEAD || len > MAX_FULL_LEN || len % 4 !== 0) {
+      return { kind: "reject", reason: "bad_length" };
+    }
+    if (buf.length - off < len) return { kind: "need", atLeast: off + len };
+    const end = off + len;
+    if (checkCrc && crc32(buf.subarray(off, end - 4)) !== _u32(buf, end - 4)) {
+      return { kind: "reject", reason: "bad_crc" };
+    }
+    const seq = _u32(buf, off + 4) | 0;
+    if (expectedSeq !== null && seq !== expectedSeq) return { kind: "reject", reason: "bad_seq" };
+    return {
+      kind: "frame",
+      frame: { seq, body: buf.subarray(off + 8, end - 4) },
+      rest: buf.subarray(end),
+    };
+  }
+}
+
+/**
+ * Decode one full-codec frame from the start of `buf`, skipping `04 00 00 00` padding words in
+ * front of it. `need.atLeast` counts from the start of `buf`, padding included.
+ *
+ * @example Usage
+ * ```ts
+ * import { decodeFull, encodeFull } from "./full.ts";
+ * const wire = encodeFull(Uint8Array.of(1, 1, 1, 1), 0);
+ * const step = decodeFull(wire, { expectedSeq: 0 });
+ * if (step.kind === "frame") console.log(step.frame.body); // Uint8Array(4) [1, 1, 1, 1]
+ * ```
+ */
+export function decodeFull(buf: Uint8Array, options: DecodeFullOptions = {}): FullStep {
+  return _decode(buf, options.expectedSeq ?? null, options.checkCrc ?? true);
+}
+
+function _bodyLength(body: Uint8Array | readonly Uint8Array[]): number {
+  if (body instanceof Uint8Array) return body.length;
+  let n = 0;
+  for (const part of body) n += part.length;
+  return n;
+}
+
+/** Bytes one frame takes on the wire for a body of `bodyLength` bytes. */
+export function fullFrameLength(bodyLength: number, pad: boolean): number {
+  const len = bodyLength + FULL_OVERHEAD;
+  return pad ? (len + 15) & ~15 : len;
+}
+
+/**
+ * Encode one frame with sequence number `seq`. The body may be given in parts (for example an
+ * RPC header and the client's packet), which are copied once, straight into the frame. With
+ * `pad`, `04 00 00 00` words follow until the length is a multiple of 16.
+ *
+ * @example Usage
+ * ```ts
+ * import { encodeFull } from "./full.ts";
+ * encodeFull(Uint8Array.of(1, 1, 1, 1), 0); // 10000000 00000000 01010101 1627afa0
+ * ```
+ */
+export function encodeFull(
+  body: Uint8Array | readonly Uint8Array[],
+  seq: number,
+  pad = false,
+): Uint8Array {
+  const bodyLen = _bodyLength(body);
+  if (bodyLen % 4 !== 0) {
+    throw new RangeError(`Full-codec body must be a multiple of 4 bytes: got ${bodyLen}`);
+  }
+  if (bodyLen > MAX_FULL_BODY) {
+    throw new RangeError(`Full-codec body must be at most ${MAX_FULL_BODY} bytes: got ${bodyLen}`);
+  }
+  const len = bodyLen + FULL_OVERHEAD;
+  const out = new Uint8Array(fullFrameLength(bodyLen, pad));
+  _setU32(out, 0, len);
+  _setU32(out, 4, seq);
+  if (body instanceof Uint8Array) {
+    out.set(body, 8);
+  } else {
+    let off = 8;
+    for (const part of body) {
+      out.set(part, off);
+      off += part.length;
+    }
+  }
+  _setU32(out, len - 4, crc32(out.subarray(0, len - 4)));
+  for (let off = len; off < out.length; off += 4) out[off] = 4;
+  return out;
+}
+
+/** Options for {@linkcode FullEncoder} and {@linkcode FullDecoder}. */
+export interface FullSeqOptions {
+  /** Sequence number of the first frame. @default -2 */
+  firstSeq?: number;
+}
+
+/**
+ * The sending half: numbers frames from -2 up.
+ *
+ * @example Usage
+ * ```ts
+ * import { FullEncoder } from "./full.ts";
+ * const enc = new FullEncoder();
+ * const first = enc.encode(new Uint8Array(32), true); // seq -2, padded to 48 bytes
+ * console.log(first.length, enc.nextSeq); // 48 -1
+ * ```
+ */
+export class FullEncoder {
+  #seq: number;
+
+  constructor(options: FullSeqOptions = {}) {
+    this.#seq = options.firstSeq ?? FIRST_SEQ;
+  }
+
+  /** Sequence number the next frame gets. */
+  get nextSeq(): number {
+    return this.#seq;
+  }
+
+  /** Encode `body` as the next frame, padded to a multiple of 16 bytes when `pad` is set. */
+  encode(body: Uint8Array | readonly Uint8Array[], pad = false): Uint8Array {
+    const out = encodeFull(body, this.#seq, pad);
+    this.#seq = (this.#seq + 1) | 0;
+    return out;
+  }
+}
+
+/** Options for {@linkcode FullDecoder}. */
+export interface FullDecoderOptions extends FullSeqOptions {
+  /** Verify each frame's CRC. @default true */
+  checkCrc?: boolean;
+}
+
+/** Room kept for a partial frame whose length is not known yet (header and padding words). */
+const SMALL_PENDING = 16;
+
+/**
+ * The receiving half: takes chunks cut anywhere, returns the frame bodies in order and checks
+ * every frame's length, CRC and seq. A frame inside one chunk comes back as a view into that
+ * chunk; a frame split across chunks is gathered into a buffer of its own, which is never
+ * reused. So bodies stay valid as long as the caller leaves its chunks alone.
+ *
+ * @example Usage
+ * ```ts
+ * import { FullDecoder, FullEncoder } from "./full.ts";
+ * const enc = new FullEncoder();
+ * const wire = enc.encode(new Uint8Array(8), true);
+ * const dec = new FullDecoder();
+ * dec.push(wire.subarray(0, 5)); // { frames: [], reject: null }
+ * dec.push(wire.subarray(5)); // { frames: [Uint8Array(8)], reject: null }
+ * ```
+ */
+export class FullDecoder {
+  #seq: number;
+  #checkCrc: boolean;
+  #reject: FullRejectReason | null = null;
+  /** Bytes of a frame split across chunks (padding words in front of it included). */
+  #pending: Uint8Array | null = null;
+  #pendingLen = 0;
+  /** How many bytes `#pending` must hold before the next decode attempt. */
+  #pendingNeed = 0;
+
+  constructor(options: FullDecoderOptions = {}) {
+    this.#seq = options.firstSeq ?? FIRST_SEQ;
+    this.#checkCrc = options.checkCrc ?? true;
+  }
+
+  /** Sequence number the next frame must carry. */
+  get nextSeq(): number {
+    return this.#seq;
+  }
+
+  /** Bytes held of a frame not complete yet. */
+  get pendingBytes(): number {
+    return this.#pendingLen;
+  }
+
+  /** The refusal that broke the stream, or null. */
+  get rejected(): FullRejectReason | null {
+    return this.#reject;
+  }
+
+  /**
+   * Decode what `chunk` completes. Bodies are appended to `frames` (a fresh array by default).
+   * After a refusal every later call returns the same refusal and no frames.
+   */
+  push(chunk: Uint8Array, frames: Uint8Array[] = []): FullDecodeResult {
+    if (this.#reject !== null) return { frames, reject: this.#reject };
+    let off = 0;
+    let pending = this.#pending;
+    while (pending !== null) {
+      const take = Math.min(this.#pendingNeed - this.#pendingLen, chunk.length - off);
+      pending.set(chunk.subarray(off, off + take), this.#pendingLen);
+      this.#pendingLen += take;
+      off += take;
+      if (this.#pendingLen < this.#pendingNeed) {
+        return { frames, reject: null };
+      }
+      const step = _decode(pending.subarray(0, this.#pendingLen), this.#seq, this.#checkCrc);
+      if (step.kind === "reject") return this.#fail(step.reason, frames);
+      if (step.kind === "need") {
+        if (step.atLeast > pending.length) {
+          const grown = new Uint8Array(step.atLeast);
+          grown.set(pending.subarray(0, this.#pendingLen));
+          pending = this.#pending = grown;
+        }
+        this.#pendingNeed = step.atLeast;
+        continue;
+      }
+      // The pending bytes end exactly where the frame ends (`need` sizes are exact).
+      frames.push(step.frame.body);
+      this.#seq = (this.#seq + 1) | 0;
+      pending = this.#pending = null;
+      this.#pendingLen = 0;
+      this.#pendingNeed = 0;
+    }
+    while (off < chunk.length) {
+      const step = _decode(off === 0 ? chunk : chunk.subarray(off), this.#seq, this.#checkCrc);
+      if (step.kind === "frame") {
+        frames.push(step.frame.body);
+        this.#seq = (this.#seq + 1) | 0;
+        off = chunk.length - step.rest.length;
+        continue;
+      }
+      if (step.kind === "reject") return this.#fail(step.reason, frames);
+      // Drop whole padding words now rather than hold them: senders pad nearly every frame.
+      const base = off;
+      while (chunk.length - off >= 4 && _isPadWord(chunk, off)) off += 4;
+      if (off === chunk.length) break;
+      const need = step.atLeast - (off - base);
+      const held = new Uint8Array(Math.max(need, SMALL_PENDING));
+      held.set(chunk.subarray(off));
+      this.#pending = held;
+      this.#pendingLen = chunk.length - off;
+      this.#pendingNeed = need;
+      break;
+    }
+    return { frames, reject: null };
+  }
+
+  #fail(reason: FullRejectReason, frames: Uint8Array[]): FullDecodeResult {
+    this.#reject = reason;
+    this.#pending = null;
+    this.#pendingLen = 0;
+    return { frames, reject: reason };
+  }
+}
+
+/** Options for {@linkcode FullCodec}. */
+export interface FullCodecOptions {
+  /** Verify the CRC of received frames. @default true */
+  checkCrc?: boolean;
+  /**
+   * Pad plaintext frames (the RPC_NONCE) to 16 bytes too, as the Erlang and Python proxies do.
+   * Official middle proxies do not. Encrypted frames are always padded.
+   * @default true
+   */
+  padPlaintext?: boolean;
+}
+
+/**
+ * Both directions of one middle-proxy connection: full-codec framing plus the AES-CBC
+ * ciphers, which {@linkcode FullCodec.startEncryption} switches on after the nonce exchange.
+ *
+ * Before encryption is on, {@linkcode FullCodec.decode} returns at most one frame per call and
+ * keeps any later bytes undecoded (in this protocol the only plaintext frame each way is the
+ * nonce, and what follows it is ciphertext). Once encryption is on, a call with an empty chunk
+ * decodes the bytes kept back.
+ *
+ * `decode` takes its chunk over: it decrypts it in place and the bodies it returns may be views
+ * into it. `encode` returns a fresh buffer, already encrypted.
+ *
+ * @example Usage
+ * ```ts
+ * import { FullCodec } from "./full.ts";
+ * const a = new FullCodec();
+ * const b = new FullCodec();
+ * const r = b.decode(a.encode(new Uint8Array(32)));
+ * console.log(r.frames.length, r.reject); // 1 null
+ * a.close();
+ * b.close();
+ * ```
+ */
+export class FullCodec {
+  #encoder = new FullEncoder();
+  #padPlaintext: boolean;
+  #checkCrc: boolean;
+  #encryptor: StreamCipher | null = null;
+  #decryptor: StreamCipher | null = null;
+  #reject: FullRejectReason | null = null;
+
+  // Plaintext phase.
+  #plainSeq = FIRST_SEQ;
+  /** Bytes received but not decoded yet: after the plaintext frame, or an undecided pad word. */
+  #held: Uint8Array | null = null;
+  /** Bytes consumed before encryption came on; the sender pads them to 16 (or not at all). */
+  #plainConsumed = 0;
+  #skipAlignPad = false;
+
+  // Encrypted phase.
+  #decoder: FullDecoder | null = null;
+  /** Ciphertext of an incomplete 16-byte block. */
+  #block = new Uint8Array(16);
+  #blockLen = 0;
+
+  constructor(options: FullCodecOptions = {}) {
+    this.#padPlaintext = options.padPlaintext ?? true;
+    this.#checkCrc = options.checkCrc ?? true;
+  }
+
+  /** True once {@linkcode FullCodec.startEncryption} ran. */
+  get encrypted(): boolean {
+    return this.#decryptor !== null;
+  }
+
+  /** Sequence number of the next frame sent. */
+  get nextSendSeq(): number {
+    return this.#encoder.nextSeq;
+  }
+
+  /** Sequence number the next received frame must carry. */
+  get nextReceiveSeq(): number {
+    return this.#decoder?.nextSeq ?? this.#plainSeq;
+  }
+
+  /**
+   * Switch on AES-CBC both ways. The codec owns the ciphers from here on and closes them in
+   * {@linkcode FullCodec.close} (when this throws, they stay the caller's). Padding words the peer sent after its plaintext frame (up to a
+   * multiple of 16) are skipped; bytes after them are decrypted.
+   */
+  startEncryption(encryptor: StreamCipher, decryptor: StreamCipher): void {
+    if (this.#decryptor !== null) throw new Error("Encryption is already on");
+    this.#encryptor = encryptor;
+    this.#decryptor = decryptor;
+    this.#decoder = new FullDecoder({ firstSeq: this.#plainSeq, checkCrc: this.#checkCrc });
+    this.#skipAlignPad = this.#plainConsumed % 16 !== 0;
+  }
+
+  /** Frame `body` (given whole or in parts), pad and encrypt it as encryption requires. */
+  encode(body: Uint8Array | readonly Uint8Array[]): Uint8Array {
+    const enc = this.#encryptor;
+    const out = this.#encoder.encode(body, enc !== null || this.#padPlaintext);
+    enc?.update(out);
+    return out;
+  }
+
+  /** Decrypt and decode `chunk` (see the class notes on plaintext and ownership). */
+  decode(chunk: Uint8Array): FullDecodeResult {
+    if (this.#reject !== null) return { frames: [], reject: this.#reject };
+    let data = chunk;
+    if (this.#held !== null) {
+      data = _concat(this.#held, chunk);
+      this.#held = null;
+    }
+    if (this.#decryptor === null) return this.#decodePlain(data);
+    if (this.#skipAlignPad) {
+      while (this.#plainConsumed % 16 !== 0) {
+        if (data.length < 4) {
+          this.#held = data.slice();
+          return { frames: [], reject: null };
+        }
+        if (!_isPadWord(data, 0)) break;
+        data = data.subarray(4);
+        this.#plainConsumed += 4;
+      }
+      this.#skipAlignPad = false;
+    }
+    return this.#decodeCipher(data);
+  }
+
+  /** Close both ciphers. Safe to call more than once. */
+  close(): void {
+    this.#encryptor?.close();
+    this.#decryptor?.close();
+  }
+
+  #decodePlain(data: Uint8Array): FullDecodeResult {
+    const step = _decode(data, this.#plainSeq, this.#checkCrc);
+    if (step.kind === "need") {
+      if (data.length > 0) this.#held = data.slice();
+      return { frames: [], reject: null };
+    }
+    if (step.kind === "reject") {
+      this.#reject = step.reason;
+      return { frames: [], reject: step.reason };
+    }
+    this.#plainSeq = (this.#plainSeq + 1) | 0;
+    this.#plainConsumed += data.length - step.rest.length;
+    if (step.rest.length > 0) this.#held = step.rest.slice();
+    return { frames: [step.frame.body], reject: null };
+  }
+
+  #decodeCipher(data: Uint8Array): FullDecodeResult {
+    const decoder = this.#decoder!;
+    const decryptor = this.#decryptor!;
+    const frames: Uint8Array[] = [];
+    let off = 0;
+    if (this.#blockLen > 0) {
+      off = Math.min(16 - this.#blockLen, data.length);
+      this.#block.set(data.subarray(0, off), this.#blockLen);
+      this.#blockLen += off;
+      if (this.#blockLen < 16) return { frames, reject: null };
+      // The decoder may return views into this block: hand it over and start a new one.
+      const block = this.#block;
+      this.#block = new Uint8Array(16);
+      this.#blockLen = 0;
+      decryptor.update(block);
+      if (decoder.push(block, frames).reject !== null) return this.#fail(decoder, frames);
+    }
+    const whole = (data.length - off) & ~15;
+    if (whole > 0) {
+      const mid = data.subarray(off, off + whole);
+      decryptor.update(mid);
+      if (decoder.push(mid, frames).reject !== null) return this.#fail(decoder, frames);
+    }
+    const tail = data.length - off - whole;
+    if (tail > 0) {
+      this.#block.set(data.subarray(data.length - tail));
+      this.#blockLen = tail;
+    }
+    return { frames, reject: null };
+  }
+
+  #fail(decoder: FullDecoder, frames: Uint8Array[]): FullDecodeResult {
+    this.#reject = decoder.rejected;
+    return { frames, reject: this.#reject };
+  }
+}
+
+function _concat(a: Uint8Array, b: Uint8Array): Uint8Array {
+  if (b.length === 0) return a;
+  const out = new Uint8Array(a.length + b.length);
+  out.set(a);
+  out.set(b, a.length);
+  return out;
+}
