@@ -367,3 +367,31 @@ Deno.test("FullCodec reports a broken plaintext frame", () => {
   assertEquals(c.decode(new Uint8Array(16)).reject, "bad_seq");
   c.close();
 });
+
+Deno.test("encodeMany writes the same bytes as one encode per body, CBC included", () => {
+  const bodies = [
+    randomBytes(8),
+    [randomBytes(80), randomBytes(40)],
+    new Uint8Array(0),
+    randomBytes(4),
+  ];
+  const one = new FullEncoder();
+  const many = new FullEncoder();
+  for (const pad of [false, true]) {
+    assertEquals(many.encodeMany(bodies, pad), concat(bodies.map((b) => one.encode(b, pad))));
+  }
+  assertEquals(many.nextSeq, one.nextSeq);
+  assertEquals(many.encodeMany([]).length, 0);
+  assertThrows(() => many.encodeMany([new Uint8Array(4), new Uint8Array(3)]), RangeError);
+  assertEquals(many.nextSeq, one.nextSeq, "a refused batch numbers nothing");
+
+  const a = new FullCodec();
+  const b = new FullCodec();
+  for (const c of [a, b]) {
+    c.encode(new Uint8Array(32));
+    c.startEncryption(cbc(KEY_A, IV_A, "cbc-encrypt"), cbc(KEY_B, IV_B, "cbc-decrypt"));
+  }
+  assertEquals(a.encodeMany(bodies), concat(bodies.map((x) => b.encode(x))));
+  a.close();
+  b.close();
+});

@@ -72,31 +72,70 @@ function _isPadWord(buf: Uint8Array, off: number): boolean {
   return buf[off] === 4 && buf[off + 1] === 0 && buf[off + 2] === 0 && buf[off + 3] === 0;
 }
 
-function _decode(buf: Uint8Array, expectedSeq: number | null, checkCrc: boolean): FullStep {
-  let off = 0;
+// _scan reports through these instead of an object per frame (calls never overlap).
+const SCAN_FRAME = 0;
+const SCAN_NEED = 1;
+const SCAN_REJECT = 2;
+/** Start of the frame found (after padding words). */
+let _start = 0;
+/** End of the frame found, or how far the buffer must reach for `SCAN_NEED`. */
+let _end = 0;
+let _seq = 0;
+let _reason: FullRejectReason = "bad_length";
+
+/** Look for one frame in `buf[from:limit]`, skipping padding words. Offsets are absolute. */
+function _scan(
+  buf: Uint8Array,
+  from: number,
+  limit: number,
+  expectedSeq: number | null,
+  checkCrc: boolean,
+): number {
+  let off = from;
   for (;;) {
-    if (buf.length - off < 4) return { kind: "need", atLeast: off + 4 };
+    if (limit - off < 4) {
+      _end = off + 4;
+      return SCAN_NEED;
+    }
     const len = _u32(buf, off);
     if (len === 4) {
       off += 4; // a padding word
       continue;
     }
     if (len < FULL_OVERHEAD || len > MAX_FULL_LEN || len % 4 !== 0) {
-      return { kind: "reject", reason: "bad_length" };
+      _reason = "bad_length";
+      return SCAN_REJECT;
     }
-    if (buf.length - off < len) return { kind: "need", atLeast: off + len };
     const end = off + len;
+    if (limit < end) {
+      _end = end;
+      return SCAN_NEED;
+    }
     if (checkCrc && crc32(buf.subarray(off, end - 4)) !== _u32(buf, end - 4)) {
-      return { kind: "reject", reason: "bad_crc" };
+      _reason = "bad_crc";
+      return SCAN_REJECT;
     }
     const seq = _u32(buf, off + 4) | 0;
-    if (expectedSeq !== null && seq !== expectedSeq) return { kind: "reject", reason: "bad_seq" };
-    return {
-      kind: "frame",
-      frame: { seq, body: buf.subarray(off + 8, end - 4) },
-      rest: buf.subarray(end),
-    };
+    if (expectedSeq !== null && seq !== expectedSeq) {
+      _reason = "bad_seq";
+      return SCAN_REJECT;
+    }
+    _start = off;
+    _end = end;
+    _seq = seq;
+    return SCAN_FRAME;
   }
+}
+
+function _decode(buf: Uint8Array, expectedSeq: number | null, checkCrc: boolean): FullStep {
+  const r = _scan(buf, 0, buf.length, expectedSeq, checkCrc);
+  if (r === SCAN_NEED) return { kind: "need", atLeast: _end };
+  if (r === SCAN_REJECT) return { kind: "reject", reason: _reason };
+  return {
+    kind: "frame",
+    frame: { seq: _seq, body: buf.subarray(_start + 8, _end - 4) },
+    rest: buf.subarray(_end),
+  };
 }
 
 /**
@@ -115,7 +154,7 @@ export function decodeFull(buf: Uint8Array, options: DecodeFullOptions = {}): Fu
   return _decode(buf, options.expectedSeq ?? null, options.checkCrc ?? true);
 }
 
-function _bodyLength(body: Uint8Array | readonly Uint8Array[]): number {
+function _bodyLength(body: FullBody): number {
   if (body instanceof Uint8Array) return body.length;
   let n = 0;
   for (const part of body) n += part.length;
@@ -128,10 +167,49 @@ export function fullFrameLength(bodyLength: number, pad: boolean): number {
   return pad ? (len + 15) & ~15 : len;
 }
 
+/** A frame body, whole or in parts (for example an RPC header and the client's packet). */
+export type FullBody = Uint8Array | readonly Uint8Array[];
+
+function _checkBody(bodyLen: number): void {
+  if (bodyLen % 4 !== 0) {
+    throw new RangeError(`Full-codec body must be a multiple of 4 bytes: got ${bodyLen}`);
+  }
+  if (bodyLen > MAX_FULL_BODY) {
+    throw new RangeError(`Full-codec body must be at most ${MAX_FULL_BODY} bytes: got ${bodyLen}`);
+  }
+}
+
+/** Write one frame at `off`; returns where it ends (padding included). */
+function _writeFrame(
+  out: Uint8Array,
+  off: number,
+  body: FullBody,
+  bodyLen: number,
+  seq: number,
+  pad: boolean,
+): number {
+  const len = bodyLen + FULL_OVERHEAD;
+  _setU32(out, off, len);
+  _setU32(out, off + 4, seq);
+  if (body instanceof Uint8Array) {
+    out.set(body, off + 8);
+  } else {
+    let at = off + 8;
+    for (const part of body) {
+      out.set(part, at);
+      at += part.length;
+    }
+  }
+  const crcAt = off + len - 4;
+  _setU32(out, crcAt, crc32(out.subarray(off, crcAt)));
+  const end = off + fullFrameLength(bodyLen, pad);
+  for (let at = off + len; at < end; at += 4) out[at] = 4; // 04 00 00 00 (out starts zeroed)
+  return end;
+}
+
 /**
- * Encode one frame with sequence number `seq`. The body may be given in parts (for example an
- * RPC header and the client's packet), which are copied once, straight into the frame. With
- * `pad`, `04 00 00 00` words follow until the length is a multiple of 16.
+ * Encode one frame with sequence number `seq`. A body given in parts is copied once, straight
+ * into the frame. With `pad`, `04 00 00 00` words follow until the length is a multiple of 16.
  *
  * @example Usage
  * ```ts
@@ -139,33 +217,11 @@ export function fullFrameLength(bodyLength: number, pad: boolean): number {
  * encodeFull(Uint8Array.of(1, 1, 1, 1), 0); // 10000000 00000000 01010101 1627afa0
  * ```
  */
-export function encodeFull(
-  body: Uint8Array | readonly Uint8Array[],
-  seq: number,
-  pad = false,
-): Uint8Array {
+export function encodeFull(body: FullBody, seq: number, pad = false): Uint8Array {
   const bodyLen = _bodyLength(body);
-  if (bodyLen % 4 !== 0) {
-    throw new RangeError(`Full-codec body must be a multiple of 4 bytes: got ${bodyLen}`);
-  }
-  if (bodyLen > MAX_FULL_BODY) {
-    throw new RangeError(`Full-codec body must be at most ${MAX_FULL_BODY} bytes: got ${bodyLen}`);
-  }
-  const len = bodyLen + FULL_OVERHEAD;
+  _checkBody(bodyLen);
   const out = new Uint8Array(fullFrameLength(bodyLen, pad));
-  _setU32(out, 0, len);
-  _setU32(out, 4, seq);
-  if (body instanceof Uint8Array) {
-    out.set(body, 8);
-  } else {
-    let off = 8;
-    for (const part of body) {
-      out.set(part, off);
-      off += part.length;
-    }
-  }
-  _setU32(out, len - 4, crc32(out.subarray(0, len - 4)));
-  for (let off = len; off < out.length; off += 4) out[off] = 4;
+  _writeFrame(out, 0, body, bodyLen, seq, pad);
   return out;
 }
 
@@ -199,9 +255,29 @@ export class FullEncoder {
   }
 
   /** Encode `body` as the next frame, padded to a multiple of 16 bytes when `pad` is set. */
-  encode(body: Uint8Array | readonly Uint8Array[], pad = false): Uint8Array {
+  encode(body: FullBody, pad = false): Uint8Array {
     const out = encodeFull(body, this.#seq, pad);
     this.#seq = (this.#seq + 1) | 0;
+    return out;
+  }
+
+  /**
+   * Encode several bodies as consecutive frames in one buffer: one allocation (and, in
+   * {@linkcode FullCodec}, one cipher call) for a whole batch of small messages.
+   */
+  encodeMany(bodies: readonly FullBody[], pad = false): Uint8Array {
+    const lengths = bodies.map(_bodyLength);
+    let total = 0;
+    for (const n of lengths) {
+      _checkBody(n);
+      total += fullFrameLength(n, pad);
+    }
+    const out = new Uint8Array(total);
+    let off = 0;
+    for (let i = 0; i < bodies.length; i++) {
+      off = _writeFrame(out, off, bodies[i]!, lengths[i]!, this.#seq, pad);
+      this.#seq = (this.#seq + 1) | 0;
+    }
     return out;
   }
 }
@@ -274,46 +350,44 @@ export class FullDecoder {
       pending.set(chunk.subarray(off, off + take), this.#pendingLen);
       this.#pendingLen += take;
       off += take;
-      if (this.#pendingLen < this.#pendingNeed) {
-        return { frames, reject: null };
-      }
-      const step = _decode(pending.subarray(0, this.#pendingLen), this.#seq, this.#checkCrc);
-      if (step.kind === "reject") return this.#fail(step.reason, frames);
-      if (step.kind === "need") {
-        if (step.atLeast > pending.length) {
-          const grown = new Uint8Array(step.atLeast);
+      if (this.#pendingLen < this.#pendingNeed) return { frames, reject: null };
+      const r = _scan(pending, 0, this.#pendingLen, this.#seq, this.#checkCrc);
+      if (r === SCAN_REJECT) return this.#fail(_reason, frames);
+      if (r === SCAN_NEED) {
+        if (_end > pending.length) {
+          const grown = new Uint8Array(_end);
           grown.set(pending.subarray(0, this.#pendingLen));
           pending = this.#pending = grown;
         }
-        this.#pendingNeed = step.atLeast;
+        this.#pendingNeed = _end;
         continue;
       }
       // The pending bytes end exactly where the frame ends (`need` sizes are exact).
-      frames.push(step.frame.body);
+      frames.push(pending.subarray(_start + 8, _end - 4));
       this.#seq = (this.#seq + 1) | 0;
       pending = this.#pending = null;
       this.#pendingLen = 0;
       this.#pendingNeed = 0;
     }
-    while (off < chunk.length) {
-      const step = _decode(off === 0 ? chunk : chunk.subarray(off), this.#seq, this.#checkCrc);
-      if (step.kind === "frame") {
-        frames.push(step.frame.body);
+    const limit = chunk.length;
+    while (off < limit) {
+      const r = _scan(chunk, off, limit, this.#seq, this.#checkCrc);
+      if (r === SCAN_FRAME) {
+        frames.push(chunk.subarray(_start + 8, _end - 4));
         this.#seq = (this.#seq + 1) | 0;
-        off = chunk.length - step.rest.length;
+        off = _end;
         continue;
       }
-      if (step.kind === "reject") return this.#fail(step.reason, frames);
+      if (r === SCAN_REJECT) return this.#fail(_reason, frames);
+      const need = _end;
       // Drop whole padding words now rather than hold them: senders pad nearly every frame.
-      const base = off;
-      while (chunk.length - off >= 4 && _isPadWord(chunk, off)) off += 4;
-      if (off === chunk.length) break;
-      const need = step.atLeast - (off - base);
-      const held = new Uint8Array(Math.max(need, SMALL_PENDING));
+      while (limit - off >= 4 && _isPadWord(chunk, off)) off += 4;
+      if (off === limit) break;
+      const held = new Uint8Array(Math.max(need - off, SMALL_PENDING));
       held.set(chunk.subarray(off));
       this.#pending = held;
-      this.#pendingLen = chunk.length - off;
-      this.#pendingNeed = need;
+      this.#pendingLen = limit - off;
+      this.#pendingNeed = need - off;
       break;
     }
     return { frames, reject: null };
@@ -418,9 +492,17 @@ export class FullCodec {
   }
 
   /** Frame `body` (given whole or in parts), pad and encrypt it as encryption requires. */
-  encode(body: Uint8Array | readonly Uint8Array[]): Uint8Array {
+  encode(body: FullBody): Uint8Array {
     const enc = this.#encryptor;
     const out = this.#encoder.encode(body, enc !== null || this.#padPlaintext);
+    enc?.update(out);
+    return out;
+  }
+
+  /** Frame, pad and encrypt several bodies into one buffer (see {@linkcode FullEncoder.encodeMany}). */
+  encodeMany(bodies: readonly FullBody[]): Uint8Array {
+    const enc = this.#encryptor;
+    const out = this.#encoder.encodeMany(bodies, enc !== null || this.#padPlaintext);
     enc?.update(out);
     return out;
   }
