@@ -13,7 +13,9 @@ import { reportError, UsageError } from "./lib/cli/options.ts";
 import { suggest } from "./lib/config/load.ts";
 
 /** The version `mtproxy --version` prints. */
-export const VERSION = "0.1.0";
+import { VERSION } from "./lib/version.ts";
+
+export { VERSION };
 
 /** Overall help screen. */
 export const HELP = `mtproxy ${VERSION} - Telegram MTProto proxy

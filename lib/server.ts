@@ -14,6 +14,12 @@ import { acceptAllReplays, createReplayCache } from "./guard/replay.ts";
 import { frontableSnis, isOwnAddress, localIpAddresses } from "./guard/fronting.ts";
 import { fakeCertSize, type RefreshTarget, TlsProfileStore } from "./guard/tls_profile.ts";
 import { GROUP_X25519, GROUP_X25519_MLKEM768 } from "./protocol/fake_tls.ts";
+import { MiddleProxies } from "./telegram/middle_proxies.ts";
+import { TelegramConfigStore } from "./telegram/proxy_config.ts";
+import { VERSION } from "./version.ts";
+
+/** Deadline of each download from core.telegram.org (the Erlang proxy's value). */
+const CORE_API_TIMEOUT_MS = 3000;
 
 const log = logger("server");
 
@@ -44,6 +50,8 @@ export interface ServerHandle {
 export interface StartServerOptions {
   /** Also receives every session event (tests use it). */
   events?: EventSink;
+  /** Where the last good copies of Telegram's middle-proxy config are kept. */
+  cacheDir?: string;
 }
 
 function _logEvent(e: ProxyEvent): void {
@@ -98,18 +106,120 @@ function _logEvent(e: ProxyEvent): void {
  * Bind every listener of `config` and serve clients until {@linkcode ServerHandle.shutdown}.
  * Fails (closing what it opened) when a listener cannot be bound.
  */
-export function startServer(
+export async function startServer(
   config: Config,
   options: StartServerOptions = {},
 ): Promise<ServerHandle> {
+  const mode = config.telegram.mode;
+  const needsMiddle = config.listeners.some((l) =>
+    mode === "middle" || (mode === "auto" && l.tag !== null)
+  );
+  const middle = needsMiddle ? await _startMiddle(config, options) : null;
   try {
-    return Promise.resolve(_start(config, options));
+    return _start(config, options, middle);
   } catch (e) {
-    return Promise.reject(e);
+    await middle?.stop();
+    throw e;
   }
 }
 
-function _start(config: Config, options: StartServerOptions): ServerHandle {
+/** Middle-proxy mode: Telegram's config (network, cache or bundled), our IP, the pools. */
+async function _startMiddle(
+  config: Config,
+  options: StartServerOptions,
+): Promise<{ proxies: MiddleProxies; stop(): Promise<void> }> {
+  const t = config.telegram;
+  const store = new TelegramConfigStore(
+    {
+      secretUrl: t.proxySecretUrl,
+      configUrl: t.proxyConfigUrl,
+      ...(t.preferIpv6 ? { configV6Url: t.proxyConfigV6Url } : {}),
+    },
+    {
+      timeoutMs: CORE_API_TIMEOUT_MS,
+      retries: 2,
+      userAgent: `mtproxy/${VERSION}`,
+      ...(options.cacheDir ? { cacheDir: options.cacheDir } : {}),
+    },
+  );
+  const loaded = await store.load();
+  for (const p of loaded.problems) log.warn("Telegram config: {problem}", { problem: p });
+  const src = loaded.snapshot.sources;
+  log.info("Telegram config: proxy secret from {secret}, middle proxies from {list} ({n} DCs)", {
+    secret: src.proxySecret,
+    list: src.configV4,
+    n: loaded.snapshot.configV4.dcs.size,
+  });
+  let externalIp = config.externalIp;
+  if (externalIp === null) {
+    externalIp = await lookupExternalIp(config.ipLookupUrls, CORE_API_TIMEOUT_MS);
+    if (externalIp) log.info("External IP (from an IP-echo service): {ip}", { ip: externalIp });
+    else {
+      log.warn(
+        "External IP unknown (set external_ip): using each connection's local address, which breaks behind NAT",
+      );
+    }
+  }
+  const proxies = new MiddleProxies({
+    config,
+    source: store,
+    externalIp,
+    events: {
+      connected: (dc, conn) =>
+        log.info("DC {dc}: middle proxy {address} connected (#{id})", {
+          dc,
+          address: formatHostPort(conn.address.host, conn.address.port),
+          id: conn.id,
+        }),
+      connectFailed: (dc, address, error, retryInMs) =>
+        log.warn("DC {dc}: middle proxy {address} failed: {error}; retrying in {ms} ms", {
+          dc,
+          address: formatHostPort(address.host, address.port),
+          error,
+          ms: retryInMs,
+        }),
+      disconnected: (dc, conn, error, moved, closed) =>
+        log.info(
+          "DC {dc}: middle proxy connection #{id} closed{why}: {moved} idle clients moved, {closed} closed mid-send",
+          { dc, id: conn.id, why: error ? ` (${error})` : "", moved, closed },
+        ),
+    },
+  });
+  const refresh = setInterval(() => {
+    store.refresh().then((r) => {
+      for (const p of r.problems) log.warn("Telegram config refresh: {problem}", { problem: p });
+      if (r.change) log.info("Telegram config refreshed: middle-proxy list or secret changed");
+    }, (e) => log.warn("Telegram config refresh failed: {error}", { error: String(e) }));
+  }, t.refreshIntervalMs);
+  return {
+    proxies,
+    stop() {
+      clearInterval(refresh);
+      proxies.close();
+      return Promise.resolve();
+    },
+  };
+}
+
+/** Ask IP-echo services, in order, for our public IPv4; null when none answers. */
+export async function lookupExternalIp(urls: readonly string[], timeoutMs: number) {
+  for (const url of urls) {
+    try {
+      const res = await fetch(url, { signal: AbortSignal.timeout(timeoutMs) });
+      const text = (await res.text()).trim();
+      if (res.ok && /^\d{1,3}(\.\d{1,3}){3}$/.test(text)) return text;
+    } catch {
+      // Next one.
+    }
+  }
+  return null;
+}
+
+function _start(
+  config: Config,
+  options: StartServerOptions,
+  middle: { proxies: MiddleProxies; stop(): Promise<void> } | null,
+): ServerHandle {
   const backend = defaultCipherBackend();
   if (backend === "openssl") {
     log.debug("AES backend: OpenSSL libcrypto via FFI");
@@ -117,17 +227,6 @@ function _start(config: Config, options: StartServerOptions): ServerHandle {
     log.warn("AES backend: node:crypto (about 10x slower); OpenSSL not loaded: {error}", {
       error: openSslLoadError(),
     });
-  }
-
-  for (const l of config.listeners) {
-    const mode = config.telegram.mode;
-    if (mode === "middle" || (mode === "auto" && l.tag !== null)) {
-      // Until the middle-proxy pool lands, say plainly what happens instead.
-      log.warn(
-        "{listener}: middle-proxy mode is not implemented yet; its clients connect to Telegram directly and no promoted channel is shown",
-        { listener: l.name },
-      );
-    }
   }
 
   const stats: ServerStats = {
@@ -206,6 +305,7 @@ function _start(config: Config, options: StartServerOptions): ServerHandle {
       config,
       events: sink,
       guard: guard.session,
+      middle: middle?.proxies ?? null,
       onDone(session) {
         sessions.delete(session);
         active--;
@@ -266,6 +366,7 @@ function _start(config: Config, options: StartServerOptions): ServerHandle {
     }
     clearInterval(sweeper);
     await guard.stop();
+    await middle?.stop();
     resolveClosed();
   }
 

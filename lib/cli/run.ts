@@ -4,6 +4,7 @@
  *
  * @module
  */
+import { dirname } from "node:path";
 import { type ServerHandle, startServer } from "../server.ts";
 import { logger, setupLogging } from "../ops/log.ts";
 import { formatAddress, formatLinks } from "./link.ts";
@@ -56,7 +57,8 @@ export async function runCommand(args: string[]): Promise<number> {
     );
 
     try {
-      server = await startServer(config);
+      // Telegram's middle-proxy config is cached next to the state file.
+      server = await startServer(config, { cacheDir: dirname(resolved.statePath) });
     } catch (e) {
       const message = e instanceof Error ? e.message : String(e);
       const hint = /permission denied|os error 13/i.test(message) &&

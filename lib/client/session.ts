@@ -5,7 +5,13 @@
  *
  * @module
  */
-import { createAesCtr, randomBytes, type StreamCipher, x25519PublicKey } from "../crypto.ts";
+import {
+  createAesCtr,
+  randomBytes,
+  randomInt,
+  type StreamCipher,
+  x25519PublicKey,
+} from "../crypto.ts";
 import type { ClientProtocol, Config, ListenerConfig } from "../config/types.ts";
 import {
   closeQuietly,
@@ -23,15 +29,28 @@ import {
   GROUP_X25519,
   GROUP_X25519_MLKEM768,
   looksLikeTls,
+  MAX_RECORD_PAYLOAD,
   parseClientHello,
+  RECORD_HEADER_LEN,
   tlsAlert,
   TlsRecordReader,
   verifyClientHello,
 } from "../protocol/fake_tls.ts";
 import { perSniSecret } from "../secret.ts";
 import { frontingTarget } from "../guard/fronting.ts";
+import type { MiddleClient, MiddleCloseReason } from "../telegram/middle.ts";
+import type { MiddleProxies } from "../telegram/middle_proxies.ts";
+import type { MiddleHandle } from "../telegram/pool.ts";
+import { PacketReader } from "../protocol/packet_reader.ts";
+import { encodeFrame, quickAckToken } from "../protocol/framing.ts";
+import { frameTlsRecords } from "./relay.ts";
 import { ServerErrorFilter } from "../guard/server_error.ts";
-import { INIT_LEN, type ObfuscatedStream, openClientInit } from "../protocol/obfuscated2.ts";
+import {
+  INIT_LEN,
+  type ObfuscatedStream,
+  openClientInit,
+  type TransportTag,
+} from "../protocol/obfuscated2.ts";
 import { type DcRoute, routeDc } from "../telegram/dc.ts";
 import { type DcConnection, openDirect } from "../telegram/direct.ts";
 import type { CloseReason, EventSink, RejectReason } from "./events.ts";
@@ -68,6 +87,8 @@ export interface SessionContext {
   readonly config: Config;
   readonly events: EventSink;
   readonly guard: SessionGuard;
+  /** Middle-proxy pools, when any listener uses middle-proxy mode. */
+  readonly middle: MiddleProxies | null;
   /** Called exactly once when a session has ended and released everything. */
   readonly onDone: (session: Session) => void;
 }
@@ -153,8 +174,19 @@ interface Authenticated {
   readonly leftover: Uint8Array;
 }
 
+/** Middle-proxy mode: the client's packets go to a pool handle, one RPC message each. */
+interface MiddlePlan {
+  readonly kind: "middle";
+  readonly handle: MiddleHandle;
+  readonly reader: PacketReader;
+  /** Decrypts what the client sends. */
+  readonly decryptor: StreamCipher;
+  readonly tls: TlsRecordReader | null;
+}
+
 /** What the relay phase keeps: the DC socket and the work on each direction. */
 interface RelayPlan {
+  readonly kind: "direct";
   readonly dc: Conn;
   /** Ciphers applied to client bytes on their way to the DC. */
   readonly up: readonly StreamCipher[];
@@ -167,7 +199,7 @@ interface RelayPlan {
 }
 
 /** One client connection, from accept to close. */
-export class Session implements PumpHost {
+export class Session implements PumpHost, MiddleClient {
   readonly conn: Conn;
   readonly peer: string;
   readonly startedAt: number = Date.now();
@@ -184,6 +216,15 @@ export class Session implements PumpHost {
   /** The fronting target's socket, when this connection was fronted. */
   #frontConn: Conn | null = null;
   #fronted = false;
+  /** Middle-proxy mode: the pool handle and what framing Telegram's answers need. */
+  #middle: MiddleHandle | null = null;
+  #middleTag: TransportTag = "padded";
+  #middleEncryptor: StreamCipher | null = null;
+  #middleTls = false;
+  #middleAnswered = false;
+  #middleClosedBy: CloseReason | null = null;
+  #outQueue: { bytes: Uint8Array; ack: number }[] = [];
+  #writing = false;
   /** Relay phase: pumps still running, which side ended first, whether one ended badly. */
   #running = 0;
   #firstEnded: PumpSide | null = null;
@@ -228,7 +269,7 @@ export class Session implements PumpHost {
   }
 
   async #handshake(): Promise<void> {
-    let plan: RelayPlan;
+    let plan: RelayPlan | MiddlePlan;
     try {
       this.conn.setNoDelay(true);
       plan = await this.#establish();
@@ -244,6 +285,7 @@ export class Session implements PumpHost {
       this.#hs = null;
     }
     this.phase = "relay";
+    if (plan.kind === "middle") return this.#startMiddleRelay(plan);
     this.#running = 2;
     startPump(this.conn, plan.dc, {
       ciphers: plan.up,
@@ -336,6 +378,8 @@ export class Session implements PumpHost {
     closeQuietly(this.conn);
     if (this.#dc) closeQuietly(this.#dc.conn);
     if (this.#frontConn) closeQuietly(this.#frontConn);
+    this.#middle?.release();
+    this.#outQueue = [];
     for (const c of this.#ciphers) c.close();
     this.#ctx.onDone(this);
   }
@@ -362,10 +406,15 @@ export class Session implements PumpHost {
   }
 
   /** Handshake, policy, DC dial: returns the two relay directions. */
-  async #establish(): Promise<RelayPlan> {
+  async #establish(): Promise<RelayPlan | MiddlePlan> {
     const client = await this.#authenticate();
     this.#ciphers.push(client.stream.decryptor, client.stream.encryptor);
     this.phase = "dialing";
+    const { config, listener, middle } = this.#ctx;
+    const mode = config.telegram.mode;
+    if (middle && (mode === "middle" || (mode === "auto" && listener.tag !== null))) {
+      return await this.#establishMiddle(client, middle);
+    }
     const route = routeDc(client.stream.dcId, this.#ctx.config.telegram);
     const dc = await this.#dial(route, client);
     const inspect = this.#serverErrorFilter(client, dc);
@@ -380,6 +429,7 @@ export class Session implements PumpHost {
       dcAddress: formatHostPort(route.address.host, route.address.port),
     });
     return {
+      kind: "direct",
       dc: dc.conn,
       up: [client.stream.decryptor, dc.encryptor],
       // Fast mode: the DC already encrypted for the client.
@@ -387,6 +437,136 @@ export class Session implements PumpHost {
       tls: client.tls,
       inspect,
     };
+  }
+
+  /** Middle-proxy mode: join the DC's pool and send what the client already sent. */
+  async #establishMiddle(client: Authenticated, middle: MiddleProxies): Promise<MiddlePlan> {
+    const { listener } = this.#ctx;
+    const route = middle.route(client.stream.dcId);
+    if (!route) {
+      throw new Rejection("dc_unreachable", {
+        detail: `no middle proxy is known for DC ${client.stream.dcId}`,
+      });
+    }
+    const remote = this.conn.remoteAddr as Deno.NetAddr;
+    let handle: MiddleHandle;
+    try {
+      handle = await route.pool.acquire(this, {
+        tag: client.stream.tag,
+        clientIp: remote.hostname,
+        clientPort: remote.port,
+        adTag: listener.tag,
+      });
+    } catch (e) {
+      if (this.#abortReason) {
+        throw new Rejection(this.#abortReason === "shutdown" ? "shutdown" : "timeout");
+      }
+      throw new Rejection("dc_unreachable", { detail: e instanceof Error ? e.message : String(e) });
+    }
+    this.#middle = handle;
+    this.#middleTag = client.stream.tag;
+    this.#middleEncryptor = client.stream.encryptor;
+    this.#middleTls = client.tls !== null;
+    const reader = new PacketReader(client.stream.tag);
+    const first = client.leftover;
+    this.#bytesFromClient += first.length;
+    client.stream.decryptor.update(first);
+    await _sendPackets(reader, first, handle);
+    this.#ctx.events.emit({
+      type: "established",
+      listener: listener.name,
+      peer: this.peer,
+      protocol: client.protocol,
+      transport: client.stream.tag,
+      requestedDc: client.stream.dcId,
+      dc: route.dcId,
+      dcAddress: `middle proxy pool of DC ${route.dcId}`,
+    });
+    return {
+      kind: "middle",
+      handle,
+      reader,
+      decryptor: client.stream.decryptor,
+      tls: client.tls,
+    };
+  }
+
+  #startMiddleRelay(plan: MiddlePlan): void {
+    this.#running = 1;
+    const sink = {
+      read: () => Promise.resolve(null),
+      write: async (chunk: Uint8Array) => {
+        await _sendPackets(plan.reader, chunk, plan.handle);
+        return chunk.length;
+      },
+    };
+    startPump(this.conn, sink, {
+      ciphers: [plan.decryptor],
+      ...(plan.tls ? { unwrapTls: plan.tls } : {}),
+      host: this,
+      side: "client",
+    });
+  }
+
+  /** A packet from Telegram (MiddleClient): frame, encrypt, wrap, queue for the client. */
+  onPacket(data: Uint8Array): void {
+    const handle = this.#middle;
+    if (!handle || this.phase === "done") return;
+    this.lastActivity = Date.now();
+    const filter = this.#ctx.config.replay.serverErrorFilter;
+    if (
+      filter !== "off" && (filter === "all" || !this.#middleAnswered) && _isTransportError(data)
+    ) {
+      // A replayed session's tell-tale: never forward it.
+      handle.ack(data.length);
+      this.#middleClosedBy = "server_error";
+      closeQuietly(this.conn);
+      return;
+    }
+    this.#middleAnswered = true;
+    const padding = this.#middleTag === "padded" ? randomBytes(randomInt(0, 3)) : undefined;
+    this.#queueToClient(encodeFrame(this.#middleTag, data, padding), data.length);
+  }
+
+  /** Telegram confirmed a packet (MiddleClient). */
+  onQuickAck(confirm: Uint8Array): void {
+    if (!this.#middle || this.phase === "done") return;
+    this.#queueToClient(quickAckToken(this.#middleTag, confirm), 0);
+  }
+
+  /** Telegram dropped this client (MiddleClient). */
+  onClose(reason: MiddleCloseReason): void {
+    if (this.phase === "done") return;
+    this.#middleClosedBy = reason === "close_ext" ? "dc_closed" : "dc_closed";
+    closeQuietly(this.conn);
+  }
+
+  /** Encrypt and (for fake-TLS) wrap a frame, then write it after what is queued. */
+  #queueToClient(frame: Uint8Array, ackBytes: number): void {
+    const records = this.#middleTls ? Math.ceil(frame.length / MAX_RECORD_PAYLOAD) : 0;
+    const headroom = RECORD_HEADER_LEN * records;
+    const out = new Uint8Array(headroom + frame.length);
+    out.set(frame, headroom);
+    this.#middleEncryptor!.update(out.subarray(headroom));
+    const start = records > 0 ? frameTlsRecords(out, headroom, frame.length) : 0;
+    this.#bytesToClient += out.length - start;
+    this.#outQueue.push({ bytes: out.subarray(start), ack: ackBytes });
+    if (!this.#writing) this.#drainToClient();
+  }
+
+  async #drainToClient(): Promise<void> {
+    this.#writing = true;
+    try {
+      while (this.#outQueue.length > 0) {
+        const item = this.#outQueue.shift()!;
+        await writeAll(this.conn, item.bytes);
+        if (item.ack > 0) this.#middle?.ack(item.ack);
+      }
+    } catch {
+      closeQuietly(this.conn);
+    } finally {
+      this.#writing = false;
+    }
   }
 
   /** The server error filter for the DC-to-client direction, per replay.server_error_filter. */
@@ -605,6 +785,8 @@ export class Session implements PumpHost {
       reason = this.#abortReason;
     } else if (this.#fronted) {
       reason = "fronted";
+    } else if (this.#middleClosedBy) {
+      reason = this.#middleClosedBy;
     } else if (this.#endedBadly) {
       reason = this.#endedBy === "server_error" ? "server_error" : "tls_bad_record";
     } else {
@@ -621,4 +803,16 @@ export class Session implements PumpHost {
     });
     this.#finish();
   }
+}
+
+/** Unframe `chunk` and send its packets, in order; a broken stream ends the relay. */
+async function _sendPackets(reader: PacketReader, chunk: Uint8Array, handle: MiddleHandle) {
+  const packets = reader.push(chunk);
+  if (typeof packets === "string") throw new Error(`Client stream is broken: ${packets}`);
+  for (const p of packets) await handle.send(p.payload, p.quickAck);
+}
+
+/** Telegram's transport error: a lone 4-byte negative code such as -404. */
+function _isTransportError(data: Uint8Array): boolean {
+  return data.length === 4 && (data[3]! & 0x80) !== 0;
 }

@@ -1,0 +1,413 @@
+/**
+ * One multiplexed connection to a Telegram middle proxy: the RPC handshake, then many clients'
+ * packets as RPC_PROXY_REQ one way and RPC_PROXY_ANS / SIMPLE_ACK / CLOSE_EXT the other,
+ * routed by connection id. Reading stops while the clients have too much undelivered data
+ * (backpressure), and resumes as they acknowledge what they wrote.
+ *
+ * @module
+ */
+import { randomBytes } from "../crypto.ts";
+import type { HostPort, PoolConfig } from "../config/types.ts";
+import { closeQuietly, type Conn, dialTcp, formatHostPort, writeAll } from "../net.ts";
+import type { FullBody, FullCodec } from "../protocol/full.ts";
+import { MiddleClientHandshake } from "../protocol/middle_handshake.ts";
+import {
+  decodeRpc,
+  encodeCloseConn,
+  encodePing,
+  encodePong,
+  ProxyReqHeader,
+} from "../protocol/rpc.ts";
+import type { TransportTag } from "../protocol/obfuscated2.ts";
+
+/** What a middle-proxy connection needs to know about one client. */
+export interface MiddleClientInfo {
+  readonly tag: TransportTag;
+  readonly clientIp: string;
+  readonly clientPort: number;
+  /** The listener's ad tag; null sends the MTProxy layout without one. */
+  readonly adTag: Uint8Array | null;
+}
+
+/** How a client's connection to Telegram ended. */
+export type MiddleCloseReason = "close_ext" | "connection_lost" | "backpressure";
+
+/** The session side of a multiplexed client. */
+export interface MiddleClient {
+  /** A packet from Telegram (a view: use it before returning). Acknowledge it with `ack`. */
+  onPacket(data: Uint8Array): void;
+  /** Telegram confirmed a packet the client asked a quick ack for. */
+  onQuickAck(confirm: Uint8Array): void;
+  /** Telegram is no longer reachable for this client. */
+  onClose(reason: MiddleCloseReason): void;
+}
+
+/** Options for {@linkcode MiddleConnection.open}. */
+export interface MiddleConnectOptions {
+  readonly proxySecret: Uint8Array;
+  /** Our public IPv4 (key derivation and our_addr); null: this socket's local address. */
+  readonly externalIp: string | null;
+  readonly connectTimeoutMs: number;
+  readonly handshakeTimeoutMs: number;
+  readonly pool: PoolConfig;
+  /** Send our own RPC_PING after this long without traffic. @default 30000 */
+  readonly keepaliveMs?: number;
+}
+
+/** Why a middle-proxy connection could not be opened. */
+export class MiddleConnectError extends Error {
+  constructor(readonly address: HostPort, reason: string) {
+    super(`Middle proxy ${formatHostPort(address.host, address.port)}: ${reason}`);
+    this.name = "MiddleConnectError";
+  }
+}
+
+/** One client on one connection. */
+export class MiddleSlot {
+  readonly connId: bigint;
+  readonly client: MiddleClient;
+  readonly #header: ProxyReqHeader;
+  readonly #conn: MiddleConnection;
+  /** Sends written or queued but not yet on the socket. */
+  busy = 0;
+  unackedBytes = 0;
+  unackedPackets = 0;
+  detached = false;
+
+  constructor(
+    conn: MiddleConnection,
+    connId: bigint,
+    client: MiddleClient,
+    header: ProxyReqHeader,
+  ) {
+    this.#conn = conn;
+    this.connId = connId;
+    this.client = client;
+    this.#header = header;
+  }
+
+  /** The connection this slot lives on. */
+  get connection(): MiddleConnection {
+    return this.#conn;
+  }
+
+  /** Send one client packet; resolves once it is on the middle proxy's socket. */
+  async send(packet: Uint8Array, quickAck: boolean): Promise<void> {
+    if (this.detached) throw new Error("Middle-proxy slot is closed");
+    this.busy++;
+    try {
+      await this.#conn.enqueue([this.#header.header(packet, quickAck), packet]);
+    } finally {
+      this.busy--;
+    }
+  }
+
+  /** The client wrote `bytes` of one delivered packet to its socket. */
+  ack(bytes: number): void {
+    this.#conn.ack(this, bytes);
+  }
+}
+
+let _nextConnectionId = 1;
+
+/** One TCP connection to a middle proxy, carrying many clients. */
+export class MiddleConnection {
+  readonly id = _nextConnectionId++;
+  readonly address: HostPort;
+  readonly #conn: Conn;
+  readonly #codec: FullCodec;
+  readonly #options: MiddleConnectOptions;
+  readonly #slots = new Map<bigint, MiddleSlot>();
+  readonly #ourIp: string;
+  readonly #ourPort: number;
+  #queue: { body: FullBody; done: () => void; fail: (e: unknown) => void }[] = [];
+  #flushing = false;
+  #unackedBytes = 0;
+  #unackedPackets = 0;
+  #resume: (() => void) | null = null;
+  #closed = false;
+  #lastTraffic = Date.now();
+  #keepalive: ReturnType<typeof setInterval> | undefined;
+  /** Set by the pool: called once when the connection is gone. */
+  onDead: ((conn: MiddleConnection, hadError: string | null) => void) | null = null;
+  /** Resolves when the read loop has stopped and the socket is closed. */
+  readonly finished: Promise<void>;
+
+  private constructor(
+    address: HostPort,
+    conn: Conn,
+    codec: FullCodec,
+    options: MiddleConnectOptions,
+    ours: { ip: string; port: number },
+    early: Uint8Array[],
+  ) {
+    this.address = address;
+    this.#conn = conn;
+    this.#codec = codec;
+    this.#options = options;
+    this.#ourIp = ours.ip;
+    this.#ourPort = ours.port;
+    for (const body of early) this.#dispatch(body);
+    const keepaliveMs = options.keepaliveMs ?? 30_000;
+    this.#keepalive = setInterval(() => {
+      if (Date.now() - this.#lastTraffic >= keepaliveMs) {
+        this.#lastTraffic = Date.now();
+        this.enqueue(encodePing(BigInt.asIntN(64, _randomU64()))).catch(() => {});
+      }
+    }, Math.max(1000, keepaliveMs / 2));
+    this.finished = this.#readLoop();
+  }
+
+  /** Dial `address`, run the RPC handshake and return the ready connection. */
+  static async open(address: HostPort, options: MiddleConnectOptions): Promise<MiddleConnection> {
+    let conn: Conn;
+    try {
+      conn = await dialTcp(address.host, address.port, { timeoutMs: options.connectTimeoutMs });
+    } catch (e) {
+      throw new MiddleConnectError(address, e instanceof Error ? e.message : String(e));
+    }
+    const local = conn.localAddr as Deno.NetAddr;
+    const ours = { ip: options.externalIp ?? local.hostname, port: local.port };
+    const handshake = new MiddleClientHandshake({
+      proxySecret: options.proxySecret,
+      nonce: randomBytes(16),
+      cryptoTs: Math.floor(Date.now() / 1000) >>> 0,
+      local: ours,
+      remote: { ip: (conn.remoteAddr as Deno.NetAddr).hostname, port: address.port },
+    });
+    const timer = setTimeout(() => closeQuietly(conn), options.handshakeTimeoutMs);
+    try {
+      await writeAll(conn, handshake.start());
+      const buf = new Uint8Array(4096);
+      while (true) {
+        const n = await conn.read(buf);
+        if (n === null) throw new Error("closed during the handshake");
+        const step = handshake.receive(buf.slice(0, n));
+        if (step.send) await writeAll(conn, step.send);
+        if (step.kind === "reject") {
+          throw new Error(
+            step.reason === "handshake_error"
+              ? `refused the handshake (error ${step.errorCode ?? "?"}): wrong proxy secret?`
+              : `handshake failed: ${step.reason}`,
+          );
+        }
+        if (step.kind === "done") {
+          return new MiddleConnection(address, conn, step.codec, options, ours, step.frames);
+        }
+      }
+    } catch (e) {
+      handshake.close();
+      closeQuietly(conn);
+      const why = e instanceof Error ? e.message : String(e);
+      throw new MiddleConnectError(
+        address,
+        /BadResource|closed/i.test(why) ? `${why} (handshake timeout or dropped)` : why,
+      );
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /** Clients attached now. */
+  get load(): number {
+    return this.#slots.size;
+  }
+
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  /** Attach a client under a fresh connection id. */
+  attach(client: MiddleClient, info: MiddleClientInfo): MiddleSlot {
+    let connId: bigint;
+    do connId = BigInt.asIntN(64, _randomU64()); while (this.#slots.has(connId));
+    const header = new ProxyReqHeader({
+      connId,
+      tag: info.tag,
+      clientIp: info.clientIp,
+      clientPort: info.clientPort,
+      proxyIp: this.#ourIp,
+      proxyPort: this.#ourPort,
+      adTag: info.adTag,
+    });
+    const slot = new MiddleSlot(this, connId, client, header);
+    this.#slots.set(connId, slot);
+    return slot;
+  }
+
+  /** Detach a client; tell Telegram it left unless Telegram dropped it first. */
+  detach(slot: MiddleSlot, tellTelegram: boolean): void {
+    if (slot.detached) return;
+    slot.detached = true;
+    this.#slots.delete(slot.connId);
+    this.#forget(slot);
+    if (tellTelegram && !this.#closed) this.enqueue(encodeCloseConn(slot.connId)).catch(() => {});
+  }
+
+  /** The idle clients (no send in flight) to move elsewhere, and the busy ones to close. */
+  takeClients(): { idle: MiddleSlot[]; busy: MiddleSlot[] } {
+    const idle: MiddleSlot[] = [];
+    const busy: MiddleSlot[] = [];
+    for (const slot of this.#slots.values()) (slot.busy > 0 ? busy : idle).push(slot);
+    for (const slot of [...idle, ...busy]) {
+      slot.detached = true;
+      this.#forget(slot);
+    }
+    this.#slots.clear();
+    return { idle, busy };
+  }
+
+  /** Queue an RPC body; written with whatever else is queued in one encrypted batch. */
+  enqueue(body: FullBody): Promise<void> {
+    if (this.#closed) return Promise.reject(new Error("Middle-proxy connection is closed"));
+    return new Promise((done, fail) => {
+      this.#queue.push({ body, done, fail });
+      if (!this.#flushing) this.#flush();
+    });
+  }
+
+  async #flush(): Promise<void> {
+    this.#flushing = true;
+    try {
+      while (this.#queue.length > 0) {
+        const batch = this.#queue;
+        this.#queue = [];
+        try {
+          await writeAll(this.#conn, this.#codec.encodeMany(batch.map((q) => q.body)));
+          this.#lastTraffic = Date.now();
+          for (const q of batch) q.done();
+        } catch (e) {
+          for (const q of [...batch, ...this.#queue]) q.fail(e);
+          this.#queue = [];
+          this.#shutdown("write failed");
+          return;
+        }
+      }
+    } finally {
+      this.#flushing = false;
+    }
+  }
+
+  /** A client wrote `bytes` of a delivered packet: lift backpressure when under the limits. */
+  ack(slot: MiddleSlot, bytes: number): void {
+    if (slot.unackedPackets === 0) return;
+    slot.unackedBytes -= bytes;
+    slot.unackedPackets--;
+    this.#unackedBytes -= bytes;
+    this.#unackedPackets--;
+    this.#maybeResume();
+  }
+
+  #forget(slot: MiddleSlot): void {
+    this.#unackedBytes -= slot.unackedBytes;
+    this.#unackedPackets -= slot.unackedPackets;
+    slot.unackedBytes = 0;
+    slot.unackedPackets = 0;
+    this.#maybeResume();
+  }
+
+  #maybeResume(): void {
+    if (this.#resume && !this.#overLimits()) {
+      const resume = this.#resume;
+      this.#resume = null;
+      resume();
+    }
+  }
+
+  #overLimits(): boolean {
+    const p = this.#options.pool;
+    return this.#unackedBytes > p.maxUnackedBytes || this.#unackedPackets > p.maxUnackedPackets;
+  }
+
+  /** Close the connection (the pool migrates its clients through `onDead`). */
+  close(): void {
+    this.#shutdown(null);
+  }
+
+  #shutdown(error: string | null): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    clearInterval(this.#keepalive);
+    closeQuietly(this.#conn);
+    const resume = this.#resume;
+    this.#resume = null;
+    resume?.();
+    for (const q of this.#queue) q.fail(new Error("Middle-proxy connection closed"));
+    this.#queue = [];
+    this.onDead?.(this, error);
+  }
+
+  async #readLoop(): Promise<void> {
+    const buf = new Uint8Array(65536);
+    let error: string | null = null;
+    try {
+      while (!this.#closed) {
+        if (this.#overLimits()) {
+          // Backpressure: the clients have not written out what they were given yet.
+          await new Promise<void>((r) => (this.#resume = r));
+          if (this.#closed) break;
+        }
+        const n = await this.#conn.read(buf);
+        if (n === null) break;
+        this.#lastTraffic = Date.now();
+        // Decrypted in place; bodies are views that are used up before the next read.
+        const r = this.#codec.decode(buf.subarray(0, n));
+        for (const body of r.frames) this.#dispatch(body);
+        if (r.reject !== null) {
+          error = `bad frame from the middle proxy: ${r.reject}`;
+          break;
+        }
+      }
+    } catch (e) {
+      if (!this.#closed) error = e instanceof Error ? e.message : String(e);
+    } finally {
+      this.#codec.close();
+      this.#shutdown(error);
+    }
+  }
+
+  #dispatch(body: Uint8Array): void {
+    const msg = decodeRpc(body);
+    switch (msg.type) {
+      case "proxy_ans": {
+        const slot = this.#slots.get(msg.connId);
+        if (!slot) return; // A client that just left; Telegram learns it from CLOSE_CONN.
+        const size = msg.data.length;
+        slot.unackedBytes += size;
+        slot.unackedPackets++;
+        this.#unackedBytes += size;
+        this.#unackedPackets++;
+        if (slot.unackedBytes > this.#options.pool.maxClientUnackedBytes) {
+          // A client this far behind would stall everyone on this connection: drop it.
+          this.detach(slot, true);
+          slot.client.onClose("backpressure");
+          return;
+        }
+        slot.client.onPacket(msg.data);
+        return;
+      }
+      case "simple_ack": {
+        this.#slots.get(msg.connId)?.client.onQuickAck(msg.confirm);
+        return;
+      }
+      case "close_ext": {
+        const slot = this.#slots.get(msg.connId);
+        if (!slot) return;
+        this.detach(slot, false);
+        slot.client.onClose("close_ext");
+        return;
+      }
+      case "ping":
+        this.enqueue(encodePong(msg.pingId)).catch(() => {});
+        return;
+      default:
+        // pong, and anything unknown: nothing to do.
+        return;
+    }
+  }
+}
+
+function _randomU64(): bigint {
+  const b = randomBytes(8);
+  return new DataView(b.buffer).getBigUint64(0, true);
+}
