@@ -44,6 +44,10 @@ export interface ServerHandle {
   readonly closed: Promise<void>;
   /** A snapshot of the counters. */
   stats(): ServerStats;
+  /** Fetch Telegram's middle-proxy config now (no-op without middle-proxy mode). */
+  refreshTelegramConfig(): Promise<void>;
+  /** Live middle-proxy connections (0 without middle-proxy mode). */
+  middleConnections(): number;
 }
 
 /** Options for {@linkcode startServer}. */
@@ -123,11 +127,17 @@ export async function startServer(
   }
 }
 
+interface _Middle {
+  proxies: MiddleProxies;
+  refresh(): Promise<void>;
+  stop(): Promise<void>;
+}
+
 /** Middle-proxy mode: Telegram's config (network, cache or bundled), our IP, the pools. */
 async function _startMiddle(
   config: Config,
   options: StartServerOptions,
-): Promise<{ proxies: MiddleProxies; stop(): Promise<void> }> {
+): Promise<_Middle> {
   const t = config.telegram;
   const store = new TelegramConfigStore(
     {
@@ -185,14 +195,16 @@ async function _startMiddle(
         ),
     },
   });
-  const refresh = setInterval(() => {
+  proxies.warm();
+  const refreshNow = () =>
     store.refresh().then((r) => {
       for (const p of r.problems) log.warn("Telegram config refresh: {problem}", { problem: p });
       if (r.change) log.info("Telegram config refreshed: middle-proxy list or secret changed");
     }, (e) => log.warn("Telegram config refresh failed: {error}", { error: String(e) }));
-  }, t.refreshIntervalMs);
+  const refresh = setInterval(refreshNow, t.refreshIntervalMs);
   return {
     proxies,
+    refresh: refreshNow,
     stop() {
       clearInterval(refresh);
       proxies.close();
@@ -218,7 +230,7 @@ export async function lookupExternalIp(urls: readonly string[], timeoutMs: numbe
 function _start(
   config: Config,
   options: StartServerOptions,
-  middle: { proxies: MiddleProxies; stop(): Promise<void> } | null,
+  middle: _Middle | null,
 ): ServerHandle {
   const backend = defaultCipherBackend();
   if (backend === "openssl") {
@@ -375,6 +387,8 @@ function _start(
     closed,
     stats: () => structuredClone(stats),
     shutdown: () => (shuttingDown ??= shutdown()),
+    refreshTelegramConfig: () => middle?.refresh() ?? Promise.resolve(),
+    middleConnections: () => middle?.proxies.connectionCount ?? 0,
   };
 }
 

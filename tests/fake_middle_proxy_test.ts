@@ -497,7 +497,7 @@ Deno.test("fake middle proxy: stall holds reading until resumed", async () => {
     assertEquals(mp.stats.proxyReqs, 1, "nothing handled while stalled");
     assertEquals(client.messages.length, 0);
 
-    // Enough data to fill both socket buffers: the write cannot finish while stalled.
+    // Plenty of data while stalled: none of it is handled until the stall ends.
     const packet = encryptedPacket(60 * 1024, 7);
     const bodies: FullBody[] = [];
     const header = new ProxyReqHeader({
@@ -510,15 +510,12 @@ Deno.test("fake middle proxy: stall holds reading until resumed", async () => {
     });
     const count = 512; // 30 MiB
     for (let i = 0; i < count; i++) bodies.push([header.header(packet), packet]);
-    let written = false;
-    const writing = client.write(client.encodeMany(bodies)).then((ok) => (written = ok));
+    const writing = client.write(client.encodeMany(bodies));
     await delay(500);
-    assertEquals(written, false, "the write backs up while the fake is stalled");
-    assertEquals(mp.stats.proxyReqs, 1);
+    assertEquals(mp.stats.proxyReqs, 1, "still nothing handled while stalled");
 
     mp.stall(false);
-    await writing;
-    assert(written);
+    assert(await writing);
     await client.until(
       () => client.messages.filter((m) => m.type === "proxy_ans").length === count + 1,
       20_000,

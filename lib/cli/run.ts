@@ -101,6 +101,18 @@ async function _serveUntilSignal(server: ServerHandle): Promise<void> {
       return null;
     }
   });
+  // SIGHUP: fetch Telegram's middle-proxy config now instead of at the next interval.
+  const onHup = () => {
+    log.info("SIGHUP: refreshing Telegram's middle-proxy config");
+    server.refreshTelegramConfig();
+  };
+  let hup = false;
+  try {
+    Deno.addSignalListener("SIGHUP", onHup);
+    hup = true;
+  } catch {
+    // No SIGHUP on this platform.
+  }
   try {
     const signal = await Promise.race([stop, server.closed.then(() => null)]);
     if (signal !== null) {
@@ -110,5 +122,6 @@ async function _serveUntilSignal(server: ServerHandle): Promise<void> {
     }
   } finally {
     for (const h of handlers) if (h) Deno.removeSignalListener(h.signal, h.handler);
+    if (hup) Deno.removeSignalListener("SIGHUP", onHup);
   }
 }

@@ -45,6 +45,11 @@ export class MiddleProxies {
     this.#unsubscribe = options.source.onChange(() => this.#follow());
   }
 
+  /** Open the pools of every DC in the list now (the Erlang proxy does too), not on first use. */
+  warm(): void {
+    for (const id of this.#table().dcs.keys()) this.route(id);
+  }
+
   /** The pool for a client asking for `dcId`: its own, else the configured default; else null. */
   route(dcId: number): MiddleRoute | null {
     const table = this.#table();
@@ -113,5 +118,6 @@ export class MiddleProxies {
       const addresses: readonly HostPort[] | undefined = table.dcs.get(id);
       if (addresses && addresses.length > 0) pool.setAddresses(addresses);
     }
+    this.warm();
   }
 }

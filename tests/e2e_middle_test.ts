@@ -1,0 +1,288 @@
+/**
+ * Middle-proxy mode end to end: test clients -> proxy -> fake middle proxies (RPC over the full
+ * codec and AES-CBC), with Telegram's config served by a fake core API on 127.0.0.1.
+ */
+import { assert, assertEquals } from "./assert.ts";
+import { startTestProxy, TEST_SECRET, testConfig, type TestProxy } from "./helpers.ts";
+import {
+  type FakeMiddleEvent,
+  type FakeMiddleProxy,
+  startFakeMiddleProxy,
+} from "./kit/fake_middle_proxy.ts";
+import { type FakeCoreApi, startFakeCoreApi } from "./kit/fake_core_api.ts";
+import { connectTestClient, type SecretKind, type TestClient } from "./kit/test_client.ts";
+import { createInit, isValidInitRandom, type TransportTag } from "../lib/protocol/obfuscated2.ts";
+import { encodeFrame } from "../lib/protocol/framing.ts";
+import { randomBytes } from "../lib/crypto.ts";
+import { reqPqMulti } from "./kit/tl.ts";
+import type { PoolConfig } from "../lib/config/types.ts";
+
+const AD_TAG = Uint8Array.from({ length: 16 }, (_, i) => 0xa0 + i);
+/** A getProxySecret blob; its first 4 bytes are the key selector. */
+const PROXY_SECRET = randomBytes(128);
+
+interface World {
+  mp: FakeMiddleProxy;
+  core: FakeCoreApi;
+  proxy: TestProxy;
+}
+
+function proxyConfig(mpPort: number): string {
+  return [
+    "# force_probability 10 10",
+    "default 2;",
+    `proxy_for 2 127.0.0.1:${mpPort};`,
+    `proxy_for -2 127.0.0.1:${mpPort};`,
+    `proxy_for 4 127.0.0.1:${mpPort};`,
+    "",
+  ].join("\n");
+}
+
+async function withMiddle(
+  fn: (w: World) => Promise<void>,
+  options: { mode?: "mtproto" | "echo"; pool?: Partial<PoolConfig>; coreSecret?: Uint8Array } = {},
+): Promise<void> {
+  const mp = await startFakeMiddleProxy({
+    proxySecret: PROXY_SECRET,
+    expectedAdTag: AD_TAG,
+    mode: options.mode ?? "mtproto",
+  });
+  const core = startFakeCoreApi({
+    proxySecret: options.coreSecret ?? PROXY_SECRET,
+    configV4: proxyConfig(mp.port),
+  });
+  try {
+    await using proxy = await startTestProxy(testConfig({
+      tag: AD_TAG,
+      proxyUrls: { secret: core.urls.secretUrl, config: core.urls.configUrl },
+      externalIp: "127.0.0.1",
+      ...(options.pool ? { pool: options.pool } : {}),
+    }));
+    await fn({ mp, core, proxy });
+  } finally {
+    await mp.close();
+    await core.close();
+  }
+}
+
+const KINDS: { kind: SecretKind; transport: TransportTag }[] = [
+  { kind: "plain", transport: "intermediate" },
+  { kind: "plain", transport: "abridged" },
+  { kind: "dd", transport: "padded" },
+  { kind: "tls", transport: "padded" },
+];
+
+function connect(port: number, kind: SecretKind, transport?: TransportTag, dcId = 2) {
+  return connectTestClient({
+    port,
+    secret: TEST_SECRET,
+    kind,
+    dcId,
+    maxPadding: 3,
+    ...(transport ? { transport } : {}),
+  });
+}
+
+async function echo(client: TestClient, size = 64): Promise<void> {
+  const payload = randomBytes(size);
+  await client.send(payload, { padding: 0 });
+  assertEquals(await client.receive(5000), payload);
+}
+
+function proxyReqs(mp: FakeMiddleProxy) {
+  return mp.events.filter((e): e is Extract<FakeMiddleEvent, { type: "proxy_req" }> =>
+    e.type === "proxy_req"
+  );
+}
+
+Deno.test("every client protocol reaches Telegram through a middle proxy, with the ad tag", async () => {
+  await withMiddle(async ({ mp, proxy }) => {
+    for (const { kind, transport } of KINDS) {
+      for (const dcId of [2, -2, 4, 999]) {
+        const client = await connect(proxy.port, kind, transport, dcId);
+        try {
+          const res = await client.reqPq();
+          assertEquals(res.nonce.length, 16);
+          await client.reqPq();
+          await echo(client);
+        } finally {
+          await client.close();
+        }
+      }
+    }
+    const reqs = proxyReqs(mp);
+    assert(reqs.length >= KINDS.length * 4 * 3);
+    assert(reqs.every((r) => r.adTagOk === true), "every PROXY_REQ carries the ad tag");
+    assertEquals(
+      new Set<string | null>(reqs.map((r) => r.tag)),
+      new Set<string | null>(["intermediate", "abridged", "padded"]),
+    );
+    // req_pq_multi is unencrypted (auth_key_id 0): the flag says so.
+    assert(reqs.some((r) => r.notEncrypted));
+    assert(reqs.every((r) => r.clientIp === "127.0.0.1" && r.proxyIp === "127.0.0.1"));
+    // Clients that left were announced with RPC_CLOSE_CONN.
+    await mp.waitUntil(() => mp.stats.closeConns >= KINDS.length * 4);
+    assert(
+      mp.events.every((e) => e.type !== "unexpected"),
+      JSON.stringify(mp.events.filter((e) => e.type === "unexpected")),
+    );
+    assert(proxy.server.middleConnections() >= 2);
+  });
+});
+
+Deno.test("a quick-ack request comes back as the client's quick-ack token", async () => {
+  await withMiddle(async ({ proxy }) => {
+    for (const transport of ["intermediate", "abridged"] as const) {
+      const client = await connect(proxy.port, "plain", transport);
+      try {
+        await client.send(randomBytes(32), { quickAck: true });
+        const token = await client.receiveQuickAck(5000);
+        assertEquals(token.length, 4);
+      } finally {
+        await client.close();
+      }
+    }
+  });
+});
+
+Deno.test("1,000 clients share a handful of middle-proxy connections with intact payloads", async () => {
+  await withMiddle(async ({ mp, proxy }) => {
+    const clients: TestClient[] = [];
+    try {
+      for (let i = 0; i < 1000; i += 100) {
+        clients.push(
+          ...await Promise.all(
+            Array.from(
+              { length: 100 },
+              (_, j) =>
+                connect(proxy.port, KINDS[(i + j) % 4]!.kind, KINDS[(i + j) % 4]!.transport),
+            ),
+          ),
+        );
+      }
+      await Promise.all(clients.map((c) => echo(c, 256)));
+      await Promise.all(clients.map((c) => echo(c, 1024)));
+      // DC 2's pool carries them all: about one connection per 300 clients.
+      const used = mp.liveConnections().filter((c) => c.clients > 0);
+      assert(used.length >= 2 && used.length <= Math.ceil(1000 / 300) + 1, `${used.length} used`);
+      assertEquals(used.reduce((n, c) => n + c.clients, 0), 1000);
+      assertEquals(mp.activeConnIds().length, 1000);
+    } finally {
+      await Promise.all(clients.map((c) => c.close()));
+    }
+    await mp.waitUntil(() => mp.activeConnIds().length === 0);
+  }, { mode: "mtproto" });
+});
+
+Deno.test("when Telegram closes a connection, its idle clients move to another and keep working", async () => {
+  await withMiddle(async ({ mp, proxy }) => {
+    await mp.waitUntil(() => mp.connections >= 2);
+    const clients = await Promise.all(
+      Array.from(
+        { length: 40 },
+        (_, i) => connect(proxy.port, KINDS[i % 4]!.kind, KINDS[i % 4]!.transport),
+      ),
+    );
+    try {
+      await Promise.all(clients.map((c) => echo(c)));
+      await mp.closeConnection(0);
+      await mp.closeConnection(0);
+      // Every client is still served (over replacement connections, under new conn ids).
+      await Promise.all(clients.map((c) => echo(c)));
+      await mp.waitUntil(() => mp.connections >= 2);
+    } finally {
+      await Promise.all(clients.map((c) => c.close()));
+    }
+    const closedMidSend = proxy.events.filter((e) =>
+      e.type === "closed" && e.reason === "dc_closed"
+    );
+    assertEquals(closedMidSend.length, 0);
+  });
+});
+
+Deno.test("a client that stops reading is dropped at its limit without stalling the others", async () => {
+  await withMiddle(async ({ mp, proxy }) => {
+    // A raw dd client that sends one packet, then never reads again.
+    let random = randomBytes(64);
+    while (!isValidInitRandom(random)) random = randomBytes(64);
+    const init = createInit(random, "padded", 2, { secret: TEST_SECRET });
+    const stuck = await Deno.connect({ hostname: "127.0.0.1", port: proxy.port });
+    const packet = encodeFrame("padded", reqPqMulti(randomBytes(16)));
+    init.encryptor.update(packet);
+    await stuck.write(new Uint8Array([...init.wire, ...packet]));
+    const first = await mp.waitFor((e) => e.type === "proxy_req");
+    const stuckId = (first as Extract<FakeMiddleEvent, { type: "proxy_req" }>).connId;
+    const other = await connect(proxy.port, "dd");
+    try {
+      // Push far more than the client limit (256 KiB here) at the stuck client.
+      const blob = randomBytes(64 * 1024);
+      let sent = 0;
+      while (mp.activeConnIds().includes(stuckId) && sent < 64 * 1024 * 1024) {
+        await mp.sendToClient(stuckId, blob);
+        sent += blob.length;
+        if (sent % (1024 * 1024) === 0) await echo(other); // the neighbour keeps flowing
+      }
+      await mp.waitFor((e) => e.type === "close_conn" && e.connId === stuckId);
+      assert(sent < 32 * 1024 * 1024, `dropped only after ${sent} bytes`);
+      await echo(other);
+    } finally {
+      await other.close();
+      stuck.close();
+      init.encryptor.close();
+      init.decryptor.close();
+    }
+  }, { pool: { maxClientUnackedBytes: 256 * 1024 } });
+});
+
+Deno.test("a config refresh moves a DC to its new middle proxy", async () => {
+  await withMiddle(async ({ core, proxy, mp }) => {
+    const next = await startFakeMiddleProxy({ proxySecret: PROXY_SECRET, expectedAdTag: AD_TAG });
+    try {
+      const before = await connect(proxy.port, "dd");
+      await echo(before);
+      core.configV4 = proxyConfig(next.port);
+      await proxy.server.refreshTelegramConfig();
+      await next.waitUntil(() => next.connections >= 2);
+      // The old connections closed; the existing client moved with them.
+      await mp.waitUntil(() => mp.connections === 0);
+      await echo(before);
+      const after = await connect(proxy.port, "tls");
+      await after.reqPq();
+      await after.close();
+      await before.close();
+      assert(next.stats.proxyReqs >= 2);
+    } finally {
+      await next.close();
+    }
+  });
+});
+
+Deno.test("a wrong proxy secret fails the handshake and closes clients with a reason", async () => {
+  await withMiddle(async ({ mp, proxy }) => {
+    const client = await connect(proxy.port, "dd");
+    await client.flushInit();
+    await client.closed();
+    await client.close();
+    await proxy.waitForEvent((e) => e.type === "rejected" && e.reason === "dc_unreachable", 15_000);
+    assertEquals(mp.handshakes, 0);
+    assert(mp.stats.handshakeFailures > 0);
+  }, { coreSecret: randomBytes(128) });
+});
+
+Deno.test("middle proxies that are down close new clients, and service recovers by itself", async () => {
+  await withMiddle(async ({ mp, proxy }) => {
+    await mp.waitUntil(() => mp.connections >= 2);
+    mp.setRefuse(true);
+    await mp.closeAll();
+    const refused = await connect(proxy.port, "dd");
+    await refused.flushInit();
+    await refused.closed();
+    await refused.close();
+    await proxy.waitForEvent((e) => e.type === "rejected" && e.reason === "dc_unreachable", 15_000);
+    mp.setRefuse(false);
+    await mp.waitUntil(() => mp.connections >= 1, 20_000);
+    const back = await connect(proxy.port, "dd");
+    await back.reqPq();
+    await back.close();
+  });
+});
