@@ -48,6 +48,8 @@ export interface ServerHandle {
   refreshTelegramConfig(): Promise<void>;
   /** Live middle-proxy connections (0 without middle-proxy mode). */
   middleConnections(): number;
+  /** Middle-proxy pool counters summed over DCs (zeros without middle-proxy mode). */
+  middleStats(): { connections: number; clients: number; migrated: number; closedMidSend: number };
 }
 
 /** Options for {@linkcode startServer}. */
@@ -389,6 +391,16 @@ function _start(
     shutdown: () => (shuttingDown ??= shutdown()),
     refreshTelegramConfig: () => middle?.refresh() ?? Promise.resolve(),
     middleConnections: () => middle?.proxies.connectionCount ?? 0,
+    middleStats() {
+      const sum = { connections: 0, clients: 0, migrated: 0, closedMidSend: 0 };
+      for (const p of middle?.proxies.stats().values() ?? []) {
+        sum.connections += p.connections;
+        sum.clients += p.clients;
+        sum.migrated += p.migrated;
+        sum.closedMidSend += p.closedMidSend;
+      }
+      return sum;
+    },
   };
 }
 

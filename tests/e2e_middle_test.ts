@@ -197,6 +197,9 @@ Deno.test("when Telegram closes a connection, its idle clients move to another a
       e.type === "closed" && e.reason === "dc_closed"
     );
     assertEquals(closedMidSend.length, 0);
+    const counted = proxy.server.middleStats();
+    assert(counted.migrated >= 40, `migrated ${counted.migrated}`);
+    assertEquals(counted.closedMidSend, 0);
   });
 });
 
