@@ -5,6 +5,7 @@
  *
  * @module
  */
+import { readU32, writeU32 } from "./bytes.ts";
 import type { TransportTag } from "./obfuscated2.ts";
 
 /** Why a decoder refused its input. */
@@ -26,17 +27,6 @@ export interface Packet {
 
 /** Largest packet accepted from a client (the Erlang proxy's limit). */
 export const MAX_FRAME_BYTES = 1 << 20;
-
-function _u32(buf: Uint8Array, off: number): number {
-  return (buf[off]! | (buf[off + 1]! << 8) | (buf[off + 2]! << 16) | (buf[off + 3]! << 24)) >>> 0;
-}
-
-function _setU32(buf: Uint8Array, off: number, v: number): void {
-  buf[off] = v & 0xff;
-  buf[off + 1] = (v >>> 8) & 0xff;
-  buf[off + 2] = (v >>> 16) & 0xff;
-  buf[off + 3] = (v >>> 24) & 0xff;
-}
 
 /** Decode one abridged frame: a length in 4-byte words, short (1 byte) or long (`7f` + u24). */
 export function decodeAbridged(buf: Uint8Array): Step<Packet> {
@@ -83,7 +73,7 @@ export function encodeAbridged(payload: Uint8Array): Uint8Array {
 
 function _decodeLengthPrefixed(buf: Uint8Array, padded: boolean): Step<Packet> {
   if (buf.length < 4) return { kind: "need", atLeast: 4 };
-  const raw = _u32(buf, 0);
+  const raw = readU32(buf, 0);
   const quickAck = (raw & 0x80000000) !== 0;
   const len = raw & 0x7fffffff;
   if (len > MAX_FRAME_BYTES) return { kind: "reject", reason: "frame_too_large" };
@@ -111,7 +101,7 @@ export function decodePadded(buf: Uint8Array): Step<Packet> {
 /** Encode one intermediate frame. */
 export function encodeIntermediate(payload: Uint8Array): Uint8Array {
   const out = new Uint8Array(4 + payload.length);
-  _setU32(out, 0, payload.length);
+  writeU32(out, 0, payload.length);
   out.set(payload, 4);
   return out;
 }
@@ -120,7 +110,7 @@ export function encodeIntermediate(payload: Uint8Array): Uint8Array {
 export function encodePadded(payload: Uint8Array, padding: Uint8Array): Uint8Array {
   if (padding.length > 3) throw new RangeError(`Padding must be 0-3 bytes: got ${padding.length}`);
   const out = new Uint8Array(4 + payload.length + padding.length);
-  _setU32(out, 0, payload.length + padding.length);
+  writeU32(out, 0, payload.length + padding.length);
   out.set(payload, 4);
   out.set(padding, 4 + payload.length);
   return out;

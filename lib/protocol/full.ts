@@ -12,6 +12,7 @@
  *
  * @module
  */
+import { readU32, writeU32 } from "./bytes.ts";
 import type { StreamCipher } from "../crypto.ts";
 import { crc32 } from "./crc32.ts";
 
@@ -57,17 +58,6 @@ export const MAX_FULL_BODY = MAX_FULL_LEN - FULL_OVERHEAD;
 /** Sequence number of the first frame in each direction. */
 export const FIRST_SEQ = -2;
 
-function _u32(buf: Uint8Array, off: number): number {
-  return (buf[off]! | (buf[off + 1]! << 8) | (buf[off + 2]! << 16) | (buf[off + 3]! << 24)) >>> 0;
-}
-
-function _setU32(buf: Uint8Array, off: number, v: number): void {
-  buf[off] = v & 0xff;
-  buf[off + 1] = (v >>> 8) & 0xff;
-  buf[off + 2] = (v >>> 16) & 0xff;
-  buf[off + 3] = (v >>> 24) & 0xff;
-}
-
 function _isPadWord(buf: Uint8Array, off: number): boolean {
   return buf[off] === 4 && buf[off + 1] === 0 && buf[off + 2] === 0 && buf[off + 3] === 0;
 }
@@ -97,7 +87,7 @@ function _scan(
       _end = off + 4;
       return SCAN_NEED;
     }
-    const len = _u32(buf, off);
+    const len = readU32(buf, off);
     if (len === 4) {
       off += 4; // a padding word
       continue;
@@ -111,11 +101,11 @@ function _scan(
       _end = end;
       return SCAN_NEED;
     }
-    if (checkCrc && crc32(buf.subarray(off, end - 4)) !== _u32(buf, end - 4)) {
+    if (checkCrc && crc32(buf.subarray(off, end - 4)) !== readU32(buf, end - 4)) {
       _reason = "bad_crc";
       return SCAN_REJECT;
     }
-    const seq = _u32(buf, off + 4) | 0;
+    const seq = readU32(buf, off + 4) | 0;
     if (expectedSeq !== null && seq !== expectedSeq) {
       _reason = "bad_seq";
       return SCAN_REJECT;
@@ -189,8 +179,8 @@ function _writeFrame(
   pad: boolean,
 ): number {
   const len = bodyLen + FULL_OVERHEAD;
-  _setU32(out, off, len);
-  _setU32(out, off + 4, seq);
+  writeU32(out, off, len);
+  writeU32(out, off + 4, seq);
   if (body instanceof Uint8Array) {
     out.set(body, off + 8);
   } else {
@@ -201,7 +191,7 @@ function _writeFrame(
     }
   }
   const crcAt = off + len - 4;
-  _setU32(out, crcAt, crc32(out.subarray(off, crcAt)));
+  writeU32(out, crcAt, crc32(out.subarray(off, crcAt)));
   const end = off + fullFrameLength(bodyLen, pad);
   for (let at = off + len; at < end; at += 4) out[at] = 4; // 04 00 00 00 (out starts zeroed)
   return end;

@@ -9,6 +9,7 @@
  *
  * @module
  */
+import { bytesEqual, readU32, writeU32 } from "./bytes.ts";
 import { type AesOptions, createAes, md5, sha1, type StreamCipher } from "../crypto.ts";
 import { FullCodec, type FullRejectReason } from "./full.ts";
 import { formatIp, type IpAddress, ipBytes } from "./rpc.ts";
@@ -27,23 +28,6 @@ export const RPC_NONCE_LEN = 32;
 export const RPC_HANDSHAKE_LEN = 32;
 /** The 12-byte process id the reference proxies send (ASCII `IPIPPRPDTIME`). */
 export const DEFAULT_PID: Uint8Array = new TextEncoder().encode("IPIPPRPDTIME");
-
-function _u32(buf: Uint8Array, off: number): number {
-  return (buf[off]! | (buf[off + 1]! << 8) | (buf[off + 2]! << 16) | (buf[off + 3]! << 24)) >>> 0;
-}
-
-function _setU32(buf: Uint8Array, off: number, v: number): void {
-  buf[off] = v & 0xff;
-  buf[off + 1] = (v >>> 8) & 0xff;
-  buf[off + 2] = (v >>> 16) & 0xff;
-  buf[off + 3] = (v >>> 24) & 0xff;
-}
-
-function _equal(a: Uint8Array, b: Uint8Array): boolean {
-  if (a.length !== b.length) return false;
-  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
-  return true;
-}
 
 function _concat(parts: readonly Uint8Array[]): Uint8Array {
   let n = 0;
@@ -109,10 +93,10 @@ export function encodeRpcNonce(nonce: RpcNonce): Uint8Array {
   _checkLength("Key selector", nonce.keySelector, 4);
   _checkLength("Nonce", nonce.nonce, 16);
   const out = new Uint8Array(RPC_NONCE_LEN);
-  _setU32(out, 0, RPC_NONCE);
+  writeU32(out, 0, RPC_NONCE);
   out.set(nonce.keySelector, 4);
-  _setU32(out, 8, nonce.schema);
-  _setU32(out, 12, nonce.cryptoTs);
+  writeU32(out, 8, nonce.schema);
+  writeU32(out, 12, nonce.cryptoTs);
   out.set(nonce.nonce, 16);
   return out;
 }
@@ -130,11 +114,11 @@ export function encodeRpcNonce(nonce: RpcNonce): Uint8Array {
  * ```
  */
 export function parseRpcNonce(body: Uint8Array): RpcNonce | null {
-  if (body.length !== RPC_NONCE_LEN || _u32(body, 0) !== RPC_NONCE) return null;
+  if (body.length !== RPC_NONCE_LEN || readU32(body, 0) !== RPC_NONCE) return null;
   return {
     keySelector: body.subarray(4, 8),
-    schema: _u32(body, 8),
-    cryptoTs: _u32(body, 12),
+    schema: readU32(body, 8),
+    cryptoTs: readU32(body, 12),
     nonce: body.subarray(16, 32),
   };
 }
@@ -170,8 +154,8 @@ export function encodeRpcHandshake(handshake: RpcHandshake): Uint8Array {
   _checkLength("Sender pid", handshake.senderPid, 12);
   _checkLength("Peer pid", handshake.peerPid, 12);
   const out = new Uint8Array(RPC_HANDSHAKE_LEN);
-  _setU32(out, 0, RPC_HANDSHAKE);
-  _setU32(out, 4, handshake.flags ?? 0);
+  writeU32(out, 0, RPC_HANDSHAKE);
+  writeU32(out, 4, handshake.flags ?? 0);
   out.set(handshake.senderPid, 8);
   out.set(handshake.peerPid, 20);
   return out;
@@ -189,8 +173,8 @@ export function encodeRpcHandshake(handshake: RpcHandshake): Uint8Array {
 export function encodeRpcHandshakeError(errorCode: number, senderPid: Uint8Array): Uint8Array {
   _checkLength("Sender pid", senderPid, 12);
   const out = new Uint8Array(20);
-  _setU32(out, 0, RPC_HANDSHAKE_ERROR);
-  _setU32(out, 4, errorCode);
+  writeU32(out, 0, RPC_HANDSHAKE_ERROR);
+  writeU32(out, 4, errorCode);
   out.set(senderPid, 8);
   return out;
 }
@@ -206,17 +190,17 @@ export function encodeRpcHandshakeError(errorCode: number, senderPid: Uint8Array
  */
 export function parseRpcHandshake(body: Uint8Array): HandshakeMessage | null {
   if (body.length < 4) return null;
-  const type = _u32(body, 0);
+  const type = readU32(body, 0);
   if (type === RPC_HANDSHAKE && body.length === RPC_HANDSHAKE_LEN) {
     return {
       kind: "handshake",
-      flags: _u32(body, 4),
+      flags: readU32(body, 4),
       senderPid: body.subarray(8, 20),
       peerPid: body.subarray(20, 32),
     };
   }
   if (type === RPC_HANDSHAKE_ERROR && body.length >= 20) {
-    return { kind: "error", errorCode: _u32(body, 4) | 0, senderPid: body.subarray(8, 20) };
+    return { kind: "error", errorCode: readU32(body, 4) | 0, senderPid: body.subarray(8, 20) };
   }
   return null;
 }
@@ -274,7 +258,7 @@ function _u16le(v: number): Uint8Array {
 
 function _u32le(v: number): Uint8Array {
   const out = new Uint8Array(4);
-  _setU32(out, 0, v);
+  writeU32(out, 0, v);
   return out;
 }
 
@@ -544,7 +528,7 @@ export class MiddleClientHandshake extends _Handshake {
     if (this.state === "nonce") {
       const nonce = parseRpcNonce(body);
       if (nonce === null) return void this.reject("bad_nonce");
-      if (!_equal(nonce.keySelector, keySelector(o.proxySecret))) {
+      if (!bytesEqual(nonce.keySelector, keySelector(o.proxySecret))) {
         return void this.reject("bad_key_selector");
       }
       if (nonce.schema !== CRYPTO_SCHEMA_AES) return void this.reject("bad_schema");
@@ -567,7 +551,7 @@ export class MiddleClientHandshake extends _Handshake {
     const hs = parseRpcHandshake(body);
     if (hs === null) return void this.reject("bad_handshake");
     if (hs.kind === "error") return void this.reject("handshake_error", hs.errorCode);
-    if (!_equal(hs.peerPid, this.#senderPid)) return void this.reject("bad_peer_pid");
+    if (!bytesEqual(hs.peerPid, this.#senderPid)) return void this.reject("bad_peer_pid");
     this.finish(hs.senderPid, later);
   }
 }
@@ -644,7 +628,7 @@ export class MiddleServerHandshake extends _Handshake {
       const nonce = parseRpcNonce(body);
       if (nonce === null) return void this.reject("bad_nonce");
       const selector = keySelector(o.proxySecret);
-      if (!_equal(nonce.keySelector, selector)) return void this.reject("bad_key_selector");
+      if (!bytesEqual(nonce.keySelector, selector)) return void this.reject("bad_key_selector");
       if (nonce.schema !== CRYPTO_SCHEMA_AES) return void this.reject("bad_schema");
       this.send(this.codec.encode(encodeRpcNonce({
         keySelector: selector,

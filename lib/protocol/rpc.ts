@@ -6,6 +6,7 @@
  *
  * @module
  */
+import { readU32, writeU32 } from "./bytes.ts";
 import type { TransportTag } from "./obfuscated2.ts";
 
 /** Proxy → MP: a client's MTProto packet. */
@@ -226,17 +227,6 @@ export function formatIp(bytes: Uint8Array): string {
 // ---------------------------------------------------------------------------------------------
 // Byte helpers
 
-function _u32(buf: Uint8Array, off: number): number {
-  return (buf[off]! | (buf[off + 1]! << 8) | (buf[off + 2]! << 16) | (buf[off + 3]! << 24)) >>> 0;
-}
-
-function _setU32(buf: Uint8Array, off: number, v: number): void {
-  buf[off] = v & 0xff;
-  buf[off + 1] = (v >>> 8) & 0xff;
-  buf[off + 2] = (v >>> 16) & 0xff;
-  buf[off + 3] = (v >>> 24) & 0xff;
-}
-
 function _i64(buf: Uint8Array, off: number): bigint {
   return new DataView(buf.buffer, buf.byteOffset + off, 8).getBigInt64(0, true);
 }
@@ -247,7 +237,7 @@ function _setI64(buf: Uint8Array, off: number, v: bigint): void {
 
 function _typeAnd64(type: number, value: bigint): Uint8Array {
   const out = new Uint8Array(12);
-  _setU32(out, 0, type);
+  writeU32(out, 0, type);
   _setI64(out, 4, value);
   return out;
 }
@@ -337,16 +327,16 @@ export class ProxyReqHeader {
     // Extra: TL_PROXY_TAG, then a TL short string (length byte, bytes, zero pad to 4).
     const extra = tag === null ? 0 : 4 + ((1 + tag.length + 3) & ~3);
     const out = new Uint8Array(PROXY_REQ_FIXED + (tag === null ? 0 : 4 + extra));
-    _setU32(out, 0, RPC_PROXY_REQ);
-    _setU32(out, 4, proxyReqFlags(target.tag, new Uint8Array(0), { adTag: tag }));
+    writeU32(out, 0, RPC_PROXY_REQ);
+    writeU32(out, 4, proxyReqFlags(target.tag, new Uint8Array(0), { adTag: tag }));
     _setI64(out, 8, target.connId);
     out.set(ipv6Mapped(target.clientIp), 16);
-    _setU32(out, 32, target.clientPort);
+    writeU32(out, 32, target.clientPort);
     out.set(ipv6Mapped(target.proxyIp), 36);
-    _setU32(out, 52, target.proxyPort);
+    writeU32(out, 52, target.proxyPort);
     if (tag !== null) {
-      _setU32(out, 56, extra);
-      _setU32(out, 60, TL_PROXY_TAG);
+      writeU32(out, 56, extra);
+      writeU32(out, 60, TL_PROXY_TAG);
       out[64] = tag.length;
       out.set(tag, 65);
     }
@@ -361,10 +351,10 @@ export class ProxyReqHeader {
   /** A fresh header for `packet`: the flags depend on its auth_key_id and the quick-ack bit. */
   header(packet: Uint8Array, quickAck = false): Uint8Array {
     const out = this.#template.slice();
-    let flags = _u32(out, 4);
+    let flags = readU32(out, 4);
     if (quickAck) flags |= F.QUICKACK;
     if (_authKeyIdIsZero(packet)) flags |= F.NOT_ENCRYPTED;
-    _setU32(out, 4, flags >>> 0);
+    writeU32(out, 4, flags >>> 0);
     return out;
   }
 }
@@ -408,8 +398,8 @@ export function encodeProxyAns(
   options: { flags?: number } = {},
 ): Uint8Array {
   const out = new Uint8Array(16 + data.length);
-  _setU32(out, 0, RPC_PROXY_ANS);
-  _setU32(out, 4, options.flags ?? 0);
+  writeU32(out, 0, RPC_PROXY_ANS);
+  writeU32(out, 4, options.flags ?? 0);
   _setI64(out, 8, connId);
   out.set(data, 16);
   return out;
@@ -536,17 +526,17 @@ function _tagOf(flags: number): TransportTag | null {
 function _decodeProxyReq(body: Uint8Array): RpcMessage {
   const malformed = { type: "malformed", code: RPC_PROXY_REQ } as const;
   if (body.length < PROXY_REQ_FIXED) return malformed;
-  const flags = _u32(body, 4);
+  const flags = readU32(body, 4);
   let off = PROXY_REQ_FIXED;
   let adTag: Uint8Array | null = null;
   if (flags & F.HAS_AD_TAG) {
     if (body.length < off + 4) return malformed;
-    const size = _u32(body, off);
+    const size = readU32(body, off);
     off += 4;
     if (size % 4 !== 0 || body.length - off < size) return malformed;
     const extra = body.subarray(off, off + size);
     off += size;
-    if (extra.length >= 5 && _u32(extra, 0) === TL_PROXY_TAG) {
+    if (extra.length >= 5 && readU32(extra, 0) === TL_PROXY_TAG) {
       const n = extra[4]!;
       if (n >= 254 || 5 + n > extra.length) return malformed;
       adTag = extra.subarray(5, 5 + n);
@@ -560,9 +550,9 @@ function _decodeProxyReq(body: Uint8Array): RpcMessage {
     quickAck: (flags & F.QUICKACK) !== 0,
     notEncrypted: (flags & F.NOT_ENCRYPTED) !== 0,
     clientIp: body.subarray(16, 32),
-    clientPort: _u32(body, 32),
+    clientPort: readU32(body, 32),
     proxyIp: body.subarray(36, 52),
-    proxyPort: _u32(body, 52),
+    proxyPort: readU32(body, 52),
     adTag,
     payload: body.subarray(off),
   };
@@ -580,13 +570,13 @@ function _decodeProxyReq(body: Uint8Array): RpcMessage {
  */
 export function decodeRpc(body: Uint8Array): RpcMessage {
   if (body.length < 4) return { type: "malformed", code: null };
-  const code = _u32(body, 0);
+  const code = readU32(body, 0);
   switch (code) {
     case RPC_PROXY_ANS:
       if (body.length < 16) break;
       return {
         type: "proxy_ans",
-        flags: _u32(body, 4),
+        flags: readU32(body, 4),
         connId: _i64(body, 8),
         data: body.subarray(16),
       };
