@@ -8,10 +8,20 @@
  * and as `ee` fake-TLS clients) and through the relay (plain obfuscated2 straight to the DC),
  * so the load generator and the DC do the same work both times and only the middle differs.
  *
- * Prints one table (proxy figure, relay figure, ratio proxy/relay), a PASS/MISS line per
- * target, and one `BENCH_JSON {...}` line. Exits 0 unless the bench itself broke.
+ * The `middle` part measures middle-proxy mode: a proxy with two listeners, one plain (direct
+ * mode, to the echo DC) and one with an ad tag (its clients multiplexed over RPC connections to
+ * Telegram's middle proxies), and scripts/bench_middle.ts as Telegram: a fake middle proxy that
+ * echoes every packet and a fake core API serving the proxy secret and the middle-proxy list.
+ * There the proxy re-frames traffic, so the load generator sends and parses padded intermediate
+ * frames (`--framed`) through both listeners, and middle mode is compared with direct mode
+ * under the same workload; memory per idle client and the number of Telegram-side connections
+ * are taken with 10,000 clients.
  *
- * Usage: `deno task bench [--quick] [--only throughput,latency,handshakes,memory]
+ * Prints one table (proxy figure, relay figure, ratio proxy/relay), one for middle mode (middle
+ * figure, direct figure, ratio middle/direct), a PASS/MISS line per target, and one
+ * `BENCH_JSON {...}` line. Exits 0 unless the bench itself broke.
+ *
+ * Usage: `deno task bench [--quick] [--only throughput,latency,handshakes,memory,middle]
  * [--repeat N] [--proxy cli|inproc] [--v8-flags FLAGS]`.
  *
  * @module
@@ -22,16 +32,18 @@ const HELP = `Usage: deno task bench [options]
 
 Options:
   --quick            shorter runs (about a third of the time)
-  --only PARTS       comma-separated subset of: ${"throughput,latency,handshakes,memory"}
+  --only PARTS       comma-separated subset of: ${"throughput,latency,handshakes,memory,middle"}
+                     (middle: middle-proxy mode's throughput, latency, memory and
+                     Telegram-side connections, next to direct mode)
   --repeat N         run each throughput measurement N times and keep the median
-                     (default 3, with --quick 1)
+                     (default 3, middle mode 2; with --quick 1)
   --proxy KIND       cli: main.ts run --config FILE (default); inproc: scripts/bench_proxy.ts,
                      which also reports the proxy's V8 heap per idle client
   --v8-flags FLAGS   V8 flags for both the proxy and the relay (default: the ones
                      \`deno task start\` uses, read from deno.json; "none" for none)
   -h, --help         show this help`;
 
-const PARTS = ["throughput", "latency", "handshakes", "memory"] as const;
+const PARTS = ["throughput", "latency", "handshakes", "memory", "middle"] as const;
 type Part = typeof PARTS[number];
 const STREAMS = [1, 16, 256] as const;
 const PROXY_MODES = ["dd", "ee"] as const;
@@ -45,6 +57,12 @@ const TLS_DOMAIN = "example.com";
 const TARGET_EE_RATIO = 0.6;
 const TARGET_IDLE_KIB = 12;
 const TARGET_IDLE_CLIENTS = 5000;
+/** Middle mode: throughput with 16 streams vs direct mode, and clients per Telegram connection. */
+const TARGET_MIDDLE_RATIO = 0.8;
+const TARGET_CLIENTS_PER_MP_CONNECTION = 300;
+const TARGET_MIDDLE_IDLE_CLIENTS = 10_000;
+/** The middle-mode listener's ad tag (checked by the fake middle proxy on every PROXY_REQ). */
+const AD_TAG = "a0a1a2a3a4a5a6a7a8a9aaabacadaeaf";
 
 interface Settings {
   /** Throughput: seconds of traffic before counting, and seconds counted. */
@@ -61,6 +79,9 @@ interface Settings {
   idleClients: number;
   idleConcurrency: number;
   settleS: number;
+  /** Middle mode: throughput runs per configuration, and idle clients. */
+  middleRepeat: number;
+  middleIdleClients: number;
 }
 
 const FULL: Settings = {
@@ -73,6 +94,8 @@ const FULL: Settings = {
   idleClients: TARGET_IDLE_CLIENTS,
   idleConcurrency: 64,
   settleS: 2,
+  middleRepeat: 2,
+  middleIdleClients: TARGET_MIDDLE_IDLE_CLIENTS,
 };
 
 const QUICK: Settings = {
@@ -85,6 +108,8 @@ const QUICK: Settings = {
   idleClients: TARGET_IDLE_CLIENTS,
   idleConcurrency: 64,
   settleS: 1,
+  middleRepeat: 1,
+  middleIdleClients: TARGET_MIDDLE_IDLE_CLIENTS,
 };
 
 const ROOT = new URL("..", import.meta.url).pathname;
@@ -138,11 +163,14 @@ class Child {
     return this.#stderr.trim();
   }
 
-  /** Resolve with the first stdout line matching `re`; fail when the child exits first. */
-  async waitForLine(re: RegExp, timeoutMs: number): Promise<RegExpMatchArray> {
+  /**
+   * Resolve with the first stdout line matching `re` (from line index `from` on); fail when the
+   * child exits first.
+   */
+  async waitForLine(re: RegExp, timeoutMs: number, from = 0): Promise<RegExpMatchArray> {
     const deadline = Date.now() + timeoutMs;
     while (true) {
-      for (const line of this.lines) {
+      for (const line of this.lines.slice(from)) {
         const m = line.match(re);
         if (m) return m;
       }
@@ -163,6 +191,16 @@ class Child {
       clearTimeout(timer);
     }
     return this.exited!;
+  }
+
+  /** Write `text` to the child's stdin. */
+  async send(text: string): Promise<void> {
+    const writer = this.proc.stdin.getWriter();
+    try {
+      await writer.write(new TextEncoder().encode(text));
+    } finally {
+      writer.releaseLock();
+    }
   }
 
   /** Fail when the child is no longer running. */
@@ -357,7 +395,7 @@ async function _load(
   mode: LoadMode,
   middle: Middle,
   dc: Middle,
-  flags: Record<string, string | number>,
+  flags: Record<string, string | number | boolean>,
   timeoutS: number,
 ): Promise<LoadResult> {
   const args = [
@@ -377,8 +415,12 @@ async function _load(
     "--pids",
     `mid=${middle.child.pid},dc=${dc.child.pid}`,
   ];
-  for (const [k, v] of Object.entries(flags)) args.push(`--${k}`, String(v));
-  const child = new Child(`load generator (${scenario} ${mode})`, args);
+  for (const [k, v] of Object.entries(flags)) {
+    if (v === true) args.push(`--${k}`);
+    else if (v !== false) args.push(`--${k}`, String(v));
+  }
+  const framed = flags.framed === true ? " framed" : "";
+  const child = new Child(`load generator (${scenario} ${mode}${framed})`, args);
   const status = await child.wait(timeoutS * 1000);
   middle.child.assertRunning();
   dc.child.assertRunning();
@@ -422,15 +464,54 @@ interface Results {
   idle_anon_kib_per_client: Partial<Record<ProxyMode, Pair>>;
   idle_errors: Partial<Record<ProxyMode | "relay", number>>;
   idle_memory_breakdown?: Partial<Record<ProxyMode, Record<string, number>>>;
+  /** The `middle` part. */
+  middle?: MiddleResults;
   errors: number;
   error_samples: string[];
   detail: Record<string, unknown>;
 }
 
+/** A middle-mode figure, the same figure in direct mode, and middle / direct. */
+interface MiddlePair {
+  middle: number | null;
+  direct: number | null;
+  ratio: number | null;
+}
+
+function _mpair(middle: number | null | undefined, direct: number | null | undefined): MiddlePair {
+  const { proxy, relay, ratio } = _pair(middle, direct);
+  return { middle: proxy, direct: relay, ratio };
+}
+
+/** Telegram-side (middle-proxy) connections the proxy held with `clients` idle clients. */
+interface MiddleConnections {
+  clients: number;
+  connections: number | null;
+  clients_per_connection: number | null;
+}
+
+interface MiddleResults {
+  /** Direct = the same proxy's untagged listener, same framed workload. */
+  throughput_mb_s: Partial<Record<ProxyMode, Record<string, MiddlePair>>>;
+  cpu_s_per_gb: Partial<Record<ProxyMode, MiddlePair>>;
+  latency_us: Partial<Record<ProxyMode, { p50: MiddlePair; p99: MiddlePair }>>;
+  /** Direct = the memory part's figure (fewer clients, two sockets each), when it ran. */
+  idle_rss_kib_per_client: Partial<Record<ProxyMode, MiddlePair>>;
+  idle_anon_kib_per_client: Partial<Record<ProxyMode, MiddlePair>>;
+  idle_errors: Partial<Record<ProxyMode, number>>;
+  telegram_connections: Partial<Record<ProxyMode, MiddleConnections>>;
+  /** Middle-proxy connections during the throughput runs (most seen). */
+  throughput_telegram_connections: number | null;
+  /** The fake middle proxy's counters at the end. */
+  fake_middle_proxy: Record<string, unknown> | null;
+}
+
 function _noteErrors(results: Results, r: LoadResult): void {
   results.errors += r.errors ?? 0;
   for (const s of r.error_samples ?? []) {
-    if (results.error_samples.length < 8) results.error_samples.push(`${r.mode}: ${s}`);
+    if (results.error_samples.length < 8) {
+      results.error_samples.push(`${r.mode}${r.framed ? " framed" : ""}: ${s}`);
+    }
   }
 }
 
@@ -446,6 +527,8 @@ interface Env {
   tmp: string;
   dc: Middle;
   results: Results;
+  /** What could not be measured, as `part: message`. */
+  failures: string[];
 }
 
 /** The long-lived proxy and relay used by throughput, latency and handshakes. */
@@ -636,6 +719,344 @@ async function _memory(env: Env): Promise<void> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Middle-proxy mode
+
+/** scripts/bench_middle.ts: the fake middle proxy (`port`) and the fake core API. */
+interface MiddleFakes extends Middle {
+  readonly origin: string;
+  /** The fake middle proxy's connections and counters now. */
+  stats(): Promise<Record<string, unknown>>;
+}
+
+async function _startMiddleFakes(): Promise<MiddleFakes> {
+  const child = new Child("fake middle proxy", [
+    "run",
+    "--allow-all",
+    script("bench_middle.ts"),
+    "--tag",
+    AD_TAG,
+  ]);
+  const m = await child.waitForLine(/^listening (\S+) (\d+)$/, 30_000);
+  return {
+    child,
+    origin: m[1]!,
+    port: Number(m[2]),
+    async stats() {
+      const from = child.lines.length;
+      await child.send("stats\n");
+      const s = await child.waitForLine(/^stats (.*)$/, 10_000, from);
+      return JSON.parse(s[1]!);
+    },
+  };
+}
+
+/** The middle-mode proxy: `port` is the tagged listener, `directPort` the plain one. */
+interface MiddleModeProxy extends Middle {
+  readonly directPort: number;
+}
+
+function _middleConfigYaml(
+  dcPort: number,
+  directPort: number,
+  middlePort: number,
+  coreOrigin: string,
+): string {
+  return `# Written by scripts/bench.ts (middle part).
+listeners:
+  - name: direct
+    host: 127.0.0.1
+    port: ${directPort}
+    secret: "${SECRET}"
+    tls_domain: ${TLS_DOMAIN}
+  - name: middle
+    host: 127.0.0.1
+    port: ${middlePort}
+    secret: "${SECRET}"
+    tls_domain: ${TLS_DOMAIN}
+    tag: "${AD_TAG}"
+allowed_protocols: [tls, dd, plain]
+log_level: warning
+fronting:
+  mode: off
+external_ip: 127.0.0.1
+telegram:
+  dc_addresses:
+    "2": "127.0.0.1:${dcPort}"
+  proxy_secret_url: "${coreOrigin}/getProxySecret"
+  proxy_config_url: "${coreOrigin}/getProxyConfig"
+timeouts:
+  idle: 3600
+  handshake: 60
+  shutdown_grace: 1
+max_connections: 20000
+`;
+}
+
+/** Start the proxy with a plain and a tagged listener, its own directory for Telegram's files. */
+async function _startMiddleProxy(env: Env, fakes: MiddleFakes): Promise<MiddleModeProxy> {
+  const directPort = _freePort();
+  let middlePort = _freePort();
+  while (middlePort === directPort) middlePort = _freePort();
+  // The proxy caches Telegram's files next to its config: one directory per start.
+  const dir = `${env.tmp}/middle-${++proxyStarts}`;
+  await Deno.mkdir(dir);
+  const configPath = `${dir}/config.yaml`;
+  await Deno.writeTextFile(
+    configPath,
+    _middleConfigYaml(env.dc.port, directPort, middlePort, fakes.origin),
+  );
+  if (env.proxyKind === "cli") {
+    const child = new Child("proxy (middle mode)", [
+      "run",
+      "--allow-all",
+      ..._v8Flags(env),
+      `${ROOT}main.ts`,
+      "run",
+      "--config",
+      configPath,
+    ]);
+    for (const port of [directPort, middlePort]) {
+      await child.waitForLine(new RegExp(`^listening on 127\\.0\\.0\\.1:${port}\\b`), 60_000);
+    }
+    const proxy = { child, port: middlePort, directPort };
+    _warnIfForked(proxy);
+    return proxy;
+  }
+  const child = new Child("proxy (middle mode)", [
+    "run",
+    "--allow-all",
+    ..._v8Flags(env, ["--expose-gc"]),
+    script("bench_proxy.ts"),
+    "--config",
+    configPath,
+  ]);
+  await child.waitForLine(/^listening (\d+)$/, 60_000);
+  return { child, port: middlePort, directPort };
+}
+
+type MiddlePath = "direct" | "middle";
+
+async function _middleThroughput(
+  env: Env,
+  proxy: MiddleModeProxy,
+  fakes: MiddleFakes,
+  m: MiddleResults,
+  detail: Record<string, unknown>,
+): Promise<void> {
+  const s = env.settings;
+  const runs: Record<string, LoadResult[]> = {};
+  const timeout = s.warmupS + s.seconds + 60;
+  for (let rep = 0; rep < s.middleRepeat; rep++) {
+    for (const streams of STREAMS) {
+      // Interleaved, so that a noisy moment hits every configuration alike.
+      for (const mode of PROXY_MODES) {
+        for (const path of ["direct", "middle"] as const) {
+          const flags = {
+            streams,
+            warmup: s.warmupS,
+            seconds: s.seconds,
+            framed: true,
+            ...(path === "middle" ? { "mp-port": fakes.port } : {}),
+          };
+          const r = path === "middle"
+            ? await _load("throughput", mode, proxy, fakes, flags, timeout)
+            : await _load(
+              "throughput",
+              mode,
+              { child: proxy.child, port: proxy.directPort },
+              env.dc,
+              flags,
+              timeout,
+            );
+          _noteErrors(env.results, r);
+          (runs[`${path}/${mode}/${streams}`] ??= []).push(r);
+          if (typeof r.mp_connections === "number") {
+            m.throughput_telegram_connections = Math.max(
+              m.throughput_telegram_connections ?? 0,
+              r.mp_connections,
+            );
+          }
+          const other = path === "middle" ? "middle proxy" : "dc";
+          console.error(
+            `  throughput ${path} ${mode} ${String(streams).padStart(3)} streams: ` +
+              `${r.echo_mb_s.toFixed(0)} MB/s` +
+              ` (cpu s: proxy ${r.cpu_s.mid.toFixed(2)}, ${other} ${r.cpu_s.dc.toFixed(2)},` +
+              ` load ${r.cpu_s.load.toFixed(2)} in ${r.seconds.toFixed(1)} s)`,
+          );
+        }
+      }
+    }
+  }
+  const mbs = (path: MiddlePath, mode: ProxyMode, streams: number) =>
+    _median(runs[`${path}/${mode}/${streams}`]!.map((r) => r.echo_mb_s));
+  const cpuPerGb = (path: MiddlePath, mode: ProxyMode) => {
+    let cpu = 0;
+    let bytes = 0;
+    for (const streams of STREAMS) {
+      for (const r of runs[`${path}/${mode}/${streams}`]!) {
+        cpu += r.cpu_s.mid;
+        bytes += 2 * r.bytes_down;
+      }
+    }
+    return bytes > 0 ? cpu / (bytes / 1e9) : null;
+  };
+  for (const mode of PROXY_MODES) {
+    const byStreams: Record<string, MiddlePair> = {};
+    for (const streams of STREAMS) {
+      byStreams[streams] = _mpair(mbs("middle", mode, streams), mbs("direct", mode, streams));
+    }
+    m.throughput_mb_s[mode] = byStreams;
+    m.cpu_s_per_gb[mode] = _mpair(cpuPerGb("middle", mode), cpuPerGb("direct", mode));
+  }
+  detail.throughput = Object.fromEntries(
+    Object.entries(runs).map(([k, rs]) => [
+      k,
+      rs.map((r) => ({
+        mb_s: _round(r.echo_mb_s, 1),
+        up: r.bytes_up,
+        down: r.bytes_down,
+        frames_down: r.frames_down,
+        s: _round(r.seconds, 3),
+        cpu_s: r.cpu_s,
+        connect_ms: _round(r.connect_ms, 1),
+        ...(typeof r.mp_connections === "number" ? { mp_connections: r.mp_connections } : {}),
+      })),
+    ]),
+  );
+}
+
+async function _middleLatency(
+  env: Env,
+  proxy: MiddleModeProxy,
+  fakes: MiddleFakes,
+  m: MiddleResults,
+  detail: Record<string, unknown>,
+): Promise<void> {
+  const flags = { pings: env.settings.pings, framed: true };
+  const latency: Record<string, unknown> = {};
+  for (const mode of PROXY_MODES) {
+    const d = await _load(
+      "latency",
+      mode,
+      { child: proxy.child, port: proxy.directPort },
+      env.dc,
+      flags,
+      120,
+    );
+    _noteErrors(env.results, d);
+    const p = await _load("latency", mode, proxy, fakes, flags, 120);
+    _noteErrors(env.results, p);
+    latency[`direct/${mode}`] = d;
+    latency[`middle/${mode}`] = p;
+    m.latency_us[mode] = { p50: _mpair(p.p50_us, d.p50_us), p99: _mpair(p.p99_us, d.p99_us) };
+    console.error(
+      `  latency middle ${mode}: p50 ${p.p50_us.toFixed(0)} us, p99 ${p.p99_us.toFixed(0)} us` +
+        ` (direct ${d.p50_us.toFixed(0)} / ${d.p99_us.toFixed(0)})`,
+    );
+  }
+  detail.latency = latency;
+}
+
+async function _middleMemory(
+  env: Env,
+  fakes: MiddleFakes,
+  m: MiddleResults,
+  detail: Record<string, unknown>,
+): Promise<void> {
+  const s = env.settings;
+  const flags = {
+    clients: s.middleIdleClients,
+    concurrency: s.idleConcurrency,
+    settle: s.settleS,
+    framed: true,
+    "mp-port": fakes.port,
+  };
+  const timeout = 240;
+  const perClientKib = (r: LoadResult) => r.rss_per_client.mid / 1024;
+  const anonKib = (r: LoadResult) => r.anon_per_client.mid / 1024;
+  const memory: Record<string, unknown> = {};
+  for (const mode of PROXY_MODES) {
+    // A fresh proxy: one that already relayed traffic keeps its grown heap and pools.
+    const proxy = await _startMiddleProxy(env, fakes);
+    let p: LoadResult;
+    try {
+      const memSignal = env.proxyKind === "inproc" ? { "mem-signal": proxy.child.pid } : {};
+      p = await _load("idle", mode, proxy, fakes, { ...flags, ...memSignal }, timeout);
+      const breakdown = _breakdown(proxy.child.lines, p.clients);
+      if (breakdown) memory[`breakdown/${mode}`] = breakdown;
+    } finally {
+      await proxy.child.stop();
+    }
+    _noteErrors(env.results, p);
+    m.idle_errors[mode] = p.errors + (s.middleIdleClients - p.alive);
+    const direct = env.results.idle_rss_kib_per_client[mode]?.proxy;
+    const directAnon = env.results.idle_anon_kib_per_client[mode]?.proxy;
+    m.idle_rss_kib_per_client[mode] = _mpair(perClientKib(p), direct);
+    m.idle_anon_kib_per_client[mode] = _mpair(anonKib(p), directAnon);
+    const conns = typeof p.mp_connections === "number" ? p.mp_connections : null;
+    m.telegram_connections[mode] = {
+      clients: p.clients,
+      connections: conns,
+      clients_per_connection: conns ? p.clients / conns : null,
+    };
+    memory[mode] = p;
+    console.error(
+      `  idle middle ${mode}: ${perClientKib(p).toFixed(1)} KiB RSS (${
+        anonKib(p).toFixed(1)
+      } anon)` +
+        ` per client at ${p.clients} clients, ${conns ?? "?"} Telegram-side connections,` +
+        ` errors ${m.idle_errors[mode]}`,
+    );
+  }
+  detail.memory = memory;
+}
+
+async function _middle(env: Env): Promise<void> {
+  const m: MiddleResults = {
+    throughput_mb_s: {},
+    cpu_s_per_gb: {},
+    latency_us: {},
+    idle_rss_kib_per_client: {},
+    idle_anon_kib_per_client: {},
+    idle_errors: {},
+    telegram_connections: {},
+    throughput_telegram_connections: null,
+    fake_middle_proxy: null,
+  };
+  env.results.middle = m;
+  const detail: Record<string, unknown> = {};
+  env.results.detail.middle = detail;
+  const fakes = await _startMiddleFakes();
+  // Each piece on its own: one that breaks does not take the others down.
+  const attempt = async (what: string, fn: () => Promise<void>) => {
+    try {
+      await fn();
+    } catch (e) {
+      const msg = e instanceof Error ? e.message : String(e);
+      env.failures.push(`middle ${what}: ${msg}`);
+      console.error(`bench: middle ${what} failed: ${msg}`);
+    }
+  };
+  try {
+    await attempt("throughput and latency", async () => {
+      const proxy = await _startMiddleProxy(env, fakes);
+      try {
+        await attempt("throughput", () => _middleThroughput(env, proxy, fakes, m, detail));
+        proxy.child.assertRunning();
+        await attempt("latency", () => _middleLatency(env, proxy, fakes, m, detail));
+      } finally {
+        await proxy.child.stop();
+      }
+    });
+    await attempt("memory", () => _middleMemory(env, fakes, m, detail));
+    fakes.child.assertRunning();
+    m.fake_middle_proxy = await fakes.stats();
+  } finally {
+    await fakes.child.stop();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Output
 
 function _round(x: number, digits: number): number {
@@ -742,6 +1163,103 @@ function _table(results: Results, settings: Settings): string {
   return out.join("\n");
 }
 
+/** The middle-mode table: middle figure, direct figure, middle / direct. */
+function _middleTable(m: MiddleResults, settings: Settings): string {
+  interface MRow {
+    label: string;
+    pair: MiddlePair | undefined;
+    digits: number;
+  }
+  const rows: MRow[] = [];
+  for (const mode of PROXY_MODES) {
+    const t = m.throughput_mb_s[mode];
+    if (!t) continue;
+    for (const streams of STREAMS) {
+      const s = streams === 1 ? "stream" : "streams";
+      rows.push({
+        label: `throughput ${mode}, ${streams} ${s} (MB/s) (3)`,
+        pair: t[streams],
+        digits: 0,
+      });
+    }
+  }
+  for (const mode of PROXY_MODES) {
+    const c = m.cpu_s_per_gb[mode];
+    if (c) rows.push({ label: `CPU per GB relayed, ${mode} (s/GB)`, pair: c, digits: 2 });
+  }
+  for (const mode of PROXY_MODES) {
+    const l = m.latency_us[mode];
+    if (!l) continue;
+    rows.push({ label: `latency p50, ${mode} (us)`, pair: l.p50, digits: 0 });
+    rows.push({ label: `latency p99, ${mode} (us)`, pair: l.p99, digits: 0 });
+  }
+  for (const mode of PROXY_MODES) {
+    const r = m.idle_rss_kib_per_client[mode];
+    if (!r) continue;
+    const conns = m.telegram_connections[mode];
+    rows.push({ label: `RSS per idle client, ${mode} (KiB) (4)`, pair: r, digits: 1 });
+    rows.push({
+      label: `errors at ${settings.middleIdleClients} idle clients, ${mode}`,
+      pair: _mpair(m.idle_errors[mode], null),
+      digits: 0,
+    });
+    rows.push({
+      label: `Telegram-side connections, ${mode} (5)`,
+      pair: _mpair(conns?.connections, null),
+      digits: 0,
+    });
+    rows.push({
+      label: `clients per Telegram-side connection, ${mode}`,
+      pair: _mpair(conns?.clients_per_connection, null),
+      digits: 0,
+    });
+  }
+  const w = [44, 10, 10, 7];
+  const line = (cells: string[]) =>
+    cells.map((c, i) => i === 0 ? c.padEnd(w[i]!) : c.padStart(w[i]!)).join(" ");
+  const out = [line(["middle-proxy mode", "middle", "direct", "ratio"]), "-".repeat(74)];
+  for (const r of rows) {
+    out.push(line([
+      r.label,
+      _fmt(r.pair?.middle, r.digits),
+      _fmt(r.pair?.direct, r.digits),
+      _fmt(r.pair?.ratio, 2),
+    ]));
+  }
+  out.push("-".repeat(74));
+  out.push(
+    "Ratio = middle / direct. Middle: the proxy's listener with an ad tag, its clients",
+    "multiplexed over RPC connections to a fake middle proxy that echoes every packet",
+    "(scripts/bench_middle.ts). Direct: the same proxy's plain listener to the echo DC.",
+  );
+  if (Object.keys(m.throughput_mb_s).length > 0) {
+    out.push(
+      "(3) Both framed: 16 KiB packets as padded intermediate frames, 4 per write, encrypted",
+      "    by the load generator; MB/s = echoed payload bytes (frames parsed), at most 1 MiB in",
+      `    flight per stream; median of ${settings.middleRepeat}.` +
+        (m.throughput_telegram_connections === null
+          ? ""
+          : ` Telegram-side connections: ${m.throughput_telegram_connections}.`),
+    );
+  }
+  if (Object.keys(m.latency_us).length > 0) {
+    out.push(
+      `Latency: ${settings.pings} sequential 100-byte packets (framed) on one connection.`,
+    );
+  }
+  if (Object.keys(m.idle_rss_kib_per_client).length > 0) {
+    out.push(
+      `(4) Middle: RSS growth / clients with ${settings.middleIdleClients} idle clients (one` +
+        " socket each, the",
+      "    Telegram side shared), fresh process; direct: the figure of the memory part above",
+      `    (${settings.idleClients} clients, two sockets each), when it ran.`,
+      "(5) Established TCP connections from the proxy to the fake middle proxy with all those",
+      "    clients connected (direct mode opens one per client).",
+    );
+  }
+  return out.join("\n");
+}
+
 interface Target {
   name: string;
   value: number | null;
@@ -781,6 +1299,39 @@ function _targets(results: Results, settings: Settings): Target[] {
       value: total,
       limit: "0",
       pass: total === 0,
+    });
+  }
+  const m = results.middle;
+  const mid16 = PROXY_MODES.map((mode) => m?.throughput_mb_s[mode]?.[16]?.ratio)
+    .filter((x): x is number => typeof x === "number");
+  if (mid16.length > 0) {
+    const worst = Math.min(...mid16);
+    targets.push({
+      name: `middle-mode throughput with 16 streams vs direct mode, worst of ` +
+        `${PROXY_MODES.filter((mode) => m?.throughput_mb_s[mode]).join("/")}`,
+      value: worst,
+      limit: `>= ${TARGET_MIDDLE_RATIO}x`,
+      pass: worst >= TARGET_MIDDLE_RATIO,
+    });
+  }
+  const conns = PROXY_MODES.map((mode) => m?.telegram_connections[mode])
+    .filter((c): c is MiddleConnections => c !== undefined);
+  if (conns.length > 0) {
+    const known = conns.filter((c) => c.connections !== null);
+    // The fewest clients over the most connections: the worst ratio of the runs.
+    const worst = known.length === 0
+      ? null
+      : known.reduce((a, b) => a.clients * b.connections! < b.clients * a.connections! ? a : b);
+    const allowed = worst
+      ? Math.floor(worst.clients / TARGET_CLIENTS_PER_MP_CONNECTION)
+      : Math.floor(settings.middleIdleClients / TARGET_CLIENTS_PER_MP_CONNECTION);
+    targets.push({
+      name: `Telegram-side connections at ${worst?.clients ?? settings.middleIdleClients}` +
+        ` idle middle-mode clients, worst of ` +
+        `${PROXY_MODES.filter((mode) => m?.telegram_connections[mode]).join("/")}`,
+      value: worst?.connections ?? null,
+      limit: `<= ${allowed} (1 per ${TARGET_CLIENTS_PER_MP_CONNECTION} clients)`,
+      pass: worst ? worst.connections! * TARGET_CLIENTS_PER_MP_CONNECTION <= worst.clients : null,
     });
   }
   return targets;
@@ -877,7 +1428,11 @@ async function _main(): Promise<number> {
     console.error(`bench: Invalid --proxy: "${values.proxy}": expected cli or inproc`);
     return 2;
   }
-  const settings: Settings = { ...base, repeat };
+  const settings: Settings = {
+    ...base,
+    repeat,
+    middleRepeat: values.repeat === undefined ? base.middleRepeat : repeat,
+  };
 
   let tmp: string | null = null;
   for (const signal of ["SIGINT", "SIGTERM"] as const) {
@@ -927,12 +1482,14 @@ async function _main(): Promise<number> {
       tmp,
       dc,
       results,
+      failures,
     };
     const run: Record<Part, (env: Env) => Promise<void>> = {
       throughput: _throughput,
       latency: _latency,
       handshakes: _handshakes,
       memory: _memory,
+      middle: _middle,
     };
     for (const part of PARTS) {
       if (!parts.has(part)) continue;
@@ -961,7 +1518,21 @@ async function _main(): Promise<number> {
 
   const targets = _targets(results, settings);
   const seconds = (performance.now() - started) / 1000;
-  console.log(_table(results, settings));
+  if ([...parts].some((p) => p !== "middle")) console.log(_table(results, settings));
+  if (results.middle) {
+    if ([...parts].some((p) => p !== "middle")) console.log("");
+    console.log(_middleTable(results.middle, settings));
+    const breakdowns = Object.entries(results.detail.middle as Record<string, unknown>)
+      .filter(([k]) => k === "memory")
+      .flatMap(([, v]) => Object.entries(v as Record<string, unknown>))
+      .filter(([k]) => k.startsWith("breakdown/"));
+    for (const [k, b] of breakdowns) {
+      console.log(
+        `proxy memory per idle middle-mode ${k.slice("breakdown/".length)} client: ` +
+          Object.entries(b as Record<string, number>).map(([k, v]) => `${k} ${v}`).join(", "),
+      );
+    }
+  }
   if (results.idle_memory_breakdown) {
     for (const [mode, b] of Object.entries(results.idle_memory_breakdown)) {
       console.log(

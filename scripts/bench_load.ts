@@ -9,6 +9,15 @@
  * valid ciphertext, and every hop's cipher is XOR, so nothing downstream can tell) and only
  * counts what comes back: the load generator then takes little CPU from the process under test.
  *
+ * With `--framed` (middle-proxy mode, where the proxy parses the client's transport frames and
+ * sends each packet to Telegram as one RPC message) every packet is a well-formed padded
+ * intermediate frame (4-byte little-endian length, payload a multiple of 4 bytes, no padding):
+ * bulk writes are four 16 KiB packets, encrypted (the proxy decrypts them to find the frames),
+ * and what comes back is decrypted and parsed frame by frame (each echoed packet is its own frame,
+ * with 0-3 padding bytes from the proxy), counting payload bytes only. Pings are 100-byte
+ * packets in one frame each. `--mp-port <port>` also counts the TCP connections that the `mid`
+ * process of `--pids` holds to that port (the Telegram side: middle-proxy connections).
+ *
  * Scenarios:
  * - `throughput`: `--streams` full-duplex streams write 64 KiB chunks and read the echo; after
  *   `--warmup` seconds, count bytes and the CPU time of `--pids` over `--seconds`.
@@ -54,6 +63,11 @@ const CHUNK = 65536;
 /** Bytes one bulk stream may have sent and not yet seen echoed. */
 const WINDOW = 1024 * 1024;
 const PING_LEN = 100;
+/** Framed bulk traffic: payload bytes per packet, and packets per write. */
+const PACKET = 16384;
+const PACKETS_PER_WRITE = 4;
+/** Length prefix of a padded intermediate frame. */
+const FRAME_HEADER_LEN = 4;
 /** Longest a connect + handshake + ping-pong, or a ping-pong, may take before it is an error. */
 const OP_TIMEOUT_MS = 15_000;
 /** Clients opened and closed before the idle scenario's baseline is read. */
@@ -66,6 +80,61 @@ interface Target {
   mode: LoadMode;
   secret: Uint8Array;
   sni: string;
+  /** Send and expect padded intermediate frames (middle-proxy mode). */
+  framed: boolean;
+}
+
+/** `payload` as one padded intermediate frame with no padding. */
+function _frame(payload: Uint8Array): Uint8Array {
+  const out = new Uint8Array(FRAME_HEADER_LEN + payload.length);
+  new DataView(out.buffer).setUint32(0, payload.length, true);
+  out.set(payload, FRAME_HEADER_LEN);
+  return out;
+}
+
+/**
+ * Counts the payload bytes of a decrypted stream of padded intermediate frames, each of which
+ * must carry `expected` payload bytes plus 0-3 padding bytes; throws on anything else.
+ */
+class FrameCounter {
+  #head = 0;
+  #len = 0;
+  #left = 0;
+  #payloadLeft = 0;
+  frames = 0;
+
+  constructor(readonly expected: number) {}
+
+  /** Payload bytes among `buf[0..n)`. */
+  count(buf: Uint8Array, n: number): number {
+    let payload = 0;
+    let i = 0;
+    while (i < n) {
+      if (this.#left > 0) {
+        const take = Math.min(this.#left, n - i);
+        const p = Math.min(take, this.#payloadLeft);
+        payload += p;
+        this.#payloadLeft -= p;
+        this.#left -= take;
+        i += take;
+        continue;
+      }
+      this.#len += buf[i++]! * 2 ** (8 * this.#head);
+      if (++this.#head < FRAME_HEADER_LEN) continue;
+      const len = this.#len;
+      this.#head = 0;
+      this.#len = 0;
+      if (len - (len % 4) !== this.expected) {
+        throw new Error(
+          `Unexpected frame of ${len} bytes (expected ${this.expected} + 0-3 padding)`,
+        );
+      }
+      this.#left = len;
+      this.#payloadLeft = this.expected;
+      this.frames++;
+    }
+    return payload;
+  }
 }
 
 /** Counts the payload bytes of a stream of TLS records without moving any data. */
@@ -107,6 +176,7 @@ class Client {
     readonly encryptor: StreamCipher,
     readonly decryptor: StreamCipher,
     readonly tls: boolean,
+    readonly framed: boolean,
   ) {
     this.#reader = tls ? new TlsRecordReader() : null;
   }
@@ -143,11 +213,43 @@ class Client {
     return out;
   }
 
-  /** Send a random 100-byte ping and check the echo. */
+  /**
+   * Read the echo of an `n`-byte packet: `n` bytes, or with `framed` one frame of `n` payload
+   * bytes and 0-3 padding bytes (dropped).
+   */
+  async receivePacket(n: number): Promise<Uint8Array> {
+    if (!this.framed) return await this.receive(n);
+    const head = await this.receive(FRAME_HEADER_LEN);
+    const len = new DataView(head.buffer, head.byteOffset, FRAME_HEADER_LEN).getUint32(0, true);
+    if (len < n || len > n + 3) {
+      throw new Error(`Unexpected frame of ${len} bytes (expected ${n} + 0-3 padding)`);
+    }
+    return (await this.receive(len)).subarray(0, n);
+  }
+
+  /**
+   * Read what the proxy sent next into `buf`, unwrapped and decrypted in place: how many
+   * plaintext bytes now start `buf`, or null at EOF. Only once {@linkcode receive} holds nothing.
+   */
+  async readPlain(buf: Uint8Array): Promise<number | null> {
+    if (this.#pending.length > 0) throw new Error("readPlain with received bytes pending");
+    const got = await this.conn.read(buf);
+    if (got === null) return null;
+    let len = got;
+    if (this.#reader) {
+      const r = this.#reader.unwrap(buf.subarray(0, got));
+      if (typeof r === "string") throw new Error(`Bad TLS record from the proxy: ${r}`);
+      len = r;
+    }
+    this.decryptor.update(buf.subarray(0, len));
+    return len;
+  }
+
+  /** Send a random 100-byte ping (framed with `framed`) and check the echo. */
   async ping(): Promise<void> {
     const ping = randomBytes(PING_LEN);
-    await this.send(ping);
-    const pong = await this.receive(PING_LEN);
+    await this.send(this.framed ? _frame(ping) : ping);
+    const pong = await this.receivePacket(PING_LEN);
     if (!pong.every((b, i) => b === ping[i])) throw new Error("Echo differs from the ping");
   }
 
@@ -229,7 +331,7 @@ async function _open(target: Target, first: Uint8Array, signal: AbortSignal): Pr
     } else {
       await writeAll(conn, body);
     }
-    const client = new Client(conn, encryptor, decryptor, tls);
+    const client = new Client(conn, encryptor, decryptor, tls, target.framed);
     ciphers = [];
     return client;
   } catch (e) {
@@ -259,11 +361,11 @@ function _openAndPing(target: Target): Promise<Client> {
   const signal = AbortSignal.timeout(OP_TIMEOUT_MS);
   return _timed(signal, "connect, handshake and first ping", async () => {
     const ping = randomBytes(PING_LEN);
-    const client = await _open(target, ping, signal);
+    const client = await _open(target, target.framed ? _frame(ping) : ping, signal);
     const onAbort = () => client.close();
     signal.addEventListener("abort", onAbort, { once: true });
     try {
-      const pong = await client.receive(PING_LEN);
+      const pong = await client.receivePacket(PING_LEN);
       if (!pong.every((b, i) => b === ping[i])) throw new Error("Echo differs from the ping");
       return client;
     } catch (e) {
@@ -312,6 +414,101 @@ function _bulkChunk(tls: boolean): { wire: Uint8Array; payload: number } {
   return { wire, payload: CHUNK };
 }
 
+/**
+ * Framed bulk writes for one stream: {@linkcode PACKETS_PER_WRITE} frames of {@linkcode PACKET}
+ * random bytes, encrypted with the stream's own cipher (and for `ee` cut into TLS records) into a
+ * buffer reused for every write.
+ */
+class FramedWriter {
+  static #plain: Uint8Array | null = null;
+  readonly #client: Client;
+  readonly #out: Uint8Array;
+  /** Payload bytes per write. */
+  readonly payload = PACKET * PACKETS_PER_WRITE;
+
+  constructor(client: Client) {
+    this.#client = client;
+    const plain = FramedWriter.#template();
+    const records = client.tls ? Math.ceil(plain.length / MAX_RECORD_PAYLOAD) : 0;
+    this.#out = new Uint8Array(plain.length + records * RECORD_HEADER_LEN);
+  }
+
+  /** The plaintext of one write, shared by every stream. */
+  static #template(): Uint8Array {
+    if (this.#plain) return this.#plain;
+    const plain = randomBytes(PACKETS_PER_WRITE * (FRAME_HEADER_LEN + PACKET));
+    const view = new DataView(plain.buffer);
+    for (let i = 0; i < PACKETS_PER_WRITE; i++) {
+      view.setUint32(i * (FRAME_HEADER_LEN + PACKET), PACKET, true);
+    }
+    return this.#plain = plain;
+  }
+
+  /** Encrypt and send one write's worth of frames. */
+  async write(): Promise<void> {
+    const plain = FramedWriter.#template();
+    const out = this.#out;
+    const c = this.#client;
+    if (!c.tls) {
+      out.set(plain);
+      c.encryptor.update(out);
+    } else {
+      let at = 0;
+      for (let from = 0; from < plain.length; from += MAX_RECORD_PAYLOAD) {
+        const len = Math.min(MAX_RECORD_PAYLOAD, plain.length - from);
+        writeAppDataHeader(out, at, len);
+        const body = out.subarray(at + RECORD_HEADER_LEN, at + RECORD_HEADER_LEN + len);
+        body.set(plain.subarray(from, from + len));
+        c.encryptor.update(body);
+        at += RECORD_HEADER_LEN + len;
+      }
+    }
+    await writeAll(c.conn, out);
+  }
+}
+
+/**
+ * Established TCP connections that process `pid` holds to `port` on any address (from
+ * /proc/net/tcp and tcp6, matched by socket inode); null when /proc cannot tell.
+ */
+function _connectionsTo(port: number, pid: number): number | null {
+  try {
+    const inodes = new Set<string>();
+    for (const fd of Deno.readDirSync(`/proc/${pid}/fd`)) {
+      try {
+        const m = Deno.readLinkSync(`/proc/${pid}/fd/${fd.name}`).match(/^socket:\[(\d+)\]$/);
+        if (m) inodes.add(m[1]!);
+      } catch {
+        // Closed meanwhile.
+      }
+    }
+    const hexPort = port.toString(16).toUpperCase().padStart(4, "0");
+    let n = 0;
+    for (const table of ["/proc/net/tcp", "/proc/net/tcp6"]) {
+      let text: string;
+      try {
+        text = Deno.readTextFileSync(table);
+      } catch {
+        continue;
+      }
+      for (const line of text.split("\n").slice(1)) {
+        // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+        const f = line.trim().split(/\s+/);
+        if (f.length < 10) continue;
+        if (f[3] === "01" && f[2]!.endsWith(`:${hexPort}`) && inodes.has(f[9]!)) n++;
+      }
+    }
+    return n;
+  } catch {
+    return null;
+  }
+}
+
+/** The Telegram-side connections of the `mid` process, when `--mp-port` was given. */
+function _mpConnections(mpPort: number | null, pids: Record<string, number>): number | null {
+  return mpPort === null || pids.mid === undefined ? null : _connectionsTo(mpPort, pids.mid);
+}
+
 function _cpuOf(pids: Record<string, number>): Record<string, number> {
   const out: Record<string, number> = {};
   for (const [name, pid] of Object.entries(pids)) out[name] = cpuSeconds(pid);
@@ -326,7 +523,13 @@ function _memOf(pids: Record<string, number>): Record<string, MemoryInfo> {
 
 async function _throughput(
   target: Target,
-  options: { streams: number; warmupS: number; seconds: number; pids: Record<string, number> },
+  options: {
+    streams: number;
+    warmupS: number;
+    seconds: number;
+    pids: Record<string, number>;
+    mpPort: number | null;
+  },
 ) {
   const errors = new Errors();
   const pids = { ...options.pids, load: Deno.pid };
@@ -339,6 +542,8 @@ async function _throughput(
   const connectMs = performance.now() - tConnect;
 
   const chunk = _bulkChunk(target.mode === "ee");
+  const perWrite = target.framed ? PACKET * PACKETS_PER_WRITE : chunk.payload;
+  let frames = 0;
   let stop = false;
   let sent = 0;
   let received = 0;
@@ -349,16 +554,18 @@ async function _throughput(
     // autotune to megabytes on loopback) do not fill up with hundreds of megabytes.
     let inFlight = 0;
     const gate: { wake: (() => void) | null } = { wake: null };
+    const framedWriter = target.framed ? new FramedWriter(c) : null;
     loops.push((async () => {
       try {
         while (!stop) {
-          while (inFlight > WINDOW - chunk.payload && !stop) {
+          while (inFlight > WINDOW - perWrite && !stop) {
             await new Promise<void>((r) => wakers.add(gate.wake = r));
           }
           if (stop) return;
-          inFlight += chunk.payload;
-          await writeAll(c.conn, chunk.wire);
-          sent += chunk.payload;
+          inFlight += perWrite;
+          if (framedWriter) await framedWriter.write();
+          else await writeAll(c.conn, chunk.wire);
+          sent += perWrite;
         }
       } catch (e) {
         if (!stop) errors.add(e);
@@ -366,18 +573,27 @@ async function _throughput(
     })());
     loops.push((async () => {
       const buf = new Uint8Array(CHUNK);
-      const counter = c.tls ? new RecordCounter() : null;
+      const counter = c.tls && !target.framed ? new RecordCounter() : null;
+      const frameCounter = target.framed ? new FrameCounter(PACKET) : null;
       try {
         while (true) {
-          const n = await c.conn.read(buf);
+          // Framed: unwrapped and decrypted, to find the frames; else only counted.
+          const n = frameCounter ? await c.readPlain(buf) : await c.conn.read(buf);
           if (n === null) {
             if (!stop) errors.add(new Error("Connection closed during the transfer"));
             return;
           }
-          const payload = counter ? counter.count(buf, n) : n;
+          let payload: number;
+          if (frameCounter) {
+            const before = frameCounter.frames;
+            payload = frameCounter.count(buf, n);
+            frames += frameCounter.frames - before;
+          } else {
+            payload = counter ? counter.count(buf, n) : n;
+          }
           received += payload;
           inFlight -= payload;
-          if (gate.wake && inFlight <= WINDOW - chunk.payload) {
+          if (gate.wake && inFlight <= WINDOW - perWrite) {
             wakers.delete(gate.wake);
             gate.wake();
             gate.wake = null;
@@ -398,6 +614,7 @@ async function _throughput(
   const cpu1 = _cpuOf(pids);
   const sent1 = sent;
   const received1 = received;
+  const mpConnections = _mpConnections(options.mpPort, options.pids);
   stop = true;
   for (const w of wakers) w();
   for (const c of clients) c.close();
@@ -414,6 +631,8 @@ async function _throughput(
     bytes_down: received1 - received0,
     echo_mb_s: (received1 - received0) / 1e6 / seconds,
     cpu_s: cpu,
+    ...(target.framed ? { frames_down: frames } : {}),
+    ...(mpConnections === null ? {} : { mp_connections: mpConnections }),
     ...errors.toJSON(),
   };
 }
@@ -494,6 +713,7 @@ async function _idle(
     settleS: number;
     pids: Record<string, number>;
     memSignal: number | null;
+    mpPort: number | null;
   },
 ) {
   const errors = new Errors();
@@ -522,6 +742,7 @@ async function _idle(
   const openS = (performance.now() - t0) / 1000;
   await delay(options.settleS * 1000);
   const loaded = _memOf(options.pids);
+  const mpConnections = _mpConnections(options.mpPort, options.pids);
   await _memSignal(options.memSignal);
 
   // Every client must still be there: one more ping-pong each.
@@ -557,6 +778,7 @@ async function _idle(
     memory_after_close: after,
     rss_per_client: perClient,
     anon_per_client: anonPerClient,
+    ...(mpConnections === null ? {} : { mp_connections: mpConnections }),
     ...errors.toJSON(),
   };
 }
@@ -597,6 +819,8 @@ async function _main(): Promise<void> {
       concurrency: { type: "string", default: "64" },
       settle: { type: "string", default: "2" },
       "mem-signal": { type: "string" },
+      framed: { type: "boolean", default: false },
+      "mp-port": { type: "string" },
     },
   });
   const mode = values.mode as LoadMode;
@@ -606,8 +830,10 @@ async function _main(): Promise<void> {
     mode,
     secret: parseHex(values.secret),
     sni: values.sni,
+    framed: values.framed,
   };
   const pids = _pids(values.pids);
+  const mpPort = values["mp-port"] ? parsePort(values["mp-port"], "mp-port") : null;
   exitWhenStdinCloses();
   let result: unknown;
   switch (values.scenario) {
@@ -617,6 +843,7 @@ async function _main(): Promise<void> {
         warmupS: Number(values.warmup),
         seconds: Number(values.seconds),
         pids,
+        mpPort,
       });
       break;
     case "latency":
@@ -636,12 +863,20 @@ async function _main(): Promise<void> {
         settleS: Number(values.settle),
         pids,
         memSignal: values["mem-signal"] ? Number(values["mem-signal"]) : null,
+        mpPort,
       });
       break;
     default:
       throw new RangeError(`Invalid --scenario: "${values.scenario}"`);
   }
-  console.log(JSON.stringify({ scenario: values.scenario, mode, ...(result as object) }));
+  console.log(
+    JSON.stringify({
+      scenario: values.scenario,
+      mode,
+      framed: target.framed,
+      ...(result as object),
+    }),
+  );
 }
 
 if (import.meta.main) {
