@@ -8,6 +8,7 @@
  */
 import nodeCrypto from "node:crypto";
 import { Buffer } from "node:buffer";
+import zlib from "node:zlib";
 
 /** A running cipher that transforms bytes in place, keeping its state between calls. */
 export interface StreamCipher {
@@ -445,3 +446,14 @@ export function x25519PublicKey(
   );
   return spki.slice(spki.length - 32);
 }
+
+/**
+ * zlib's CRC-32 (IEEE), continuing from `previous`, when the runtime has it (Deno 2 does);
+ * null otherwise.
+ */
+export const nativeCrc32: ((data: Uint8Array, previous: number) => number) | null =
+  typeof (zlib as { crc32?: unknown }).crc32 === "function"
+    ? (data, previous) =>
+      ((zlib as unknown as { crc32(d: Uint8Array, v: number): number }).crc32(data, previous)) >>>
+      0
+    : null;

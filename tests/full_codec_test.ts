@@ -395,3 +395,13 @@ Deno.test("encodeMany writes the same bytes as one encode per body, CBC included
   a.close();
   b.close();
 });
+
+Deno.test("crc32 gives the same values through zlib and the table code, chained or not", async () => {
+  const { crc32, crc32Js } = await import("../lib/protocol/crc32.ts");
+  for (const n of [0, 1, 7, 63, 64, 65, 1000, 70_000]) {
+    const data = Uint8Array.from({ length: n }, (_, i) => (i * 131 + 7) & 0xff);
+    assertEquals(crc32(data), crc32Js(data));
+    const cut = Math.floor(n / 3);
+    assertEquals(crc32(data.subarray(cut), crc32(data.subarray(0, cut))), crc32Js(data));
+  }
+});

@@ -5,6 +5,11 @@
  * @module
  */
 
+import { nativeCrc32 } from "../crypto.ts";
+
+/** Below this many bytes the JS loop beats a call into zlib. */
+const NATIVE_MIN = 64;
+
 /** 8 tables of 256 entries; table k advances a CRC by one byte followed by k zero bytes. */
 const TABLES: Int32Array = _buildTables();
 
@@ -37,6 +42,14 @@ function _buildTables(): Int32Array {
  * ```
  */
 export function crc32(data: Uint8Array, previous = 0): number {
+  // zlib's native CRC runs at ~30 GB/s here against ~1 GB/s for the tables below; it decides
+  // how fast middle-proxy mode can go. Tiny inputs stay in JS (the call costs more).
+  if (nativeCrc32 && data.length >= NATIVE_MIN) return nativeCrc32(data, previous);
+  return crc32Js(data, previous);
+}
+
+/** The table-driven CRC-32 (also the fallback when zlib's is missing). */
+export function crc32Js(data: Uint8Array, previous = 0): number {
   const t = TABLES;
   let c = ~previous;
   let i = 0;
