@@ -102,3 +102,19 @@ Deno.test("decoders refuse oversized, overlong and misaligned frames", () => {
   });
   assertEquals(decodePadded(Uint8Array.of(5, 0, 0, 0)), { kind: "need", atLeast: 9 });
 });
+
+Deno.test("writeFrame writes exactly what encodeFrame returns, at an offset", async () => {
+  const { frameLength, writeFrame } = await import("../lib/protocol/framing.ts");
+  for (const tag of ["abridged", "intermediate", "padded"] as TransportTag[]) {
+    for (const n of [4, 500, 508, 4096]) {
+      const payload = randomBytes(n);
+      const padding = randomBytes(n % 4);
+      const expected = encodeFrame(tag, payload, padding);
+      const len = frameLength(tag, n, padding.length);
+      assertEquals(len, expected.length);
+      const out = new Uint8Array(7 + len);
+      writeFrame(tag, payload, padding, out, 7);
+      assertEquals(out.subarray(7), expected);
+    }
+  }
+});

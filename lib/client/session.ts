@@ -42,7 +42,7 @@ import type { MiddleClient, MiddleCloseReason } from "../telegram/middle.ts";
 import type { MiddleProxies } from "../telegram/middle_proxies.ts";
 import type { MiddleHandle } from "../telegram/pool.ts";
 import { PacketReader } from "../protocol/packet_reader.ts";
-import { encodeFrame, quickAckToken } from "../protocol/framing.ts";
+import { frameLength, quickAckToken, writeFrame } from "../protocol/framing.ts";
 import { frameTlsRecords } from "./relay.ts";
 import { ServerErrorFilter } from "../guard/server_error.ts";
 import {
@@ -524,14 +524,21 @@ export class Session implements PumpHost, MiddleClient {
       return;
     }
     this.#middleAnswered = true;
-    const padding = this.#middleTag === "padded" ? randomBytes(randomInt(0, 3)) : undefined;
-    this.#queueToClient(encodeFrame(this.#middleTag, data, padding), data.length);
+    const tag = this.#middleTag;
+    const padding = tag === "padded" ? _PADDINGS[randomInt(0, 3)]! : _NO_PADDING;
+    const len = frameLength(tag, data.length, padding.length);
+    const { out, at } = this.#outBuffer(len);
+    writeFrame(tag, data, padding, out, at);
+    this.#queueToClient(out, at, len, data.length);
   }
 
   /** Telegram confirmed a packet (MiddleClient). */
   onQuickAck(confirm: Uint8Array): void {
     if (!this.#middle || this.phase === "done") return;
-    this.#queueToClient(quickAckToken(this.#middleTag, confirm), 0);
+    const token = quickAckToken(this.#middleTag, confirm);
+    const { out, at } = this.#outBuffer(token.length);
+    out.set(token, at);
+    this.#queueToClient(out, at, token.length, 0);
   }
 
   /** Telegram dropped this client (MiddleClient). */
@@ -541,14 +548,17 @@ export class Session implements PumpHost, MiddleClient {
     closeQuietly(this.conn);
   }
 
-  /** Encrypt and (for fake-TLS) wrap a frame, then write it after what is queued. */
-  #queueToClient(frame: Uint8Array, ackBytes: number): void {
-    const records = this.#middleTls ? Math.ceil(frame.length / MAX_RECORD_PAYLOAD) : 0;
-    const headroom = RECORD_HEADER_LEN * records;
-    const out = new Uint8Array(headroom + frame.length);
-    out.set(frame, headroom);
-    this.#middleEncryptor!.update(out.subarray(headroom));
-    const start = records > 0 ? frameTlsRecords(out, headroom, frame.length) : 0;
+  /** A buffer with room for `len` bytes at `at`, after space for TLS record headers. */
+  #outBuffer(len: number): { out: Uint8Array; at: number } {
+    const records = this.#middleTls ? Math.ceil(len / MAX_RECORD_PAYLOAD) : 0;
+    const at = RECORD_HEADER_LEN * records;
+    return { out: new Uint8Array(at + len), at };
+  }
+
+  /** Encrypt and (for fake-TLS) wrap `len` bytes at `out[at..]`, then queue them for writing. */
+  #queueToClient(out: Uint8Array, at: number, len: number, ackBytes: number): void {
+    this.#middleEncryptor!.update(out.subarray(at, at + len));
+    const start = this.#middleTls ? frameTlsRecords(out, at, len) : 0;
     this.#bytesToClient += out.length - start;
     this.#outQueue.push({ bytes: out.subarray(start), ack: ackBytes });
     if (!this.#writing) this.#drainToClient();
@@ -558,9 +568,11 @@ export class Session implements PumpHost, MiddleClient {
     this.#writing = true;
     try {
       while (this.#outQueue.length > 0) {
-        const item = this.#outQueue.shift()!;
-        await writeAll(this.conn, item.bytes);
-        if (item.ack > 0) this.#middle?.ack(item.ack);
+        // Everything queued goes out in one write: one system call for many small packets.
+        const batch = this.#outQueue;
+        this.#outQueue = [];
+        await writeAll(this.conn, batch.length === 1 ? batch[0]!.bytes : _concatAll(batch));
+        for (const item of batch) if (item.ack > 0) this.#middle?.ack(item.ack);
       }
     } catch {
       closeQuietly(this.conn);
@@ -815,4 +827,20 @@ async function _sendPackets(reader: PacketReader, chunk: Uint8Array, handle: Mid
 /** Telegram's transport error: a lone 4-byte negative code such as -404. */
 function _isTransportError(data: Uint8Array): boolean {
   return data.length === 4 && (data[3]! & 0x80) !== 0;
+}
+
+/** The server's 0-3 bytes of padding for padded frames (its content does not matter). */
+const _PADDINGS = [0, 1, 2, 3].map((n) => randomBytes(n));
+const _NO_PADDING = new Uint8Array(0);
+
+function _concatAll(items: readonly { bytes: Uint8Array }[]): Uint8Array {
+  let total = 0;
+  for (const i of items) total += i.bytes.length;
+  const out = new Uint8Array(total);
+  let off = 0;
+  for (const i of items) {
+    out.set(i.bytes, off);
+    off += i.bytes.length;
+  }
+  return out;
 }

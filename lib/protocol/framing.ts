@@ -143,3 +143,43 @@ export function quickAckToken(tag: TransportTag, confirm: Uint8Array): Uint8Arra
   const out = confirm.slice(0, 4);
   return tag === "abridged" ? out.reverse() : out;
 }
+
+/** Length of a frame of `payloadLen` bytes plus `padLen` padding (padded only) in `tag`. */
+export function frameLength(tag: TransportTag, payloadLen: number, padLen = 0): number {
+  if (tag === "abridged") return (payloadLen / 4 < 0x7f ? 1 : 4) + payloadLen;
+  return 4 + payloadLen + (tag === "padded" ? padLen : 0);
+}
+
+/**
+ * Write one frame into `out` at `off` (exactly {@linkcode frameLength} bytes), so a caller can
+ * leave room around it (e.g. for TLS record headers) without a second copy.
+ */
+export function writeFrame(
+  tag: TransportTag,
+  payload: Uint8Array,
+  padding: Uint8Array,
+  out: Uint8Array,
+  off: number,
+): void {
+  if (tag === "abridged") {
+    if (payload.length % 4 !== 0) {
+      throw new RangeError(`Abridged payload must be a multiple of 4 bytes: got ${payload.length}`);
+    }
+    const words = payload.length / 4;
+    if (words < 0x7f) {
+      out[off] = words;
+      out.set(payload, off + 1);
+    } else {
+      out[off] = 0x7f;
+      out[off + 1] = words & 0xff;
+      out[off + 2] = (words >>> 8) & 0xff;
+      out[off + 3] = (words >>> 16) & 0xff;
+      out.set(payload, off + 4);
+    }
+    return;
+  }
+  const pad = tag === "padded" ? padding : padding.subarray(0, 0);
+  writeU32(out, off, payload.length + pad.length);
+  out.set(payload, off + 4);
+  out.set(pad, off + 4 + payload.length);
+}
