@@ -14,7 +14,7 @@ import { acceptAllReplays, createReplayCache } from "./guard/replay.ts";
 import { frontableSnis, isOwnAddress, localIpAddresses } from "./guard/fronting.ts";
 import { fakeCertSize, type RefreshTarget, TlsProfileStore } from "./guard/tls_profile.ts";
 import { GROUP_X25519, GROUP_X25519_MLKEM768 } from "./protocol/fake_tls.ts";
-import { MiddleProxies } from "./telegram/middle_proxies.ts";
+import { MiddleProxies, usesMiddleProxies } from "./telegram/middle_proxies.ts";
 import { TelegramConfigStore } from "./telegram/proxy_config.ts";
 import { VERSION } from "./version.ts";
 
@@ -116,10 +116,7 @@ export async function startServer(
   config: Config,
   options: StartServerOptions = {},
 ): Promise<ServerHandle> {
-  const mode = config.telegram.mode;
-  const needsMiddle = config.listeners.some((l) =>
-    mode === "middle" || (mode === "auto" && l.tag !== null)
-  );
+  const needsMiddle = config.listeners.some((l) => usesMiddleProxies(config, l));
   const middle = needsMiddle ? await _startMiddle(config, options) : null;
   try {
     return _start(config, options, middle);

@@ -227,6 +227,7 @@ Deno.test("a client that stops reading is dropped at its limit without stalling 
       }
       await mp.waitFor((e) => e.type === "close_conn" && e.connId === stuckId);
       assert(sent < 32 * 1024 * 1024, `dropped only after ${sent} bytes`);
+      await proxy.waitForEvent((e) => e.type === "closed" && e.reason === "slow_client");
       await echo(other);
     } finally {
       await other.close();

@@ -38,6 +38,8 @@ export type CloseReason =
   | "shutdown"
   | "tls_bad_record"
   | "server_error"
+  /** Middle-proxy mode: the client read too slowly and held too much undelivered data. */
+  | "slow_client"
   | "fronted";
 
 /** One thing that happened to a session. */

@@ -39,7 +39,7 @@ import {
 import { perSniSecret } from "../secret.ts";
 import { frontingTarget } from "../guard/fronting.ts";
 import type { MiddleClient, MiddleCloseReason } from "../telegram/middle.ts";
-import type { MiddleProxies } from "../telegram/middle_proxies.ts";
+import { type MiddleProxies, usesMiddleProxies } from "../telegram/middle_proxies.ts";
 import type { MiddleHandle } from "../telegram/pool.ts";
 import { PacketReader } from "../protocol/packet_reader.ts";
 import { frameLength, quickAckToken, writeFrame } from "../protocol/framing.ts";
@@ -120,20 +120,15 @@ class Rejection extends Error {
   }
 }
 
-/** First words of HTTP requests (no valid obfuscated2 init starts with these). */
-const HTTP_STARTS = new Set(
-  ["GET ", "POST", "HEAD", "PUT ", "OPTI", "DELE", "PATC", "CONN", "TRAC", "PRI "],
-);
+/**
+ * HTTP request starts that clients never give an obfuscated2 init (they regenerate it): a
+ * connection starting so is a probe, answered without waiting for 64 bytes. Other methods could
+ * be a real init by chance, so they take the usual path (and fail the secret check).
+ */
+const HTTP_STARTS = new Set(["GET ", "POST", "HEAD", "OPTI"]);
 
 /** An ML-KEM-768 ciphertext: any bytes of this length are a well-formed one. */
 const MLKEM768_CIPHERTEXT_LEN = 1088;
-
-function _concat(a: Uint8Array, b: Uint8Array): Uint8Array {
-  const out = new Uint8Array(a.length + b.length);
-  out.set(a);
-  out.set(b, a.length);
-  return out;
-}
 
 /** TLS alert descriptions. */
 const ALERT_UNRECOGNIZED_NAME = 112;
@@ -216,15 +211,8 @@ export class Session implements PumpHost, MiddleClient {
   /** The fronting target's socket, when this connection was fronted. */
   #frontConn: Conn | null = null;
   #fronted = false;
-  /** Middle-proxy mode: the pool handle and what framing Telegram's answers need. */
-  #middle: MiddleHandle | null = null;
-  #middleTag: TransportTag = "padded";
-  #middleEncryptor: StreamCipher | null = null;
-  #middleTls = false;
-  #middleAnswered = false;
-  #middleClosedBy: CloseReason | null = null;
-  #outQueue: _OutItem[] = [];
-  #writing = false;
+  /** Middle-proxy mode only (direct-mode sessions carry none of it). */
+  #middle: _MiddleState | null = null;
   /** Relay phase: pumps still running, which side ended first, whether one ended badly. */
   #running = 0;
   #firstEnded: PumpSide | null = null;
@@ -378,9 +366,11 @@ export class Session implements PumpHost, MiddleClient {
     closeQuietly(this.conn);
     if (this.#dc) closeQuietly(this.#dc.conn);
     if (this.#frontConn) closeQuietly(this.#frontConn);
-    this.#middle?.release();
-    _release(this.#outQueue);
-    this.#outQueue = [];
+    if (this.#middle) {
+      this.#middle.handle.release();
+      _release(this.#middle.queue);
+      this.#middle.queue = [];
+    }
     for (const c of this.#ciphers) c.close();
     this.#ctx.onDone(this);
   }
@@ -412,8 +402,7 @@ export class Session implements PumpHost, MiddleClient {
     this.#ciphers.push(client.stream.decryptor, client.stream.encryptor);
     this.phase = "dialing";
     const { config, listener, middle } = this.#ctx;
-    const mode = config.telegram.mode;
-    if (middle && (mode === "middle" || (mode === "auto" && listener.tag !== null))) {
+    if (middle && usesMiddleProxies(config, listener)) {
       return await this.#establishMiddle(client, middle);
     }
     const route = routeDc(client.stream.dcId, this.#ctx.config.telegram);
@@ -464,10 +453,16 @@ export class Session implements PumpHost, MiddleClient {
       }
       throw new Rejection("dc_unreachable", { detail: e instanceof Error ? e.message : String(e) });
     }
-    this.#middle = handle;
-    this.#middleTag = client.stream.tag;
-    this.#middleEncryptor = client.stream.encryptor;
-    this.#middleTls = client.tls !== null;
+    this.#middle = {
+      handle,
+      tag: client.stream.tag,
+      encryptor: client.stream.encryptor,
+      tls: client.tls !== null,
+      answered: false,
+      closedBy: null,
+      queue: [],
+      writing: false,
+    };
     const reader = new PacketReader(client.stream.tag);
     const first = client.leftover;
     this.#bytesFromClient += first.length;
@@ -511,84 +506,72 @@ export class Session implements PumpHost, MiddleClient {
 
   /** A packet from Telegram (MiddleClient): frame, encrypt, wrap, queue for the client. */
   onPacket(data: Uint8Array): void {
-    const handle = this.#middle;
-    if (!handle || this.phase === "done") return;
+    const m = this.#middle;
+    if (!m || this.phase === "done") return;
     this.lastActivity = Date.now();
     const filter = this.#ctx.config.replay.serverErrorFilter;
-    if (
-      filter !== "off" && (filter === "all" || !this.#middleAnswered) && _isTransportError(data)
-    ) {
+    if (filter !== "off" && (filter === "all" || !m.answered) && _isTransportError(data)) {
       // A replayed session's tell-tale: never forward it.
-      handle.ack(data.length);
-      this.#middleClosedBy = "server_error";
+      m.handle.ack(data.length);
+      m.closedBy = "server_error";
       closeQuietly(this.conn);
       return;
     }
-    this.#middleAnswered = true;
-    const tag = this.#middleTag;
-    const padding = tag === "padded" ? _PADDINGS[randomInt(0, 3)]! : _NO_PADDING;
-    const len = frameLength(tag, data.length, padding.length);
-    const { out, at } = this.#outBuffer(len);
-    writeFrame(tag, data, padding, out, at);
-    this.#queueToClient(out, at, len, data.length);
+    m.answered = true;
+    const padding = m.tag === "padded" ? _PADDINGS[randomInt(0, 3)]! : _NO_PADDING;
+    const len = frameLength(m.tag, data.length, padding.length);
+    const { out, at } = _outBuffer(m, len);
+    writeFrame(m.tag, data, padding, out, at);
+    this.#queueToClient(m, out, at, len, data.length);
   }
 
   /** Telegram confirmed a packet (MiddleClient). */
   onQuickAck(confirm: Uint8Array): void {
-    if (!this.#middle || this.phase === "done") return;
-    const token = quickAckToken(this.#middleTag, confirm);
-    const { out, at } = this.#outBuffer(token.length);
+    const m = this.#middle;
+    if (!m || this.phase === "done") return;
+    const token = quickAckToken(m.tag, confirm);
+    const { out, at } = _outBuffer(m, token.length);
     out.set(token, at);
-    this.#queueToClient(out, at, token.length, 0);
+    this.#queueToClient(m, out, at, token.length, 0);
   }
 
-  /** Telegram dropped this client (MiddleClient). */
+  /** Telegram dropped this client, or the pool did because it fell too far behind (MiddleClient). */
   onClose(reason: MiddleCloseReason): void {
-    if (this.phase === "done") return;
-    this.#middleClosedBy = reason === "close_ext" ? "dc_closed" : "dc_closed";
+    if (this.phase === "done" || !this.#middle) return;
+    this.#middle.closedBy = reason === "backpressure" ? "slow_client" : "dc_closed";
     closeQuietly(this.conn);
   }
 
-  /** A buffer with room for `len` bytes at `at`, after space for TLS record headers. */
-  #outBuffer(len: number): { out: Uint8Array; at: number } {
-    const records = this.#middleTls ? Math.ceil(len / MAX_RECORD_PAYLOAD) : 0;
-    const at = RECORD_HEADER_LEN * records;
-    // Answers up to a 16 KiB packet reuse pooled buffers: a fresh one per packet kept the GC
-    // busy (a quarter of the proxy's time in middle mode).
-    const out = at + len <= _OUT_SLAB ? _outPool.pop() ?? new Uint8Array(_OUT_SLAB) : null;
-    return { out: out ?? new Uint8Array(at + len), at };
-  }
-
   /** Encrypt and (for fake-TLS) wrap `len` bytes at `out[at..]`, then queue them for writing. */
-  #queueToClient(out: Uint8Array, at: number, len: number, ackBytes: number): void {
-    this.#middleEncryptor!.update(out.subarray(at, at + len));
-    const start = this.#middleTls ? frameTlsRecords(out, at, len) : 0;
+  #queueToClient(m: _MiddleState, out: Uint8Array, at: number, len: number, ack: number): void {
+    m.encryptor.update(out.subarray(at, at + len));
+    const start = m.tls ? frameTlsRecords(out, at, len) : 0;
     this.#bytesToClient += at + len - start;
-    this.#outQueue.push({ bytes: out.subarray(start, at + len), ack: ackBytes, buf: out });
-    if (!this.#writing) this.#drainToClient();
+    m.queue.push({ bytes: out.subarray(start, at + len), ack, buf: out });
+    if (!m.writing) this.#drainToClient(m);
   }
 
-  async #drainToClient(): Promise<void> {
-    this.#writing = true;
+  async #drainToClient(m: _MiddleState): Promise<void> {
+    m.writing = true;
     try {
-      while (this.#outQueue.length > 0) {
+      while (m.queue.length > 0) {
         // Everything queued goes out in one write: one system call for many small packets.
-        const batch = this.#outQueue;
-        this.#outQueue = [];
+        const batch = m.queue;
+        m.queue = [];
         if (batch.length === 1) {
           await writeAll(this.conn, batch[0]!.bytes);
+          _release(batch);
         } else {
-          const joined = _concatAll(batch);
+          const joined = _concat(batch.map((item) => item.bytes));
           _release(batch);
           await writeAll(this.conn, joined);
         }
-        _release(batch);
-        for (const item of batch) if (item.ack > 0) this.#middle?.ack(item.ack);
+        for (const item of batch) if (item.ack > 0) m.handle.ack(item.ack);
       }
     } catch {
       closeQuietly(this.conn);
     } finally {
-      this.#writing = false;
+      m.writing = false;
     }
   }
 
@@ -702,7 +685,7 @@ export class Session implements PumpHost, MiddleClient {
       hello.keyShareGroups.includes(GROUP_X25519_MLKEM768);
     const x25519 = x25519PublicKey();
     const answer = buildServerHello(hello, secret, {
-      keyShare: mlkem ? _concat(randomBytes(MLKEM768_CIPHERTEXT_LEN), x25519) : x25519,
+      keyShare: mlkem ? _concat([randomBytes(MLKEM768_CIPHERTEXT_LEN), x25519]) : x25519,
       keyShareGroup: mlkem ? GROUP_X25519_MLKEM768 : GROUP_X25519,
       appData: shape.appDataLength,
       fillAppData: (payload) => crypto.getRandomValues(payload),
@@ -808,8 +791,8 @@ export class Session implements PumpHost, MiddleClient {
       reason = this.#abortReason;
     } else if (this.#fronted) {
       reason = "fronted";
-    } else if (this.#middleClosedBy) {
-      reason = this.#middleClosedBy;
+    } else if (this.#middle?.closedBy) {
+      reason = this.#middle.closedBy;
     } else if (this.#endedBadly) {
       reason = this.#endedBy === "server_error" ? "server_error" : "tls_bad_record";
     } else {
@@ -844,16 +827,41 @@ function _isTransportError(data: Uint8Array): boolean {
 const _PADDINGS = [0, 1, 2, 3].map((n) => randomBytes(n));
 const _NO_PADDING = new Uint8Array(0);
 
-function _concatAll(items: readonly _OutItem[]): Uint8Array {
+function _concat(parts: readonly Uint8Array[]): Uint8Array {
   let total = 0;
-  for (const i of items) total += i.bytes.length;
+  for (const p of parts) total += p.length;
   const out = new Uint8Array(total);
   let off = 0;
-  for (const i of items) {
-    out.set(i.bytes, off);
-    off += i.bytes.length;
+  for (const p of parts) {
+    out.set(p, off);
+    off += p.length;
   }
   return out;
+}
+
+/** What a middle-mode session keeps: its pool handle, how answers are framed, the write queue. */
+interface _MiddleState {
+  readonly handle: MiddleHandle;
+  readonly tag: TransportTag;
+  /** Encrypts what goes to the client. */
+  readonly encryptor: StreamCipher;
+  /** Fake-TLS client: answers go in ApplicationData records. */
+  readonly tls: boolean;
+  /** Telegram's first answer has been passed on (server error filter "first"). */
+  answered: boolean;
+  /** Why Telegram's side ended the session, if it did. */
+  closedBy: CloseReason | null;
+  queue: _OutItem[];
+  writing: boolean;
+}
+
+/** A buffer with room for `len` bytes at `at`, after space for TLS record headers. */
+function _outBuffer(m: _MiddleState, len: number): { out: Uint8Array; at: number } {
+  const at = m.tls ? RECORD_HEADER_LEN * Math.ceil(len / MAX_RECORD_PAYLOAD) : 0;
+  // Answers up to a 16 KiB packet reuse pooled buffers: a fresh one per packet kept the GC
+  // busy (a quarter of the proxy's time in middle mode).
+  const out = at + len <= _OUT_SLAB ? _outPool.pop() ?? new Uint8Array(_OUT_SLAB) : null;
+  return { out: out ?? new Uint8Array(at + len), at };
 }
 
 /** An answer waiting to be written: its bytes, what to acknowledge, and its (maybe pooled) buffer. */

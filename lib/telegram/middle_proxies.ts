@@ -10,6 +10,15 @@ import { DcPool, type MiddleOpener, type PoolEvents, type PoolStats } from "./po
 import type { ProxyConfig } from "./proxy_config.ts";
 import type { TelegramConfigChange, TelegramConfigSnapshot } from "./proxy_config.ts";
 
+/**
+ * Whether a listener's clients go through middle proxies: `telegram.mode: middle`, or `auto`
+ * with an ad tag on the listener.
+ */
+export function usesMiddleProxies(config: Config, listener: { tag: Uint8Array | null }): boolean {
+  const mode = config.telegram.mode;
+  return mode === "middle" || (mode === "auto" && listener.tag !== null);
+}
+
 /** Where the current Telegram configuration comes from (a TelegramConfigStore). */
 export interface TelegramConfigSource {
   readonly current: TelegramConfigSnapshot;
