@@ -161,7 +161,7 @@ async function _startMiddle(
   });
   let externalIp = config.externalIp;
   if (externalIp === null) {
-    externalIp = await lookupExternalIp(config.ipLookupUrls, CORE_API_TIMEOUT_MS);
+    externalIp = await _lookupExternalIp(config.ipLookupUrls, CORE_API_TIMEOUT_MS);
     if (externalIp) log.info("External IP (from an IP-echo service): {ip}", { ip: externalIp });
     else {
       log.warn(
@@ -206,14 +206,13 @@ async function _startMiddle(
     refresh: refreshNow,
     stop() {
       clearInterval(refresh);
-      proxies.close();
-      return Promise.resolve();
+      return proxies.close();
     },
   };
 }
 
 /** Ask IP-echo services, in order, for our public IPv4; null when none answers. */
-export async function lookupExternalIp(urls: readonly string[], timeoutMs: number) {
+async function _lookupExternalIp(urls: readonly string[], timeoutMs: number) {
   for (const url of urls) {
     try {
       const res = await fetch(url, { signal: AbortSignal.timeout(timeoutMs) });

@@ -62,9 +62,4 @@ export class PacketReader {
     this.#pending.set(bytes, this.#pendingLen);
     this.#pendingLen = need;
   }
-
-  /** Drop the carry-over buffer (its memory) when nothing is pending. */
-  compact(): void {
-    if (this.#pendingLen === 0) this.#pending = new Uint8Array(0);
-  }
 }

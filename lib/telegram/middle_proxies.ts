@@ -95,11 +95,13 @@ export class MiddleProxies {
     return n;
   }
 
-  close(): void {
+  /** Close every pool; resolves once all their connections have ended. */
+  async close(): Promise<void> {
     this.#closed = true;
     this.#unsubscribe();
-    for (const p of this.#pools.values()) p.close();
+    const pools = [...this.#pools.values()];
     this.#pools.clear();
+    await Promise.all(pools.map((p) => p.close()));
   }
 
   #table(): ProxyConfig {

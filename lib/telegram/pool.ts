@@ -221,7 +221,8 @@ export class DcPool {
     for (const c of stale) c.close();
   }
 
-  close(): void {
+  /** Close every connection; resolves once their read loops have ended. */
+  async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
     clearTimeout(this.#retryTimer);
@@ -229,8 +230,10 @@ export class DcPool {
     clearInterval(this.#idleTimer);
     for (const h of [...this.#homeless]) h.onClose("connection_lost");
     for (const w of this.#connWaiters) w();
-    for (const c of this.#conns) c.close();
+    const conns = this.#conns;
     this.#conns = [];
+    for (const c of conns) c.close();
+    await Promise.all(conns.map((c) => c.finished));
   }
 
   #attach(handle: MiddleHandle): boolean {
