@@ -17,7 +17,7 @@ import {
 } from "../protocol/fake_tls.ts";
 
 /** Buffer sizes by level: idle, active, bulk. */
-const LEVEL_SIZES = [512, RECORD_HEADER_LEN + MAX_RECORD_PAYLOAD, 65536] as const;
+const LEVEL_SIZES = [512, 16384, 65536] as const;
 /** How many free buffers of each level the pool keeps. */
 const POOL_CAPS = [65536, 256, 64] as const;
 /** Idle buffers are carved from slabs of this many: an ArrayBuffer apiece costs more in V8. */
