@@ -64,8 +64,8 @@ const CHUNK = 65536;
 const WINDOW = 1024 * 1024;
 const PING_LEN = 100;
 /** Framed bulk traffic: payload bytes per packet, and packets per write. */
-const PACKET = 16384;
-const PACKETS_PER_WRITE = 4;
+let PACKET = 16384;
+let PACKETS_PER_WRITE = 4;
 /** Length prefix of a padded intermediate frame. */
 const FRAME_HEADER_LEN = 4;
 /** Longest a connect + handshake + ping-pong, or a ping-pong, may take before it is an error. */
@@ -821,8 +821,15 @@ async function _main(): Promise<void> {
       "mem-signal": { type: "string" },
       framed: { type: "boolean", default: false },
       "mp-port": { type: "string" },
+      packet: { type: "string", default: "16384" },
     },
   });
+  // Framed bulk writes: packets of this many bytes, as many as make about 64 KiB per write.
+  PACKET = Number(values.packet);
+  if (!Number.isInteger(PACKET) || PACKET < 4 || PACKET % 4 !== 0 || PACKET > 16384) {
+    throw new RangeError(`Invalid --packet: "${values.packet}" (4-16384, a multiple of 4)`);
+  }
+  PACKETS_PER_WRITE = Math.max(1, Math.floor(65536 / (PACKET + FRAME_HEADER_LEN)));
   const mode = values.mode as LoadMode;
   if (!["dd", "ee", "relay"].includes(mode)) throw new RangeError(`Invalid --mode: "${mode}"`);
   const target: Target = {

@@ -290,3 +290,44 @@ Deno.test("middle proxies that are down close new clients, and service recovers 
     await back.close();
   });
 });
+
+let _markerSize = 1000;
+
+/** The proxy's conn_id for `client`: the one whose PROXY_REQ has a size no one else used. */
+async function connIdOf(mp: FakeMiddleProxy, client: TestClient): Promise<bigint> {
+  const size = (_markerSize += 4);
+  const marker = randomBytes(size);
+  await client.send(marker, { padding: 0 });
+  assertEquals(await client.receive(5000), marker); // the echo
+  const req = proxyReqs(mp).findLast((r) => r.size === size);
+  assert(req, "the marker's PROXY_REQ");
+  return req.connId;
+}
+
+Deno.test("answers from one middle-proxy read reach a fake-TLS client in one write of full records", async () => {
+  await withMiddle(async ({ mp, proxy }) => {
+    for (const kind of ["tls", "dd"] as const) {
+      const client = await connect(proxy.port, kind, "padded");
+      const other = await connect(proxy.port, kind, "padded");
+      try {
+        const connId = await connIdOf(mp, client);
+        const before = client.recordsReceived;
+        // 40 small answers and 3 large ones in one write from Telegram, in order.
+        const payloads = Array.from({ length: 40 }, (_, i) => randomBytes(4 * (1 + (i % 25))));
+        payloads.push(randomBytes(16384), randomBytes(20000), randomBytes(4096));
+        await mp.sendToClient(connId, payloads);
+        for (const p of payloads) assertEquals(await client.receive(5000), p);
+        if (kind === "tls") {
+          // One record per answer before; now one write, cut into records of at most 16 KiB.
+          const records = client.recordsReceived - before;
+          assert(records <= 8, `${records} records for ${payloads.length} answers`);
+        }
+        await echo(other); // the other client on the connection is unaffected
+        await echo(client);
+      } finally {
+        await client.close();
+        await other.close();
+      }
+    }
+  });
+});

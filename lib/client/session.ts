@@ -367,9 +367,12 @@ export class Session implements PumpHost, MiddleClient {
     if (this.#dc) closeQuietly(this.#dc.conn);
     if (this.#frontConn) closeQuietly(this.#frontConn);
     if (this.#middle) {
-      this.#middle.handle.release();
-      _release(this.#middle.queue);
-      this.#middle.queue = [];
+      const m = this.#middle;
+      m.handle.release();
+      for (const o of m.queue) _releaseOut(o);
+      if (m.current) _releaseOut(m.current);
+      m.queue = [];
+      m.current = null;
     }
     for (const c of this.#ciphers) c.close();
     this.#ctx.onDone(this);
@@ -460,6 +463,7 @@ export class Session implements PumpHost, MiddleClient {
       tls: client.tls !== null,
       answered: false,
       closedBy: null,
+      current: null,
       queue: [],
       writing: false,
     };
@@ -504,7 +508,7 @@ export class Session implements PumpHost, MiddleClient {
     });
   }
 
-  /** A packet from Telegram (MiddleClient): frame, encrypt, wrap, queue for the client. */
+  /** A packet from Telegram (MiddleClient): frame it into the client's next write. */
   onPacket(data: Uint8Array): void {
     const m = this.#middle;
     if (!m || this.phase === "done") return;
@@ -512,7 +516,7 @@ export class Session implements PumpHost, MiddleClient {
     const filter = this.#ctx.config.replay.serverErrorFilter;
     if (filter !== "off" && (filter === "all" || !m.answered) && _isTransportError(data)) {
       // A replayed session's tell-tale: never forward it.
-      m.handle.ack(data.length);
+      m.handle.ack(data.length, 1);
       m.closedBy = "server_error";
       closeQuietly(this.conn);
       return;
@@ -520,9 +524,12 @@ export class Session implements PumpHost, MiddleClient {
     m.answered = true;
     const padding = m.tag === "padded" ? _PADDINGS[randomInt(0, 3)]! : _NO_PADDING;
     const len = frameLength(m.tag, data.length, padding.length);
-    const { out, at } = _outBuffer(m, len);
-    writeFrame(m.tag, data, padding, out, at);
-    this.#queueToClient(m, out, at, len, data.length);
+    const o = _room(m, len);
+    writeFrame(m.tag, data, padding, o.buf, o.end);
+    o.end += len;
+    o.ackBytes += data.length;
+    o.ackPackets++;
+    this.#scheduleDrain(m);
   }
 
   /** Telegram confirmed a packet (MiddleClient). */
@@ -530,9 +537,10 @@ export class Session implements PumpHost, MiddleClient {
     const m = this.#middle;
     if (!m || this.phase === "done") return;
     const token = quickAckToken(m.tag, confirm);
-    const { out, at } = _outBuffer(m, token.length);
-    out.set(token, at);
-    this.#queueToClient(m, out, at, token.length, 0);
+    const o = _room(m, token.length);
+    o.buf.set(token, o.end);
+    o.end += token.length;
+    this.#scheduleDrain(m);
   }
 
   /** Telegram dropped this client, or the pool did because it fell too far behind (MiddleClient). */
@@ -542,31 +550,29 @@ export class Session implements PumpHost, MiddleClient {
     closeQuietly(this.conn);
   }
 
-  /** Encrypt and (for fake-TLS) wrap `len` bytes at `out[at..]`, then queue them for writing. */
-  #queueToClient(m: _MiddleState, out: Uint8Array, at: number, len: number, ack: number): void {
-    m.encryptor.update(out.subarray(at, at + len));
-    const start = m.tls ? frameTlsRecords(out, at, len) : 0;
-    this.#bytesToClient += at + len - start;
-    m.queue.push({ bytes: out.subarray(start, at + len), ack, buf: out });
-    if (!m.writing) this.#drainToClient(m);
+  /**
+   * Start writing in a microtask: every answer dispatched from the same middle-proxy read goes
+   * out in one write (and, to fake-TLS clients, in full-size records).
+   */
+  #scheduleDrain(m: _MiddleState): void {
+    if (m.writing) return;
+    m.writing = true;
+    queueMicrotask(() => this.#drainToClient(m));
   }
 
   async #drainToClient(m: _MiddleState): Promise<void> {
-    m.writing = true;
     try {
-      while (m.queue.length > 0) {
-        // Everything queued goes out in one write: one system call for many small packets.
-        const batch = m.queue;
-        m.queue = [];
-        if (batch.length === 1) {
-          await writeAll(this.conn, batch[0]!.bytes);
-          _release(batch);
-        } else {
-          const joined = _concat(batch.map((item) => item.bytes));
-          _release(batch);
-          await writeAll(this.conn, joined);
-        }
-        for (const item of batch) if (item.ack > 0) m.handle.ack(item.ack);
+      while (this.phase !== "done") {
+        const o = m.queue.shift() ?? m.current;
+        if (!o) break;
+        if (o === m.current) m.current = null;
+        // One cipher call per write; buffers are written (and so encrypted) in order.
+        m.encryptor.update(o.buf.subarray(o.start, o.end));
+        const start = m.tls ? frameTlsRecords(o.buf, o.start, o.end - o.start) : o.start;
+        this.#bytesToClient += o.end - start;
+        await writeAll(this.conn, o.buf.subarray(start, o.end));
+        if (o.ackPackets > 0) m.handle.ack(o.ackBytes, o.ackPackets);
+        _releaseOut(o);
       }
     } catch {
       closeQuietly(this.conn);
@@ -815,7 +821,7 @@ export class Session implements PumpHost, MiddleClient {
 async function _sendPackets(reader: PacketReader, chunk: Uint8Array, handle: MiddleHandle) {
   const packets = reader.push(chunk);
   if (typeof packets === "string") throw new Error(`Client stream is broken: ${packets}`);
-  for (const p of packets) await handle.send(p.payload, p.quickAck);
+  if (packets.length > 0) await handle.send(packets);
 }
 
 /** Telegram's transport error: a lone 4-byte negative code such as -404. */
@@ -851,36 +857,56 @@ interface _MiddleState {
   answered: boolean;
   /** Why Telegram's side ended the session, if it did. */
   closedBy: CloseReason | null;
-  queue: _OutItem[];
+  /** The buffer answers are being added to, and full ones waiting to be written. */
+  current: _OutBuffer | null;
+  queue: _OutBuffer[];
+  /** A write is scheduled or in flight. */
   writing: boolean;
 }
 
-/** A buffer with room for `len` bytes at `at`, after space for TLS record headers. */
-function _outBuffer(m: _MiddleState, len: number): { out: Uint8Array; at: number } {
-  const at = m.tls ? RECORD_HEADER_LEN * Math.ceil(len / MAX_RECORD_PAYLOAD) : 0;
-  // Answers up to a 16 KiB packet reuse pooled buffers: a fresh one per packet kept the GC
-  // busy (a quarter of the proxy's time in middle mode).
-  const out = at + len <= _OUT_SLAB ? _outPool.pop() ?? new Uint8Array(_OUT_SLAB) : null;
-  return { out: out ?? new Uint8Array(at + len), at };
+/** Answers for the client, framed, then encrypted and written as one. */
+interface _OutBuffer {
+  buf: Uint8Array;
+  /** Where the answers start: TLS record headers go into the room before it. */
+  start: number;
+  /** Where the next answer goes. */
+  end: number;
+  /** What to acknowledge to the pool once written. */
+  ackBytes: number;
+  ackPackets: number;
 }
 
-/** An answer waiting to be written: its bytes, what to acknowledge, and its (maybe pooled) buffer. */
-interface _OutItem {
-  bytes: Uint8Array;
-  ack: number;
-  buf: Uint8Array | null;
-}
-
-/** Pooled answer buffers: a 16 KiB packet, its frame header and padding, and TLS headers. */
-const _OUT_SLAB = 16384 + 4 + 3 + 2 * RECORD_HEADER_LEN;
+/** Pooled answer buffers: room for several 16 KiB packets and their TLS record headers. */
+const _OUT_SLAB = 96 * 1024;
+const _OUT_HEADROOM = RECORD_HEADER_LEN * Math.ceil(_OUT_SLAB / MAX_RECORD_PAYLOAD);
 const _outPool: Uint8Array[] = [];
-const _OUT_POOL_MAX = 256;
+const _OUT_POOL_MAX = 48;
 
-/** Give pooled buffers back (each once). */
-function _release(items: _OutItem[]): void {
-  for (const item of items) {
-    const buf = item.buf;
-    item.buf = null;
-    if (buf && buf.length === _OUT_SLAB && _outPool.length < _OUT_POOL_MAX) _outPool.push(buf);
+/** The client's current answer buffer if `len` more bytes fit, else a new one. */
+function _room(m: _MiddleState, len: number): _OutBuffer {
+  const cur = m.current;
+  if (cur && cur.end + len <= cur.buf.length) return cur;
+  if (cur) m.queue.push(cur);
+  let buf: Uint8Array;
+  let start: number;
+  if (_OUT_HEADROOM + len <= _OUT_SLAB) {
+    // Reused: a fresh buffer per answer kept the GC busy (a quarter of the proxy's time).
+    buf = _outPool.pop() ?? new Uint8Array(_OUT_SLAB);
+    start = m.tls ? _OUT_HEADROOM : 0;
+  } else {
+    start = m.tls ? RECORD_HEADER_LEN * Math.ceil(len / MAX_RECORD_PAYLOAD) : 0;
+    buf = new Uint8Array(start + len);
   }
+  const o = { buf, start, end: start, ackBytes: 0, ackPackets: 0 };
+  m.current = o;
+  return o;
 }
+
+/** Give a pooled buffer back (each once). */
+function _releaseOut(o: _OutBuffer): void {
+  const buf = o.buf;
+  if (buf.length === _OUT_SLAB && _outPool.length < _OUT_POOL_MAX) _outPool.push(buf);
+  o.buf = _EMPTY;
+}
+
+const _EMPTY = new Uint8Array(0);

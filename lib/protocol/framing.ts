@@ -28,27 +28,97 @@ export interface Packet {
 /** Largest packet accepted from a client (the Erlang proxy's limit). */
 export const MAX_FRAME_BYTES = 1 << 20;
 
-/** Decode one abridged frame: a length in 4-byte words, short (1 byte) or long (`7f` + u24). */
-export function decodeAbridged(buf: Uint8Array): Step<Packet> {
-  if (buf.length < 1) return { kind: "need", atLeast: 1 };
-  const first = buf[0]!;
-  const quickAck = (first & 0x80) !== 0;
-  let words = first & 0x7f;
-  let head = 1;
-  if (words === 0x7f) {
-    if (buf.length < 4) return { kind: "need", atLeast: 4 };
-    words = buf[1]! | (buf[2]! << 8) | (buf[3]! << 16);
-    if (words < 0x7f) return { kind: "reject", reason: "frame_overlong" };
+/**
+ * Where {@linkcode scanFrame} found a frame (offsets into the scanned buffer), how many bytes it
+ * still needs, or why it refused. One instance is reused for every scan: nothing is allocated
+ * per frame, which matters when middle-proxy mode unframes every client packet.
+ */
+export class FrameSpan {
+  /** The payload is `[payloadStart, payloadEnd)`; padding bytes that cannot be told apart from it are left out. */
+  payloadStart = 0;
+  payloadEnd = 0;
+  /** With "frame": where the next frame starts. With "need": the buffer must reach this offset. */
+  end = 0;
+  quickAck = false;
+  reason: FrameRejectReason | null = null;
+}
+
+/** What {@linkcode scanFrame} found. */
+export type ScanResult = "frame" | "need" | "reject";
+
+/** Scan one frame of `tag` starting at `buf[off]`, filling `span`. */
+export function scanFrame(
+  tag: TransportTag,
+  buf: Uint8Array,
+  off: number,
+  span: FrameSpan,
+): ScanResult {
+  const avail = buf.length - off;
+  let head: number;
+  let len: number;
+  let keep: number;
+  if (tag === "abridged") {
+    // A length in 4-byte words: short (1 byte, bit 7 = quick ack) or long (`7f` + u24).
+    if (avail < 1) return _need(span, off + 1);
+    const first = buf[off]!;
+    span.quickAck = (first & 0x80) !== 0;
+    let words = first & 0x7f;
+    head = 1;
+    if (words === 0x7f) {
+      if (avail < 4) return _need(span, off + 4);
+      words = buf[off + 1]! | (buf[off + 2]! << 8) | (buf[off + 3]! << 16);
+      if (words < 0x7f) return _reject(span, "frame_overlong");
+      head = 4;
+    }
+    len = words * 4;
+    keep = len;
+  } else {
+    // u32 LE length, bit 31 = quick ack.
+    if (avail < 4) return _need(span, off + 4);
+    const raw = readU32(buf, off);
+    span.quickAck = (raw & 0x80000000) !== 0;
+    len = raw & 0x7fffffff;
     head = 4;
+    if (len > MAX_FRAME_BYTES) return _reject(span, "frame_too_large");
+    if (tag === "intermediate" && len % 4 !== 0) return _reject(span, "frame_misaligned");
+    // Padded: the client added 0..15 random bytes; only len % 4 of them can be told apart.
+    keep = tag === "padded" ? len & ~3 : len;
   }
-  const len = words * 4;
-  if (len > MAX_FRAME_BYTES) return { kind: "reject", reason: "frame_too_large" };
-  if (buf.length < head + len) return { kind: "need", atLeast: head + len };
+  if (len > MAX_FRAME_BYTES) return _reject(span, "frame_too_large");
+  if (avail < head + len) return _need(span, off + head + len);
+  span.payloadStart = off + head;
+  span.payloadEnd = off + head + keep;
+  span.end = off + head + len;
+  span.reason = null;
+  return "frame";
+}
+
+function _need(span: FrameSpan, end: number): ScanResult {
+  span.end = end;
+  return "need";
+}
+
+function _reject(span: FrameSpan, reason: FrameRejectReason): ScanResult {
+  span.reason = reason;
+  return "reject";
+}
+
+/** Decode one frame of `tag` from the start of `buf` (see {@linkcode scanFrame}). */
+export function decodeFrame(tag: TransportTag, buf: Uint8Array): Step<Packet> {
+  const span = new FrameSpan();
+  const r = scanFrame(tag, buf, 0, span);
+  if (r === "need") return { kind: "need", atLeast: span.end };
+  if (r === "reject") return { kind: "reject", reason: span.reason! };
   return {
     kind: "frame",
-    frame: { payload: buf.subarray(head, head + len), quickAck },
-    rest: buf.subarray(head + len),
+    frame: { payload: buf.subarray(span.payloadStart, span.payloadEnd), quickAck: span.quickAck },
+    rest: buf.subarray(span.end),
   };
+}
+
+/** Decode one abridged frame: a length in 4-byte words, short (1 byte) or long (`7f` + u24). */
+export function decodeAbridged(buf: Uint8Array): Step<Packet> {
+  return decodeFrame("abridged", buf);
 }
 
 /** Encode one abridged frame (payload length must be a multiple of 4). */
@@ -71,31 +141,14 @@ export function encodeAbridged(payload: Uint8Array): Uint8Array {
   return out;
 }
 
-function _decodeLengthPrefixed(buf: Uint8Array, padded: boolean): Step<Packet> {
-  if (buf.length < 4) return { kind: "need", atLeast: 4 };
-  const raw = readU32(buf, 0);
-  const quickAck = (raw & 0x80000000) !== 0;
-  const len = raw & 0x7fffffff;
-  if (len > MAX_FRAME_BYTES) return { kind: "reject", reason: "frame_too_large" };
-  if (!padded && len % 4 !== 0) return { kind: "reject", reason: "frame_misaligned" };
-  if (buf.length < 4 + len) return { kind: "need", atLeast: 4 + len };
-  // Padded: the client added 0..15 random bytes; only len % 4 of them can be told apart.
-  const keep = padded ? len & ~3 : len;
-  return {
-    kind: "frame",
-    frame: { payload: buf.subarray(4, 4 + keep), quickAck },
-    rest: buf.subarray(4 + len),
-  };
-}
-
 /** Decode one intermediate frame: u32 LE length (bit 31 = quick ack) and payload. */
 export function decodeIntermediate(buf: Uint8Array): Step<Packet> {
-  return _decodeLengthPrefixed(buf, false);
+  return decodeFrame("intermediate", buf);
 }
 
 /** Decode one padded-intermediate frame, dropping the `len % 4` padding bytes. */
 export function decodePadded(buf: Uint8Array): Step<Packet> {
-  return _decodeLengthPrefixed(buf, true);
+  return decodeFrame("padded", buf);
 }
 
 /** Encode one intermediate frame. */
@@ -114,12 +167,6 @@ export function encodePadded(payload: Uint8Array, padding: Uint8Array): Uint8Arr
   out.set(payload, 4);
   out.set(padding, 4 + payload.length);
   return out;
-}
-
-/** Decode one frame of the given transport. */
-export function decodeFrame(tag: TransportTag, buf: Uint8Array): Step<Packet> {
-  if (tag === "abridged") return decodeAbridged(buf);
-  return _decodeLengthPrefixed(buf, tag === "padded");
 }
 
 /**

@@ -193,7 +193,7 @@ function _writeFrame(
   const crcAt = off + len - 4;
   writeU32(out, crcAt, crc32(out.subarray(off, crcAt)));
   const end = off + fullFrameLength(bodyLen, pad);
-  for (let at = off + len; at < end; at += 4) out[at] = 4; // 04 00 00 00 (out starts zeroed)
+  for (let at = off + len; at < end; at += 4) writeU32(out, at, 4); // 04 00 00 00
   return end;
 }
 
@@ -255,14 +255,17 @@ export class FullEncoder {
    * Encode several bodies as consecutive frames in one buffer: one allocation (and, in
    * {@linkcode FullCodec}, one cipher call) for a whole batch of small messages.
    */
-  encodeMany(bodies: readonly FullBody[], pad = false): Uint8Array {
+  encodeMany(bodies: readonly FullBody[], pad = false, into?: Uint8Array): Uint8Array {
     const lengths = bodies.map(_bodyLength);
     let total = 0;
     for (const n of lengths) {
       _checkBody(n);
       total += fullFrameLength(n, pad);
     }
-    const out = new Uint8Array(total);
+    // A caller's reusable buffer when the batch fits (a fresh one per batch kept the GC busy).
+    const out = into !== undefined && into.length >= total
+      ? into.subarray(0, total)
+      : new Uint8Array(total);
     let off = 0;
     for (let i = 0; i < bodies.length; i++) {
       off = _writeFrame(out, off, bodies[i]!, lengths[i]!, this.#seq, pad);
@@ -489,10 +492,13 @@ export class FullCodec {
     return out;
   }
 
-  /** Frame, pad and encrypt several bodies into one buffer (see {@linkcode FullEncoder.encodeMany}). */
-  encodeMany(bodies: readonly FullBody[]): Uint8Array {
+  /**
+   * Frame, pad and encrypt several bodies into one buffer (see
+   * {@linkcode FullEncoder.encodeMany}): a view into `into` when they fit there, else a fresh one.
+   */
+  encodeMany(bodies: readonly FullBody[], into?: Uint8Array): Uint8Array {
     const enc = this.#encryptor;
-    const out = this.#encoder.encodeMany(bodies, enc !== null || this.#padPlaintext);
+    const out = this.#encoder.encodeMany(bodies, enc !== null || this.#padPlaintext, into);
     enc?.update(out);
     return out;
   }

@@ -5,12 +5,19 @@
  *
  * @module
  */
-import { decodeFrame, type FrameRejectReason, type Packet } from "./framing.ts";
+import {
+  decodeFrame,
+  type FrameRejectReason,
+  FrameSpan,
+  type Packet,
+  scanFrame,
+} from "./framing.ts";
 import type { TransportTag } from "./obfuscated2.ts";
 
 /** Reads packets out of a stream of plaintext chunks. */
 export class PacketReader {
   readonly #tag: TransportTag;
+  readonly #span = new FrameSpan();
   /** Bytes of an incomplete frame carried over from earlier chunks. */
   #pending: Uint8Array = new Uint8Array(0);
   #pendingLen = 0;
@@ -39,15 +46,21 @@ export class PacketReader {
       this.#pendingLen = 0;
       buf = chunk.subarray(frameEnd - before);
     }
-    while (buf.length > 0) {
-      const step = decodeFrame(this.#tag, buf);
-      if (step.kind === "reject") return step.reason;
-      if (step.kind === "need") {
-        this.#append(buf);
+    // Offsets, not views: one view (the payload) per packet.
+    const span = this.#span;
+    let off = 0;
+    while (off < buf.length) {
+      const r = scanFrame(this.#tag, buf, off, span);
+      if (r === "reject") return span.reason!;
+      if (r === "need") {
+        this.#append(off === 0 ? buf : buf.subarray(off));
         break;
       }
-      out.push(step.frame);
-      buf = step.rest;
+      out.push({
+        payload: buf.subarray(span.payloadStart, span.payloadEnd),
+        quickAck: span.quickAck,
+      });
+      off = span.end;
     }
     return out;
   }

@@ -318,6 +318,8 @@ function _authKeyIdIsZero(packet: Uint8Array): boolean {
  */
 export class ProxyReqHeader {
   #template: Uint8Array;
+  /** Headers by flag variant: bit 0 quick ack, bit 1 not encrypted. */
+  readonly #variants: (Uint8Array | undefined)[] = [undefined, undefined, undefined, undefined];
 
   constructor(target: ProxyReqTarget) {
     const tag = target.adTag ?? null;
@@ -348,13 +350,21 @@ export class ProxyReqHeader {
     return this.#template.length;
   }
 
-  /** A fresh header for `packet`: the flags depend on its auth_key_id and the quick-ack bit. */
+  /**
+   * The header for `packet`: the flags depend on its auth_key_id and the quick-ack bit. One of
+   * four shared buffers, made on first use (not one per packet): do not modify it.
+   */
   header(packet: Uint8Array, quickAck = false): Uint8Array {
-    const out = this.#template.slice();
-    let flags = readU32(out, 4);
-    if (quickAck) flags |= F.QUICKACK;
-    if (_authKeyIdIsZero(packet)) flags |= F.NOT_ENCRYPTED;
-    writeU32(out, 4, flags >>> 0);
+    const variant = (quickAck ? 1 : 0) | (_authKeyIdIsZero(packet) ? 2 : 0);
+    let out = this.#variants[variant];
+    if (out === undefined) {
+      out = this.#template.slice();
+      let flags = readU32(out, 4);
+      if (quickAck) flags |= F.QUICKACK;
+      if (variant & 2) flags |= F.NOT_ENCRYPTED;
+      writeU32(out, 4, flags >>> 0);
+      this.#variants[variant] = out;
+    }
     return out;
   }
 }

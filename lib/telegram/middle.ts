@@ -18,6 +18,7 @@ import {
   encodePong,
   ProxyReqHeader,
 } from "../protocol/rpc.ts";
+import type { Packet } from "../protocol/framing.ts";
 import type { TransportTag } from "../protocol/obfuscated2.ts";
 
 /** What a middle-proxy connection needs to know about one client. */
@@ -91,20 +92,26 @@ export class MiddleSlot {
     return this.#conn;
   }
 
-  /** Send one client packet; resolves once it is on the middle proxy's socket. */
-  async send(packet: Uint8Array, quickAck: boolean): Promise<void> {
+  /**
+   * Send client packets (views that must stay untouched until this settles), in order, as
+   * RPC_PROXY_REQs; resolves once they are on the middle proxy's socket.
+   */
+  async send(packets: readonly Packet[]): Promise<void> {
     if (this.detached) throw new Error("Middle-proxy slot is closed");
+    if (packets.length === 0) return;
     this.busy++;
     try {
-      await this.#conn.enqueue([this.#header.header(packet, quickAck), packet]);
+      const bodies: FullBody[] = [];
+      for (const p of packets) bodies.push([this.#header.header(p.payload, p.quickAck), p.payload]);
+      await this.#conn.enqueueMany(bodies);
     } finally {
       this.busy--;
     }
   }
 
-  /** The client wrote `bytes` of one delivered packet to its socket. */
-  ack(bytes: number): void {
-    this.#conn.ack(this, bytes);
+  /** The client wrote `packets` delivered packets (`bytes` in all) to its socket. */
+  ack(bytes: number, packets: number): void {
+    this.#conn.ack(this, bytes, packets);
   }
 }
 
@@ -120,7 +127,9 @@ export class MiddleConnection {
   readonly #slots = new Map<bigint, MiddleSlot>();
   readonly #ourIp: string;
   readonly #ourPort: number;
-  #queue: { body: FullBody; done: () => void; fail: (e: unknown) => void }[] = [];
+  /** Bodies waiting for the next write, and who waits for them. */
+  #queue: FullBody[] = [];
+  #waiters: { done: () => void; fail: (e: unknown) => void }[] = [];
   #flushing = false;
   #unackedBytes = 0;
   #unackedPackets = 0;
@@ -259,28 +268,45 @@ export class MiddleConnection {
 
   /** Queue an RPC body; written with whatever else is queued in one encrypted batch. */
   enqueue(body: FullBody): Promise<void> {
+    return this.enqueueMany([body]);
+  }
+
+  /**
+   * Queue RPC bodies, in order. The write starts in a microtask, so that what other clients
+   * queue in the same turn of the event loop goes out in the same system call.
+   */
+  enqueueMany(bodies: readonly FullBody[]): Promise<void> {
     if (this.#closed) return Promise.reject(new Error("Middle-proxy connection is closed"));
+    for (const body of bodies) this.#queue.push(body);
     return new Promise((done, fail) => {
-      this.#queue.push({ body, done, fail });
-      if (!this.#flushing) this.#flush();
+      this.#waiters.push({ done, fail });
+      if (!this.#flushing) {
+        this.#flushing = true;
+        queueMicrotask(() => this.#flush());
+      }
     });
   }
 
   async #flush(): Promise<void> {
-    this.#flushing = true;
     try {
-      while (this.#queue.length > 0) {
+      while (this.#queue.length > 0 && !this.#closed) {
         const batch = this.#queue;
+        const waiters = this.#waiters;
         this.#queue = [];
+        this.#waiters = [];
+        const into = _encodeBuffers.pop() ?? new Uint8Array(_ENCODE_BUFFER);
         try {
-          await writeAll(this.#conn, this.#codec.encodeMany(batch.map((q) => q.body)));
+          await writeAll(this.#conn, this.#codec.encodeMany(batch, into));
           this.#lastTraffic = Date.now();
-          for (const q of batch) q.done();
+          for (const w of waiters) w.done();
         } catch (e) {
-          for (const q of [...batch, ...this.#queue]) q.fail(e);
+          for (const w of [...waiters, ...this.#waiters]) w.fail(e);
           this.#queue = [];
+          this.#waiters = [];
           this.#shutdown("write failed");
           return;
+        } finally {
+          if (_encodeBuffers.length < _ENCODE_BUFFERS_MAX) _encodeBuffers.push(into);
         }
       }
     } finally {
@@ -289,12 +315,15 @@ export class MiddleConnection {
   }
 
   /** A client wrote `bytes` of a delivered packet: lift backpressure when under the limits. */
-  ack(slot: MiddleSlot, bytes: number): void {
-    if (slot.unackedPackets === 0) return;
+  ack(slot: MiddleSlot, bytes: number, packets: number): void {
+    // A migrated slot starts from zero: never count below it.
+    bytes = Math.min(bytes, slot.unackedBytes);
+    packets = Math.min(packets, slot.unackedPackets);
+    if (packets === 0 && bytes === 0) return;
     slot.unackedBytes -= bytes;
-    slot.unackedPackets--;
+    slot.unackedPackets -= packets;
     this.#unackedBytes -= bytes;
-    this.#unackedPackets--;
+    this.#unackedPackets -= packets;
     this.#maybeResume();
   }
 
@@ -332,8 +361,9 @@ export class MiddleConnection {
     const resume = this.#resume;
     this.#resume = null;
     resume?.();
-    for (const q of this.#queue) q.fail(new Error("Middle-proxy connection closed"));
+    for (const w of this.#waiters) w.fail(new Error("Middle-proxy connection closed"));
     this.#queue = [];
+    this.#waiters = [];
     this.onDead?.(this, error);
   }
 
@@ -406,6 +436,14 @@ export class MiddleConnection {
     }
   }
 }
+
+/**
+ * Reusable buffers for encoding a batch of RPC messages (each batch is written before the next is
+ * encoded, so a connection needs one at a time). Larger batches get a buffer of their own.
+ */
+const _ENCODE_BUFFER = 256 * 1024;
+const _ENCODE_BUFFERS_MAX = 8;
+const _encodeBuffers: Uint8Array[] = [];
 
 function _randomU64(): bigint {
   const b = randomBytes(8);

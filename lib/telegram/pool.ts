@@ -7,6 +7,7 @@
  * @module
  */
 import type { HostPort } from "../config/types.ts";
+import type { Packet } from "../protocol/framing.ts";
 import {
   type MiddleClient,
   type MiddleClientInfo,
@@ -70,17 +71,17 @@ export class MiddleHandle implements MiddleClient {
     this.info = info;
   }
 
-  /** Send one client packet to Telegram; resolves once it is on the socket. */
-  async send(packet: Uint8Array, quickAck: boolean): Promise<void> {
+  /** Send client packets to Telegram, in order; resolves once they are on the socket. */
+  async send(packets: readonly Packet[]): Promise<void> {
     if (this.#rebound) await this.#rebound.promise;
     const slot = this.#slot;
     if (!slot || this.#released) throw new Error("Not connected to Telegram");
-    await slot.send(packet, quickAck);
+    await slot.send(packets);
   }
 
-  /** The session wrote `bytes` of a delivered packet to its client. */
-  ack(bytes: number): void {
-    this.#slot?.ack(bytes);
+  /** The session wrote `packets` delivered packets (`bytes` in all) to its client. */
+  ack(bytes: number, packets: number): void {
+    this.#slot?.ack(bytes, packets);
   }
 
   /** The client left: tell Telegram and free the slot. */

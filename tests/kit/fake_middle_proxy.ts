@@ -245,8 +245,15 @@ export interface FakeMiddleProxy {
    * so nothing is answered while stalled and the proxy's writes back up. Writes still go out.
    */
   stall(on: boolean): void;
-  /** Push an unsolicited PROXY_ANS (`payload` a multiple of 4 bytes); resolves once written. */
-  sendToClient(connId: bigint, payload: Uint8Array, options?: SendToClientOptions): Promise<void>;
+  /**
+   * Push unsolicited PROXY_ANS messages (payloads a multiple of 4 bytes; several go out in one
+   * write); resolves once written.
+   */
+  sendToClient(
+    connId: bigint,
+    payload: Uint8Array | Uint8Array[],
+    options?: SendToClientOptions,
+  ): Promise<void>;
   /** Send RPC_CLOSE_EXT for `connId` and forget it; resolves once written. */
   sendCloseExt(connId: bigint, options?: { conn?: number }): Promise<void>;
   /** Send RPC_PING to every live RPC connection; resolves with the ping ids once written. */
@@ -506,15 +513,18 @@ class _FakeMiddleProxy implements FakeMiddleProxy {
 
   sendToClient(
     connId: bigint,
-    payload: Uint8Array,
+    payload: Uint8Array | Uint8Array[],
     options: SendToClientOptions = {},
   ): Promise<void> {
     try {
       const c = this.#target(connId, options.conn);
-      const body = encodeProxyAns(connId, payload, { flags: options.flags ?? 0 });
-      this.stats.answers++;
-      this.stats.answerBytes += payload.length;
-      return c.send([body]);
+      const payloads = payload instanceof Uint8Array ? [payload] : payload;
+      const bodies = payloads.map((p) => {
+        this.stats.answers++;
+        this.stats.answerBytes += p.length;
+        return encodeProxyAns(connId, p, { flags: options.flags ?? 0 });
+      });
+      return c.send(bodies);
     } catch (e) {
       return Promise.reject(e);
     }

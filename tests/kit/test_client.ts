@@ -81,6 +81,8 @@ export interface TestClient {
   readonly dcId: number;
   /** The proxy's fake-TLS answer (tls), else null. */
   readonly serverHello: Uint8Array | null;
+  /** Fake-TLS: records received after the handshake (how the proxy grouped its writes). */
+  readonly recordsReceived: number;
   /** Send the obfuscated2 init now if it is still held back (see `deferInit`). */
   flushInit(): Promise<void>;
   /** Send one frame. */
@@ -146,11 +148,41 @@ function _equal(a: Uint8Array, b: Uint8Array): boolean {
   return a.length === b.length && a.every((x, i) => x === b[i]);
 }
 
+/** Counts TLS records in a stream cut anywhere. */
+class _RecordCounter {
+  records = 0;
+  #header = 0;
+  #size = 0;
+  #left = 0;
+
+  count(chunk: Uint8Array): void {
+    let i = 0;
+    while (i < chunk.length) {
+      if (this.#left > 0) {
+        const n = Math.min(this.#left, chunk.length - i);
+        this.#left -= n;
+        i += n;
+        continue;
+      }
+      const b = chunk[i++]!;
+      if (this.#header === 3) this.#size = b << 8;
+      if (this.#header === 4) {
+        this.#left = this.#size | b;
+        this.#header = 0;
+        this.records++;
+        continue;
+      }
+      this.#header++;
+    }
+  }
+}
+
 class _TestClient implements TestClient {
   readonly kind: SecretKind;
   readonly transport: TransportTag;
   readonly dcId: number;
   serverHello: Uint8Array | null = null;
+  readonly #records = new _RecordCounter();
   #conn: Deno.TcpConn;
   #queue = new ByteQueue();
   #pump: Promise<void>;
@@ -219,11 +251,16 @@ class _TestClient implements TestClient {
     this.#startDecrypting();
   }
 
+  get recordsReceived(): number {
+    return this.#records.records;
+  }
+
   #startDecrypting(): void {
     const reader = this.#tls ? new TlsRecordReader() : null;
     this.#transform = (chunk) => {
       let data = chunk;
       if (reader) {
+        this.#records.count(chunk);
         const n = reader.unwrap(chunk);
         if (typeof n === "string") throw new Error(`Bad TLS record from the proxy: ${n}`);
         data = chunk.subarray(0, n);
