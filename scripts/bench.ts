@@ -27,6 +27,7 @@
  * @module
  */
 import { parseArgs } from "node:util";
+import { createAes, randomBytes } from "../lib/crypto.ts";
 
 const HELP = `Usage: deno task bench [options]
 
@@ -502,6 +503,10 @@ interface MiddleResults {
   telegram_connections: Partial<Record<ProxyMode, MiddleConnections>>;
   /** Middle-proxy connections during the throughput runs (most seen). */
   throughput_telegram_connections: number | null;
+  /** The most middle mode could reach at 16 streams on this machine (see `_ceiling`). */
+  ceiling: Partial<Record<ProxyMode, MiddlePair>>;
+  /** AES-256-CBC encryption on one core, GB/s (the serial chain middle mode must add). */
+  cbc_encrypt_gb_s: number | null;
   /** The fake middle proxy's counters at the end. */
   fake_middle_proxy: Record<string, unknown> | null;
 }
@@ -846,13 +851,14 @@ async function _middleThroughput(
   const s = env.settings;
   const runs: Record<string, LoadResult[]> = {};
   const timeout = s.warmupS + s.seconds + 60;
+  m.cbc_encrypt_gb_s = _cbcEncryptSpeed();
   for (let rep = 0; rep < s.middleRepeat; rep++) {
-    for (const streams of STREAMS) {
+    for (const streams of [...STREAMS, SMALL_KEY]) {
       // Interleaved, so that a noisy moment hits every configuration alike.
       for (const mode of PROXY_MODES) {
         for (const path of ["direct", "middle"] as const) {
           const flags = {
-            streams,
+            ...(streams === SMALL_KEY ? { streams: 16, packet: SMALL_PACKET } : { streams }),
             warmup: s.warmupS,
             seconds: s.seconds,
             framed: true,
@@ -877,8 +883,11 @@ async function _middleThroughput(
             );
           }
           const other = path === "middle" ? "middle proxy" : "dc";
+          const what = streams === SMALL_KEY
+            ? " 16 streams, 1 KiB packets"
+            : ` ${String(streams).padStart(3)} streams`;
           console.error(
-            `  throughput ${path} ${mode} ${String(streams).padStart(3)} streams: ` +
+            `  throughput ${path} ${mode}${what}: ` +
               `${r.echo_mb_s.toFixed(0)} MB/s` +
               ` (cpu s: proxy ${r.cpu_s.mid.toFixed(2)}, ${other} ${r.cpu_s.dc.toFixed(2)},` +
               ` load ${r.cpu_s.load.toFixed(2)} in ${r.seconds.toFixed(1)} s)`,
@@ -887,7 +896,7 @@ async function _middleThroughput(
       }
     }
   }
-  const mbs = (path: MiddlePath, mode: ProxyMode, streams: number) =>
+  const mbs = (path: MiddlePath, mode: ProxyMode, streams: number | string) =>
     _median(runs[`${path}/${mode}/${streams}`]!.map((r) => r.echo_mb_s));
   const cpuPerGb = (path: MiddlePath, mode: ProxyMode) => {
     let cpu = 0;
@@ -905,8 +914,14 @@ async function _middleThroughput(
     for (const streams of STREAMS) {
       byStreams[streams] = _mpair(mbs("middle", mode, streams), mbs("direct", mode, streams));
     }
+    byStreams[SMALL_KEY] = _mpair(mbs("middle", mode, SMALL_KEY), mbs("direct", mode, SMALL_KEY));
     m.throughput_mb_s[mode] = byStreams;
     m.cpu_s_per_gb[mode] = _mpair(cpuPerGb("middle", mode), cpuPerGb("direct", mode));
+    m.ceiling[mode] = _ceiling(
+      runs[`middle/${mode}/16`]!,
+      runs[`direct/${mode}/16`]!,
+      m.cbc_encrypt_gb_s,
+    );
   }
   detail.throughput = Object.fromEntries(
     Object.entries(runs).map(([k, rs]) => [
@@ -923,6 +938,48 @@ async function _middleThroughput(
       })),
     ]),
   );
+}
+
+/** The small-packet run: 16 streams of 1 KiB packets (most real Telegram traffic is small). */
+const SMALL_KEY = "16x1k";
+const SMALL_PACKET = 1024;
+
+/** AES-256-CBC encryption speed on one core, GB/s: 64 MiB in 64 KiB calls. */
+function _cbcEncryptSpeed(): number {
+  const c = createAes("cbc-encrypt", randomBytes(32), randomBytes(16));
+  try {
+    const buf = randomBytes(65536);
+    for (let i = 0; i < 64; i++) c.update(buf); // warm up
+    const t0 = performance.now();
+    for (let i = 0; i < 1024; i++) c.update(buf);
+    const s = (performance.now() - t0) / 1000;
+    return (1024 * buf.length) / 1e9 / s;
+  } finally {
+    c.close();
+  }
+}
+
+/**
+ * An upper bound on middle-mode throughput at 16 streams on this machine, from this run's own
+ * figures: a proxy that cost per byte no more than in direct mode plus the AES-256-CBC
+ * encryption that middle mode must add for what goes to Telegram (a serial chain: one core's
+ * speed), next to the fake middle proxy and the load generator costing per byte what they did.
+ * The limit is the proxy's one thread, or all the machine's cores, whichever comes first.
+ * Middle = that bound (MB/s each way), direct = measured, ratio = the best middle / direct.
+ */
+function _ceiling(
+  middle: LoadResult[],
+  direct: LoadResult[],
+  cbcGbS: number | null,
+): MiddlePair {
+  if (cbcGbS === null || middle.length === 0 || direct.length === 0) return _mpair(null, null);
+  const sum = (rs: LoadResult[], f: (r: LoadResult) => number) => rs.reduce((a, r) => a + f(r), 0);
+  const gb = (rs: LoadResult[]) => sum(rs, (r) => 2 * r.bytes_down) / 1e9; // both ways
+  const directGbS = gb(direct) / sum(direct, (r) => r.seconds);
+  const proxyFloor = sum(direct, (r) => r.cpu_s.mid) / gb(direct) + 0.5 / cbcGbS;
+  const others = sum(middle, (r) => r.cpu_s.dc + r.cpu_s.load) / gb(middle);
+  const bound = Math.min(1 / proxyFloor, navigator.hardwareConcurrency / (proxyFloor + others));
+  return _mpair((bound * 1000) / 2, (directGbS * 1000) / 2);
 }
 
 async function _middleLatency(
@@ -1021,6 +1078,8 @@ async function _middle(env: Env): Promise<void> {
     idle_errors: {},
     telegram_connections: {},
     throughput_telegram_connections: null,
+    ceiling: {},
+    cbc_encrypt_gb_s: null,
     fake_middle_proxy: null,
   };
   env.results.middle = m;
@@ -1182,6 +1241,19 @@ function _middleTable(m: MiddleResults, settings: Settings): string {
         digits: 0,
       });
     }
+    if (t[SMALL_KEY]) {
+      rows.push({
+        label: `throughput ${mode}, 16 streams, 1 KiB pkts (MB/s)`,
+        pair: t[SMALL_KEY],
+        digits: 0,
+      });
+    }
+  }
+  for (const mode of PROXY_MODES) {
+    const c = m.ceiling[mode];
+    if (c?.middle != null) {
+      rows.push({ label: `ceiling ${mode}, 16 streams (MB/s) (6)`, pair: c, digits: 0 });
+    }
   }
   for (const mode of PROXY_MODES) {
     const c = m.cpu_s_per_gb[mode];
@@ -1255,6 +1327,18 @@ function _middleTable(m: MiddleResults, settings: Settings): string {
       `    (${settings.idleClients} clients, two sockets each), when it ran.`,
       "(5) Established TCP connections from the proxy to the fake middle proxy with all those",
       "    clients connected (direct mode opens one per client).",
+    );
+  }
+  if (Object.keys(m.ceiling).length > 0 && m.cbc_encrypt_gb_s !== null) {
+    out.push(
+      "(6) The most middle mode could do here (an upper bound, from this run's figures): a",
+      "    proxy costing per byte what it does in direct mode plus the AES-256-CBC encryption",
+      `    middle mode adds toward Telegram (a serial chain: ${
+        m.cbc_encrypt_gb_s.toFixed(2)
+      } GB/s on one core here),`,
+      "    beside the fake middle proxy and the load generator costing what they did per byte;",
+      `    limited by the proxy's one thread or the machine's ${navigator.hardwareConcurrency} cores.` +
+        " Ratio = bound / direct.",
     );
   }
   return out.join("\n");

@@ -12,7 +12,8 @@
  * With `--framed` (middle-proxy mode, where the proxy parses the client's transport frames and
  * sends each packet to Telegram as one RPC message) every packet is a well-formed padded
  * intermediate frame (4-byte little-endian length, payload a multiple of 4 bytes, no padding):
- * bulk writes are four 16 KiB packets, encrypted (the proxy decrypts them to find the frames),
+ * bulk writes are four 16 KiB packets (`--packet <bytes>`: packets of that size, as many as fit
+ * in 64 KiB), encrypted (the proxy decrypts them to find the frames),
  * and what comes back is decrypted and parsed frame by frame (each echoed packet is its own frame,
  * with 0-3 padding bytes from the proxy), counting payload bytes only. Pings are 100-byte
  * packets in one frame each. `--mp-port <port>` also counts the TCP connections that the `mid`

@@ -392,6 +392,15 @@ Deno.test("encodeMany writes the same bytes as one encode per body, CBC included
     c.startEncryption(cbc(KEY_A, IV_A, "cbc-encrypt"), cbc(KEY_B, IV_B, "cbc-decrypt"));
   }
   assertEquals(a.encodeMany(bodies), concat(bodies.map((x) => b.encode(x))));
+  // Into a reused buffer full of old bytes: the same frames, padding words included.
+  const dirty = new Uint8Array(4096).fill(0xee);
+  const reused = a.encodeMany(bodies, (total) => {
+    assert(total <= dirty.length);
+    return dirty;
+  });
+  assertEquals(reused.buffer, dirty.buffer);
+  assertEquals(reused, concat(bodies.map((x) => b.encode(x))));
+  assertThrows(() => a.encodeMany(bodies, () => new Uint8Array(8)), RangeError);
   a.close();
   b.close();
 });

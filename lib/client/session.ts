@@ -876,11 +876,22 @@ interface _OutBuffer {
   ackPackets: number;
 }
 
-/** Pooled answer buffers: room for several 16 KiB packets and their TLS record headers. */
-const _OUT_SLAB = 96 * 1024;
-const _OUT_HEADROOM = RECORD_HEADER_LEN * Math.ceil(_OUT_SLAB / MAX_RECORD_PAYLOAD);
-const _outPool: Uint8Array[] = [];
-const _OUT_POOL_MAX = 48;
+/**
+ * Pooled answer buffers in two sizes: a small one starts each write (most answers are small), a
+ * large one, with room for several 16 KiB packets, takes what does not fit. Reused: a fresh
+ * buffer per answer kept the GC busy (a quarter of the proxy's time).
+ */
+const _SMALL_OUT = 4096;
+const _LARGE_OUT = 96 * 1024;
+const _smallOut: Uint8Array[] = [];
+const _largeOut: Uint8Array[] = [];
+const _SMALL_OUT_MAX = 256;
+const _LARGE_OUT_MAX = 16;
+
+/** Room for TLS record headers in front of the answers in `size` bytes. */
+function _headroom(size: number): number {
+  return RECORD_HEADER_LEN * Math.ceil(size / MAX_RECORD_PAYLOAD);
+}
 
 /** The client's current answer buffer if `len` more bytes fit, else a new one. */
 function _room(m: _MiddleState, len: number): _OutBuffer {
@@ -888,13 +899,15 @@ function _room(m: _MiddleState, len: number): _OutBuffer {
   if (cur && cur.end + len <= cur.buf.length) return cur;
   if (cur) m.queue.push(cur);
   let buf: Uint8Array;
-  let start: number;
-  if (_OUT_HEADROOM + len <= _OUT_SLAB) {
-    // Reused: a fresh buffer per answer kept the GC busy (a quarter of the proxy's time).
-    buf = _outPool.pop() ?? new Uint8Array(_OUT_SLAB);
-    start = m.tls ? _OUT_HEADROOM : 0;
+  let start = 0;
+  if (!cur && _headroom(_SMALL_OUT) + len <= _SMALL_OUT) {
+    buf = _smallOut.pop() ?? new Uint8Array(_SMALL_OUT);
+    if (m.tls) start = _headroom(_SMALL_OUT);
+  } else if (_headroom(_LARGE_OUT) + len <= _LARGE_OUT) {
+    buf = _largeOut.pop() ?? new Uint8Array(_LARGE_OUT);
+    if (m.tls) start = _headroom(_LARGE_OUT);
   } else {
-    start = m.tls ? RECORD_HEADER_LEN * Math.ceil(len / MAX_RECORD_PAYLOAD) : 0;
+    if (m.tls) start = _headroom(len);
     buf = new Uint8Array(start + len);
   }
   const o = { buf, start, end: start, ackBytes: 0, ackPackets: 0 };
@@ -905,7 +918,11 @@ function _room(m: _MiddleState, len: number): _OutBuffer {
 /** Give a pooled buffer back (each once). */
 function _releaseOut(o: _OutBuffer): void {
   const buf = o.buf;
-  if (buf.length === _OUT_SLAB && _outPool.length < _OUT_POOL_MAX) _outPool.push(buf);
+  if (buf.length === _SMALL_OUT) {
+    if (_smallOut.length < _SMALL_OUT_MAX) _smallOut.push(buf);
+  } else if (buf.length === _LARGE_OUT) {
+    if (_largeOut.length < _LARGE_OUT_MAX) _largeOut.push(buf);
+  }
   o.buf = _EMPTY;
 }
 

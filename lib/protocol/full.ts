@@ -255,17 +255,22 @@ export class FullEncoder {
    * Encode several bodies as consecutive frames in one buffer: one allocation (and, in
    * {@linkcode FullCodec}, one cipher call) for a whole batch of small messages.
    */
-  encodeMany(bodies: readonly FullBody[], pad = false, into?: Uint8Array): Uint8Array {
+  encodeMany(
+    bodies: readonly FullBody[],
+    pad = false,
+    alloc: (total: number) => Uint8Array = _alloc,
+  ): Uint8Array {
     const lengths = bodies.map(_bodyLength);
     let total = 0;
     for (const n of lengths) {
       _checkBody(n);
       total += fullFrameLength(n, pad);
     }
-    // A caller's reusable buffer when the batch fits (a fresh one per batch kept the GC busy).
-    const out = into !== undefined && into.length >= total
-      ? into.subarray(0, total)
-      : new Uint8Array(total);
+    const buf = alloc(total);
+    if (buf.length < total) {
+      throw new RangeError(`Batch buffer too small: ${buf.length} < ${total}`);
+    }
+    const out = buf.length === total ? buf : buf.subarray(0, total);
     let off = 0;
     for (let i = 0; i < bodies.length; i++) {
       off = _writeFrame(out, off, bodies[i]!, lengths[i]!, this.#seq, pad);
@@ -273,6 +278,10 @@ export class FullEncoder {
     }
     return out;
   }
+}
+
+function _alloc(total: number): Uint8Array {
+  return new Uint8Array(total);
 }
 
 /** Options for {@linkcode FullDecoder}. */
@@ -494,11 +503,12 @@ export class FullCodec {
 
   /**
    * Frame, pad and encrypt several bodies into one buffer (see
-   * {@linkcode FullEncoder.encodeMany}): a view into `into` when they fit there, else a fresh one.
+   * {@linkcode FullEncoder.encodeMany}). `alloc(total)` may hand out a reused buffer of at least
+   * `total` bytes (the frames go at its start); by default each batch gets a fresh one.
    */
-  encodeMany(bodies: readonly FullBody[], into?: Uint8Array): Uint8Array {
+  encodeMany(bodies: readonly FullBody[], alloc?: (total: number) => Uint8Array): Uint8Array {
     const enc = this.#encryptor;
-    const out = this.#encoder.encodeMany(bodies, enc !== null || this.#padPlaintext, into);
+    const out = this.#encoder.encodeMany(bodies, enc !== null || this.#padPlaintext, alloc);
     enc?.update(out);
     return out;
   }

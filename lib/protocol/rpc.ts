@@ -317,9 +317,8 @@ function _authKeyIdIsZero(packet: Uint8Array): boolean {
  * ```
  */
 export class ProxyReqHeader {
+  /** The header of an encrypted packet without quick ack. */
   #template: Uint8Array;
-  /** Headers by flag variant: bit 0 quick ack, bit 1 not encrypted. */
-  readonly #variants: (Uint8Array | undefined)[] = [undefined, undefined, undefined, undefined];
 
   constructor(target: ProxyReqTarget) {
     const tag = target.adTag ?? null;
@@ -351,20 +350,18 @@ export class ProxyReqHeader {
   }
 
   /**
-   * The header for `packet`: the flags depend on its auth_key_id and the quick-ack bit. One of
-   * four shared buffers, made on first use (not one per packet): do not modify it.
+   * The header for `packet`: the flags depend on its auth_key_id and the quick-ack bit. The
+   * common case (an encrypted packet, no quick ack) shares one buffer, not one per packet, and
+   * a client keeps nothing more: do not modify what this returns.
    */
   header(packet: Uint8Array, quickAck = false): Uint8Array {
-    const variant = (quickAck ? 1 : 0) | (_authKeyIdIsZero(packet) ? 2 : 0);
-    let out = this.#variants[variant];
-    if (out === undefined) {
-      out = this.#template.slice();
-      let flags = readU32(out, 4);
-      if (quickAck) flags |= F.QUICKACK;
-      if (variant & 2) flags |= F.NOT_ENCRYPTED;
-      writeU32(out, 4, flags >>> 0);
-      this.#variants[variant] = out;
-    }
+    const notEncrypted = _authKeyIdIsZero(packet);
+    if (!quickAck && !notEncrypted) return this.#template;
+    const out = this.#template.slice();
+    let flags = readU32(out, 4);
+    if (quickAck) flags |= F.QUICKACK;
+    if (notEncrypted) flags |= F.NOT_ENCRYPTED;
+    writeU32(out, 4, flags >>> 0);
     return out;
   }
 }

@@ -294,9 +294,13 @@ export class MiddleConnection {
         const waiters = this.#waiters;
         this.#queue = [];
         this.#waiters = [];
-        const into = _encodeBuffers.pop() ?? new Uint8Array(_ENCODE_BUFFER);
+        let pooled: Uint8Array | null = null;
         try {
-          await writeAll(this.#conn, this.#codec.encodeMany(batch, into));
+          const bytes = this.#codec.encodeMany(batch, (total) => {
+            if (total < _ENCODE_POOLED_MIN || total > _ENCODE_BUFFER) return new Uint8Array(total);
+            return pooled = _encodeBuffers.pop() ?? new Uint8Array(_ENCODE_BUFFER);
+          });
+          await writeAll(this.#conn, bytes);
           this.#lastTraffic = Date.now();
           for (const w of waiters) w.done();
         } catch (e) {
@@ -306,7 +310,7 @@ export class MiddleConnection {
           this.#shutdown("write failed");
           return;
         } finally {
-          if (_encodeBuffers.length < _ENCODE_BUFFERS_MAX) _encodeBuffers.push(into);
+          if (pooled && _encodeBuffers.length < _ENCODE_BUFFERS_MAX) _encodeBuffers.push(pooled);
         }
       }
     } finally {
@@ -439,8 +443,10 @@ export class MiddleConnection {
 
 /**
  * Reusable buffers for encoding a batch of RPC messages (each batch is written before the next is
- * encoded, so a connection needs one at a time). Larger batches get a buffer of their own.
+ * encoded, so a connection needs one at a time). Small batches (pings, a few small packets) and
+ * very large ones get a buffer of their own: pooling those would hold memory for nothing.
  */
+const _ENCODE_POOLED_MIN = 16 * 1024;
 const _ENCODE_BUFFER = 256 * 1024;
 const _ENCODE_BUFFERS_MAX = 8;
 const _encodeBuffers: Uint8Array[] = [];

@@ -310,6 +310,9 @@ class _Conn {
   done: Promise<void> = Promise.resolve();
   readonly #closedSignal = Promise.withResolvers<void>();
   #tail: Promise<void> = Promise.resolve();
+  readonly #scratch = new Uint8Array(BUF_SIZE * 2);
+  /** Echo mode: each client's PROXY_ANS header (the same for every answer). */
+  readonly ansHeaders = new Map<bigint, Uint8Array>();
 
   constructor(id: number, socket: Deno.TcpConn) {
     this.id = id;
@@ -340,6 +343,18 @@ class _Conn {
     if (!this.ready) return Promise.reject(new Error(`Connection ${this.id} is closed`));
     const codec = this.codec!;
     return this.writeRaw(bodies.length === 1 ? codec.encode(bodies[0]!) : codec.encodeMany(bodies));
+  }
+
+  /**
+   * Like `send`, encoding into a buffer reused from one call to the next: only for a caller
+   * that waits for each such send to settle before the next (the read loop's answers).
+   */
+  sendReusing(bodies: readonly FullBody[]): Promise<void> {
+    if (!this.ready) return Promise.reject(new Error(`Connection ${this.id} is closed`));
+    const scratch = this.#scratch;
+    return this.writeRaw(
+      this.codec!.encodeMany(bodies, (n) => n <= scratch.length ? scratch : new Uint8Array(n)),
+    );
   }
 
   close(by: FakeMiddleCloser): void {
@@ -780,7 +795,7 @@ class _FakeMiddleProxy implements FakeMiddleProxy {
     this.#changed(); // Counters moved (echo mode records no per-packet events).
     if (out.length === 0 || c.closed) return !c.closed;
     try {
-      await c.send(out);
+      await c.sendReusing(out);
     } catch (e) {
       if (!isClosedError(e) && !c.closed) throw e;
       return false;
@@ -800,6 +815,7 @@ class _FakeMiddleProxy implements FakeMiddleProxy {
         return this.#onProxyReq(c, m, out);
       case "close_conn": {
         const known = c.clients.delete(m.connId);
+        c.ansHeaders.delete(m.connId);
         this.stats.closeConns++;
         this.#record({ type: "close_conn", conn: c.id, connId: m.connId, known });
         return;
@@ -913,7 +929,12 @@ class _FakeMiddleProxy implements FakeMiddleProxy {
     this.stats.answers++;
     this.stats.answerBytes += payload.length;
     // Header and payload go straight into the frame: one copy per echoed packet.
-    out.push([encodeProxyAns(connId, new Uint8Array(0)), payload]);
+    let header = c.ansHeaders.get(connId);
+    if (header === undefined) {
+      header = encodeProxyAns(connId, new Uint8Array(0));
+      c.ansHeaders.set(connId, header);
+    }
+    out.push([header, payload]);
   }
 }
 
