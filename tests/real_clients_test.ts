@@ -1,6 +1,6 @@
 /**
- * Real Telegram clients through the proxy to a fake DC on 127.0.0.1, for plain, `dd` and `ee`
- * secrets: TDLib 1.8.65 through `tdl` (`pingProxy` returns a latency; `testProxy` gets as far
+ * Real Telegram clients through the proxy to a fake DC on 127.0.0.1 (direct mode) or to a fake
+ * middle proxy (middle-proxy mode, with an ad tag), for plain, `dd` and `ee` secrets: TDLib 1.8.65 through `tdl` (`pingProxy` returns a latency; `testProxy` gets as far
  * as `req_DH_params`) and mtcute 0.30.3 (its `MtProxyTcpTransport` gets as far as
  * `req_DH_params`). Neither can finish the key exchange: the fake DC has no Telegram RSA key.
  *
@@ -17,6 +17,13 @@ import { fileURLToPath } from "node:url";
 import { assert, assertEquals } from "./assert.ts";
 import { startTestProxy, TEST_SECRET, testConfig, type TestProxy } from "./helpers.ts";
 import { type FakeDc, type FakeDcEvent, startFakeDc } from "./kit/fake_dc.ts";
+import {
+  type FakeMiddleEvent,
+  type FakeMiddleProxy,
+  startFakeMiddleProxy,
+} from "./kit/fake_middle_proxy.ts";
+import { startFakeCoreApi } from "./kit/fake_core_api.ts";
+import { randomBytes } from "../lib/crypto.ts";
 import type { ProxyEvent } from "../lib/client/events.ts";
 import type { ClientProtocol } from "../lib/config/types.ts";
 import type { TransportTag } from "../lib/protocol/obfuscated2.ts";
@@ -217,7 +224,7 @@ function _findDhParams(dc: FakeDc): Extract<FakeDcEvent, { type: "req_dh_params"
 function _json(x: unknown): string {
   return JSON.stringify(
     x,
-    (_k, v) => (v instanceof Uint8Array ? _hex(v) : v),
+    (_k, v) => (v instanceof Uint8Array ? _hex(v) : typeof v === "bigint" ? String(v) : v),
   );
 }
 
@@ -323,6 +330,137 @@ for (const kind of KINDS) {
       _checkEstablished(proxy, kind, what);
       const first = _established(proxy.events)[0]!;
       assertEquals(first.requestedDc, 2, `DC id mtcute asked for; ${what}`);
+    });
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Middle-proxy mode: the same clients, multiplexed over RPC connections to a fake middle proxy.
+
+const AD_TAG = Uint8Array.from({ length: 16 }, (_, i) => 0x10 + i);
+
+/** A fake middle proxy in mtproto mode for every DC id (±1..5), and a proxy with an ad tag. */
+async function _withProxyAndMiddle(
+  fn: (proxy: TestProxy, mp: FakeMiddleProxy) => Promise<void>,
+): Promise<void> {
+  const proxySecret = randomBytes(128);
+  const mp = await startFakeMiddleProxy({ proxySecret, expectedAdTag: AD_TAG, mode: "mtproto" });
+  const lines = ["default 2;"];
+  for (let id = 1; id <= 5; id++) {
+    lines.push(`proxy_for ${id} 127.0.0.1:${mp.port};`, `proxy_for -${id} 127.0.0.1:${mp.port};`);
+  }
+  const core = startFakeCoreApi({ proxySecret, configV4: lines.join("\n") + "\n" });
+  try {
+    await using proxy = await startTestProxy(testConfig({
+      secret: TEST_SECRET,
+      tlsDomains: [TLS_DOMAIN],
+      tag: AD_TAG,
+      proxyUrls: { secret: core.urls.secretUrl, config: core.urls.configUrl },
+      externalIp: "127.0.0.1",
+    }));
+    await fn(proxy, mp);
+  } finally {
+    await mp.close();
+    await core.close();
+  }
+}
+
+function _mpDhParams(
+  mp: FakeMiddleProxy,
+): Extract<FakeMiddleEvent, { type: "req_dh_params" }> | undefined {
+  return mp.events.find((e): e is Extract<FakeMiddleEvent, { type: "req_dh_params" }> =>
+    e.type === "req_dh_params"
+  );
+}
+
+/** Every PROXY_REQ carried the ad tag and the client's transport; nothing unexpected arrived. */
+function _checkMiddle(mp: FakeMiddleProxy, kind: Kind, what: string): void {
+  const reqs = mp.events.filter((e): e is Extract<FakeMiddleEvent, { type: "proxy_req" }> =>
+    e.type === "proxy_req"
+  );
+  assert(reqs.length > 0, `${what}: no PROXY_REQ reached the fake middle proxy`);
+  for (const r of reqs) {
+    assertEquals(r.adTagOk, true, `${what}: ad tag of ${_json(r)}`);
+    assertEquals(r.tag, kind.transport, `${what}: transport flags of ${_json(r)}`);
+  }
+  const unexpected = mp.events.filter((e) => e.type === "unexpected");
+  assertEquals(unexpected, [], `${what}: the fake middle proxy saw something unexpected`);
+}
+
+for (const kind of KINDS) {
+  Deno.test(`TDLib pingProxy and testProxy work in middle-proxy mode with ${kind.name} secret`, async () => {
+    await _ensureInstalled();
+    await _withProxyAndMiddle(async (proxy, mp) => {
+      const dir = await Deno.makeTempDir({ prefix: "mtproxy-tdlib-" });
+      try {
+        const run = await _runDeno([
+          "run",
+          "--config",
+          CLIENTS_CONFIG,
+          "--allow-all",
+          "--quiet",
+          TDLIB_SCRIPT,
+          "--port",
+          String(proxy.port),
+          "--secret",
+          kind.secret,
+          "--dir",
+          dir,
+          "--test-proxy",
+        ], { timeoutMs: CLIENT_TIMEOUT_MS });
+        const report = _report(run);
+        const what = _describe(`TDLib (middle mode) with ${kind.name} secret`, run);
+        assert(report["ok"] === true, what);
+        const dh = _mpDhParams(mp);
+        assert(
+          dh,
+          `testProxy did not reach req_DH_params: fake middle proxy ${_json(mp.events)}; ` +
+            `proxy ${_json(proxy.events)}; ${what}`,
+        );
+        assert(dh.nonceOk && dh.serverNonceOk, `req_DH_params nonces: ${_json(dh)}`);
+        const pqs = mp.events.filter((e) => e.type === "req_pq");
+        assert(pqs.length >= 3, `req_pq count ${pqs.length}: ${_json(mp.events)}`);
+        _checkMiddle(mp, kind, what);
+        _checkEstablished(proxy, kind, what);
+        const rejected = proxy.events.filter((e) => e.type === "rejected");
+        assertEquals(rejected, [], `the proxy rejected a TDLib connection; ${what}`);
+      } finally {
+        await Deno.remove(dir, { recursive: true }).catch(() => {});
+      }
+    });
+  });
+}
+
+for (const kind of KINDS) {
+  Deno.test(`mtcute MtProxyTcpTransport reaches req_DH_params in middle-proxy mode with ${kind.name} secret`, async () => {
+    await _ensureInstalled();
+    await _withProxyAndMiddle(async (proxy, mp) => {
+      const run = await _runDeno([
+        "run",
+        "--config",
+        CLIENTS_CONFIG,
+        "--allow-all",
+        "--quiet",
+        MTCUTE_SCRIPT,
+        "--port",
+        String(proxy.port),
+        "--secret",
+        kind.secret,
+        "--dc",
+        "2",
+        "--max-ms",
+        String(CLIENT_TIMEOUT_MS - 10_000),
+      ], { timeoutMs: CLIENT_TIMEOUT_MS, stopWhen: () => _mpDhParams(mp) !== undefined });
+      const what = _describe(`mtcute (middle mode) with ${kind.name} secret`, run);
+      const dh = _mpDhParams(mp);
+      assert(
+        dh,
+        `mtcute did not reach req_DH_params: fake middle proxy ${_json(mp.events)}; ` +
+          `proxy ${_json(proxy.events)}; ${what}`,
+      );
+      assert(dh.nonceOk && dh.serverNonceOk, `req_DH_params nonces: ${_json(dh)}; ${what}`);
+      _checkMiddle(mp, kind, what);
+      _checkEstablished(proxy, kind, what);
     });
   });
 }
