@@ -49,7 +49,13 @@ export interface ServerHandle {
   /** Live middle-proxy connections (0 without middle-proxy mode). */
   middleConnections(): number;
   /** Middle-proxy pool counters summed over DCs (zeros without middle-proxy mode). */
-  middleStats(): { connections: number; clients: number; migrated: number; closedMidSend: number };
+  middleStats(): {
+    connections: number;
+    clients: number;
+    sending: number;
+    migrated: number;
+    closedMidSend: number;
+  };
 }
 
 /** Options for {@linkcode startServer}. */
@@ -388,10 +394,11 @@ function _start(
     refreshTelegramConfig: () => middle?.refresh() ?? Promise.resolve(),
     middleConnections: () => middle?.proxies.connectionCount ?? 0,
     middleStats() {
-      const sum = { connections: 0, clients: 0, migrated: 0, closedMidSend: 0 };
+      const sum = { connections: 0, clients: 0, sending: 0, migrated: 0, closedMidSend: 0 };
       for (const p of middle?.proxies.stats().values() ?? []) {
         sum.connections += p.connections;
         sum.clients += p.clients;
+        sum.sending += p.sending;
         sum.migrated += p.migrated;
         sum.closedMidSend += p.closedMidSend;
       }

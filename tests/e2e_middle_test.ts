@@ -203,6 +203,97 @@ Deno.test("when Telegram closes a connection, its idle clients move to another a
   });
 });
 
+/** Poll `cond` until it holds; throws after `timeoutMs`. */
+async function until(cond: () => boolean, what: string, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error(`Timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+Deno.test("a rotation under load moves the idle clients and closes (and counts) the ones mid-send", async () => {
+  await withMiddle(async ({ mp, proxy }) => {
+    await mp.waitUntil(() => mp.connections >= 2);
+    const idle = await Promise.all(
+      Array.from(
+        { length: 20 },
+        (_, i) => connect(proxy.port, KINDS[i % 4]!.kind, KINDS[i % 4]!.transport),
+      ),
+    );
+    const busy = await Promise.all(Array.from({ length: 4 }, () => connect(proxy.port, "dd")));
+    const writes: Promise<void>[] = [];
+    try {
+      await Promise.all([...idle, ...busy].map((c) => echo(c)));
+      // Telegram stops reading: the busy clients' packets pile up in the proxy, mid-send.
+      mp.stall(true);
+      const packet = randomBytes(16384);
+      for (const c of busy) {
+        for (let i = 0; i < 384; i++) writes.push(c.send(packet, { padding: 0 }).catch(() => {}));
+      }
+      // Stuck, not just passing through: still in flight over several polls (24 MiB is more
+      // than the sockets to the stalled middle proxy can take in).
+      let stuck = 0;
+      await until(
+        () => (proxy.server.middleStats().sending >= busy.length ? ++stuck : (stuck = 0)) >= 5,
+        "sends stuck in flight",
+      );
+      await mp.closeAll();
+      mp.stall(false);
+      // The idle clients carry on over new connections; the busy ones were closed.
+      await Promise.all(idle.map((c) => echo(c)));
+      await Promise.all(busy.map((c) => c.closed()));
+      const stats = proxy.server.middleStats();
+      assertEquals(stats.closedMidSend, busy.length);
+      assert(stats.migrated >= idle.length, `migrated ${stats.migrated}`);
+      const closed = proxy.events.filter((e) => e.type === "closed" && e.reason === "dc_closed");
+      assertEquals(closed.length, busy.length);
+    } finally {
+      await Promise.all([...idle, ...busy].map((c) => c.close()));
+      await Promise.all(writes);
+    }
+  });
+});
+
+Deno.test("the proxy answers Telegram's RPC_PING with RPC_PONG on every connection", async () => {
+  await withMiddle(async ({ mp }) => {
+    await mp.waitUntil(() => mp.connections >= 2);
+    const ids = await mp.ping();
+    assert(ids.length >= 2);
+    for (const id of ids) {
+      const pong = await mp.waitFor((e) => e.type === "pong" && e.pingId === id);
+      assert(pong.type === "pong" && pong.expected, JSON.stringify(pong, (_k, v) => String(v)));
+    }
+  });
+});
+
+Deno.test("a frame the proxy cannot decode closes only that middle-proxy connection", async () => {
+  await withMiddle(async ({ mp, proxy }) => {
+    await mp.waitUntil(() => mp.connections >= 2);
+    const clients = await Promise.all(
+      Array.from(
+        { length: 12 },
+        (_, i) => connect(proxy.port, KINDS[i % 4]!.kind, KINDS[i % 4]!.transport),
+      ),
+    );
+    try {
+      await Promise.all(clients.map((c) => echo(c)));
+      const before = proxy.server.middleStats().migrated;
+      const target = mp.liveConnections()[0]!;
+      // 64 random bytes: after AES-CBC they decode to a bad length or a bad CRC.
+      await mp.sendRaw(randomBytes(64), 0);
+      await mp.waitFor((e) => e.type === "closed" && e.conn === target.conn);
+      await mp.waitUntil(() => mp.connections >= 2); // replaced
+      // Its clients moved; every client still works; the process is fine.
+      await Promise.all(clients.map((c) => echo(c)));
+      assert(proxy.server.middleStats().migrated - before >= target.clients);
+      assertEquals(proxy.events.filter((e) => e.type === "closed").length, 0);
+    } finally {
+      await Promise.all(clients.map((c) => c.close()));
+    }
+  });
+});
+
 Deno.test("a client that stops reading is dropped at its limit without stalling the others", async () => {
   await withMiddle(async ({ mp, proxy }) => {
     // A raw dd client that sends one packet, then never reads again.

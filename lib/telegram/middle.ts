@@ -222,6 +222,13 @@ export class MiddleConnection {
     return this.#slots.size;
   }
 
+  /** Clients with a send not on the socket yet (the ones a rotation would have to close). */
+  get sending(): number {
+    let n = 0;
+    for (const slot of this.#slots.values()) if (slot.busy > 0) n++;
+    return n;
+  }
+
   get closed(): boolean {
     return this.#closed;
   }

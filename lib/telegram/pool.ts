@@ -40,6 +40,8 @@ export interface PoolEvents {
 export interface PoolStats {
   connections: number;
   clients: number;
+  /** Clients with packets on their way to Telegram (not yet on the socket). */
+  sending: number;
   migrated: number;
   closedMidSend: number;
 }
@@ -182,6 +184,7 @@ export class DcPool {
     return {
       connections: this.#conns.length,
       clients: this.#handles.size,
+      sending: this.#conns.reduce((n, c) => n + c.sending, 0),
       ...this.#stats,
     };
   }

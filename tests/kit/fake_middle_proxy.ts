@@ -256,6 +256,11 @@ export interface FakeMiddleProxy {
   ): Promise<void>;
   /** Send RPC_CLOSE_EXT for `connId` and forget it; resolves once written. */
   sendCloseExt(connId: bigint, options?: { conn?: number }): Promise<void>;
+  /**
+   * Write `bytes` as they are on the `index`-th live connection (after the handshake: a frame
+   * the proxy cannot decode); resolves once written.
+   */
+  sendRaw(bytes: Uint8Array, index?: number): Promise<void>;
   /** Send RPC_PING to every live RPC connection; resolves with the ping ids once written. */
   ping(): Promise<bigint[]>;
   /** Accept then close at once (true), like a middle proxy that is down, or serve again. */
@@ -505,6 +510,12 @@ class _FakeMiddleProxy implements FakeMiddleProxy {
     this.#changed();
     await c.done;
     return c.id;
+  }
+
+  sendRaw(bytes: Uint8Array, index = 0): Promise<void> {
+    const c = this.#live()[index];
+    if (c === undefined) return Promise.reject(new Error(`No live connection ${index}`));
+    return c.writeRaw(bytes);
   }
 
   async closeAll(): Promise<number> {

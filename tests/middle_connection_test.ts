@@ -1,0 +1,115 @@
+/**
+ * One middle-proxy connection (lib/telegram/middle.ts) against the fake middle proxy, without a
+ * pool or sessions: batched sends, keepalive pings.
+ */
+import { assert, assertEquals } from "./assert.ts";
+import { startFakeMiddleProxy } from "./kit/fake_middle_proxy.ts";
+import { randomBytes } from "../lib/crypto.ts";
+import {
+  DEFAULT_POOL_CLIENTS_PER_CONNECTION,
+  DEFAULT_POOL_MAX_CLIENT_UNACKED_BYTES,
+  DEFAULT_POOL_MAX_UNACKED_BYTES,
+  DEFAULT_POOL_MAX_UNACKED_PACKETS,
+  DEFAULT_POOL_MIN_CONNECTIONS,
+} from "../lib/config/defaults.ts";
+import {
+  type MiddleClient,
+  type MiddleCloseReason,
+  MiddleConnection,
+  type MiddleConnectOptions,
+} from "../lib/telegram/middle.ts";
+
+const PROXY_SECRET = randomBytes(128);
+
+function options(keepaliveMs?: number): MiddleConnectOptions {
+  return {
+    proxySecret: PROXY_SECRET,
+    externalIp: "127.0.0.1",
+    connectTimeoutMs: 5000,
+    handshakeTimeoutMs: 5000,
+    pool: {
+      minConnections: DEFAULT_POOL_MIN_CONNECTIONS,
+      clientsPerConnection: DEFAULT_POOL_CLIENTS_PER_CONNECTION,
+      maxUnackedBytes: DEFAULT_POOL_MAX_UNACKED_BYTES,
+      maxUnackedPackets: DEFAULT_POOL_MAX_UNACKED_PACKETS,
+      maxClientUnackedBytes: DEFAULT_POOL_MAX_CLIENT_UNACKED_BYTES,
+    },
+    ...(keepaliveMs === undefined ? {} : { keepaliveMs }),
+  };
+}
+
+/** A client that keeps what Telegram sends it. */
+class Collector implements MiddleClient {
+  packets: Uint8Array[] = [];
+  closed: MiddleCloseReason | null = null;
+  #waiters: (() => void)[] = [];
+  onPacket(data: Uint8Array): void {
+    this.packets.push(data.slice());
+    for (const w of this.#waiters.splice(0)) w();
+  }
+  onQuickAck(): void {}
+  onClose(reason: MiddleCloseReason): void {
+    this.closed = reason;
+  }
+  async waitFor(n: number): Promise<void> {
+    while (this.packets.length < n) await new Promise<void>((r) => this.#waiters.push(r));
+  }
+}
+
+Deno.test("one send of several packets reaches Telegram in order, with each packet's flags", async () => {
+  const mp = await startFakeMiddleProxy({ proxySecret: PROXY_SECRET, mode: "mtproto" });
+  const conn = await MiddleConnection.open({ host: "127.0.0.1", port: mp.port }, options());
+  try {
+    const client = new Collector();
+    const slot = conn.attach(client, {
+      tag: "padded",
+      clientIp: "127.0.0.1",
+      clientPort: 5555,
+      adTag: null,
+    });
+    const encrypted = () => {
+      const p = randomBytes(64);
+      p[0] = 1; // a non-zero auth_key_id
+      return p;
+    };
+    const unencrypted = new Uint8Array(40); // auth_key_id 0, but not a req_pq: echoed
+    unencrypted[20] = 0x33;
+    const packets = [
+      { payload: encrypted(), quickAck: false },
+      { payload: encrypted(), quickAck: true },
+      { payload: unencrypted, quickAck: false },
+      { payload: encrypted(), quickAck: false },
+    ];
+    await slot.send(packets);
+    await client.waitFor(packets.length);
+    assertEquals(client.packets, packets.map((p) => p.payload));
+    const reqs = mp.events.filter((e) => e.type === "proxy_req");
+    assertEquals(
+      reqs.map((r) => r.type === "proxy_req" && [r.quickAck, r.notEncrypted]),
+      [[false, false], [true, false], [false, true], [false, false]],
+    );
+    slot.ack(packets.reduce((n, p) => n + p.payload.length, 0), packets.length);
+    assertEquals(client.closed, null);
+  } finally {
+    conn.close();
+    await conn.finished;
+    await mp.close();
+  }
+});
+
+Deno.test("a quiet connection sends its own RPC_PING and stays up", async () => {
+  const mp = await startFakeMiddleProxy({ proxySecret: PROXY_SECRET, mode: "mtproto" });
+  const conn = await MiddleConnection.open({ host: "127.0.0.1", port: mp.port }, options(200));
+  try {
+    const ping = await mp.waitFor((e) => e.type === "ping", 10_000);
+    assert(ping.type === "ping");
+    // The fake answers with RPC_PONG, which the connection takes quietly.
+    await mp.waitFor((e) => e.type === "ping" && e !== ping, 10_000);
+    assert(!conn.closed);
+    assertEquals(mp.connections, 1);
+  } finally {
+    conn.close();
+    await conn.finished;
+    await mp.close();
+  }
+});
