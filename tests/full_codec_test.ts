@@ -1,3 +1,4 @@
+import { concatBytes } from "../lib/protocol/bytes.ts";
 import { assert, assertEquals, assertThrows } from "./assert.ts";
 import { bytesOf, hex, unhex, vector } from "./vectors.ts";
 import zlib from "node:zlib";
@@ -14,16 +15,6 @@ import {
 } from "../lib/protocol/full.ts";
 
 const PAD = unhex("04000000");
-
-function concat(parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let off = 0;
-  for (const p of parts) {
-    out.set(p, off);
-    off += p.length;
-  }
-  return out;
-}
 
 /** Cut `wire` at the given offsets. */
 function cut(wire: Uint8Array, at: number[]): Uint8Array[] {
@@ -101,7 +92,7 @@ Deno.test("encodeFull refuses bodies that are not whole words or too large", () 
 Deno.test("FullEncoder numbers frames from -2 and FullDecoder checks the same order", () => {
   const enc = new FullEncoder();
   const bodies = [0, 4, 8, 12, 16, 20, 1000].map((n) => randomBytes(n));
-  const wire = concat(bodies.map((b, i) => enc.encode(b, i % 2 === 0)));
+  const wire = concatBytes(bodies.map((b, i) => enc.encode(b, i % 2 === 0)));
   assertEquals(enc.nextSeq, 5);
   const dec = new FullDecoder();
   const r = dec.push(wire);
@@ -121,7 +112,7 @@ Deno.test("decodeFull reports seq and needs exact byte counts", () => {
   assertEquals(decodeFull(wire.subarray(0, 3)), { kind: "need", atLeast: 4 });
   assertEquals(decodeFull(wire.subarray(0, 43)), { kind: "need", atLeast: 44 });
   assertEquals(decodeFull(step.rest), { kind: "need", atLeast: 8 });
-  assertEquals(decodeFull(concat([PAD, PAD, wire.subarray(0, 10)])), {
+  assertEquals(decodeFull(concatBytes([PAD, PAD, wire.subarray(0, 10)])), {
     kind: "need",
     atLeast: 52,
   });
@@ -132,7 +123,7 @@ Deno.test("FullDecoder yields the same frames for any chunking", () => {
   const enc = new FullEncoder();
   const bodies = [4, 0, 32, 8, 100, 12].map((n) => randomBytes(n));
   // Some frames padded, some not, plus stray padding words between frames.
-  const wire = concat([
+  const wire = concatBytes([
     PAD,
     ...bodies.flatMap((b, i) => i === 2 ? [enc.encode(b), PAD, PAD] : [enc.encode(b, i % 2 === 1)]),
     PAD,
@@ -148,7 +139,7 @@ Deno.test("FullDecoder yields the same frames for any chunking", () => {
 Deno.test("FullDecoder bodies stay valid after later chunks arrive", () => {
   const enc = new FullEncoder();
   const bodies = [randomBytes(40), randomBytes(64), randomBytes(8)];
-  const wire = concat(bodies.map((b) => enc.encode(b, true)));
+  const wire = concatBytes(bodies.map((b) => enc.encode(b, true)));
   const dec = new FullDecoder();
   const got: Uint8Array[] = [];
   for (const c of cut(wire, [3, 30, 50, 51, 70, 100])) got.push(...dec.push(c).frames);
@@ -157,7 +148,7 @@ Deno.test("FullDecoder bodies stay valid after later chunks arrive", () => {
 
 Deno.test("FullDecoder rejects a corrupted CRC, a wrong seq and bad lengths", () => {
   const enc = new FullEncoder();
-  const good = concat([enc.encode(randomBytes(16), true), enc.encode(randomBytes(8), true)]);
+  const good = concatBytes([enc.encode(randomBytes(16), true), enc.encode(randomBytes(8), true)]);
   for (let i = 8; i < 28; i++) {
     // Any body or CRC byte of the first frame (16-byte body: bytes 8..27).
     const bad = good.slice();
@@ -175,7 +166,7 @@ Deno.test("FullDecoder rejects a corrupted CRC, a wrong seq and bad lengths", ()
   }
   // Refusals are sticky.
   const dec = new FullDecoder();
-  const replayed = dec.push(concat([good.subarray(0, 32), good.subarray(0, 32)]));
+  const replayed = dec.push(concatBytes([good.subarray(0, 32), good.subarray(0, 32)]));
   assertEquals(replayed.frames.length, 1);
   assertEquals(replayed.reject, "bad_seq");
   assertEquals(dec.push(good), { frames: [], reject: "bad_seq" });
@@ -186,7 +177,7 @@ Deno.test("FullDecoder returns the frames before a refusal in the same chunk", (
   const first = enc.encode(Uint8Array.of(1, 2, 3, 4), true);
   const broken = enc.encode(Uint8Array.of(5, 6, 7, 8), true);
   broken[9]! ^= 1;
-  const r = new FullDecoder().push(concat([first, broken]));
+  const r = new FullDecoder().push(concatBytes([first, broken]));
   assertEquals(r.frames.map(hex), ["01020304"]);
   assertEquals(r.reject, "bad_crc");
 });
@@ -238,7 +229,7 @@ function senderStream(bodies: Uint8Array[], padPlaintext: boolean): Uint8Array {
     const parts = [tx.encode(new Uint8Array(32).fill(0xaa))];
     tx.startEncryption(cbc(KEY_A, IV_A, "cbc-encrypt"), cbc(KEY_B, IV_B, "cbc-decrypt"));
     for (const b of bodies) parts.push(tx.encode(b));
-    return concat(parts);
+    return concatBytes(parts);
   } finally {
     tx.close();
   }
@@ -311,7 +302,10 @@ Deno.test("FullCodec keeps the bytes after the plaintext frame until encryption 
 
 Deno.test("FullCodec decodes plaintext frames one per call", () => {
   const enc = new FullEncoder();
-  const wire = concat([enc.encode(Uint8Array.of(1, 1, 1, 1), true), enc.encode(new Uint8Array(8))]);
+  const wire = concatBytes([
+    enc.encode(Uint8Array.of(1, 1, 1, 1), true),
+    enc.encode(new Uint8Array(8)),
+  ]);
   const rx = new FullCodec();
   assertEquals(rx.decode(wire).frames, [Uint8Array.of(1, 1, 1, 1)]);
   assertEquals(rx.decode(new Uint8Array(0)).frames, [new Uint8Array(8)]);
@@ -378,7 +372,7 @@ Deno.test("encodeMany writes the same bytes as one encode per body, CBC included
   const one = new FullEncoder();
   const many = new FullEncoder();
   for (const pad of [false, true]) {
-    assertEquals(many.encodeMany(bodies, pad), concat(bodies.map((b) => one.encode(b, pad))));
+    assertEquals(many.encodeMany(bodies, pad), concatBytes(bodies.map((b) => one.encode(b, pad))));
   }
   assertEquals(many.nextSeq, one.nextSeq);
   assertEquals(many.encodeMany([]).length, 0);
@@ -391,7 +385,7 @@ Deno.test("encodeMany writes the same bytes as one encode per body, CBC included
     c.encode(new Uint8Array(32));
     c.startEncryption(cbc(KEY_A, IV_A, "cbc-encrypt"), cbc(KEY_B, IV_B, "cbc-decrypt"));
   }
-  assertEquals(a.encodeMany(bodies), concat(bodies.map((x) => b.encode(x))));
+  assertEquals(a.encodeMany(bodies), concatBytes(bodies.map((x) => b.encode(x))));
   // Into a reused buffer full of old bytes: the same frames, padding words included.
   const dirty = new Uint8Array(4096).fill(0xee);
   const reused = a.encodeMany(bodies, (total) => {
@@ -399,7 +393,7 @@ Deno.test("encodeMany writes the same bytes as one encode per body, CBC included
     return dirty;
   });
   assertEquals(reused.buffer, dirty.buffer);
-  assertEquals(reused, concat(bodies.map((x) => b.encode(x))));
+  assertEquals(reused, concatBytes(bodies.map((x) => b.encode(x))));
   assertThrows(() => a.encodeMany(bodies, () => new Uint8Array(8)), RangeError);
   a.close();
   b.close();

@@ -1,3 +1,4 @@
+import { concatBytes } from "../lib/protocol/bytes.ts";
 import { assert, assertEquals, assertThrows } from "./assert.ts";
 import { bytesOf, hex, unhex, vector } from "./vectors.ts";
 import { createAes, randomBytes } from "../lib/crypto.ts";
@@ -31,16 +32,6 @@ import {
 } from "../lib/protocol/rpc.ts";
 
 const ascii = (s: string) => new TextEncoder().encode(s);
-
-function concat(parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let off = 0;
-  for (const p of parts) {
-    out.set(p, off);
-    off += p.length;
-  }
-  return out;
-}
 
 function splitAddr(text: string): { ip: string; port: number } {
   const i = text.lastIndexOf(":");
@@ -161,7 +152,7 @@ Deno.test("encodeRpcNonce matches rpc_nonce and parses back", () => {
   assertEquals(n.cryptoTs, 1700000000);
   assertEquals(hex(n.nonce), v.inputs.clt_nonce);
   assertEquals(parseRpcNonce(body.subarray(0, 31)), null);
-  assertEquals(parseRpcNonce(concat([body, new Uint8Array(4)])), null);
+  assertEquals(parseRpcNonce(concatBytes([body, new Uint8Array(4)])), null);
   assertEquals(
     parseRpcNonce(encodeRpcHandshake({ senderPid: DEFAULT_PID, peerPid: DEFAULT_PID })),
     null,
@@ -243,7 +234,7 @@ function drive(
     if (last.send) sent.push(last.send);
     if (last.kind !== "continue") break;
   }
-  return { sent: concat(sent), last };
+  return { sent: concatBytes(sent), last };
 }
 
 function* chunkings(wire: Uint8Array): Generator<Uint8Array[]> {
@@ -478,7 +469,7 @@ for (
         })
       );
       const packets = [new Uint8Array(40), randomBytes(1024), randomBytes(4), randomBytes(16)];
-      const up = concat(packets.map((p, i) => {
+      const up = concatBytes(packets.map((p, i) => {
         const h = headers[i % 2]!;
         return proxyCodec.encode([h.header(p, i === 3), p]);
       }));
@@ -497,7 +488,7 @@ for (
 
       // MP -> proxy: answers, an ack, a ping and a close.
       const data = randomBytes(3000);
-      const down = concat([
+      const down = concatBytes([
         mpCodec.encode(encodeProxyAns(1n, data)),
         mpCodec.encode(encodeSimpleAck(-2n, unhex("01020304"))),
         mpCodec.encode(encodePing(77n)),
@@ -537,7 +528,7 @@ Deno.test("data frames right behind the handshake answer come back with done", (
   const s2 = server.receive(c1.send!);
   assert(s2.kind === "done");
   const extra = s2.codec.encode(encodeProxyAns(9n, new Uint8Array(8)));
-  const c2 = client.receive(concat([s2.send!, extra]));
+  const c2 = client.receive(concatBytes([s2.send!, extra]));
   assert(c2.kind === "done");
   assertEquals(c2.frames.map(decodeRpc), [{
     type: "proxy_ans",

@@ -1,3 +1,4 @@
+import { concatBytes as concatList } from "../lib/protocol/bytes.ts";
 import { assertEquals } from "./assert.ts";
 import { ServerErrorScanner } from "../lib/guard/server_error.ts";
 import { encodeFrame, quickAckToken } from "../lib/protocol/framing.ts";
@@ -6,16 +7,6 @@ import { randomBytes } from "../lib/crypto.ts";
 
 const ERROR_404 = Uint8Array.of(0x6c, 0xfe, 0xff, 0xff);
 const TAGS: TransportTag[] = ["abridged", "intermediate", "padded"];
-
-function concat(...parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let off = 0;
-  for (const p of parts) {
-    out.set(p, off);
-    off += p.length;
-  }
-  return out;
-}
 
 function scanInChunks(s: ServerErrorScanner, bytes: Uint8Array, size: number): string {
   let last = "undecided";
@@ -78,3 +69,7 @@ Deno.test("ServerErrorScanner in first mode settles on the first header when it 
     assertEquals(s.scan(header), "clean");
   }
 });
+
+function concat(...parts: Uint8Array[]): Uint8Array {
+  return concatList(parts);
+}

@@ -1,3 +1,4 @@
+import { concatBytes as concatList } from "../lib/protocol/bytes.ts";
 import { assert, assertEquals, assertRejects, assertThrows } from "./assert.ts";
 import { randomBytes, randomInt, x25519PublicKey } from "../lib/crypto.ts";
 import { buildServerHello, parseClientHello } from "../lib/protocol/fake_tls.ts";
@@ -41,16 +42,6 @@ function record(type: number, payload: Uint8Array): Uint8Array {
 
 function u16(v: number): number[] {
   return [(v >> 8) & 0xff, v & 0xff];
-}
-
-function concat(...parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let off = 0;
-  for (const p of parts) {
-    out.set(p, off);
-    off += p.length;
-  }
-  return out;
 }
 
 /** Our own fake-TLS answer followed by `extra` more ApplicationData records. */
@@ -546,3 +537,7 @@ Deno.test("TlsProfileStore shares one probe between concurrent refreshes of a do
   await store.refresh("a.example");
   assertEquals(calls, 3);
 });
+
+function concat(...parts: Uint8Array[]): Uint8Array {
+  return concatList(parts);
+}

@@ -41,6 +41,7 @@ import { frontingTarget } from "../guard/fronting.ts";
 import type { MiddleClient, MiddleCloseReason } from "../telegram/middle.ts";
 import { type MiddleProxies, usesMiddleProxies } from "../telegram/middle_proxies.ts";
 import type { MiddleHandle } from "../telegram/pool.ts";
+import { concatBytes } from "../protocol/bytes.ts";
 import { PacketReader } from "../protocol/packet_reader.ts";
 import { frameLength, quickAckToken, writeFrame } from "../protocol/framing.ts";
 import { frameTlsRecords } from "./relay.ts";
@@ -691,7 +692,7 @@ export class Session implements PumpHost, MiddleClient {
       hello.keyShareGroups.includes(GROUP_X25519_MLKEM768);
     const x25519 = x25519PublicKey();
     const answer = buildServerHello(hello, secret, {
-      keyShare: mlkem ? _concat([randomBytes(MLKEM768_CIPHERTEXT_LEN), x25519]) : x25519,
+      keyShare: mlkem ? concatBytes([randomBytes(MLKEM768_CIPHERTEXT_LEN), x25519]) : x25519,
       keyShareGroup: mlkem ? GROUP_X25519_MLKEM768 : GROUP_X25519,
       appData: shape.appDataLength,
       fillAppData: (payload) => crypto.getRandomValues(payload),
@@ -832,18 +833,6 @@ function _isTransportError(data: Uint8Array): boolean {
 /** The server's 0-3 bytes of padding for padded frames (its content does not matter). */
 const _PADDINGS = [0, 1, 2, 3].map((n) => randomBytes(n));
 const _NO_PADDING = new Uint8Array(0);
-
-function _concat(parts: readonly Uint8Array[]): Uint8Array {
-  let total = 0;
-  for (const p of parts) total += p.length;
-  const out = new Uint8Array(total);
-  let off = 0;
-  for (const p of parts) {
-    out.set(p, off);
-    off += p.length;
-  }
-  return out;
-}
 
 /** What a middle-mode session keeps: its pool handle, how answers are framed, the write queue. */
 interface _MiddleState {

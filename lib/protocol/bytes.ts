@@ -1,5 +1,5 @@
 /**
- * Little-endian integer access and comparison on byte arrays, shared by the codecs.
+ * Little-endian integer access, comparison and joining of byte arrays, shared by the codecs.
  *
  * @module
  */
@@ -22,4 +22,17 @@ export function bytesEqual(a: Uint8Array, b: Uint8Array): boolean {
   if (a.length !== b.length) return false;
   for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
   return true;
+}
+
+/** The bytes of `parts`, one after another, in a new array. */
+export function concatBytes(parts: readonly Uint8Array[]): Uint8Array {
+  let n = 0;
+  for (const p of parts) n += p.length;
+  const out = new Uint8Array(n);
+  let off = 0;
+  for (const p of parts) {
+    out.set(p, off);
+    off += p.length;
+  }
+  return out;
 }

@@ -12,7 +12,7 @@
  *
  * @module
  */
-import { readU32, writeU32 } from "./bytes.ts";
+import { concatBytes, readU32, writeU32 } from "./bytes.ts";
 import type { StreamCipher } from "../crypto.ts";
 import { crc32 } from "./crc32.ts";
 
@@ -518,7 +518,7 @@ export class FullCodec {
     if (this.#reject !== null) return { frames: [], reject: this.#reject };
     let data = chunk;
     if (this.#held !== null) {
-      data = _concat(this.#held, chunk);
+      data = concatBytes([this.#held, chunk]);
       this.#held = null;
     }
     if (this.#decryptor === null) return this.#decodePlain(data);
@@ -594,12 +594,4 @@ export class FullCodec {
     this.#reject = decoder.rejected;
     return { frames, reject: this.#reject };
   }
-}
-
-function _concat(a: Uint8Array, b: Uint8Array): Uint8Array {
-  if (b.length === 0) return a;
-  const out = new Uint8Array(a.length + b.length);
-  out.set(a);
-  out.set(b, a.length);
-  return out;
 }

@@ -9,7 +9,7 @@
  *
  * @module
  */
-import { bytesEqual, readU32, writeU32 } from "./bytes.ts";
+import { bytesEqual, concatBytes, readU32, writeU32 } from "./bytes.ts";
 import { type AesOptions, createAes, md5, sha1, type StreamCipher } from "../crypto.ts";
 import { FullCodec, type FullRejectReason } from "./full.ts";
 import { formatIp, type IpAddress, ipBytes } from "./rpc.ts";
@@ -28,18 +28,6 @@ export const RPC_NONCE_LEN = 32;
 export const RPC_HANDSHAKE_LEN = 32;
 /** The 12-byte process id the reference proxies send (ASCII `IPIPPRPDTIME`). */
 export const DEFAULT_PID: Uint8Array = new TextEncoder().encode("IPIPPRPDTIME");
-
-function _concat(parts: readonly Uint8Array[]): Uint8Array {
-  let n = 0;
-  for (const p of parts) n += p.length;
-  const out = new Uint8Array(n);
-  let off = 0;
-  for (const p of parts) {
-    out.set(p, off);
-    off += p.length;
-  }
-  return out;
-}
 
 function _checkLength(name: string, b: Uint8Array, n: number): void {
   if (b.length !== n) throw new RangeError(`${name} must be ${n} bytes: got ${b.length}`);
@@ -293,7 +281,7 @@ export function deriveMiddleKey(input: MiddleKeyInput, purpose: KeyPurpose): Aes
   const v6 = clt.length === 16;
   const zero4 = new Uint8Array(4);
   const rev = (b: Uint8Array) => b.slice().reverse();
-  const s = _concat([
+  const s = concatBytes([
     input.serverNonce,
     input.clientNonce,
     _u32le(input.clientTs),
@@ -456,7 +444,7 @@ abstract class _Handshake {
     const out = this.#out;
     this.#out = [];
     if (out.length === 0) return null;
-    return out.length === 1 ? out[0]! : _concat(out);
+    return out.length === 1 ? out[0]! : concatBytes(out);
   }
 }
 

@@ -10,6 +10,7 @@
  *
  * @module
  */
+import { concatBytes } from "../../lib/protocol/bytes.ts";
 import { generateKeyPairSync, randomBytes, sign } from "node:crypto";
 import { isIP } from "node:net";
 
@@ -52,22 +53,12 @@ function _tlv(tag: number, content: Uint8Array): Uint8Array {
   return out;
 }
 
-function _concat(parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((s, p) => s + p.length, 0));
-  let off = 0;
-  for (const p of parts) {
-    out.set(p, off);
-    off += p.length;
-  }
-  return out;
-}
-
 function _seq(...items: Uint8Array[]): Uint8Array {
-  return _tlv(0x30, _concat(items));
+  return _tlv(0x30, concatBytes(items));
 }
 
 function _set(...items: Uint8Array[]): Uint8Array {
-  return _tlv(0x31, _concat(items));
+  return _tlv(0x31, concatBytes(items));
 }
 
 /** INTEGER from big-endian unsigned bytes (minimal, with a 0x00 pad when the top bit is set). */

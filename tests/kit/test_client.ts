@@ -9,6 +9,7 @@
  *
  * @module
  */
+import { concatBytes } from "../../lib/protocol/bytes.ts";
 import { randomBytes, type StreamCipher } from "../../lib/crypto.ts";
 import {
   createInit,
@@ -134,13 +135,6 @@ export function buildSignedHello(
 export function chunks(bytes: Uint8Array, size: number): Uint8Array[] {
   const out: Uint8Array[] = [];
   for (let off = 0; off < bytes.length; off += size) out.push(bytes.subarray(off, off + size));
-  return out;
-}
-
-function _concat(a: Uint8Array, b: Uint8Array): Uint8Array {
-  const out = new Uint8Array(a.length + b.length);
-  out.set(a);
-  out.set(b, a.length);
   return out;
 }
 
@@ -313,14 +307,14 @@ class _TestClient implements TestClient {
     let wire: Uint8Array = data;
     const first = this.#pendingInit !== null;
     if (this.#pendingInit) {
-      wire = _concat(this.#pendingInit, wire);
+      wire = concatBytes([this.#pendingInit, wire]);
       this.#pendingInit = null;
     }
     if (this.#tls && wire.length > 0) {
       wire = encodeAppData(wire, this.#recordSize);
       if (!this.#ccsSent) {
         this.#ccsSent = true;
-        wire = _concat(CCS, wire);
+        wire = concatBytes([CCS, wire]);
       }
     }
     return this.#enqueueWrite(wire, first);
