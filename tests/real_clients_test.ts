@@ -238,62 +238,90 @@ function _report(r: RunResult): Record<string, unknown> {
   }
 }
 
+/** TDLib's pingProxy then testProxy through `proxy` with `kind`'s secret, in a fresh database. */
+async function _runTdlib(
+  proxy: TestProxy,
+  kind: Kind,
+): Promise<{ run: RunResult; report: Record<string, unknown> }> {
+  const dir = await Deno.makeTempDir({ prefix: "mtproxy-tdlib-" });
+  try {
+    const run = await _runDeno([
+      "run",
+      "--config",
+      CLIENTS_CONFIG,
+      "--allow-all",
+      "--quiet",
+      TDLIB_SCRIPT,
+      "--port",
+      String(proxy.port),
+      "--secret",
+      kind.secret,
+      "--dir",
+      dir,
+      "--test-proxy",
+    ], { timeoutMs: CLIENT_TIMEOUT_MS });
+    return { run, report: _report(run) };
+  } finally {
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+  }
+}
+
+/** mtcute's MtProxyTcpTransport to DC 2 through `proxy`, until `done` holds (or the deadline). */
+function _runMtcute(proxy: TestProxy, kind: Kind, done: () => boolean): Promise<RunResult> {
+  return _runDeno([
+    "run",
+    "--config",
+    CLIENTS_CONFIG,
+    "--allow-all",
+    "--quiet",
+    MTCUTE_SCRIPT,
+    "--port",
+    String(proxy.port),
+    "--secret",
+    kind.secret,
+    "--dc",
+    "2",
+    "--max-ms",
+    String(CLIENT_TIMEOUT_MS - 10_000),
+  ], { timeoutMs: CLIENT_TIMEOUT_MS, stopWhen: done });
+}
+
 for (const kind of KINDS) {
   Deno.test(`TDLib pingProxy and testProxy work through the proxy with ${kind.name} secret`, async () => {
     await _ensureInstalled();
     await _withProxyAndDc(async (proxy, dc) => {
-      const dir = await Deno.makeTempDir({ prefix: "mtproxy-tdlib-" });
-      try {
-        const run = await _runDeno([
-          "run",
-          "--config",
-          CLIENTS_CONFIG,
-          "--allow-all",
-          "--quiet",
-          TDLIB_SCRIPT,
-          "--port",
-          String(proxy.port),
-          "--secret",
-          kind.secret,
-          "--dir",
-          dir,
-          "--test-proxy",
-        ], { timeoutMs: CLIENT_TIMEOUT_MS });
-        const report = _report(run);
-        const what = _describe(`TDLib with ${kind.name} secret`, run);
-        assert(report["ok"] === true, what);
-        assertEquals(report["version"], "1.8.65", what);
-        const seconds = report["seconds"];
-        assert(
-          typeof seconds === "number" && seconds >= 0 && seconds < 10,
-          `pingProxy latency: ${seconds}; ${what}`,
-        );
+      const { run, report } = await _runTdlib(proxy, kind);
+      const what = _describe(`TDLib with ${kind.name} secret`, run);
+      assert(report["ok"] === true, what);
+      assertEquals(report["version"], "1.8.65", what);
+      const seconds = report["seconds"];
+      assert(
+        typeof seconds === "number" && seconds >= 0 && seconds < 10,
+        `pingProxy latency: ${seconds}; ${what}`,
+      );
 
-        // pingProxy: one connection, two req_pq_multi on it (the second one is timed).
-        // testProxy: one connection that gets as far as req_DH_params, with both nonces right.
-        const dh = _findDhParams(dc);
-        assert(
-          dh,
-          `testProxy did not reach req_DH_params: fake DC ${_json(dc.events)}; ` +
-            `proxy ${_json(proxy.events)}; ${what}`,
-        );
-        assert(dh.nonceOk && dh.serverNonceOk, `req_DH_params nonces: ${_json(dh)}`);
-        const pqs = dc.events.filter((e) => e.type === "req_pq");
-        assert(pqs.length >= 3, `req_pq count ${pqs.length}: ${_json(dc.events)}`);
-        _checkInits(dc, kind, what);
-        _checkEstablished(proxy, kind, what);
-        // For ee, "tls" sessions mean the proxy accepted TDLib's fake-TLS hello and TDLib
-        // accepted the proxy's answer (it checks the server HMAC before sending anything).
-        const rejected = proxy.events.filter((e) => e.type === "rejected");
-        assertEquals(rejected, [], `the proxy rejected a TDLib connection; ${what}`);
-        assertEquals(
-          _established(proxy.events).map((e) => e.requestedDc).sort(),
-          [1, 2],
-          `DC ids: pingProxy asks for the main DC (1 in a fresh database), testProxy for 2`,
-        );
-      } finally {
-        await Deno.remove(dir, { recursive: true }).catch(() => {});
-      }
+      // pingProxy: one connection, two req_pq_multi on it (the second one is timed).
+      // testProxy: one connection that gets as far as req_DH_params, with both nonces right.
+      const dh = _findDhParams(dc);
+      assert(
+        dh,
+        `testProxy did not reach req_DH_params: fake DC ${_json(dc.events)}; ` +
+          `proxy ${_json(proxy.events)}; ${what}`,
+      );
+      assert(dh.nonceOk && dh.serverNonceOk, `req_DH_params nonces: ${_json(dh)}`);
+      const pqs = dc.events.filter((e) => e.type === "req_pq");
+      assert(pqs.length >= 3, `req_pq count ${pqs.length}: ${_json(dc.events)}`);
+      _checkInits(dc, kind, what);
+      _checkEstablished(proxy, kind, what);
+      // For ee, "tls" sessions mean the proxy accepted TDLib's fake-TLS hello and TDLib
+      // accepted the proxy's answer (it checks the server HMAC before sending anything).
+      const rejected = proxy.events.filter((e) => e.type === "rejected");
+      assertEquals(rejected, [], `the proxy rejected a TDLib connection; ${what}`);
+      assertEquals(
+        _established(proxy.events).map((e) => e.requestedDc).sort(),
+        [1, 2],
+        `DC ids: pingProxy asks for the main DC (1 in a fresh database), testProxy for 2`,
+      );
     });
   });
 }
@@ -302,22 +330,7 @@ for (const kind of KINDS) {
   Deno.test(`mtcute MtProxyTcpTransport reaches req_DH_params through the proxy with ${kind.name} secret`, async () => {
     await _ensureInstalled();
     await _withProxyAndDc(async (proxy, dc) => {
-      const run = await _runDeno([
-        "run",
-        "--config",
-        CLIENTS_CONFIG,
-        "--allow-all",
-        "--quiet",
-        MTCUTE_SCRIPT,
-        "--port",
-        String(proxy.port),
-        "--secret",
-        kind.secret,
-        "--dc",
-        "2",
-        "--max-ms",
-        String(CLIENT_TIMEOUT_MS - 10_000),
-      ], { timeoutMs: CLIENT_TIMEOUT_MS, stopWhen: () => _findDhParams(dc) !== undefined });
+      const run = await _runMtcute(proxy, kind, () => _findDhParams(dc) !== undefined);
       const what = _describe(`mtcute with ${kind.name} secret`, run);
       const dh = _findDhParams(dc);
       assert(
@@ -391,42 +404,22 @@ for (const kind of KINDS) {
   Deno.test(`TDLib pingProxy and testProxy work in middle-proxy mode with ${kind.name} secret`, async () => {
     await _ensureInstalled();
     await _withProxyAndMiddle(async (proxy, mp) => {
-      const dir = await Deno.makeTempDir({ prefix: "mtproxy-tdlib-" });
-      try {
-        const run = await _runDeno([
-          "run",
-          "--config",
-          CLIENTS_CONFIG,
-          "--allow-all",
-          "--quiet",
-          TDLIB_SCRIPT,
-          "--port",
-          String(proxy.port),
-          "--secret",
-          kind.secret,
-          "--dir",
-          dir,
-          "--test-proxy",
-        ], { timeoutMs: CLIENT_TIMEOUT_MS });
-        const report = _report(run);
-        const what = _describe(`TDLib (middle mode) with ${kind.name} secret`, run);
-        assert(report["ok"] === true, what);
-        const dh = _mpDhParams(mp);
-        assert(
-          dh,
-          `testProxy did not reach req_DH_params: fake middle proxy ${_json(mp.events)}; ` +
-            `proxy ${_json(proxy.events)}; ${what}`,
-        );
-        assert(dh.nonceOk && dh.serverNonceOk, `req_DH_params nonces: ${_json(dh)}`);
-        const pqs = mp.events.filter((e) => e.type === "req_pq");
-        assert(pqs.length >= 3, `req_pq count ${pqs.length}: ${_json(mp.events)}`);
-        _checkMiddle(mp, kind, what);
-        _checkEstablished(proxy, kind, what);
-        const rejected = proxy.events.filter((e) => e.type === "rejected");
-        assertEquals(rejected, [], `the proxy rejected a TDLib connection; ${what}`);
-      } finally {
-        await Deno.remove(dir, { recursive: true }).catch(() => {});
-      }
+      const { run, report } = await _runTdlib(proxy, kind);
+      const what = _describe(`TDLib (middle mode) with ${kind.name} secret`, run);
+      assert(report["ok"] === true, what);
+      const dh = _mpDhParams(mp);
+      assert(
+        dh,
+        `testProxy did not reach req_DH_params: fake middle proxy ${_json(mp.events)}; ` +
+          `proxy ${_json(proxy.events)}; ${what}`,
+      );
+      assert(dh.nonceOk && dh.serverNonceOk, `req_DH_params nonces: ${_json(dh)}`);
+      const pqs = mp.events.filter((e) => e.type === "req_pq");
+      assert(pqs.length >= 3, `req_pq count ${pqs.length}: ${_json(mp.events)}`);
+      _checkMiddle(mp, kind, what);
+      _checkEstablished(proxy, kind, what);
+      const rejected = proxy.events.filter((e) => e.type === "rejected");
+      assertEquals(rejected, [], `the proxy rejected a TDLib connection; ${what}`);
     });
   });
 }
@@ -435,22 +428,7 @@ for (const kind of KINDS) {
   Deno.test(`mtcute MtProxyTcpTransport reaches req_DH_params in middle-proxy mode with ${kind.name} secret`, async () => {
     await _ensureInstalled();
     await _withProxyAndMiddle(async (proxy, mp) => {
-      const run = await _runDeno([
-        "run",
-        "--config",
-        CLIENTS_CONFIG,
-        "--allow-all",
-        "--quiet",
-        MTCUTE_SCRIPT,
-        "--port",
-        String(proxy.port),
-        "--secret",
-        kind.secret,
-        "--dc",
-        "2",
-        "--max-ms",
-        String(CLIENT_TIMEOUT_MS - 10_000),
-      ], { timeoutMs: CLIENT_TIMEOUT_MS, stopWhen: () => _mpDhParams(mp) !== undefined });
+      const run = await _runMtcute(proxy, kind, () => _mpDhParams(mp) !== undefined);
       const what = _describe(`mtcute (middle mode) with ${kind.name} secret`, run);
       const dh = _mpDhParams(mp);
       assert(
