@@ -34,7 +34,7 @@ export const MAX_FRAME_BYTES = 1 << 20;
  * per frame, which matters when middle-proxy mode unframes every client packet.
  */
 export class FrameSpan {
-  /** The payload is `[payloadStart, payloadEnd)`; padding bytes that cannot be told apart from it are left out. */
+  /** The payload is `[payloadStart, payloadEnd)` (without the padding that can be told apart). */
   payloadStart = 0;
   payloadEnd = 0;
   /** With "frame": where the next frame starts. With "need": the buffer must reach this offset. */
@@ -71,6 +71,7 @@ export function scanFrame(
       head = 4;
     }
     len = words * 4;
+    if (len > MAX_FRAME_BYTES) return _reject(span, "frame_too_large");
     keep = len;
   } else {
     // u32 LE length, bit 31 = quick ack.
@@ -84,7 +85,6 @@ export function scanFrame(
     // Padded: the client added 0..15 random bytes; only len % 4 of them can be told apart.
     keep = tag === "padded" ? len & ~3 : len;
   }
-  if (len > MAX_FRAME_BYTES) return _reject(span, "frame_too_large");
   if (avail < head + len) return _need(span, off + head + len);
   span.payloadStart = off + head;
   span.payloadEnd = off + head + keep;

@@ -284,6 +284,7 @@ export class MiddleConnection {
    */
   enqueueMany(bodies: readonly FullBody[]): Promise<void> {
     if (this.#closed) return Promise.reject(new Error("Middle-proxy connection is closed"));
+    if (bodies.length === 0) return Promise.resolve();
     for (const body of bodies) this.#queue.push(body);
     return new Promise((done, fail) => {
       this.#waiters.push({ done, fail });
@@ -325,7 +326,7 @@ export class MiddleConnection {
     }
   }
 
-  /** A client wrote `bytes` of a delivered packet: lift backpressure when under the limits. */
+  /** A client wrote delivered packets: lift backpressure when under the limits. */
   ack(slot: MiddleSlot, bytes: number, packets: number): void {
     // A migrated slot starts from zero: never count below it.
     bytes = Math.min(bytes, slot.unackedBytes);
