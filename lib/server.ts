@@ -106,6 +106,16 @@ function _logEvent(e: ProxyEvent): void {
       log.info("{listener}: {peer} fronted to {target} ({reason})", e);
       break;
     case "closed":
+      if (e.reason === "bad_frame") {
+        log.info(
+          "{listener}: {peer} closed: it sent a frame its transport does not allow ({detail})",
+          {
+            ...e,
+            detail: e.detail ?? "",
+          },
+        );
+        break;
+      }
       log.debug(
         "{listener}: {peer} closed: {reason} after {durationMs} ms, {bytesFromClient} B up, {bytesToClient} B down",
         e,

@@ -422,3 +422,54 @@ Deno.test("answers from one middle-proxy read reach a fake-TLS client in one wri
     }
   });
 });
+
+Deno.test("a client frame its transport does not allow closes that client with bad_frame", async () => {
+  await withMiddle(async ({ mp, proxy }) => {
+    const other = await connect(proxy.port, "dd");
+    try {
+      await echo(other);
+      // Mid-relay: an intermediate frame whose length is not a multiple of 4, then one too large.
+      const bad: { transport: TransportTag; header: Uint8Array }[] = [
+        { transport: "intermediate", header: Uint8Array.of(5, 0, 0, 0) },
+        { transport: "padded", header: Uint8Array.of(0, 0, 0x20, 0) }, // 2 MiB
+        { transport: "abridged", header: Uint8Array.of(0x7f, 0x7e, 0, 0) }, // overlong
+      ];
+      for (const { transport, header } of bad) {
+        const client = await connect(proxy.port, "plain", transport);
+        try {
+          await echo(client);
+          await client.sendRaw(header);
+          await client.closed();
+          const e = await proxy.waitForEvent((e) =>
+            e.type === "closed" && e.reason === "bad_frame"
+          );
+          assert(e.type === "closed" && e.detail, JSON.stringify(e));
+          proxy.events.length = 0;
+        } finally {
+          await client.close();
+        }
+      }
+      // In the very first packet: refused before anything reaches Telegram.
+      const before = mp.stats.proxyReqs;
+      const first = await connectTestClient({
+        port: proxy.port,
+        secret: TEST_SECRET,
+        kind: "plain",
+        dcId: 2,
+        transport: "intermediate",
+        deferInit: true, // the init and the bad frame in one write
+      });
+      try {
+        await first.sendRaw(Uint8Array.of(6, 0, 0, 0, 1, 2, 3, 4, 5, 6));
+        await first.closed();
+        await proxy.waitForEvent((e) => e.type === "rejected" && e.reason === "bad_frame");
+      } finally {
+        await first.close();
+      }
+      assertEquals(mp.stats.proxyReqs, before);
+      await echo(other); // the neighbour never noticed
+    } finally {
+      await other.close();
+    }
+  });
+});

@@ -28,6 +28,8 @@ export type RejectReason =
   | "http_request"
   | "fronting_failed"
   | "fronting_loop"
+  /** Middle-proxy mode: the client's first packet broke its transport's framing. */
+  | "bad_frame"
   | "shutdown";
 
 /** Why an established relay ended. */
@@ -40,6 +42,8 @@ export type CloseReason =
   | "server_error"
   /** Middle-proxy mode: the client read too slowly and held too much undelivered data. */
   | "slow_client"
+  /** Middle-proxy mode: the client sent a frame its transport does not allow. */
+  | "bad_frame"
   | "fronted";
 
 /** One thing that happened to a session. */
@@ -71,6 +75,8 @@ export type ProxyEvent =
     listener: string;
     peer: string;
     reason: CloseReason;
+    /** What went wrong, for reasons that need it (bad_frame). */
+    detail?: string;
     bytesFromClient: number;
     bytesToClient: number;
     durationMs: number;

@@ -43,7 +43,12 @@ import { type MiddleProxies, usesMiddleProxies } from "../telegram/middle_proxie
 import type { MiddleHandle } from "../telegram/pool.ts";
 import { concatBytes } from "../protocol/bytes.ts";
 import { PacketReader } from "../protocol/packet_reader.ts";
-import { frameLength, quickAckToken, writeFrame } from "../protocol/framing.ts";
+import {
+  frameLength,
+  type FrameRejectReason,
+  quickAckToken,
+  writeFrame,
+} from "../protocol/framing.ts";
 import { frameTlsRecords } from "./relay.ts";
 import { ServerErrorFilter } from "../guard/server_error.ts";
 import {
@@ -472,7 +477,8 @@ export class Session implements PumpHost, MiddleClient {
     const first = client.leftover;
     this.#bytesFromClient += first.length;
     client.stream.decryptor.update(first);
-    await _sendPackets(reader, first, handle);
+    const broken = await _sendPackets(reader, first, handle);
+    if (broken) throw new Rejection("bad_frame", { detail: broken });
     this.#ctx.events.emit({
       type: "established",
       listener: listener.name,
@@ -497,7 +503,13 @@ export class Session implements PumpHost, MiddleClient {
     const sink = {
       read: () => Promise.resolve(null),
       write: async (chunk: Uint8Array) => {
-        await _sendPackets(plan.reader, chunk, plan.handle);
+        const broken = await _sendPackets(plan.reader, chunk, plan.handle);
+        if (broken) {
+          const m = this.#middle!;
+          m.closedBy = "bad_frame";
+          m.closedDetail = broken;
+          throw new Error(`Client stream is broken: ${broken}`);
+        }
         return chunk.length;
       },
     };
@@ -810,6 +822,9 @@ export class Session implements PumpHost, MiddleClient {
       listener: this.#ctx.listener.name,
       peer: this.peer,
       reason,
+      ...(reason === "bad_frame" && this.#middle?.closedDetail
+        ? { detail: this.#middle.closedDetail }
+        : {}),
       bytesFromClient: this.#bytesFromClient,
       bytesToClient: this.#bytesToClient,
       durationMs: Date.now() - this.startedAt,
@@ -818,11 +833,19 @@ export class Session implements PumpHost, MiddleClient {
   }
 }
 
-/** Unframe `chunk` and send its packets, in order; a broken stream ends the relay. */
-async function _sendPackets(reader: PacketReader, chunk: Uint8Array, handle: MiddleHandle) {
+/**
+ * Unframe `chunk` and send its packets, in order. Returns why the client's stream is broken
+ * (nothing is sent then), or null.
+ */
+async function _sendPackets(
+  reader: PacketReader,
+  chunk: Uint8Array,
+  handle: MiddleHandle,
+): Promise<FrameRejectReason | null> {
   const packets = reader.push(chunk);
-  if (typeof packets === "string") throw new Error(`Client stream is broken: ${packets}`);
+  if (typeof packets === "string") return packets;
   if (packets.length > 0) await handle.send(packets);
+  return null;
 }
 
 /** Telegram's transport error: a lone 4-byte negative code such as -404. */
@@ -844,8 +867,9 @@ interface _MiddleState {
   readonly tls: boolean;
   /** Telegram's first answer has been passed on (server error filter "first"). */
   answered: boolean;
-  /** Why Telegram's side ended the session, if it did. */
+  /** Why the session ended, when the relay knows better than its pumps. */
   closedBy: CloseReason | null;
+  closedDetail?: string;
   /** The buffer answers are being added to, and full ones waiting to be written. */
   current: _OutBuffer | null;
   queue: _OutBuffer[];
