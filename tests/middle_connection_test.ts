@@ -113,3 +113,37 @@ Deno.test("a quiet connection sends its own RPC_PING and stays up", async () => 
     await mp.close();
   }
 });
+
+Deno.test("a middle proxy that stops reading gets its connection closed at the send timeout", async () => {
+  const mp = await startFakeMiddleProxy({ proxySecret: PROXY_SECRET, mode: "mtproto" });
+  const conn = await MiddleConnection.open({ host: "127.0.0.1", port: mp.port }, {
+    ...options(),
+    sendTimeoutMs: 300,
+  });
+  const dead = new Promise<string | null>((
+    resolve,
+  ) => (conn.onDead = (_c, error) => resolve(error)));
+  try {
+    const slot = conn.attach(new Collector(), {
+      tag: "intermediate",
+      clientIp: "127.0.0.1",
+      clientPort: 5556,
+      adTag: null,
+    });
+    mp.stall(true);
+    // More than the socket buffers take in: the write cannot finish while nobody reads.
+    const packet = randomBytes(65536);
+    packet[0] = 1;
+    const packets = Array.from({ length: 512 }, () => ({ payload: packet, quickAck: false }));
+    const sent = slot.send(packets).then(() => "sent", (e) => `failed: ${e}`);
+    const error = await dead;
+    assert(error?.includes("did not finish"), String(error));
+    assert(conn.closed);
+    assert((await sent).startsWith("failed"));
+  } finally {
+    mp.stall(false);
+    conn.close();
+    await conn.finished;
+    await mp.close();
+  }
+});

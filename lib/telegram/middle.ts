@@ -53,6 +53,11 @@ export interface MiddleConnectOptions {
   readonly pool: PoolConfig;
   /** Send our own RPC_PING after this long without traffic. @default 30000 */
   readonly keepaliveMs?: number;
+  /**
+   * Close the connection when a write has not finished after this long: the middle proxy
+   * stopped reading, and its clients are better off on another connection. @default 15000
+   */
+  readonly sendTimeoutMs?: number;
 }
 
 /** Why a middle-proxy connection could not be opened. */
@@ -136,6 +141,8 @@ export class MiddleConnection {
   #resume: (() => void) | null = null;
   #closed = false;
   #lastTraffic = Date.now();
+  /** When the write in flight started (0: none). */
+  #writingSince = 0;
   #keepalive: ReturnType<typeof setInterval> | undefined;
   /** Set by the pool: called once when the connection is gone. */
   onDead: ((conn: MiddleConnection, hadError: string | null) => void) | null = null;
@@ -158,12 +165,19 @@ export class MiddleConnection {
     this.#ourPort = ours.port;
     for (const body of early) this.#dispatch(body);
     const keepaliveMs = options.keepaliveMs ?? 30_000;
+    const sendTimeoutMs = options.sendTimeoutMs ?? 15_000;
+    // One timer per connection does both jobs (not one per write).
     this.#keepalive = setInterval(() => {
-      if (Date.now() - this.#lastTraffic >= keepaliveMs) {
-        this.#lastTraffic = Date.now();
+      const now = Date.now();
+      if (this.#writingSince > 0 && now - this.#writingSince >= sendTimeoutMs) {
+        this.#shutdown(`a write did not finish in ${sendTimeoutMs} ms (stopped reading?)`);
+        return;
+      }
+      if (now - this.#lastTraffic >= keepaliveMs) {
+        this.#lastTraffic = now;
         this.enqueue(encodePing(BigInt.asIntN(64, _randomU64()))).catch(() => {});
       }
-    }, Math.max(1000, keepaliveMs / 2));
+    }, Math.max(100, Math.min(keepaliveMs, sendTimeoutMs) / 2));
     this.finished = this.#readLoop();
   }
 
@@ -308,7 +322,9 @@ export class MiddleConnection {
             if (total < _ENCODE_POOLED_MIN || total > _ENCODE_BUFFER) return new Uint8Array(total);
             return pooled = _encodeBuffers.pop() ?? new Uint8Array(_ENCODE_BUFFER);
           });
+          this.#writingSince = Date.now();
           await writeAll(this.#conn, bytes);
+          this.#writingSince = 0;
           this.#lastTraffic = Date.now();
           for (const w of waiters) w.done();
         } catch (e) {
