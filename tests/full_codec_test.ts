@@ -408,3 +408,30 @@ Deno.test("crc32 gives the same values through zlib and the table code, chained 
     assertEquals(crc32(data.subarray(cut), crc32(data.subarray(0, cut))), crc32Js(data));
   }
 });
+
+Deno.test("FullDecoder in reuse mode gives the same bodies, gathering split frames in reused buffers", () => {
+  const enc = new FullEncoder();
+  const bodies = Array.from({ length: 40 }, (_, i) => randomBytes(4 * (1 + ((i * 37) % 300))));
+  const wire = concatBytes(bodies.map((b, i) => enc.encode(b, i % 3 === 0)));
+  for (const cut of [7, 100, 333, 1024]) {
+    const dec = new FullDecoder();
+    dec.reuseBuffers();
+    const got: Uint8Array[] = [];
+    const splitBuffers: ArrayBufferLike[] = [];
+    for (let off = 0; off < wire.length; off += cut) {
+      const chunk = wire.slice(off, off + cut);
+      const r = dec.push(chunk);
+      assertEquals(r.reject, null);
+      for (const f of r.frames) {
+        // Valid until the next push: copy now.
+        got.push(f.slice());
+        if (f.buffer !== chunk.buffer) splitBuffers.push(f.buffer);
+      }
+    }
+    assertEquals(got, bodies, `cut ${cut}`);
+    if (splitBuffers.length >= 3) {
+      // Two buffers take turns instead of one allocation per split frame.
+      assert(new Set(splitBuffers).size < splitBuffers.length, `cut ${cut}`);
+    }
+  }
+});

@@ -292,6 +292,8 @@ export interface FullDecoderOptions extends FullSeqOptions {
 
 /** Room kept for a partial frame whose length is not known yet (header and padding words). */
 const SMALL_PENDING = 16;
+/** Reuse mode keeps a spare buffer up to this size (a rare larger frame gets its own). */
+const MAX_SPARE = 256 * 1024;
 
 /**
  * The receiving half: takes chunks cut anywhere, returns the frame bodies in order and checks
@@ -318,6 +320,10 @@ export class FullDecoder {
   #pendingLen = 0;
   /** How many bytes `#pending` must hold before the next decode attempt. */
   #pendingNeed = 0;
+  /** Reuse mode: the buffer of a split frame handed out by this push, and one free for reuse. */
+  #reuse = false;
+  #handedOut: Uint8Array | null = null;
+  #spare: Uint8Array | null = null;
 
   constructor(options: FullDecoderOptions = {}) {
     this.#seq = options.firstSeq ?? FIRST_SEQ;
@@ -340,11 +346,25 @@ export class FullDecoder {
   }
 
   /**
+   * From now on, bodies stay valid only until the next `push`: the buffers that gather frames
+   * split across chunks are reused instead of allocated per frame (one per chunk boundary, which
+   * kept the GC busy at middle-proxy speeds).
+   */
+  reuseBuffers(): void {
+    this.#reuse = true;
+  }
+
+  /**
    * Decode what `chunk` completes. Bodies are appended to `frames` (a fresh array by default).
    * After a refusal every later call returns the same refusal and no frames.
    */
   push(chunk: Uint8Array, frames: Uint8Array[] = []): FullDecodeResult {
     if (this.#reject !== null) return { frames, reject: this.#reject };
+    if (this.#handedOut !== null) {
+      // The caller is done with the bodies of the previous push.
+      if (this.#handedOut.length <= MAX_SPARE) this.#spare = this.#handedOut;
+      this.#handedOut = null;
+    }
     let off = 0;
     let pending = this.#pending;
     while (pending !== null) {
@@ -357,7 +377,9 @@ export class FullDecoder {
       if (r === SCAN_REJECT) return this.#fail(_reason, frames);
       if (r === SCAN_NEED) {
         if (_end > pending.length) {
-          const grown = new Uint8Array(_end);
+          const spare = this.#spare;
+          const grown = spare !== null && spare.length >= _end ? spare : new Uint8Array(_end);
+          if (grown === spare) this.#spare = null;
           grown.set(pending.subarray(0, this.#pendingLen));
           pending = this.#pending = grown;
         }
@@ -367,6 +389,7 @@ export class FullDecoder {
       // The pending bytes end exactly where the frame ends (`need` sizes are exact).
       frames.push(pending.subarray(_start + 8, _end - 4));
       this.#seq = (this.#seq + 1) | 0;
+      if (this.#reuse) this.#handedOut = pending;
       pending = this.#pending = null;
       this.#pendingLen = 0;
       this.#pendingNeed = 0;
@@ -385,7 +408,10 @@ export class FullDecoder {
       // Drop whole padding words now rather than hold them: senders pad nearly every frame.
       while (limit - off >= 4 && _isPadWord(chunk, off)) off += 4;
       if (off === limit) break;
-      const held = new Uint8Array(Math.max(need - off, SMALL_PENDING));
+      const size = Math.max(need - off, SMALL_PENDING);
+      const spare = this.#spare;
+      const held = spare !== null && spare.length >= size ? spare : new Uint8Array(size);
+      this.#spare = null;
       held.set(chunk.subarray(off));
       this.#pending = held;
       this.#pendingLen = limit - off;
@@ -463,6 +489,15 @@ export class FullCodec {
   constructor(options: FullCodecOptions = {}) {
     this.#padPlaintext = options.padPlaintext ?? true;
     this.#checkCrc = options.checkCrc ?? true;
+  }
+
+  /**
+   * Once encryption is on, bodies from `decode` stay valid only until the next `decode` (see
+   * {@linkcode FullDecoder.reuseBuffers}).
+   */
+  reuseBuffers(): void {
+    if (this.#decoder === null) throw new Error("Encryption is not on yet");
+    this.#decoder.reuseBuffers();
   }
 
   /** True once {@linkcode FullCodec.startEncryption} ran. */

@@ -5,22 +5,18 @@
  *
  * @module
  */
-import {
-  decodeFrame,
-  type FrameRejectReason,
-  FrameSpan,
-  type Packet,
-  scanFrame,
-} from "./framing.ts";
+import { type FrameRejectReason, FrameSpan, type Packet, scanFrame } from "./framing.ts";
 import type { TransportTag } from "./obfuscated2.ts";
 
 /** Reads packets out of a stream of plaintext chunks. */
 export class PacketReader {
   readonly #tag: TransportTag;
   readonly #span = new FrameSpan();
-  /** Bytes of an incomplete frame carried over from earlier chunks. */
-  #pending: Uint8Array = new Uint8Array(0);
+  /** Bytes of an incomplete frame carried over from earlier chunks (none: `_EMPTY`). */
+  #pending: Uint8Array = _EMPTY;
   #pendingLen = 0;
+  /** The buffer of a carried-over frame handed out by the last `push`, until the next one. */
+  #handedOut: Uint8Array | null = null;
 
   constructor(tag: TransportTag) {
     this.#tag = tag;
@@ -32,32 +28,42 @@ export class PacketReader {
    */
   push(chunk: Uint8Array): Packet[] | FrameRejectReason {
     const out: Packet[] = [];
-    let buf = chunk;
-    if (this.#pendingLen > 0) {
-      // Finish the carried-over frame: append (amortised growth), decode, then go on in place.
-      const before = this.#pendingLen;
-      this.#append(chunk);
-      const view = this.#pending.subarray(0, this.#pendingLen);
-      const step = decodeFrame(this.#tag, view);
-      if (step.kind === "reject") return step.reason;
-      if (step.kind === "need") return out;
-      out.push({ payload: step.frame.payload.slice(), quickAck: step.frame.quickAck });
-      const frameEnd = view.length - step.rest.length;
-      this.#pendingLen = 0;
-      buf = chunk.subarray(frameEnd - before);
+    const span = this.#span;
+    if (this.#handedOut !== null) {
+      _recycle(this.#handedOut); // the caller is done with the last call's packets
+      this.#handedOut = null;
+    }
+    let off = 0;
+    // Finish a carried-over frame, taking from `chunk` only the bytes it still needs.
+    while (this.#pendingLen > 0) {
+      const held = this.#pending.subarray(0, this.#pendingLen);
+      const r = scanFrame(this.#tag, held, 0, span);
+      if (r === "reject") return span.reason!;
+      if (r === "frame") {
+        out.push({
+          payload: this.#pending.subarray(span.payloadStart, span.payloadEnd),
+          quickAck: span.quickAck,
+        });
+        this.#handedOut = this.#pending;
+        this.#pending = _EMPTY;
+        this.#pendingLen = 0;
+        break;
+      }
+      if (off === chunk.length) return out;
+      const take = Math.min(span.end - this.#pendingLen, chunk.length - off);
+      this.#hold(chunk.subarray(off, off + take), span.end);
+      off += take;
     }
     // Offsets, not views: one view (the payload) per packet.
-    const span = this.#span;
-    let off = 0;
-    while (off < buf.length) {
-      const r = scanFrame(this.#tag, buf, off, span);
+    while (off < chunk.length) {
+      const r = scanFrame(this.#tag, chunk, off, span);
       if (r === "reject") return span.reason!;
       if (r === "need") {
-        this.#append(off === 0 ? buf : buf.subarray(off));
+        this.#hold(chunk.subarray(off), span.end - off);
         break;
       }
       out.push({
-        payload: buf.subarray(span.payloadStart, span.payloadEnd),
+        payload: chunk.subarray(span.payloadStart, span.payloadEnd),
         quickAck: span.quickAck,
       });
       off = span.end;
@@ -65,14 +71,36 @@ export class PacketReader {
     return out;
   }
 
-  #append(bytes: Uint8Array): void {
+  /** Append `bytes` to the carried-over frame, which will need `frameLen` bytes in all. */
+  #hold(bytes: Uint8Array, frameLen: number): void {
     const need = this.#pendingLen + bytes.length;
     if (this.#pending.length < need) {
-      const bigger = new Uint8Array(Math.max(need, this.#pending.length * 2, 256));
+      const size = Math.max(need, frameLen);
+      const bigger = size <= _SPLIT_BUFFER
+        ? _splitBuffers.pop() ?? new Uint8Array(_SPLIT_BUFFER)
+        : new Uint8Array(size);
       bigger.set(this.#pending.subarray(0, this.#pendingLen));
+      _recycle(this.#pending);
       this.#pending = bigger;
     }
     this.#pending.set(bytes, this.#pendingLen);
     this.#pendingLen = need;
+  }
+}
+
+const _EMPTY = new Uint8Array(0);
+
+/**
+ * Shared buffers for frames split across reads (up to a 16 KiB packet and then some): a reader
+ * holds one only while a frame is incomplete, so idle clients keep none, and a busy one does not
+ * allocate per split frame.
+ */
+const _SPLIT_BUFFER = 32 * 1024;
+const _SPLIT_BUFFERS_MAX = 64;
+const _splitBuffers: Uint8Array[] = [];
+
+function _recycle(buf: Uint8Array): void {
+  if (buf.length === _SPLIT_BUFFER && _splitBuffers.length < _SPLIT_BUFFERS_MAX) {
+    _splitBuffers.push(buf);
   }
 }

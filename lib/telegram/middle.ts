@@ -164,6 +164,8 @@ export class MiddleConnection {
     this.#ourIp = ours.ip;
     this.#ourPort = ours.port;
     for (const body of early) this.#dispatch(body);
+    // Bodies are used up by #dispatch before the next read.
+    codec.reuseBuffers();
     const keepaliveMs = options.keepaliveMs ?? 30_000;
     const sendTimeoutMs = options.sendTimeoutMs ?? 15_000;
     // One timer per connection does both jobs (not one per write).
@@ -319,8 +321,8 @@ export class MiddleConnection {
         let pooled: Uint8Array | null = null;
         try {
           const bytes = this.#codec.encodeMany(batch, (total) => {
-            if (total < _ENCODE_POOLED_MIN || total > _ENCODE_BUFFER) return new Uint8Array(total);
-            return pooled = _encodeBuffers.pop() ?? new Uint8Array(_ENCODE_BUFFER);
+            pooled = _takeEncodeBuffer(total);
+            return pooled ?? new Uint8Array(total);
           });
           this.#writingSince = Date.now();
           await writeAll(this.#conn, bytes);
@@ -334,7 +336,7 @@ export class MiddleConnection {
           this.#shutdown("write failed");
           return;
         } finally {
-          if (pooled && _encodeBuffers.length < _ENCODE_BUFFERS_MAX) _encodeBuffers.push(pooled);
+          if (pooled) _giveEncodeBuffer(pooled);
         }
       }
     } finally {
@@ -466,14 +468,30 @@ export class MiddleConnection {
 }
 
 /**
- * Reusable buffers for encoding a batch of RPC messages (each batch is written before the next is
- * encoded, so a connection needs one at a time). Small batches (pings, a few small packets) and
- * very large ones get a buffer of their own: pooling those would hold memory for nothing.
+ * Reusable buffers for encoding a batch of RPC messages, in two sizes (each batch is written
+ * before the next is encoded, so a connection needs one at a time). A batch larger than the
+ * large size gets a buffer of its own.
  */
-const _ENCODE_POOLED_MIN = 16 * 1024;
-const _ENCODE_BUFFER = 256 * 1024;
-const _ENCODE_BUFFERS_MAX = 8;
-const _encodeBuffers: Uint8Array[] = [];
+const _SMALL_BATCH = 16 * 1024;
+const _LARGE_BATCH = 256 * 1024;
+const _smallBatchBuffers: Uint8Array[] = [];
+const _largeBatchBuffers: Uint8Array[] = [];
+const _SMALL_BATCH_BUFFERS_MAX = 32;
+const _LARGE_BATCH_BUFFERS_MAX = 8;
+
+function _takeEncodeBuffer(total: number): Uint8Array | null {
+  if (total <= _SMALL_BATCH) return _smallBatchBuffers.pop() ?? new Uint8Array(_SMALL_BATCH);
+  if (total <= _LARGE_BATCH) return _largeBatchBuffers.pop() ?? new Uint8Array(_LARGE_BATCH);
+  return null;
+}
+
+function _giveEncodeBuffer(buf: Uint8Array): void {
+  if (buf.length === _SMALL_BATCH) {
+    if (_smallBatchBuffers.length < _SMALL_BATCH_BUFFERS_MAX) _smallBatchBuffers.push(buf);
+  } else if (_largeBatchBuffers.length < _LARGE_BATCH_BUFFERS_MAX) {
+    _largeBatchBuffers.push(buf);
+  }
+}
 
 function _randomU64(): bigint {
   const b = randomBytes(8);

@@ -775,6 +775,8 @@ class _FakeMiddleProxy implements FakeMiddleProxy {
             return null;
           }
           c.codec = step.codec;
+          // Bodies are used up (copied into answers or events) before the next read.
+          c.codec.reuseBuffers();
           this.stats.handshakes++;
           this.#record({
             type: "handshake_ok",
