@@ -158,20 +158,24 @@ export class DcPool {
   #connWaiters = new Set<() => void>();
   #closed = false;
   #stats = { migrated: 0, closedMidSend: 0 };
+  readonly #idleExtraMs: number;
 
+  /** `idleExtraMs`: how long an extra connection may sit without clients (tests shorten it). */
   constructor(
     dcId: number,
     addresses: readonly HostPort[],
     options: () => MiddleConnectOptions,
     events: PoolEvents,
     open: MiddleOpener = MiddleConnection.open,
+    idleExtraMs = IDLE_EXTRA_MS,
   ) {
     this.dcId = dcId;
     this.#addresses = addresses;
     this.#connectOptions = options;
     this.#events = events;
     this.#open = open;
-    this.#idleTimer = setInterval(() => this.#shrink(), IDLE_EXTRA_MS / 4);
+    this.#idleExtraMs = idleExtraMs;
+    this.#idleTimer = setInterval(() => this.#shrink(), idleExtraMs / 4);
     this.#ensure();
   }
 
@@ -283,7 +287,7 @@ export class DcPool {
     if (this.#conns.length <= this.#connectOptions().pool.minConnections) return;
     for (const [c, since] of this.#idleSince) {
       if (
-        now - since >= IDLE_EXTRA_MS &&
+        now - since >= this.#idleExtraMs &&
         this.#conns.length > this.#connectOptions().pool.minConnections
       ) {
         this.#idleSince.delete(c);
