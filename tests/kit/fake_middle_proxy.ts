@@ -257,10 +257,10 @@ export interface FakeMiddleProxy {
   /** Send RPC_CLOSE_EXT for `connId` and forget it; resolves once written. */
   sendCloseExt(connId: bigint, options?: { conn?: number }): Promise<void>;
   /**
-   * Write `bytes` as they are on the `index`-th live connection (after the handshake: a frame
-   * the proxy cannot decode); resolves once written.
+   * Send, on the `index`-th live connection, a frame whose CRC does not match (its last
+   * ciphertext byte flipped): the proxy must drop that connection. Resolves once written.
    */
-  sendRaw(bytes: Uint8Array, index?: number): Promise<void>;
+  sendCorrupt(index?: number): Promise<void>;
   /** Send RPC_PING to every live RPC connection; resolves with the ping ids once written. */
   ping(): Promise<bigint[]>;
   /** Accept then close at once (true), like a middle proxy that is down, or serve again. */
@@ -512,10 +512,13 @@ class _FakeMiddleProxy implements FakeMiddleProxy {
     return c.id;
   }
 
-  sendRaw(bytes: Uint8Array, index = 0): Promise<void> {
+  sendCorrupt(index = 0): Promise<void> {
     const c = this.#live()[index];
     if (c === undefined) return Promise.reject(new Error(`No live connection ${index}`));
-    return c.writeRaw(bytes);
+    // The length block stays intact, so the proxy reads the whole frame and finds the CRC wrong.
+    const frame = c.codec!.encode(encodePong(1n));
+    frame[frame.length - 1]! ^= 0xff;
+    return c.writeRaw(frame);
   }
 
   async closeAll(): Promise<number> {
