@@ -75,10 +75,13 @@ export class PacketReader {
   #hold(bytes: Uint8Array, frameLen: number): void {
     const need = this.#pendingLen + bytes.length;
     if (this.#pending.length < need) {
-      const size = Math.max(need, frameLen);
-      const bigger = size <= _SPLIT_BUFFER
+      // Room in proportion to what the client really sent, never to the length it claims (a
+      // header alone must not buy a large buffer): a shared buffer once a good part of a frame
+      // that fits one is here, else twice what is held.
+      const shared = frameLen <= _SPLIT_BUFFER && need >= _SPLIT_BUFFER / 4;
+      const bigger = shared
         ? _splitBuffers.pop() ?? new Uint8Array(_SPLIT_BUFFER)
-        : new Uint8Array(size);
+        : new Uint8Array(Math.min(Math.max(need, 2 * this.#pending.length, 256), frameLen));
       bigger.set(this.#pending.subarray(0, this.#pendingLen));
       _recycle(this.#pending);
       this.#pending = bigger;
