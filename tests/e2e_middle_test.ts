@@ -3,7 +3,7 @@
  * codec and AES-CBC), with Telegram's config served by a fake core API on 127.0.0.1.
  */
 import { assert, assertEquals } from "./assert.ts";
-import { startTestProxy, TEST_SECRET, testConfig, type TestProxy } from "./helpers.ts";
+import { startTestProxy, TEST_SECRET, testConfig, type TestProxy, until } from "./helpers.ts";
 import {
   type FakeMiddleEvent,
   type FakeMiddleProxy,
@@ -202,15 +202,6 @@ Deno.test("when Telegram closes a connection, its idle clients move to another a
     assertEquals(counted.closedMidSend, 0);
   });
 });
-
-/** Poll `cond` until it holds; throws after `timeoutMs`. */
-async function until(cond: () => boolean, what: string, timeoutMs = 10_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error(`Timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
 
 Deno.test("a rotation under load moves the idle clients and closes (and counts) the ones mid-send", async () => {
   await withMiddle(async ({ mp, proxy }) => {

@@ -13,6 +13,14 @@ import type {
   ServerErrorFilter,
 } from "../lib/config/types.ts";
 import type { ProxyEvent } from "../lib/client/events.ts";
+import {
+  DEFAULT_POOL_CLIENTS_PER_CONNECTION,
+  DEFAULT_POOL_MAX_CLIENT_UNACKED_BYTES,
+  DEFAULT_POOL_MAX_UNACKED_BYTES,
+  DEFAULT_POOL_MAX_UNACKED_PACKETS,
+  DEFAULT_POOL_MIN_CONNECTIONS,
+} from "../lib/config/defaults.ts";
+import type { MiddleConnectOptions } from "../lib/telegram/middle.ts";
 import { type ServerHandle, startServer } from "../lib/server.ts";
 
 /** The secret most tests use. */
@@ -175,5 +183,37 @@ export async function startTestProxy(config: Config): Promise<TestProxy> {
     async [Symbol.asyncDispose]() {
       await server.shutdown();
     },
+  };
+}
+
+/** Poll `cond` every 10 ms until it holds; throws after `timeoutMs` naming `what`. */
+export async function until(cond: () => boolean, what: string, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error(`Timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+/** Options for a middle-proxy connection to a fake on 127.0.0.1: the default pool, overridable. */
+export function middleConnectOptions(
+  proxySecret: Uint8Array,
+  overrides: { pool?: Partial<PoolConfig>; keepaliveMs?: number; sendTimeoutMs?: number } = {},
+): MiddleConnectOptions {
+  const { pool, ...timing } = overrides;
+  return {
+    proxySecret,
+    externalIp: "127.0.0.1",
+    connectTimeoutMs: 5000,
+    handshakeTimeoutMs: 5000,
+    pool: {
+      minConnections: DEFAULT_POOL_MIN_CONNECTIONS,
+      clientsPerConnection: DEFAULT_POOL_CLIENTS_PER_CONNECTION,
+      maxUnackedBytes: DEFAULT_POOL_MAX_UNACKED_BYTES,
+      maxUnackedPackets: DEFAULT_POOL_MAX_UNACKED_PACKETS,
+      maxClientUnackedBytes: DEFAULT_POOL_MAX_CLIENT_UNACKED_BYTES,
+      ...pool,
+    },
+    ...timing,
   };
 }

@@ -5,38 +5,14 @@
 import { assert, assertEquals } from "./assert.ts";
 import { startFakeMiddleProxy } from "./kit/fake_middle_proxy.ts";
 import { randomBytes } from "../lib/crypto.ts";
-import {
-  DEFAULT_POOL_CLIENTS_PER_CONNECTION,
-  DEFAULT_POOL_MAX_CLIENT_UNACKED_BYTES,
-  DEFAULT_POOL_MAX_UNACKED_BYTES,
-  DEFAULT_POOL_MAX_UNACKED_PACKETS,
-  DEFAULT_POOL_MIN_CONNECTIONS,
-} from "../lib/config/defaults.ts";
+import { middleConnectOptions } from "./helpers.ts";
 import {
   type MiddleClient,
   type MiddleCloseReason,
   MiddleConnection,
-  type MiddleConnectOptions,
 } from "../lib/telegram/middle.ts";
 
 const PROXY_SECRET = randomBytes(128);
-
-function options(keepaliveMs?: number): MiddleConnectOptions {
-  return {
-    proxySecret: PROXY_SECRET,
-    externalIp: "127.0.0.1",
-    connectTimeoutMs: 5000,
-    handshakeTimeoutMs: 5000,
-    pool: {
-      minConnections: DEFAULT_POOL_MIN_CONNECTIONS,
-      clientsPerConnection: DEFAULT_POOL_CLIENTS_PER_CONNECTION,
-      maxUnackedBytes: DEFAULT_POOL_MAX_UNACKED_BYTES,
-      maxUnackedPackets: DEFAULT_POOL_MAX_UNACKED_PACKETS,
-      maxClientUnackedBytes: DEFAULT_POOL_MAX_CLIENT_UNACKED_BYTES,
-    },
-    ...(keepaliveMs === undefined ? {} : { keepaliveMs }),
-  };
-}
 
 /** A client that keeps what Telegram sends it. */
 class Collector implements MiddleClient {
@@ -58,7 +34,10 @@ class Collector implements MiddleClient {
 
 Deno.test("one send of several packets reaches Telegram in order, with each packet's flags", async () => {
   const mp = await startFakeMiddleProxy({ proxySecret: PROXY_SECRET, mode: "mtproto" });
-  const conn = await MiddleConnection.open({ host: "127.0.0.1", port: mp.port }, options());
+  const conn = await MiddleConnection.open(
+    { host: "127.0.0.1", port: mp.port },
+    middleConnectOptions(PROXY_SECRET),
+  );
   try {
     const client = new Collector();
     const slot = conn.attach(client, {
@@ -99,7 +78,10 @@ Deno.test("one send of several packets reaches Telegram in order, with each pack
 
 Deno.test("a quiet connection sends its own RPC_PING and stays up", async () => {
   const mp = await startFakeMiddleProxy({ proxySecret: PROXY_SECRET, mode: "mtproto" });
-  const conn = await MiddleConnection.open({ host: "127.0.0.1", port: mp.port }, options(200));
+  const conn = await MiddleConnection.open(
+    { host: "127.0.0.1", port: mp.port },
+    middleConnectOptions(PROXY_SECRET, { keepaliveMs: 200 }),
+  );
   try {
     const ping = await mp.waitFor((e) => e.type === "ping", 10_000);
     assert(ping.type === "ping");
@@ -116,10 +98,12 @@ Deno.test("a quiet connection sends its own RPC_PING and stays up", async () => 
 
 Deno.test("a middle proxy that stops reading gets its connection closed at the send timeout", async () => {
   const mp = await startFakeMiddleProxy({ proxySecret: PROXY_SECRET, mode: "mtproto" });
-  const conn = await MiddleConnection.open({ host: "127.0.0.1", port: mp.port }, {
-    ...options(),
-    sendTimeoutMs: 300,
-  });
+  const conn = await MiddleConnection.open(
+    { host: "127.0.0.1", port: mp.port },
+    middleConnectOptions(PROXY_SECRET, {
+      sendTimeoutMs: 300,
+    }),
+  );
   const dead = new Promise<string | null>((
     resolve,
   ) => (conn.onDead = (_c, error) => resolve(error)));

@@ -5,48 +5,24 @@
 import { assert, assertEquals } from "./assert.ts";
 import { startFakeMiddleProxy } from "./kit/fake_middle_proxy.ts";
 import { randomBytes } from "../lib/crypto.ts";
-import type { PoolConfig } from "../lib/config/types.ts";
-import type { MiddleClient, MiddleConnectOptions } from "../lib/telegram/middle.ts";
+import type { MiddleClient } from "../lib/telegram/middle.ts";
+import { middleConnectOptions, until } from "./helpers.ts";
 import { DcPool, type MiddleHandle, type PoolEvents } from "../lib/telegram/pool.ts";
 
 const PROXY_SECRET = randomBytes(128);
-
-function connectOptions(pool: Partial<PoolConfig>): MiddleConnectOptions {
-  return {
-    proxySecret: PROXY_SECRET,
-    externalIp: "127.0.0.1",
-    connectTimeoutMs: 5000,
-    handshakeTimeoutMs: 5000,
-    pool: {
-      minConnections: 1,
-      clientsPerConnection: 300,
-      maxUnackedBytes: 1 << 24,
-      maxUnackedPackets: 10_000,
-      maxClientUnackedBytes: 1 << 22,
-      ...pool,
-    },
-  };
-}
 
 const QUIET: PoolEvents = { connected() {}, connectFailed() {}, disconnected() {} };
 
 const CLIENT: MiddleClient = { onPacket() {}, onQuickAck() {}, onClose() {} };
 const INFO = { tag: "padded", clientIp: "127.0.0.1", clientPort: 1, adTag: null } as const;
 
-async function until(cond: () => boolean, what: string, timeoutMs = 10_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error(`Timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
-
 Deno.test("a pool grows past clients_per_connection, balances, and closes idle extras", async () => {
   const mp = await startFakeMiddleProxy({ proxySecret: PROXY_SECRET, mode: "echo" });
   const pool = new DcPool(
     2,
     [{ host: "127.0.0.1", port: mp.port }],
-    () => connectOptions({ minConnections: 1, clientsPerConnection: 3 }),
+    () =>
+      middleConnectOptions(PROXY_SECRET, { pool: { minConnections: 1, clientsPerConnection: 3 } }),
     QUIET,
     undefined,
     400, // idle extras go after 400 ms instead of 2 minutes
@@ -83,7 +59,7 @@ Deno.test("a pool whose middle proxy is down retries with backoff and serves onc
   const pool = new DcPool(
     2,
     [{ host: "127.0.0.1", port: mp.port }],
-    () => connectOptions({ minConnections: 1 }),
+    () => middleConnectOptions(PROXY_SECRET, { pool: { minConnections: 1 } }),
     { ...QUIET, connectFailed: (_dc, _addr, _error, retryInMs) => failures.push(retryInMs) },
   );
   try {

@@ -906,6 +906,9 @@ function _headroom(size: number): number {
   return RECORD_HEADER_LEN * Math.ceil(size / MAX_RECORD_PAYLOAD);
 }
 
+const _SMALL_HEADROOM = _headroom(_SMALL_OUT);
+const _LARGE_HEADROOM = _headroom(_LARGE_OUT);
+
 /** The client's current answer buffer if `len` more bytes fit, else a new one. */
 function _room(m: _MiddleState, len: number): _OutBuffer {
   const cur = m.current;
@@ -913,12 +916,12 @@ function _room(m: _MiddleState, len: number): _OutBuffer {
   if (cur) m.queue.push(cur);
   let buf: Uint8Array;
   let start = 0;
-  if (!cur && _headroom(_SMALL_OUT) + len <= _SMALL_OUT) {
+  if (!cur && _SMALL_HEADROOM + len <= _SMALL_OUT) {
     buf = _smallOut.pop() ?? new Uint8Array(_SMALL_OUT);
-    if (m.tls) start = _headroom(_SMALL_OUT);
-  } else if (_headroom(_LARGE_OUT) + len <= _LARGE_OUT) {
+    if (m.tls) start = _SMALL_HEADROOM;
+  } else if (_LARGE_HEADROOM + len <= _LARGE_OUT) {
     buf = _largeOut.pop() ?? new Uint8Array(_LARGE_OUT);
-    if (m.tls) start = _headroom(_LARGE_OUT);
+    if (m.tls) start = _LARGE_HEADROOM;
   } else {
     if (m.tls) start = _headroom(len);
     buf = new Uint8Array(start + len);
