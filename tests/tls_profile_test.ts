@@ -348,8 +348,10 @@ Deno.test("measureTlsProfile measures rustls: TLS 1.3 suite, key_share first, on
     assertEquals(x25519.keyShareGroup, 0x001d);
     assertEquals(x25519.source, "site.test");
     assertEquals(x25519.measuredAt, 42);
-    // Same certificate; only the ECDSA signature length (70-72 bytes) may differ.
-    assert(Math.abs(x25519.appDataSizes[0]! - p.appDataSizes[0]!) <= 2);
+    // Same certificate; only the CertificateVerify signature may differ: DER ECDSA is 70-72
+    // bytes, and about 1 in 256 is shorter still (a leading zero byte in r or s).
+    const sizes = `${x25519.appDataSizes[0]} vs ${p.appDataSizes[0]}`;
+    assert(Math.abs(x25519.appDataSizes[0]! - p.appDataSizes[0]!) <= 4, sizes);
   });
 });
 
@@ -366,9 +368,9 @@ Deno.test("measureTlsProfile sees the ALPN answer grow rustls's encrypted extens
     const p = await measureTlsProfile("127.0.0.1", port, { sni: "site.test", timeoutMs: 3000 });
     without = p.appDataSizes[0]! - certDer;
   });
-  // ALPN extension "h2": 2 type + 2 length + 2 list length + 1 + 2 = 9 bytes (+-2 for the
-  // CertificateVerify signature, whose DER length is 70-72 bytes).
-  assert(Math.abs(withAlpn - without - 9) <= 2, `${withAlpn} vs ${without} beyond the cert`);
+  // ALPN extension "h2": 2 type + 2 length + 2 list length + 1 + 2 = 9 bytes, give or take the
+  // CertificateVerify signature (DER ECDSA, 70-72 bytes, rarely shorter).
+  assert(Math.abs(withAlpn - without - 9) <= 4, `${withAlpn} vs ${without} beyond the cert`);
 });
 
 // ---------------------------------------------------------------------------------------------
