@@ -17,6 +17,7 @@ import { GROUP_X25519, GROUP_X25519_MLKEM768 } from "./protocol/fake_tls.ts";
 import { MiddleProxies, usesMiddleProxies } from "./telegram/middle_proxies.ts";
 import { TelegramConfigStore } from "./telegram/proxy_config.ts";
 import { VERSION } from "./version.ts";
+import { Metrics, type MetricsSnapshot } from "./ops/metrics.ts";
 
 /** Deadline of each download from core.telegram.org (the Erlang proxy's value). */
 const CORE_API_TIMEOUT_MS = 3000;
@@ -48,6 +49,10 @@ export interface ServerHandle {
   refreshTelegramConfig(): Promise<void>;
   /** Live middle-proxy connections (0 without middle-proxy mode). */
   middleConnections(): number;
+  /** Where metrics are served (port resolved when 0 was configured); null when not served. */
+  readonly metricsAddress: { host: string; port: number } | null;
+  /** The metrics exposition, as `GET /metrics` serves it. */
+  metricsText(): string;
   /** Middle-proxy pool counters summed over DCs (zeros without middle-proxy mode). */
   middleStats(): {
     connections: number;
@@ -264,8 +269,10 @@ function _start(
     bytesFromClients: 0,
     bytesToClients: 0,
   };
+  const metrics = new Metrics(config.listeners.map((l) => l.name), VERSION, Date.now());
   const sink: EventSink = {
     emit(e) {
+      metrics.observe(e);
       if (e.type === "rejected") stats.rejected[e.reason] = (stats.rejected[e.reason] ?? 0) + 1;
       if (e.type === "established") stats.established++;
       if (e.type === "closed") {
@@ -302,6 +309,19 @@ function _start(
     host: b.config.host,
     port: (b.socket.addr as Deno.NetAddr).port,
   }));
+  // The handler runs only once requests arrive, after everything below is set up.
+  const metricsText = () => metrics.render(_metricsSnapshot(sessions, middle, guard.replaySize()));
+  let metricsHttp: MetricsEndpoint | null = null;
+  if (config.metrics.listen) {
+    try {
+      metricsHttp = _serveMetrics(config.metrics.listen, metricsText);
+    } catch (e) {
+      for (const b of bound) closeQuietly(b.socket);
+      const { host, port } = config.metrics.listen;
+      const why = e instanceof Error ? e.message : String(e);
+      throw new Error(`Cannot listen on ${formatHostPort(host, port)} (metrics): ${why}`);
+    }
+  }
   const guard = _guard(config, addresses);
   const sessions = new Set<Session>();
   // Resolves a shutdown waiting for the last session (set only while one waits).
@@ -391,6 +411,7 @@ function _start(
       drainedNow = null;
     }
     clearInterval(sweeper);
+    await metricsHttp?.stop();
     await guard.stop();
     await middle?.stop();
     resolveClosed();
@@ -400,6 +421,8 @@ function _start(
     addresses,
     closed,
     stats: () => structuredClone(stats),
+    metricsAddress: metricsHttp?.address ?? null,
+    metricsText,
     shutdown: () => (shuttingDown ??= shutdown()),
     refreshTelegramConfig: () => middle?.refresh() ?? Promise.resolve(),
     middleConnections: () => middle?.proxies.connectionCount ?? 0,
@@ -424,10 +447,11 @@ function _start(
 function _guard(
   config: Config,
   addresses: readonly { host: string; port: number }[],
-): { session: SessionGuard; stop(): Promise<void> } {
+): { session: SessionGuard; replaySize(): number; stop(): Promise<void> } {
   const replay = config.replay.maxEntries > 0
     ? createReplayCache({ maxEntries: config.replay.maxEntries, maxAgeMs: config.replay.maxAgeMs })
     : acceptAllReplays;
+  const replaySize = () => replay.size;
   const profiles = new TlsProfileStore();
   const localIps = localIpAddresses();
   const session: SessionGuard = {
@@ -449,7 +473,7 @@ function _guard(
   // Measure the real sites our answers imitate: only where fronting points at them anyway.
   const mode = config.fronting.mode;
   if (mode === "off" || config.tls.profileRefreshMs === 0) {
-    return { session, stop: () => Promise.resolve() };
+    return { session, replaySize, stop: () => Promise.resolve() };
   }
   const domains = [...new Set(config.listeners.flatMap((l) => l.tlsDomains))];
   const abort = new AbortController();
@@ -487,10 +511,78 @@ function _guard(
   const timer = setInterval(refresh, config.tls.profileRefreshMs);
   return {
     session,
+    replaySize,
     async stop() {
       clearInterval(timer);
       abort.abort();
       await Promise.all([...running]);
     },
+  };
+}
+
+/** Live figures for a metrics scrape. */
+function _metricsSnapshot(
+  sessions: ReadonlySet<Session>,
+  middle: _Middle | null,
+  replayEntries: number,
+): MetricsSnapshot {
+  const active = new Map<string, number>();
+  const liveBytes = new Map<string, { fromClients: number; toClients: number }>();
+  for (const s of sessions) {
+    const name = s.listenerName;
+    active.set(name, (active.get(name) ?? 0) + 1);
+    const b = liveBytes.get(name) ?? { fromClients: 0, toClients: 0 };
+    b.fromClients += s.bytesFromClient;
+    b.toClients += s.bytesToClient;
+    liveBytes.set(name, b);
+  }
+  return {
+    active,
+    liveBytes,
+    middle: middle?.proxies.stats() ?? new Map(),
+    replayEntries,
+    rssBytes: Deno.memoryUsage().rss,
+  };
+}
+
+/** The metrics HTTP server. */
+interface MetricsEndpoint {
+  readonly address: { host: string; port: number };
+  stop(): Promise<void>;
+}
+
+/**
+ * Serve `GET /metrics` on `listen`; every other request gets 404. Throws when the address
+ * cannot be bound.
+ */
+function _serveMetrics(
+  listen: { host: string; port: number },
+  render: () => string,
+): MetricsEndpoint {
+  const server = Deno.serve({
+    hostname: listen.host,
+    port: listen.port,
+    onListen: () => {},
+    onError: (e) => {
+      log.error("Metrics request failed: {error}", { error: String(e) });
+      return new Response("internal error\n", { status: 500 });
+    },
+  }, (req) => {
+    const path = new URL(req.url).pathname;
+    if (path !== "/metrics") return new Response("not found\n", { status: 404 });
+    if (req.method !== "GET" && req.method !== "HEAD") {
+      return new Response("method not allowed\n", { status: 405, headers: { allow: "GET, HEAD" } });
+    }
+    return new Response(req.method === "HEAD" ? null : render(), {
+      headers: { "content-type": "text/plain; version=0.0.4; charset=utf-8" },
+    });
+  });
+  const addr = server.addr as Deno.NetAddr;
+  log.info("Metrics at http://{address}/metrics", {
+    address: formatHostPort(addr.hostname, addr.port),
+  });
+  return {
+    address: { host: addr.hostname, port: addr.port },
+    stop: () => server.shutdown(),
   };
 }

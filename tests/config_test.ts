@@ -96,8 +96,11 @@ Deno.test("config.example.yaml parses and states exactly the defaults", async ()
     .replace("# dc_addresses:", "dc_addresses:")
     .replace('#   "2":', '  "2":')
     .replace('#   "-2":', '  "-2":')
-    .replace("# state_file:", "state_file:");
+    .replace("# state_file:", "state_file:")
+    .replace("# metrics:", "metrics:")
+    .replace('#   listen: "127.0.0.1:9100"', '  listen: "127.0.0.1:9100"');
   const c = parseConfig(uncommented, "uncommented");
+  assertEquals(c.metrics.listen, { host: "127.0.0.1", port: 9100 });
   assertEquals(toHex(c.listeners[0]!.secret), HEX);
   assertEquals(c.listeners[0]!.tlsDomains, ["www.example.com"]);
   assertEquals(c.listeners[0]!.allowedProtocols, ["tls"]);
@@ -275,7 +278,7 @@ telegram: { default-dc: 2 }
     'log-level: unknown key (did you mean "log_level"?)',
     'timeout: unknown key (did you mean "timeouts"?)',
     "port: unknown key (did you mean listeners[0].port?)",
-    "frobnicate: unknown key (known keys: listeners, allowed_protocols, public_host, log_level, max_connections, telegram, timeouts, tls, replay, fronting, pool, external_ip, ip_lookup_urls, per_sni_secrets, per_sni_salt, state_file)",
+    "frobnicate: unknown key (known keys: listeners, allowed_protocols, public_host, log_level, max_connections, telegram, timeouts, tls, replay, fronting, pool, external_ip, ip_lookup_urls, per_sni_secrets, per_sni_salt, state_file, metrics)",
     'telegram.default-dc: unknown key (did you mean "default_dc"?)',
   ]);
 });
@@ -581,5 +584,21 @@ Deno.test("a corrupt state file is a clear StateFileError", async () => {
     }
   } finally {
     await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("metrics.listen: off by default, an ip:port to bind, a warning off loopback", () => {
+  assertEquals(parseConfigDraft("", "x").metrics.listen, null);
+  const v6 = parseConfigDraft('metrics: { listen: "[::1]:9100" }', "x");
+  assertEquals(v6.metrics.listen, { host: "::1", port: 9100 });
+  assertEquals(v6.warnings, []);
+  const open = parseConfigDraft('metrics: { listen: "0.0.0.0:9100" }', "x");
+  assertEquals(open.metrics.listen, { host: "0.0.0.0", port: 9100 });
+  assertEquals(open.warnings.length, 1);
+  assertStringIncludes(open.warnings[0]!, "metrics.listen: not a loopback address");
+  for (const bad of ["localhost:9100", "127.0.0.1", "127.0.0.1:0", "127.0.0.1:70000", "9100"]) {
+    const problems = problemsOf(() => parseConfig(`metrics: { listen: "${bad}" }`, "x"));
+    assertEquals(problems.length, 1, bad);
+    assertStringIncludes(problems[0]!, 'metrics.listen: must be "ip:port"');
   }
 });

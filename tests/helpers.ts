@@ -59,6 +59,8 @@ export interface TestConfigOptions {
   proxyUrls?: { secret: string; config: string; configV6?: string };
   externalIp?: string;
   pool?: Partial<PoolConfig>;
+  /** Serve metrics here (port 0: a free one). */
+  metricsListen?: HostPort;
 }
 
 /** A Config for one listener on 127.0.0.1 (port 0 unless given). */
@@ -133,6 +135,7 @@ export function testConfig(options: TestConfigOptions = {}): Config {
     },
     perSniSecrets: options.perSniSecrets ?? false,
     perSniSalt: options.perSniSalt ?? "mtproto-proxy-per-sni-v1",
+    metrics: { listen: options.metricsListen ?? null },
   };
 }
 

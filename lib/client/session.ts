@@ -609,6 +609,21 @@ export class Session implements PumpHost, MiddleClient {
   #bytesFromClient = 0;
   #bytesToClient = 0;
 
+  /** Bytes received from the client so far (metrics read them while the session runs). */
+  get bytesFromClient(): number {
+    return this.#bytesFromClient;
+  }
+
+  /** Bytes sent to the client so far. */
+  get bytesToClient(): number {
+    return this.#bytesToClient;
+  }
+
+  /** Name of the listener that accepted this client. */
+  get listenerName(): string {
+    return this.#ctx.listener.name;
+  }
+
   #allowed(protocol: ClientProtocol): boolean {
     return this.#ctx.listener.allowedProtocols.includes(protocol);
   }

@@ -252,6 +252,7 @@ export function resolveSecrets(draft: ConfigDraft, stateSecret: Uint8Array | nul
     fronting: draft.fronting,
     perSniSecrets: draft.perSniSecrets,
     perSniSalt: draft.perSniSalt,
+    metrics: draft.metrics,
   };
   return _deepFreeze(config);
 }
@@ -636,6 +637,10 @@ function _choice<T extends string>(values: readonly T[]): Check<T> {
 const IPV4_RE = /^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$/;
 
 /** The canonical text of an IP literal, or null. IPv6 comes out compressed, lowercase. */
+function _isLoopback(ip: string): boolean {
+  return ip.startsWith("127.") || ip === "::1";
+}
+
 function _ipLiteral(text: string): string | null {
   const s = text.trim().replace(/^\[(.*)\]$/, "$1");
   if (IPV4_RE.test(s)) return s;
@@ -782,6 +787,22 @@ const _hostPort: Check<HostPort> = (value, path, c) => {
   return { host, port };
 };
 
+/** `ip:port` to bind, with an IP literal (IPv6 as `[addr]:port`). */
+const _bindAddress: Check<HostPort> = (value, path, c) => {
+  const s = typeof value === "string" ? value.trim() : "";
+  const m = /^\[([^\]]+)\]:(\d+)$/.exec(s) ?? /^([^:\[\]]+):(\d+)$/.exec(s);
+  const host = m ? _ipLiteral(m[1]!) : null;
+  const port = m ? Number(m[2]) : 0;
+  if (host === null || port < 1 || port > 65535) {
+    return c.fail(
+      path,
+      'must be "ip:port" with an IP address literal (IPv6 as "[addr]:port") and a port 1-65535',
+      value,
+    );
+  }
+  return { host, port };
+};
+
 const _dcAddresses: Check<Map<number, HostPort>> = (value, path, c) => {
   if (!_isMapping(value)) {
     return c.fail(path, 'must be a mapping of DC ids to "host:port"', value);
@@ -868,6 +889,9 @@ const ROOT = _mapping({
   per_sni_secrets: _bool,
   per_sni_salt: _string("a non-empty string"),
   state_file: _string("a file path"),
+  metrics: _mapping({
+    listen: _bindAddress,
+  }),
 });
 
 // ---------------------------------------------------------------------------------------------
@@ -928,6 +952,13 @@ function _toDraft(p: Exclude<ReturnType<typeof ROOT>, Invalid>, c: _Checker): Co
       defaultDc,
     );
   }
+  const metricsListen = p.metrics?.listen ?? null;
+  if (metricsListen && !_isLoopback(metricsListen.host)) {
+    c.warn(
+      "metrics.listen",
+      "not a loopback address: anyone who reaches it sees an HTTP server beside the proxy, which a censor can probe; prefer 127.0.0.1 (or firewall it)",
+    );
+  }
   const telegram: TelegramConfig = {
     dcAddresses,
     preferIpv6: p.telegram?.prefer_ipv6 ?? DEFAULT_PREFER_IPV6,
@@ -979,6 +1010,7 @@ function _toDraft(p: Exclude<ReturnType<typeof ROOT>, Invalid>, c: _Checker): Co
     },
     perSniSecrets: p.per_sni_secrets ?? false,
     perSniSalt: p.per_sni_salt ?? DEFAULT_PER_SNI_SALT,
+    metrics: { listen: metricsListen },
     stateFile: p.state_file ?? null,
     warnings: c.warnings,
   };

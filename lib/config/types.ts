@@ -113,6 +113,12 @@ export interface FrontingConfig {
   readonly allow: readonly string[];
 }
 
+/** The operators' metrics endpoint. */
+export interface MetricsConfig {
+  /** Where Prometheus metrics are served over HTTP (GET /metrics); null: not served. */
+  readonly listen: HostPort | null;
+}
+
 /** The whole configuration. */
 export interface Config {
   readonly listeners: readonly ListenerConfig[];
@@ -136,4 +142,5 @@ export interface Config {
   readonly perSniSecrets: boolean;
   /** Salt of the per-SNI derivation. */
   readonly perSniSalt: string;
+  readonly metrics: MetricsConfig;
 }

@@ -1,0 +1,258 @@
+/**
+ * Counters for operators, in the Prometheus text format (version 0.0.4). Pure: it counts the
+ * session events it is given and renders them with a snapshot of live figures that the server
+ * supplies at scrape time; the HTTP endpoint lives in the server.
+ *
+ * @module
+ */
+import type { ProxyEvent } from "../client/events.ts";
+
+/** Live figures read at scrape time (not derivable from events). */
+export interface MetricsSnapshot {
+  /** Connections open now, per listener name. */
+  active: ReadonlyMap<string, number>;
+  /** Bytes counted so far by sessions still open, per listener name. */
+  liveBytes: ReadonlyMap<string, { fromClients: number; toClients: number }>;
+  /** Middle-proxy pools per DC id (empty without middle-proxy mode). */
+  middle: ReadonlyMap<number, {
+    connections: number;
+    clients: number;
+    sending: number;
+    migrated: number;
+    closedMidSend: number;
+  }>;
+  /** Handshakes held by the replay cache. */
+  replayEntries: number;
+  /** Resident set size of the process. */
+  rssBytes: number;
+}
+
+type Labels = Record<string, string | number>;
+
+interface Family {
+  help: string;
+  type: "counter" | "gauge";
+  samples: Map<string, number>;
+}
+
+/**
+ * Event counters per listener, rendered with a live snapshot.
+ *
+ * @example Usage
+ * ```ts
+ * import { Metrics } from "./metrics.ts";
+ * const m = new Metrics(["main"], "0.1.0", 1_700_000_000_000);
+ * m.observe({ type: "accepted", listener: "main", peer: "1.2.3.4:5" });
+ * m.render({
+ *   active: new Map([["main", 1]]),
+ *   liveBytes: new Map(),
+ *   middle: new Map(),
+ *   replayEntries: 0,
+ *   rssBytes: 1,
+ * }).includes('mtproxy_connections_accepted_total{listener="main"} 1'); // true
+ * ```
+ */
+export class Metrics {
+  readonly #listeners: readonly string[];
+  readonly #version: string;
+  readonly #startedAtMs: number;
+  readonly #accepted = new Map<string, number>();
+  readonly #rejected = new Map<string, number>();
+  readonly #established = new Map<string, number>();
+  readonly #fronted = new Map<string, number>();
+  readonly #closed = new Map<string, number>();
+  readonly #bytesFromClients = new Map<string, number>();
+  readonly #bytesToClients = new Map<string, number>();
+
+  constructor(listeners: readonly string[], version: string, startedAtMs: number) {
+    this.#listeners = listeners;
+    this.#version = version;
+    this.#startedAtMs = startedAtMs;
+  }
+
+  /** Count one session event. */
+  observe(e: ProxyEvent): void {
+    switch (e.type) {
+      case "accepted":
+        _add(this.#accepted, e.listener, 1);
+        break;
+      case "rejected":
+        _add(this.#rejected, `${e.listener}\0${e.reason}`, 1);
+        break;
+      case "established":
+        _add(this.#established, `${e.listener}\0${e.protocol}`, 1);
+        break;
+      case "fronted":
+        _add(this.#fronted, `${e.listener}\0${e.reason}`, 1);
+        break;
+      case "closed":
+        _add(this.#closed, `${e.listener}\0${e.reason}`, 1);
+        _add(this.#bytesFromClients, e.listener, e.bytesFromClient);
+        _add(this.#bytesToClients, e.listener, e.bytesToClient);
+        break;
+    }
+  }
+
+  /** The whole exposition, with `live` figures read now. */
+  render(live: MetricsSnapshot): string {
+    const families = new Map<string, Family>();
+    const put = (
+      name: string,
+      type: Family["type"],
+      help: string,
+      labels: Labels,
+      value: number,
+    ) => {
+      let f = families.get(name);
+      if (!f) families.set(name, f = { help, type, samples: new Map() });
+      f.samples.set(_labels(labels), value);
+    };
+
+    put("mtproxy_info", "gauge", "Version of the running proxy.", { version: this.#version }, 1);
+    put(
+      "mtproxy_start_time_seconds",
+      "gauge",
+      "When the proxy started, in Unix seconds.",
+      {},
+      Math.floor(this.#startedAtMs / 1000),
+    );
+    for (const l of this.#listeners) {
+      const listener = { listener: l };
+      put(
+        "mtproxy_connections_accepted_total",
+        "counter",
+        "TCP connections accepted.",
+        listener,
+        this.#accepted.get(l) ?? 0,
+      );
+      put(
+        "mtproxy_connections_active",
+        "gauge",
+        "Connections open now, in any phase.",
+        listener,
+        live.active.get(l) ?? 0,
+      );
+      const bytes = live.liveBytes.get(l);
+      put(
+        "mtproxy_client_bytes_received_total",
+        "counter",
+        "Bytes received from clients (relayed or fronted).",
+        listener,
+        (this.#bytesFromClients.get(l) ?? 0) + (bytes?.fromClients ?? 0),
+      );
+      put(
+        "mtproxy_client_bytes_sent_total",
+        "counter",
+        "Bytes sent to clients (relayed or fronted).",
+        listener,
+        (this.#bytesToClients.get(l) ?? 0) + (bytes?.toClients ?? 0),
+      );
+    }
+    const split = (
+      map: Map<string, number>,
+      name: string,
+      help: string,
+      second: string,
+    ) => {
+      for (const [key, n] of [...map].sort(([a], [b]) => a < b ? -1 : a > b ? 1 : 0)) {
+        const [listener, value] = key.split("\0") as [string, string];
+        put(name, "counter", help, { listener, [second]: value }, n);
+      }
+    };
+    split(
+      this.#established,
+      "mtproxy_connections_established_total",
+      "Clients whose handshake succeeded and whose traffic went to Telegram.",
+      "protocol",
+    );
+    split(
+      this.#rejected,
+      "mtproxy_connections_rejected_total",
+      "Connections turned away before reaching Telegram, by reason.",
+      "reason",
+    );
+    split(
+      this.#fronted,
+      "mtproxy_connections_fronted_total",
+      "Connections that could not be clients, relayed to the fronting site, by reason.",
+      "reason",
+    );
+    split(
+      this.#closed,
+      "mtproxy_connections_closed_total",
+      "Relayed connections that ended, by reason.",
+      "reason",
+    );
+    for (const [dc, s] of [...live.middle].sort(([a], [b]) => a - b)) {
+      const labels = { dc };
+      put(
+        "mtproxy_middle_connections",
+        "gauge",
+        "Live connections to Telegram's middle proxies.",
+        labels,
+        s.connections,
+      );
+      put(
+        "mtproxy_middle_clients",
+        "gauge",
+        "Clients carried by the middle-proxy connections.",
+        labels,
+        s.clients,
+      );
+      put(
+        "mtproxy_middle_clients_sending",
+        "gauge",
+        "Clients with packets not yet written to a middle proxy.",
+        labels,
+        s.sending,
+      );
+      put(
+        "mtproxy_middle_migrated_total",
+        "counter",
+        "Clients moved to another connection when theirs closed.",
+        labels,
+        s.migrated,
+      );
+      put(
+        "mtproxy_middle_closed_mid_send_total",
+        "counter",
+        "Clients closed because their connection closed while they were sending.",
+        labels,
+        s.closedMidSend,
+      );
+    }
+    put(
+      "mtproxy_replay_cache_entries",
+      "gauge",
+      "Handshakes remembered to refuse replays.",
+      {},
+      live.replayEntries,
+    );
+    put(
+      "process_resident_memory_bytes",
+      "gauge",
+      "Resident memory size in bytes.",
+      {},
+      live.rssBytes,
+    );
+
+    const out: string[] = [];
+    for (const [name, f] of families) {
+      out.push(`# HELP ${name} ${f.help}`, `# TYPE ${name} ${f.type}`);
+      for (const [labels, value] of f.samples) out.push(`${name}${labels} ${value}`);
+    }
+    return out.join("\n") + "\n";
+  }
+}
+
+function _add(map: Map<string, number>, key: string, n: number): void {
+  map.set(key, (map.get(key) ?? 0) + n);
+}
+
+/** `{a="1",b="x"}`, values escaped as the text format requires; empty labels render as "". */
+function _labels(labels: Labels): string {
+  const parts = Object.entries(labels).map(([k, v]) =>
+    `${k}="${String(v).replace(/\\/g, "\\\\").replace(/\n/g, "\\n").replace(/"/g, '\\"')}"`
+  );
+  return parts.length ? `{${parts.join(",")}}` : "";
+}
