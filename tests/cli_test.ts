@@ -381,6 +381,30 @@ Deno.test("resolveRunConfig layers flags over environment over file and reads li
   });
 });
 
+Deno.test("--metrics and MTP_METRICS set metrics.listen over the file, and bad values name their source", async () => {
+  await withTempDir(async (dir) => {
+    await Deno.writeTextFile(
+      `${dir}/c.yaml`,
+      `listeners: [{ secret: "${HEX}" }]\nmetrics: { listen: "127.0.0.1:9000" }\n`,
+    );
+    const fromFile = await resolveRunConfig(["--config", "c.yaml"], {}, { cwd: dir });
+    assertEquals(fromFile.config.metrics.listen, { host: "127.0.0.1", port: 9000 });
+    const env = { MTP_CONFIG: "c.yaml", MTP_METRICS: "127.0.0.1:9001" };
+    const fromEnv = await resolveRunConfig([], env, { cwd: dir });
+    assertEquals(fromEnv.config.metrics.listen, { host: "127.0.0.1", port: 9001 });
+    const fromFlag = await resolveRunConfig(["--metrics", "[::1]:9002"], env, { cwd: dir });
+    assertEquals(fromFlag.config.metrics.listen, { host: "::1", port: 9002 });
+    const noFile = await resolveRunConfig(["--metrics", "127.0.0.1:9003", "-s", HEX], {}, {
+      cwd: dir,
+    });
+    assertEquals(noFile.config.metrics.listen, { host: "127.0.0.1", port: 9003 });
+    const bad = await assertRejects(() =>
+      resolveRunConfig(["--metrics", "9100"], env, { cwd: dir })
+    );
+    assertStringIncludes(String(bad), 'metrics.listen (from --metrics): must be "ip:port"');
+  });
+});
+
 Deno.test("resolveRunConfig with createState makes the state file next to the config file", async () => {
   await withTempDir(async (dir) => {
     await Deno.mkdir(`${dir}/etc`);

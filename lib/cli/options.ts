@@ -48,6 +48,7 @@ export const RUN_OPTIONS = {
   "tls-domain": { type: "string", short: "d", multiple: true },
   "public-host": { type: "string" },
   "log-level": { type: "string" },
+  metrics: { type: "string" },
   help: { type: "boolean", short: "h" },
 } as const satisfies ParseArgsOptionsConfig;
 
@@ -62,6 +63,7 @@ export const ENV = {
   tlsDomain: "MTP_TLS_DOMAIN",
   publicHost: "MTP_PUBLIC_HOST",
   logLevel: "MTP_LOG_LEVEL",
+  metrics: "MTP_METRICS",
   stateFile: STATE_FILE_ENV,
 } as const;
 
@@ -80,6 +82,8 @@ export const RUN_OPTIONS_HELP =
   -d, --tls-domain NAME    fake-TLS domain of the first listener; repeatable  [MTP_TLS_DOMAIN]
       --public-host HOST   host name or IP address put in links               [MTP_PUBLIC_HOST]
       --log-level LEVEL    debug, info, warning or error                      [MTP_LOG_LEVEL]
+      --metrics IP:PORT    serve Prometheus metrics at http://IP:PORT/metrics
+                           (keep it on 127.0.0.1)                             [MTP_METRICS]
   -h, --help               show this help
 
 Listeners without a secret share a random one kept in the state file:
@@ -98,6 +102,7 @@ export interface RunArgs {
   readonly tlsDomains: readonly string[];
   readonly publicHost?: string;
   readonly logLevel?: string;
+  readonly metrics?: string;
 }
 
 /** The flag values and positional arguments of a command line. */
@@ -188,6 +193,7 @@ export function runArgsFromValues(v: ParsedCommandArgs<typeof RUN_OPTIONS>["valu
     tlsDomains: v["tls-domain"] ?? [],
     ...(v["public-host"] !== undefined && { publicHost: v["public-host"] }),
     ...(v["log-level"] !== undefined && { logLevel: v["log-level"] }),
+    ...(v.metrics !== undefined && { metrics: v.metrics }),
   };
 }
 
@@ -269,6 +275,7 @@ export async function resolveRunConfig(
     allowedProtocols: pick("--allow", listOrUndefined(a.allow), ENV.allow, envList(ENV.allow)),
     publicHost: pick("--public-host", a.publicHost, ENV.publicHost, e(ENV.publicHost)),
     logLevel: pick("--log-level", a.logLevel, ENV.logLevel, e(ENV.logLevel)),
+    metricsListen: pick("--metrics", a.metrics, ENV.metrics, e(ENV.metrics)),
   };
   for (const key of Object.keys(overrides)) {
     if (overrides[key] === undefined) delete overrides[key];

@@ -112,6 +112,8 @@ export interface ConfigOverrides {
   readonly tlsDomains?: ConfigOverride<readonly string[]>;
   readonly allowedProtocols?: ConfigOverride<readonly string[]>;
   readonly publicHost?: ConfigOverride<string>;
+  /** `metrics.listen`. */
+  readonly metricsListen?: ConfigOverride<string>;
   readonly logLevel?: ConfigOverride<string>;
   readonly tag?: ConfigOverride<string>;
 }
@@ -423,6 +425,10 @@ function _applyOverrides(
 
   set(root, "public_host", "public_host", o.publicHost);
   set(root, "log_level", "log_level", o.logLevel);
+  if (o.metricsListen) {
+    if (root.metrics === undefined || root.metrics === null) root.metrics = {};
+    if (_isMapping(root.metrics)) set(root.metrics, "listen", "metrics.listen", o.metricsListen);
+  }
   set(root, "allowed_protocols", "allowed_protocols", o.allowedProtocols, list);
   if (o.allowedProtocols && Array.isArray(root.listeners)) {
     for (const l of root.listeners) if (_isMapping(l)) delete l.allowed_protocols;
