@@ -642,11 +642,12 @@ function _choice<T extends string>(values: readonly T[]): Check<T> {
 
 const IPV4_RE = /^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$/;
 
-/** The canonical text of an IP literal, or null. IPv6 comes out compressed, lowercase. */
+/** Whether an IP literal (canonical text) is a loopback address. */
 function _isLoopback(ip: string): boolean {
   return ip.startsWith("127.") || ip === "::1";
 }
 
+/** The canonical text of an IP literal, or null. IPv6 comes out compressed, lowercase. */
 function _ipLiteral(text: string): string | null {
   const s = text.trim().replace(/^\[(.*)\]$/, "$1");
   if (IPV4_RE.test(s)) return s;
