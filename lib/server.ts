@@ -18,6 +18,7 @@ import { MiddleProxies, usesMiddleProxies } from "./telegram/middle_proxies.ts";
 import { TelegramConfigStore } from "./telegram/proxy_config.ts";
 import { VERSION } from "./version.ts";
 import { Metrics, type MetricsSnapshot } from "./ops/metrics.ts";
+import { ConnectionPolicy } from "./guard/policy.ts";
 
 /** Deadline of each download from core.telegram.org (the Erlang proxy's value). */
 const CORE_API_TIMEOUT_MS = 3000;
@@ -324,6 +325,7 @@ function _start(
   }
   const guard = _guard(config, addresses);
   const sessions = new Set<Session>();
+  const policy = new ConnectionPolicy(config.policy);
   // Resolves a shutdown waiting for the last session (set only while one waits).
   let drainedNow: (() => void) | null = null;
   let accepting = true;
@@ -352,7 +354,9 @@ function _start(
       events: sink,
       guard: guard.session,
       middle: middle?.proxies ?? null,
+      policy,
       onDone(session) {
+        session.ipSlot?.release();
         sessions.delete(session);
         active--;
         stats.active--;
@@ -377,7 +381,18 @@ function _start(
         sink.emit({ type: "rejected", listener: l.name, peer, reason: "too_many_connections" });
         continue;
       }
+      // Address rules cost nothing to check: refuse at once, like a firewall would.
+      const admitted = policy.checksIps
+        ? policy.admitIp((conn.remoteAddr as Deno.NetAddr).hostname)
+        : null;
+      if (typeof admitted === "string") {
+        const peer = `${conn.remoteAddr.hostname}:${conn.remoteAddr.port}`;
+        closeQuietly(conn);
+        sink.emit({ type: "rejected", listener: l.name, peer, reason: admitted });
+        continue;
+      }
       const session = new Session(conn, ctx);
+      session.ipSlot = admitted;
       sink.emit({ type: "accepted", listener: l.name, peer: session.peer });
       sessions.add(session);
       active++;

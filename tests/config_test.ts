@@ -97,10 +97,22 @@ Deno.test("config.example.yaml parses and states exactly the defaults", async ()
     .replace('#   "2":', '  "2":')
     .replace('#   "-2":', '  "-2":')
     .replace("# state_file:", "state_file:")
+    .replace("# allow_ips:", "  allow_ips:")
+    .replace("# deny_ips:", "  deny_ips:")
+    .replace("# allow_sni:", "  allow_sni:")
+    .replace("# deny_sni:", "  deny_sni:")
     .replace("# metrics:", "metrics:")
     .replace('#   listen: "127.0.0.1:9100"', '  listen: "127.0.0.1:9100"');
   const c = parseConfig(uncommented, "uncommented");
   assertEquals(c.metrics.listen, { host: "127.0.0.1", port: 9100 });
+  assertEquals(c.policy, {
+    maxConnectionsPerIp: 0,
+    maxConnectionsPerSni: 0,
+    allowIps: ["203.0.113.0/24", "2001:db8::/32"],
+    denyIps: ["198.51.100.7"],
+    allowSni: ["alice.example.com"],
+    denySni: ["mallory.example.com"],
+  });
   assertEquals(toHex(c.listeners[0]!.secret), HEX);
   assertEquals(c.listeners[0]!.tlsDomains, ["www.example.com"]);
   assertEquals(c.listeners[0]!.allowedProtocols, ["tls"]);
@@ -278,7 +290,7 @@ telegram: { default-dc: 2 }
     'log-level: unknown key (did you mean "log_level"?)',
     'timeout: unknown key (did you mean "timeouts"?)',
     "port: unknown key (did you mean listeners[0].port?)",
-    "frobnicate: unknown key (known keys: listeners, allowed_protocols, public_host, log_level, max_connections, telegram, timeouts, tls, replay, fronting, pool, external_ip, ip_lookup_urls, per_sni_secrets, per_sni_salt, state_file, metrics)",
+    "frobnicate: unknown key (known keys: listeners, allowed_protocols, public_host, log_level, max_connections, telegram, timeouts, tls, replay, fronting, pool, external_ip, ip_lookup_urls, per_sni_secrets, per_sni_salt, state_file, policy, metrics)",
     'telegram.default-dc: unknown key (did you mean "default_dc"?)',
   ]);
 });
@@ -601,4 +613,32 @@ Deno.test("metrics.listen: off by default, an ip:port to bind, a warning off loo
     assertEquals(problems.length, 1, bad);
     assertStringIncludes(problems[0]!, 'metrics.listen: must be "ip:port"');
   }
+});
+
+Deno.test("policy: no limits and no lists by default; networks and SNIs are checked", () => {
+  assertEquals(parseConfigDraft("", "x").policy, {
+    maxConnectionsPerIp: 0,
+    maxConnectionsPerSni: 0,
+    allowIps: [],
+    denyIps: [],
+    allowSni: [],
+    denySni: [],
+  });
+  const c = parseConfigDraft(
+    "policy: { max_connections_per_ip: 8, deny_ips: ' 10.0.0.0/8 ', allow_sni: [A.Example] }",
+    "x",
+  );
+  assertEquals(c.policy.maxConnectionsPerIp, 8);
+  assertEquals(c.policy.denyIps, ["10.0.0.0/8"]);
+  assertEquals(c.policy.allowSni, ["a.example"]);
+  const problems = problemsOf(() =>
+    parseConfig(
+      "policy: { max_connections_per_ip: -1, allow_ips: [10.0.0.0/33, fe80::/64], deny_sni: ['a b'] }",
+      "x",
+    )
+  );
+  assertEquals(problems.length, 3, problems.join("\n"));
+  assertStringIncludes(problems[0]!, "policy.max_connections_per_ip: must be an integer");
+  assertStringIncludes(problems[1]!, "policy.allow_ips[0]: must be an IP address or a network");
+  assertStringIncludes(problems[2]!, "policy.deny_sni[0]: must be a host name");
 });

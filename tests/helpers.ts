@@ -9,6 +9,7 @@ import type {
   Config,
   HostPort,
   ListenerConfig,
+  PolicyConfig,
   PoolConfig,
   ServerErrorFilter,
 } from "../lib/config/types.ts";
@@ -59,6 +60,7 @@ export interface TestConfigOptions {
   proxyUrls?: { secret: string; config: string; configV6?: string };
   externalIp?: string;
   pool?: Partial<PoolConfig>;
+  policy?: Partial<PolicyConfig>;
   /** Serve metrics here (port 0: a free one). */
   metricsListen?: HostPort;
 }
@@ -135,6 +137,15 @@ export function testConfig(options: TestConfigOptions = {}): Config {
     },
     perSniSecrets: options.perSniSecrets ?? false,
     perSniSalt: options.perSniSalt ?? "mtproto-proxy-per-sni-v1",
+    policy: {
+      maxConnectionsPerIp: 0,
+      maxConnectionsPerSni: 0,
+      allowIps: [],
+      denyIps: [],
+      allowSni: [],
+      denySni: [],
+      ...options.policy,
+    },
     metrics: { listen: options.metricsListen ?? null },
   };
 }

@@ -30,6 +30,14 @@ export type RejectReason =
   | "fronting_loop"
   /** Middle-proxy mode: the client's first packet broke its transport's framing. */
   | "bad_frame"
+  /** Policy: the client's address is denied (or not allowed). */
+  | "ip_denied"
+  /** Policy: the client's address already holds max_connections_per_ip connections. */
+  | "ip_limit"
+  /** Policy: a fake-TLS client's SNI is denied (or not allowed). */
+  | "sni_denied"
+  /** Policy: the SNI already holds max_connections_per_sni connections. */
+  | "sni_limit"
   | "shutdown";
 
 /** Why an established relay ended. */

@@ -60,6 +60,7 @@ import {
 import { type DcRoute, routeDc } from "../telegram/dc.ts";
 import { type DcConnection, openDirect } from "../telegram/direct.ts";
 import type { CloseReason, EventSink, RejectReason } from "./events.ts";
+import type { ConnectionPolicy, PolicySlot } from "../guard/policy.ts";
 import {
   type ChunkInspector,
   type PumpEnd,
@@ -95,6 +96,8 @@ export interface SessionContext {
   readonly guard: SessionGuard;
   /** Middle-proxy pools, when any listener uses middle-proxy mode. */
   readonly middle: MiddleProxies | null;
+  /** Address and SNI rules and limits (shared by all listeners). */
+  readonly policy: ConnectionPolicy;
   /** Called exactly once when a session has ended and released everything. */
   readonly onDone: (session: Session) => void;
 }
@@ -381,6 +384,7 @@ export class Session implements PumpHost, MiddleClient {
       m.current = null;
     }
     for (const c of this.#ciphers) c.close();
+    this.#sniSlot?.release();
     this.#ctx.onDone(this);
   }
 
@@ -608,6 +612,10 @@ export class Session implements PumpHost, MiddleClient {
 
   #bytesFromClient = 0;
   #bytesToClient = 0;
+  /** The slot this client holds under max_connections_per_sni, if it counts. */
+  #sniSlot: PolicySlot | null = null;
+  /** The slot under max_connections_per_ip; the server sets it and releases it at the end. */
+  ipSlot: PolicySlot | null = null;
 
   /** Bytes received from the client so far (metrics read them while the session runs). */
   get bytesFromClient(): number {
@@ -712,6 +720,15 @@ export class Session implements PumpHost, MiddleClient {
       throw new Rejection("tls_bad_timestamp", { detail: `client clock off by ${skew} s`, front });
     }
     if (this.#ctx.guard.seenBefore(hello.random)) throw new Rejection("replay", { front });
+    // Only now, with the secret proven, may a hello count against its SNI's limit.
+    const { policy } = this.#ctx;
+    if (policy.checksSnis) {
+      const slot = policy.admitSni(sni);
+      if (typeof slot === "string") {
+        throw new Rejection(slot, { detail: JSON.stringify(sni), front });
+      }
+      this.#sniSlot = slot;
+    }
     const shape = this.#ctx.guard.answerShape(sni);
     // Answer a post-quantum offer like the site does: an ML-KEM ciphertext makes the
     // ServerHello ~1.2 KB, and a 127-byte one would stand out.

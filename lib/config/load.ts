@@ -65,6 +65,7 @@ import {
   parseSecret,
   SecretError,
 } from "../secret.ts";
+import { parseCidr } from "../guard/policy.ts";
 
 /** A configuration that failed validation; `problems` lists every problem, one per entry. */
 export class ConfigError extends Error {
@@ -254,6 +255,7 @@ export function resolveSecrets(draft: ConfigDraft, stateSecret: Uint8Array | nul
     fronting: draft.fronting,
     perSniSecrets: draft.perSniSecrets,
     perSniSalt: draft.perSniSalt,
+    policy: draft.policy,
     metrics: draft.metrics,
   };
   return _deepFreeze(config);
@@ -794,6 +796,19 @@ const _hostPort: Check<HostPort> = (value, path, c) => {
   return { host, port };
 };
 
+/** A network in CIDR form, kept as written (trimmed). */
+const _cidr: Check<string> = (value, path, c) => {
+  const s = typeof value === "string" ? value.trim() : "";
+  if (parseCidr(s) === null) {
+    return c.fail(
+      path,
+      'must be an IP address or a network such as "203.0.113.0/24" or "2001:db8::/32"',
+      value,
+    );
+  }
+  return s;
+};
+
 /** `ip:port` to bind, with an IP literal (IPv6 as `[addr]:port`). */
 const _bindAddress: Check<HostPort> = (value, path, c) => {
   const s = typeof value === "string" ? value.trim() : "";
@@ -896,6 +911,14 @@ const ROOT = _mapping({
   per_sni_secrets: _bool,
   per_sni_salt: _string("a non-empty string"),
   state_file: _string("a file path"),
+  policy: _mapping({
+    max_connections_per_ip: _int(0, 10_000_000),
+    max_connections_per_sni: _int(0, 10_000_000),
+    allow_ips: _list(_cidr, "networks", { single: true }),
+    deny_ips: _list(_cidr, "networks", { single: true }),
+    allow_sni: _list(_tlsDomain, "host names", { single: true }),
+    deny_sni: _list(_tlsDomain, "host names", { single: true }),
+  }),
   metrics: _mapping({
     listen: _bindAddress,
   }),
@@ -1017,6 +1040,14 @@ function _toDraft(p: Exclude<ReturnType<typeof ROOT>, Invalid>, c: _Checker): Co
     },
     perSniSecrets: p.per_sni_secrets ?? false,
     perSniSalt: p.per_sni_salt ?? DEFAULT_PER_SNI_SALT,
+    policy: {
+      maxConnectionsPerIp: p.policy?.max_connections_per_ip ?? 0,
+      maxConnectionsPerSni: p.policy?.max_connections_per_sni ?? 0,
+      allowIps: p.policy?.allow_ips ?? [],
+      denyIps: p.policy?.deny_ips ?? [],
+      allowSni: (p.policy?.allow_sni ?? []).map((d) => d.toLowerCase()),
+      denySni: (p.policy?.deny_sni ?? []).map((d) => d.toLowerCase()),
+    },
     metrics: { listen: metricsListen },
     stateFile: p.state_file ?? null,
     warnings: c.warnings,

@@ -113,6 +113,22 @@ export interface FrontingConfig {
   readonly allow: readonly string[];
 }
 
+/** Who may connect, and how many connections one address or one SNI may hold. */
+export interface PolicyConfig {
+  /** Connections at once per client IPv4 address or IPv6 /64; 0: no limit. */
+  readonly maxConnectionsPerIp: number;
+  /** Fake-TLS connections at once per SNI (one user with per-SNI secrets); 0: no limit. */
+  readonly maxConnectionsPerSni: number;
+  /** Networks (CIDR) allowed to connect; empty: all. */
+  readonly allowIps: readonly string[];
+  /** Networks (CIDR) refused. */
+  readonly denyIps: readonly string[];
+  /** SNIs (lowercase) fake-TLS clients may use; empty: all that pass the other checks. */
+  readonly allowSni: readonly string[];
+  /** SNIs (lowercase) refused. */
+  readonly denySni: readonly string[];
+}
+
 /** The operators' metrics endpoint. */
 export interface MetricsConfig {
   /** Where Prometheus metrics are served over HTTP (GET /metrics); null: not served. */
@@ -142,5 +158,6 @@ export interface Config {
   readonly perSniSecrets: boolean;
   /** Salt of the per-SNI derivation. */
   readonly perSniSalt: string;
+  readonly policy: PolicyConfig;
   readonly metrics: MetricsConfig;
 }

@@ -1,0 +1,222 @@
+/**
+ * Connection policy: which client addresses may connect, how many connections one address (or
+ * one fake-TLS SNI, which is one user with per-SNI secrets) may hold at once, and which SNIs are
+ * let in. Pure: addresses and SNIs in, decisions out; the server and sessions apply them.
+ *
+ * @module
+ */
+import type { PolicyConfig } from "../config/types.ts";
+
+/** A parsed network: the address as 16 bytes (IPv4 as IPv4-mapped IPv6) and a prefix length. */
+export interface Cidr {
+  readonly bytes: Uint8Array;
+  /** Prefix length over the 128-bit form (an IPv4 /24 is 96 + 24). */
+  readonly bits: number;
+}
+
+const IPV4_RE = /^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$/;
+
+/**
+ * An IP address as 16 bytes (IPv4 becomes `::ffff:a.b.c.d`), or null when it is not one.
+ *
+ * @example Usage
+ * ```ts
+ * import { parseIp } from "./policy.ts";
+ * parseIp("10.0.0.1")?.[15]; // 1
+ * parseIp("::ffff:10.0.0.1")?.[12]; // 10
+ * parseIp("example.com"); // null
+ * ```
+ */
+export function parseIp(text: string): Uint8Array | null {
+  const s = text.trim().replace(/^\[(.*)\]$/, "$1");
+  const out = new Uint8Array(16);
+  if (IPV4_RE.test(s)) {
+    out[10] = 0xff;
+    out[11] = 0xff;
+    s.split(".").forEach((part, i) => (out[12 + i] = Number(part)));
+    return out;
+  }
+  if (!/^[0-9a-fA-F:.]+$/.test(s) || !s.includes(":")) return null;
+  // A trailing dotted IPv4 part stands for the last two groups.
+  let text6 = s;
+  const v4 = /^(.*:)(\d+\.\d+\.\d+\.\d+)$/.exec(s);
+  if (v4) {
+    if (!IPV4_RE.test(v4[2]!)) return null;
+    const [a, b, c, d] = v4[2]!.split(".").map(Number) as [number, number, number, number];
+    text6 = `${v4[1]}${((a << 8) | b).toString(16)}:${((c << 8) | d).toString(16)}`;
+  }
+  const halves = text6.split("::");
+  if (halves.length > 2) return null;
+  const groups = (h: string) => h === "" ? [] : h.split(":");
+  const head = groups(halves[0]!);
+  const tail = halves.length === 2 ? groups(halves[1]!) : [];
+  const missing = 8 - head.length - tail.length;
+  if (halves.length === 2 ? missing < 1 : missing !== 0) return null;
+  const all = [...head, ...Array<string>(halves.length === 2 ? missing : 0).fill("0"), ...tail];
+  for (let i = 0; i < 8; i++) {
+    const g = all[i]!;
+    if (!/^[0-9a-fA-F]{1,4}$/.test(g)) return null;
+    const v = parseInt(g, 16);
+    out[2 * i] = v >> 8;
+    out[2 * i + 1] = v & 0xff;
+  }
+  return out;
+}
+
+/**
+ * A network in CIDR form (`10.0.0.0/8`, `2001:db8::/32`; a bare address is one host), or null.
+ *
+ * @example Usage
+ * ```ts
+ * import { cidrContains, parseCidr, parseIp } from "./policy.ts";
+ * cidrContains(parseCidr("10.0.0.0/8")!, parseIp("10.1.2.3")!); // true
+ * ```
+ */
+export function parseCidr(text: string): Cidr | null {
+  const m = /^([^/]+?)(?:\/(\d{1,3}))?$/.exec(text.trim());
+  if (!m) return null;
+  const bytes = parseIp(m[1]!);
+  if (!bytes) return null;
+  const v4 = IPV4_RE.test(m[1]!.trim());
+  const max = v4 ? 32 : 128;
+  const prefix = m[2] === undefined ? max : Number(m[2]);
+  if (prefix > max) return null;
+  const bits = v4 ? 96 + prefix : prefix;
+  return { bytes: _masked(bytes, bits), bits };
+}
+
+/** Whether `ip` (16 bytes, from {@linkcode parseIp}) lies in `net`. */
+export function cidrContains(net: Cidr, ip: Uint8Array): boolean {
+  const full = net.bits >> 3;
+  for (let i = 0; i < full; i++) if (ip[i] !== net.bytes[i]) return false;
+  const rest = net.bits & 7;
+  if (rest === 0) return true;
+  const mask = (0xff << (8 - rest)) & 0xff;
+  return (ip[full]! & mask) === net.bytes[full];
+}
+
+function _masked(bytes: Uint8Array, bits: number): Uint8Array {
+  const out = bytes.slice();
+  for (let i = 0; i < 16; i++) {
+    const keep = Math.max(0, Math.min(8, bits - 8 * i));
+    out[i]! &= (0xff << (8 - keep)) & 0xff;
+  }
+  return out;
+}
+
+/**
+ * Whose connections count together for `max_connections_per_ip`: one IPv4 address, or one
+ * IPv6 /64 (a single host usually holds a whole /64, so counting addresses would be no limit).
+ */
+export function ipKey(ip: Uint8Array): string {
+  const v4 = ip.subarray(0, 12).every((b, i) => b === (i < 10 ? 0 : 0xff));
+  if (v4) return ip.subarray(12).join(".");
+  return Array.from(ip.subarray(0, 8), (b) => b.toString(16).padStart(2, "0")).join("") + "/64";
+}
+
+/** Why the policy refused a connection. */
+export type PolicyRefusal = "ip_denied" | "ip_limit" | "sni_denied" | "sni_limit";
+
+/** A connection slot held under the policy; release it exactly once when the connection ends. */
+export interface PolicySlot {
+  release(): void;
+}
+
+const NO_SLOT: PolicySlot = { release() {} };
+
+/**
+ * Applies a {@linkcode PolicyConfig}: address lists and per-address limits when a connection is
+ * accepted, SNI lists and per-SNI limits once a fake-TLS client has proven it holds the secret.
+ *
+ * @example Usage
+ * ```ts
+ * import { ConnectionPolicy } from "./policy.ts";
+ * const policy = new ConnectionPolicy({
+ *   maxConnectionsPerIp: 1, maxConnectionsPerSni: 0,
+ *   allowIps: [], denyIps: ["192.0.2.0/24"], allowSni: [], denySni: [],
+ * });
+ * policy.admitIp("192.0.2.7"); // "ip_denied"
+ * const slot = policy.admitIp("198.51.100.1"); // a PolicySlot
+ * policy.admitIp("198.51.100.1"); // "ip_limit"
+ * if (typeof slot !== "string") slot.release();
+ * ```
+ */
+export class ConnectionPolicy {
+  readonly #maxPerIp: number;
+  readonly #maxPerSni: number;
+  readonly #allowIps: readonly Cidr[];
+  readonly #denyIps: readonly Cidr[];
+  readonly #allowSni: ReadonlySet<string>;
+  readonly #denySni: ReadonlySet<string>;
+  readonly #perIp = new Map<string, number>();
+  readonly #perSni = new Map<string, number>();
+
+  constructor(config: PolicyConfig) {
+    const nets = (list: readonly string[]) =>
+      list.map((text) => {
+        const net = parseCidr(text);
+        if (!net) throw new RangeError(`Not a network: ${JSON.stringify(text)}`);
+        return net;
+      });
+    this.#maxPerIp = config.maxConnectionsPerIp;
+    this.#maxPerSni = config.maxConnectionsPerSni;
+    this.#allowIps = nets(config.allowIps);
+    this.#denyIps = nets(config.denyIps);
+    this.#allowSni = new Set(config.allowSni.map((s) => s.toLowerCase()));
+    this.#denySni = new Set(config.denySni.map((s) => s.toLowerCase()));
+  }
+
+  /** Whether address rules exist at all (the server skips parsing addresses otherwise). */
+  get checksIps(): boolean {
+    return this.#maxPerIp > 0 || this.#allowIps.length > 0 || this.#denyIps.length > 0;
+  }
+
+  /** Whether SNI rules exist at all. */
+  get checksSnis(): boolean {
+    return this.#maxPerSni > 0 || this.#allowSni.size > 0 || this.#denySni.size > 0;
+  }
+
+  /** Connections held now, per address key and per SNI (for tests and metrics). */
+  get held(): { ips: number; snis: number } {
+    return { ips: this.#perIp.size, snis: this.#perSni.size };
+  }
+
+  /** Admit a connection from `address` (an IP literal), or say why not. */
+  admitIp(address: string): PolicySlot | PolicyRefusal {
+    if (!this.checksIps) return NO_SLOT;
+    const ip = parseIp(address);
+    // Not an IP (a Unix socket?): only the lists can refuse it, and they cannot match.
+    if (!ip) return this.#allowIps.length > 0 ? "ip_denied" : NO_SLOT;
+    if (this.#denyIps.some((n) => cidrContains(n, ip))) return "ip_denied";
+    if (this.#allowIps.length > 0 && !this.#allowIps.some((n) => cidrContains(n, ip))) {
+      return "ip_denied";
+    }
+    if (this.#maxPerIp === 0) return NO_SLOT;
+    return _take(this.#perIp, ipKey(ip), this.#maxPerIp) ?? "ip_limit";
+  }
+
+  /** Admit a fake-TLS client that named `sni` (lowercase), or say why not. */
+  admitSni(sni: string): PolicySlot | PolicyRefusal {
+    if (this.#denySni.has(sni)) return "sni_denied";
+    if (this.#allowSni.size > 0 && !this.#allowSni.has(sni)) return "sni_denied";
+    if (this.#maxPerSni === 0) return NO_SLOT;
+    return _take(this.#perSni, sni, this.#maxPerSni) ?? "sni_limit";
+  }
+}
+
+/** Count one more under `key` unless `max` are held; the slot gives it back once. */
+function _take(counts: Map<string, number>, key: string, max: number): PolicySlot | null {
+  const n = counts.get(key) ?? 0;
+  if (n >= max) return null;
+  counts.set(key, n + 1);
+  let released = false;
+  return {
+    release() {
+      if (released) return;
+      released = true;
+      const left = (counts.get(key) ?? 1) - 1;
+      if (left <= 0) counts.delete(key);
+      else counts.set(key, left);
+    },
+  };
+}
