@@ -5,7 +5,7 @@
  * @module
  */
 import { logger } from "./ops/log.ts";
-import type { Config, ListenerConfig } from "./config/types.ts";
+import type { Config, ListenerConfig, PolicyConfig } from "./config/types.ts";
 import { closeQuietly, formatHostPort, type Listener, listenTcp } from "./net.ts";
 import type { EventSink, ProxyEvent } from "./client/events.ts";
 import { Session, type SessionContext, type SessionGuard } from "./client/session.ts";
@@ -50,6 +50,11 @@ export interface ServerHandle {
   refreshTelegramConfig(): Promise<void>;
   /** Live middle-proxy connections (0 without middle-proxy mode). */
   middleConnections(): number;
+  /**
+   * Apply new policy rules; clients that the new lists refuse are closed (reason "policy").
+   * Returns how many were closed.
+   */
+  updatePolicy(policy: PolicyConfig): number;
   /** Where metrics are served (port resolved when 0 was configured); null when not served. */
   readonly metricsAddress: { host: string; port: number } | null;
   /** The metrics exposition, as `GET /metrics` serves it. */
@@ -436,6 +441,19 @@ function _start(
     addresses,
     closed,
     stats: () => structuredClone(stats),
+    updatePolicy(rules) {
+      policy.update(rules);
+      let closed = 0;
+      for (const s of sessions) {
+        if (s.phase === "done") continue;
+        const sni = s.sni;
+        if (policy.deniesIp(s.clientIp) || (sni !== null && policy.deniesSni(sni))) {
+          s.abort("policy");
+          closed++;
+        }
+      }
+      return closed;
+    },
     metricsAddress: metricsHttp?.address ?? null,
     metricsText,
     shutdown: () => (shuttingDown ??= shutdown()),

@@ -2,7 +2,7 @@
  * `mtproxy run` as a user runs it: a separate process started from main.ts, configured by file,
  * environment or nothing at all, serving real clients until SIGTERM.
  */
-import { assert, assertEquals, assertStringIncludes } from "./assert.ts";
+import { assert, assertEquals, assertRejects, assertStringIncludes } from "./assert.ts";
 import { fileURLToPath as fromFileUrl } from "node:url";
 import { startFakeDc } from "./kit/fake_dc.ts";
 import { connectTestClient } from "./kit/test_client.ts";
@@ -53,6 +53,20 @@ class ProxyProcess {
     const m = this.stdout.match(/listening on [^\s]+:(\d+) \(/);
     assert(m, this.stdout);
     return Number(m[1]);
+  }
+
+  /** Send `signal` and return at once. */
+  signal(signal: Deno.Signal): void {
+    this.#child.kill(signal);
+  }
+
+  /** Wait until stderr contains `text` `times` times (or 20 s pass). */
+  async waitForLog(text: string, times = 1): Promise<void> {
+    const deadline = Date.now() + 20_000;
+    while (this.stderr.split(text).length - 1 < times) {
+      if (Date.now() > deadline) throw new Error(`No ${JSON.stringify(text)} in:\n${this.stderr}`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
   }
 
   async stop(signal: Deno.Signal = "SIGTERM"): Promise<number> {
@@ -173,6 +187,60 @@ Deno.test("mtproxy run falls back to node:crypto with a warning when OpenSSL is 
     assertEquals(await proxy.stop(), 0);
     assertStringIncludes(proxy.stderr, "AES backend: node:crypto");
   } finally {
+    await proxy.stop();
+    await dc.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("SIGHUP reloads the policy: a denied SNI's clients are closed, a broken file changes nothing", async () => {
+  const dir = await Deno.makeTempDir();
+  const dc = await startFakeDc();
+  const port = freePort();
+  const secret = "0123456789abcdef0123456789abcdef";
+  const config = (policy: string) =>
+    Deno.writeTextFile(
+      `${dir}/config.yaml`,
+      [
+        "listeners:",
+        `  - { host: 127.0.0.1, port: ${port}, secret: "${secret}", tls_domain: [a.example, b.example] }`,
+        "fronting: { mode: off }",
+        `telegram: { dc_addresses: { "2": "127.0.0.1:${dc.port}" } }`,
+        policy,
+        "",
+      ].join("\n"),
+    );
+  await config("");
+  const proxy = new ProxyProcess(["--config", "config.yaml"], { cwd: dir });
+  const key = parseSecret(secret).key;
+  const connect = (sni: string) =>
+    connectTestClient({ port, secret: key, kind: "tls", dcId: 2, sni });
+  const open = [];
+  try {
+    await proxy.waitFor("listening on");
+    const alice = await connect("a.example");
+    const bob = await connect("b.example");
+    open.push(alice, bob);
+    await alice.reqPq();
+    await bob.reqPq();
+
+    await config("policy: { deny_sni: [a.example] }");
+    proxy.signal("SIGHUP");
+    await proxy.waitForLog("Policy reloaded from the configuration; 1 clients closed by it");
+    await alice.closed();
+    await bob.reqPq(); // untouched
+    await assertRejects(() => connect("a.example"));
+
+    await config("policy: { deny_ips: [not-a-network] }");
+    proxy.signal("SIGHUP");
+    await proxy.waitForLog("Policy not reloaded, the previous one stays");
+    assertStringIncludes(proxy.stderr, "policy.deny_ips[0]");
+    await bob.reqPq();
+    await assertRejects(() => connect("a.example")); // the previous policy is still in force
+    for (const c of open) await c.close(); // (no shutdown grace to wait for)
+    assertEquals(await proxy.stop(), 0);
+  } finally {
+    for (const c of open) await c.close();
     await proxy.stop();
     await dc.close();
     await Deno.remove(dir, { recursive: true });

@@ -293,3 +293,54 @@ Deno.test("a refused SNI is fronted like any connection that cannot be a client"
     await serving.catch(() => {});
   }
 });
+
+Deno.test("updatePolicy closes the clients the new lists refuse, with reason policy, and no others", async () => {
+  const dc = await startFakeDc({ mode: "mtproto" });
+  const open: TestClient[] = [];
+  try {
+    await using proxy = await startTestProxy(testConfig({
+      dcPorts: { 2: dc.port },
+      tlsDomains: ["a.example", "b.example"],
+    }));
+    const tls = (sni: string) =>
+      connectTestClient({ port: proxy.port, secret: TEST_SECRET, kind: "tls", dcId: 2, sni });
+    const alice = await tls("a.example");
+    const bob = await tls("b.example");
+    const dd = await connectTestClient({
+      port: proxy.port,
+      secret: TEST_SECRET,
+      kind: "dd",
+      dcId: 2,
+    });
+    open.push(alice, bob, dd);
+    for (const c of open) await c.reqPq();
+    // A connection still in its handshake when the rules change is refused as well.
+    const waiting = await openRawConnection(proxy.port);
+    const rules = {
+      maxConnectionsPerIp: 0,
+      maxConnectionsPerSni: 0,
+      allowIps: [],
+      denyIps: [],
+      allowSni: [],
+      denySni: ["a.example"],
+    };
+    assertEquals(proxy.server.updatePolicy(rules), 1);
+    await alice.closed();
+    await proxy.waitForEvent((e) => e.type === "closed" && e.reason === "policy");
+    await bob.reqPq();
+    await dd.reqPq();
+    await assertRejects(() => tls("a.example"));
+
+    assertEquals(proxy.server.updatePolicy({ ...rules, denyIps: ["127.0.0.1"] }), 3);
+    await bob.closed();
+    await dd.closed();
+    assertEquals((await waiting.readAll(3000)).length, 0);
+    await waiting.close();
+    await proxy.waitForEvent((e) => e.type === "rejected" && e.reason === "policy");
+    await assertClosedAtOnce(proxy.port);
+    await until(() => proxy.server.stats().active === 0, "every client to be closed");
+  } finally {
+    for (const c of open) await c.close();
+    await dc.close();
+  }
+});

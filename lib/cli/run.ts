@@ -8,7 +8,13 @@ import { dirname } from "node:path";
 import { type ServerHandle, startServer } from "../server.ts";
 import { logger, setupLogging } from "../ops/log.ts";
 import { formatAddress, formatLinks } from "./link.ts";
-import { parseRunArgs, reportError, resolveRunConfig, RUN_OPTIONS_HELP } from "./options.ts";
+import {
+  parseRunArgs,
+  reportError,
+  resolveRunConfig,
+  RUN_OPTIONS_HELP,
+  type RunArgs,
+} from "./options.ts";
 
 /** Help screen of `mtproxy run`. */
 export const RUN_HELP = `Usage: mtproxy [run] [options]
@@ -32,8 +38,9 @@ const SIGNALS: readonly Deno.Signal[] = ["SIGINT", "SIGTERM"];
  */
 export async function runCommand(args: string[]): Promise<number> {
   let server: ServerHandle;
+  let parsed: RunArgs;
   try {
-    const parsed = parseRunArgs(args);
+    parsed = parseRunArgs(args);
     if (parsed.help) {
       console.log(RUN_HELP);
       return 0;
@@ -76,12 +83,27 @@ export async function runCommand(args: string[]): Promise<number> {
   for (const a of server.addresses) {
     console.log(`listening on ${formatAddress(a.host, a.port)} (${a.name})`);
   }
-  await _serveUntilSignal(server);
+  const reloadPolicy = async () => {
+    try {
+      const { config } = await resolveRunConfig(parsed, Deno.env.toObject());
+      const closed = server.updatePolicy(config.policy);
+      log.info("Policy reloaded from the configuration; {closed} clients closed by it", { closed });
+    } catch (e) {
+      log.warn("Policy not reloaded, the previous one stays: {error}", {
+        error: e instanceof Error ? e.message : String(e),
+      });
+    }
+  };
+  await _serveUntilSignal(server, reloadPolicy);
   return 0;
 }
 
-async function _serveUntilSignal(server: ServerHandle): Promise<void> {
-  const log = logger("cli");
+const log = logger("cli");
+
+async function _serveUntilSignal(
+  server: ServerHandle,
+  reloadPolicy: () => Promise<void>,
+): Promise<void> {
   let signals = 0;
   const { promise: stop, resolve } = Promise.withResolvers<Deno.Signal>();
   const handlers = SIGNALS.map((signal) => {
@@ -101,9 +123,11 @@ async function _serveUntilSignal(server: ServerHandle): Promise<void> {
       return null;
     }
   });
-  // SIGHUP: fetch Telegram's middle-proxy config now instead of at the next interval.
+  // SIGHUP: reload the policy section of the configuration, and fetch Telegram's middle-proxy
+  // config now instead of at the next interval.
   const onHup = () => {
-    log.info("SIGHUP: refreshing Telegram's middle-proxy config");
+    log.info("SIGHUP: reloading the policy; refreshing Telegram's middle-proxy config");
+    void reloadPolicy();
     server.refreshTelegramConfig();
   };
   let hup = false;

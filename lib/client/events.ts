@@ -38,6 +38,8 @@ export type RejectReason =
   | "sni_denied"
   /** Policy: the SNI already holds max_connections_per_sni connections. */
   | "sni_limit"
+  /** The policy was reloaded during the handshake and refuses this client now. */
+  | "policy"
   | "shutdown";
 
 /** Why an established relay ended. */
@@ -52,6 +54,8 @@ export type CloseReason =
   | "slow_client"
   /** Middle-proxy mode: the client sent a frame its transport does not allow. */
   | "bad_frame"
+  /** The policy was reloaded and refuses this client now (deny_ips, deny_sni, ...). */
+  | "policy"
   | "fronted";
 
 /** One thing that happened to a session. */

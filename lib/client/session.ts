@@ -102,6 +102,9 @@ export interface SessionContext {
   readonly onDone: (session: Session) => void;
 }
 
+/** Why the server stops a session from outside ("policy": reloaded rules refuse it now). */
+export type AbortReason = "timeout" | "idle" | "shutdown" | "policy";
+
 /** Options of a {@linkcode Rejection}. */
 interface RejectionOptions {
   detail?: string;
@@ -212,7 +215,7 @@ export class Session implements PumpHost, MiddleClient {
   lastActivity: number = this.startedAt;
   #ctx: SessionContext;
   #dialAbort: AbortController | null = null;
-  #abortReason: "timeout" | "idle" | "shutdown" | null = null;
+  #abortReason: AbortReason | null = null;
   #dc: DcConnection | null = null;
   #ciphers: StreamCipher[] = [];
   /** Bytes read during the handshake, kept for fronting; null once no longer needed. */
@@ -241,7 +244,7 @@ export class Session implements PumpHost, MiddleClient {
   }
 
   /** Stop this session now: closes both sockets, which ends every pending read. */
-  abort(reason: "timeout" | "idle" | "shutdown"): void {
+  abort(reason: AbortReason): void {
     if (this.phase === "done") return;
     this.#abortReason ??= reason;
     this.#dialAbort?.abort();
@@ -369,6 +372,12 @@ export class Session implements PumpHost, MiddleClient {
     return true;
   }
 
+  /** The refusal an abort during the handshake or the dial stands for. */
+  #abortRejection(): Rejection {
+    const r = this.#abortReason;
+    return new Rejection(r === "shutdown" || r === "policy" ? r : "timeout");
+  }
+
   /** Release everything and tell the server. */
   #finish(): void {
     this.phase = "done";
@@ -389,9 +398,7 @@ export class Session implements PumpHost, MiddleClient {
   }
 
   #asRejection(e: unknown): Rejection {
-    if (this.#abortReason === "timeout" || this.#abortReason === "shutdown") {
-      return new Rejection(this.#abortReason);
-    }
+    if (this.#abortReason && this.#abortReason !== "idle") return this.#abortRejection();
     if (e instanceof Rejection) return e;
     return new Rejection("eof", { detail: e instanceof Error ? e.message : String(e) });
   }
@@ -461,9 +468,7 @@ export class Session implements PumpHost, MiddleClient {
         adTag: listener.tag,
       });
     } catch (e) {
-      if (this.#abortReason) {
-        throw new Rejection(this.#abortReason === "shutdown" ? "shutdown" : "timeout");
-      }
+      if (this.#abortReason) throw this.#abortRejection();
       throw new Rejection("dc_unreachable", { detail: e instanceof Error ? e.message : String(e) });
     }
     this.#middle = {
@@ -612,6 +617,7 @@ export class Session implements PumpHost, MiddleClient {
 
   #bytesFromClient = 0;
   #bytesToClient = 0;
+  #sni: string | null = null;
   /** The slot this client holds under max_connections_per_sni, if it counts. */
   #sniSlot: PolicySlot | null = null;
   /** The slot under max_connections_per_ip; the server sets it and releases it at the end. */
@@ -625,6 +631,16 @@ export class Session implements PumpHost, MiddleClient {
   /** Bytes sent to the client so far. */
   get bytesToClient(): number {
     return this.#bytesToClient;
+  }
+
+  /** The SNI (lowercase) of a fake-TLS client whose hello checked out; null otherwise. */
+  get sni(): string | null {
+    return this.#sni;
+  }
+
+  /** The client's IP address as the socket reports it. */
+  get clientIp(): string {
+    return (this.conn.remoteAddr as Deno.NetAddr).hostname ?? "";
   }
 
   /** Name of the listener that accepted this client. */
@@ -729,6 +745,7 @@ export class Session implements PumpHost, MiddleClient {
       }
       this.#sniSlot = slot;
     }
+    this.#sni = sni;
     const shape = this.#ctx.guard.answerShape(sni);
     // Answer a post-quantum offer like the site does: an ML-KEM ciphertext makes the
     // ServerHello ~1.2 KB, and a 127-byte one would stand out.
@@ -799,9 +816,7 @@ export class Session implements PumpHost, MiddleClient {
           : {}),
       });
     } catch (e) {
-      if (this.#abortReason) {
-        throw new Rejection(this.#abortReason === "shutdown" ? "shutdown" : "timeout");
-      }
+      if (this.#abortReason) throw this.#abortRejection();
       const address = formatHostPort(route.address.host, route.address.port);
       const why = e instanceof Error ? e.message : String(e);
       if (e instanceof DialTimeoutError) throw new Rejection("dc_timeout", { detail: why });
@@ -838,7 +853,10 @@ export class Session implements PumpHost, MiddleClient {
     if (this.#frontConn) closeQuietly(this.#frontConn);
     if (--this.#running > 0) return;
     let reason: CloseReason;
-    if (this.#abortReason === "idle" || this.#abortReason === "shutdown") {
+    if (
+      this.#abortReason === "idle" || this.#abortReason === "shutdown" ||
+      this.#abortReason === "policy"
+    ) {
       reason = this.#abortReason;
     } else if (this.#fronted) {
       reason = "fronted";

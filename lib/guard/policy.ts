@@ -142,28 +142,52 @@ const NO_SLOT: PolicySlot = { release() {} };
  * ```
  */
 export class ConnectionPolicy {
-  readonly #maxPerIp: number;
-  readonly #maxPerSni: number;
-  readonly #allowIps: readonly Cidr[];
-  readonly #denyIps: readonly Cidr[];
-  readonly #allowSni: ReadonlySet<string>;
-  readonly #denySni: ReadonlySet<string>;
+  #maxPerIp = 0;
+  #maxPerSni = 0;
+  #allowIps: readonly Cidr[] = [];
+  #denyIps: readonly Cidr[] = [];
+  #allowSni: ReadonlySet<string> = new Set();
+  #denySni: ReadonlySet<string> = new Set();
   readonly #perIp = new Map<string, number>();
   readonly #perSni = new Map<string, number>();
 
   constructor(config: PolicyConfig) {
+    this.update(config);
+  }
+
+  /**
+   * Apply new rules. Connections already held keep their slots and are counted against the new
+   * limits; connections made while a limit was 0 were not counted and never will be.
+   */
+  update(config: PolicyConfig): void {
     const nets = (list: readonly string[]) =>
       list.map((text) => {
         const net = parseCidr(text);
         if (!net) throw new RangeError(`Not a network: ${JSON.stringify(text)}`);
         return net;
       });
+    const allowIps = nets(config.allowIps);
+    const denyIps = nets(config.denyIps);
     this.#maxPerIp = config.maxConnectionsPerIp;
     this.#maxPerSni = config.maxConnectionsPerSni;
-    this.#allowIps = nets(config.allowIps);
-    this.#denyIps = nets(config.denyIps);
+    this.#allowIps = allowIps;
+    this.#denyIps = denyIps;
     this.#allowSni = new Set(config.allowSni.map((s) => s.toLowerCase()));
     this.#denySni = new Set(config.denySni.map((s) => s.toLowerCase()));
+  }
+
+  /** Whether the address lists refuse `address` (limits aside). */
+  deniesIp(address: string): boolean {
+    if (this.#allowIps.length === 0 && this.#denyIps.length === 0) return false;
+    const ip = parseIp(address);
+    if (!ip) return this.#allowIps.length > 0;
+    if (this.#denyIps.some((n) => cidrContains(n, ip))) return true;
+    return this.#allowIps.length > 0 && !this.#allowIps.some((n) => cidrContains(n, ip));
+  }
+
+  /** Whether the SNI lists refuse `sni` (lowercase; limits aside). */
+  deniesSni(sni: string): boolean {
+    return this.#denySni.has(sni) || (this.#allowSni.size > 0 && !this.#allowSni.has(sni));
   }
 
   /** Whether address rules exist at all (the server skips parsing addresses otherwise). */
@@ -184,21 +208,16 @@ export class ConnectionPolicy {
   /** Admit a connection from `address` (an IP literal), or say why not. */
   admitIp(address: string): PolicySlot | PolicyRefusal {
     if (!this.checksIps) return NO_SLOT;
+    if (this.deniesIp(address)) return "ip_denied";
     const ip = parseIp(address);
-    // Not an IP (a Unix socket?): only the lists can refuse it, and they cannot match.
-    if (!ip) return this.#allowIps.length > 0 ? "ip_denied" : NO_SLOT;
-    if (this.#denyIps.some((n) => cidrContains(n, ip))) return "ip_denied";
-    if (this.#allowIps.length > 0 && !this.#allowIps.some((n) => cidrContains(n, ip))) {
-      return "ip_denied";
-    }
-    if (this.#maxPerIp === 0) return NO_SLOT;
+    // Not an IP (a Unix socket?): there is nothing to count it by.
+    if (this.#maxPerIp === 0 || !ip) return NO_SLOT;
     return _take(this.#perIp, ipKey(ip), this.#maxPerIp) ?? "ip_limit";
   }
 
   /** Admit a fake-TLS client that named `sni` (lowercase), or say why not. */
   admitSni(sni: string): PolicySlot | PolicyRefusal {
-    if (this.#denySni.has(sni)) return "sni_denied";
-    if (this.#allowSni.size > 0 && !this.#allowSni.has(sni)) return "sni_denied";
+    if (this.deniesSni(sni)) return "sni_denied";
     if (this.#maxPerSni === 0) return NO_SLOT;
     return _take(this.#perSni, sni, this.#maxPerSni) ?? "sni_limit";
   }
