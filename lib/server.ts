@@ -17,7 +17,7 @@ import { GROUP_X25519, GROUP_X25519_MLKEM768 } from "./protocol/fake_tls.ts";
 import { MiddleProxies, usesMiddleProxies } from "./telegram/middle_proxies.ts";
 import { TelegramConfigStore } from "./telegram/proxy_config.ts";
 import { VERSION } from "./version.ts";
-import { Metrics, type MetricsSnapshot } from "./ops/metrics.ts";
+import { Metrics, type MetricsSnapshot, type MetricsTotals } from "./ops/metrics.ts";
 import { ConnectionPolicy } from "./guard/policy.ts";
 
 /** Deadline of each download from core.telegram.org (the Erlang proxy's value). */
@@ -26,14 +26,9 @@ const CORE_API_TIMEOUT_MS = 3000;
 const log = logger("server");
 
 /** Counters kept by the server, readable at any time. */
-export interface ServerStats {
-  accepted: number;
+export interface ServerStats extends MetricsTotals {
+  /** Connections open now, in any phase. */
   active: number;
-  established: number;
-  rejected: Record<string, number>;
-  closed: Record<string, number>;
-  bytesFromClients: number;
-  bytesToClients: number;
 }
 
 /** A running proxy. */
@@ -266,26 +261,11 @@ function _start(
     });
   }
 
-  const stats: ServerStats = {
-    accepted: 0,
-    active: 0,
-    established: 0,
-    rejected: {},
-    closed: {},
-    bytesFromClients: 0,
-    bytesToClients: 0,
-  };
+  // The counters live in Metrics, per listener; stats() sums them.
   const metrics = new Metrics(config.listeners.map((l) => l.name), VERSION, Date.now());
   const sink: EventSink = {
     emit(e) {
       metrics.observe(e);
-      if (e.type === "rejected") stats.rejected[e.reason] = (stats.rejected[e.reason] ?? 0) + 1;
-      if (e.type === "established") stats.established++;
-      if (e.type === "closed") {
-        stats.closed[e.reason] = (stats.closed[e.reason] ?? 0) + 1;
-        stats.bytesFromClients += e.bytesFromClient;
-        stats.bytesToClients += e.bytesToClient;
-      }
       try {
         _logEvent(e);
         options.events?.emit(e);
@@ -364,7 +344,6 @@ function _start(
         session.ipSlot?.release();
         sessions.delete(session);
         active--;
-        stats.active--;
         if (sessions.size === 0) drainedNow?.();
       },
     };
@@ -379,29 +358,23 @@ function _start(
         await new Promise((r) => setTimeout(r, 100));
         continue;
       }
-      stats.accepted++;
-      if (active >= config.maxConnections) {
-        const peer = `${conn.remoteAddr.hostname}:${conn.remoteAddr.port}`;
+      metrics.accepted(l.name);
+      // The connection limit and the address rules cost nothing to check: refuse at once.
+      const remote = conn.remoteAddr as Deno.NetAddr;
+      const slot = active >= config.maxConnections
+        ? "too_many_connections"
+        : policy.admitIp(remote.hostname);
+      if (typeof slot === "string") {
         closeQuietly(conn);
-        sink.emit({ type: "rejected", listener: l.name, peer, reason: "too_many_connections" });
-        continue;
-      }
-      // Address rules cost nothing to check: refuse at once, like a firewall would.
-      const admitted = policy.checksIps
-        ? policy.admitIp((conn.remoteAddr as Deno.NetAddr).hostname)
-        : null;
-      if (typeof admitted === "string") {
-        const peer = `${conn.remoteAddr.hostname}:${conn.remoteAddr.port}`;
-        closeQuietly(conn);
-        sink.emit({ type: "rejected", listener: l.name, peer, reason: admitted });
+        const peer = `${remote.hostname}:${remote.port}`;
+        sink.emit({ type: "rejected", listener: l.name, peer, reason: slot });
         continue;
       }
       const session = new Session(conn, ctx);
-      session.ipSlot = admitted;
+      session.ipSlot = slot;
       sink.emit({ type: "accepted", listener: l.name, peer: session.peer });
       sessions.add(session);
       active++;
-      stats.active++;
       session.start();
     }
   }
@@ -440,7 +413,7 @@ function _start(
   return {
     addresses,
     closed,
-    stats: () => structuredClone(stats),
+    stats: () => ({ ...metrics.totals(), active: sessions.size }),
     updatePolicy(rules) {
       policy.update(rules);
       let closed = 0;

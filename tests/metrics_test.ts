@@ -43,8 +43,8 @@ function parse(text: string): Map<string, number> {
 Deno.test("Metrics counts events per listener and adds the live figures of open sessions", () => {
   const m = new Metrics(["a", "b"], '1.0"x', 1_700_000_000_500);
   const peer = "192.0.2.1:5000";
-  m.observe({ type: "accepted", listener: "a", peer });
-  m.observe({ type: "accepted", listener: "a", peer });
+  m.accepted("a");
+  m.accepted("a");
   m.observe({ type: "rejected", listener: "a", peer, reason: "bad_secret" });
   m.observe({
     type: "established",
@@ -105,6 +105,15 @@ Deno.test("Metrics counts events per listener and adds the live figures of open 
   assertEquals(s.get('mtproxy_middle_closed_mid_send_total{dc="-2"}'), 1);
   assertEquals(s.get("mtproxy_replay_cache_entries"), 42);
   assertEquals(s.get("process_resident_memory_bytes"), 123456);
+  // The server's stats() are these counters summed over listeners.
+  assertEquals(m.totals(), {
+    accepted: 2,
+    established: 1,
+    rejected: { bad_secret: 1 },
+    closed: { client_closed: 1 },
+    bytesFromClients: 100,
+    bytesToClients: 1000,
+  });
 });
 
 Deno.test("Metrics without middle-proxy pools renders no middle-proxy samples", () => {

@@ -27,6 +27,18 @@ export interface MetricsSnapshot {
   rssBytes: number;
 }
 
+/** Counters summed over listeners. */
+export interface MetricsTotals {
+  /** TCP connections accepted, refused at accept or not. */
+  accepted: number;
+  established: number;
+  rejected: Record<string, number>;
+  closed: Record<string, number>;
+  /** Bytes of sessions that have ended. */
+  bytesFromClients: number;
+  bytesToClients: number;
+}
+
 type Labels = Record<string, string | number>;
 
 interface Family {
@@ -42,7 +54,7 @@ interface Family {
  * ```ts
  * import { Metrics } from "./metrics.ts";
  * const m = new Metrics(["main"], "0.1.0", 1_700_000_000_000);
- * m.observe({ type: "accepted", listener: "main", peer: "1.2.3.4:5" });
+ * m.accepted("main");
  * m.render({
  *   active: new Map([["main", 1]]),
  *   liveBytes: new Map(),
@@ -70,12 +82,14 @@ export class Metrics {
     this.#startedAtMs = startedAtMs;
   }
 
-  /** Count one session event. */
+  /** Count a TCP connection accepted by `listener`, before any check that may refuse it. */
+  accepted(listener: string): void {
+    _add(this.#accepted, listener, 1);
+  }
+
+  /** Count one session event ("accepted" ones are counted by {@linkcode Metrics.accepted}). */
   observe(e: ProxyEvent): void {
     switch (e.type) {
-      case "accepted":
-        _add(this.#accepted, e.listener, 1);
-        break;
       case "rejected":
         _add(this.#rejected, `${e.listener}\0${e.reason}`, 1);
         break;
@@ -91,6 +105,27 @@ export class Metrics {
         _add(this.#bytesToClients, e.listener, e.bytesToClient);
         break;
     }
+  }
+
+  /** The counters summed over listeners (bytes of closed sessions only). */
+  totals(): MetricsTotals {
+    const sum = (m: Map<string, number>) => [...m.values()].reduce((a, b) => a + b, 0);
+    const byReason = (m: Map<string, number>) => {
+      const out: Record<string, number> = {};
+      for (const [key, n] of m) {
+        const reason = key.slice(key.indexOf("\0") + 1);
+        out[reason] = (out[reason] ?? 0) + n;
+      }
+      return out;
+    };
+    return {
+      accepted: sum(this.#accepted),
+      established: sum(this.#established),
+      rejected: byReason(this.#rejected),
+      closed: byReason(this.#closed),
+      bytesFromClients: sum(this.#bytesFromClients),
+      bytesToClients: sum(this.#bytesToClients),
+    };
   }
 
   /** The whole exposition, with `live` figures read now. */
@@ -121,7 +156,7 @@ export class Metrics {
       put(
         "mtproxy_connections_accepted_total",
         "counter",
-        "TCP connections accepted.",
+        "TCP connections accepted, including those refused at once.",
         listener,
         this.#accepted.get(l) ?? 0,
       );
