@@ -6,6 +6,7 @@
  * @module
  */
 import type { PolicyConfig } from "../config/types.ts";
+import { parseIp } from "../protocol/rpc.ts";
 
 /** A parsed network: the address as 16 bytes (IPv4 as IPv4-mapped IPv6) and a prefix length. */
 export interface Cidr {
@@ -14,52 +15,24 @@ export interface Cidr {
   readonly bits: number;
 }
 
-const IPV4_RE = /^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$/;
-
 /**
  * An IP address as 16 bytes (IPv4 becomes `::ffff:a.b.c.d`), or null when it is not one.
  *
  * @example Usage
  * ```ts
- * import { parseIp } from "./policy.ts";
- * parseIp("10.0.0.1")?.[15]; // 1
- * parseIp("::ffff:10.0.0.1")?.[12]; // 10
- * parseIp("example.com"); // null
+ * import { parseIp16 } from "./policy.ts";
+ * parseIp16("10.0.0.1")?.[15]; // 1
+ * parseIp16("::ffff:10.0.0.1")?.[12]; // 10
+ * parseIp16("example.com"); // null
  * ```
  */
-export function parseIp(text: string): Uint8Array | null {
-  const s = text.trim().replace(/^\[(.*)\]$/, "$1");
+export function parseIp16(text: string): Uint8Array | null {
+  const bytes = parseIp(text);
+  if (bytes === null || bytes.length === 16) return bytes;
   const out = new Uint8Array(16);
-  if (IPV4_RE.test(s)) {
-    out[10] = 0xff;
-    out[11] = 0xff;
-    s.split(".").forEach((part, i) => (out[12 + i] = Number(part)));
-    return out;
-  }
-  if (!/^[0-9a-fA-F:.]+$/.test(s) || !s.includes(":")) return null;
-  // A trailing dotted IPv4 part stands for the last two groups.
-  let text6 = s;
-  const v4 = /^(.*:)(\d+\.\d+\.\d+\.\d+)$/.exec(s);
-  if (v4) {
-    if (!IPV4_RE.test(v4[2]!)) return null;
-    const [a, b, c, d] = v4[2]!.split(".").map(Number) as [number, number, number, number];
-    text6 = `${v4[1]}${((a << 8) | b).toString(16)}:${((c << 8) | d).toString(16)}`;
-  }
-  const halves = text6.split("::");
-  if (halves.length > 2) return null;
-  const groups = (h: string) => h === "" ? [] : h.split(":");
-  const head = groups(halves[0]!);
-  const tail = halves.length === 2 ? groups(halves[1]!) : [];
-  const missing = 8 - head.length - tail.length;
-  if (halves.length === 2 ? missing < 1 : missing !== 0) return null;
-  const all = [...head, ...Array<string>(halves.length === 2 ? missing : 0).fill("0"), ...tail];
-  for (let i = 0; i < 8; i++) {
-    const g = all[i]!;
-    if (!/^[0-9a-fA-F]{1,4}$/.test(g)) return null;
-    const v = parseInt(g, 16);
-    out[2 * i] = v >> 8;
-    out[2 * i + 1] = v & 0xff;
-  }
+  out[10] = 0xff;
+  out[11] = 0xff;
+  out.set(bytes, 12);
   return out;
 }
 
@@ -68,16 +41,17 @@ export function parseIp(text: string): Uint8Array | null {
  *
  * @example Usage
  * ```ts
- * import { cidrContains, parseCidr, parseIp } from "./policy.ts";
- * cidrContains(parseCidr("10.0.0.0/8")!, parseIp("10.1.2.3")!); // true
+ * import { cidrContains, parseCidr, parseIp16 } from "./policy.ts";
+ * cidrContains(parseCidr("10.0.0.0/8")!, parseIp16("10.1.2.3")!); // true
  * ```
  */
 export function parseCidr(text: string): Cidr | null {
   const m = /^([^/]+?)(?:\/(\d{1,3}))?$/.exec(text.trim());
   if (!m) return null;
-  const bytes = parseIp(m[1]!);
+  const bytes = parseIp16(m[1]!);
   if (!bytes) return null;
-  const v4 = IPV4_RE.test(m[1]!.trim());
+  // The prefix counts bits of the address as written: 32 for IPv4, 128 for IPv6 notation.
+  const v4 = !m[1]!.includes(":");
   const max = v4 ? 32 : 128;
   const prefix = m[2] === undefined ? max : Number(m[2]);
   if (prefix > max) return null;
@@ -85,7 +59,7 @@ export function parseCidr(text: string): Cidr | null {
   return { bytes: _masked(bytes, bits), bits };
 }
 
-/** Whether `ip` (16 bytes, from {@linkcode parseIp}) lies in `net`. */
+/** Whether `ip` (16 bytes, from {@linkcode parseIp16}) lies in `net`. */
 export function cidrContains(net: Cidr, ip: Uint8Array): boolean {
   const full = net.bits >> 3;
   for (let i = 0; i < full; i++) if (ip[i] !== net.bytes[i]) return false;
@@ -179,7 +153,7 @@ export class ConnectionPolicy {
   /** Whether the address lists refuse `address` (limits aside). */
   deniesIp(address: string): boolean {
     if (this.#allowIps.length === 0 && this.#denyIps.length === 0) return false;
-    const ip = parseIp(address);
+    const ip = parseIp16(address);
     if (!ip) return this.#allowIps.length > 0;
     if (this.#denyIps.some((n) => cidrContains(n, ip))) return true;
     return this.#allowIps.length > 0 && !this.#allowIps.some((n) => cidrContains(n, ip));
@@ -209,7 +183,7 @@ export class ConnectionPolicy {
   admitIp(address: string): PolicySlot | PolicyRefusal {
     if (!this.checksIps) return NO_SLOT;
     if (this.deniesIp(address)) return "ip_denied";
-    const ip = parseIp(address);
+    const ip = parseIp16(address);
     // Not an IP (a Unix socket?): there is nothing to count it by.
     if (this.#maxPerIp === 0 || !ip) return NO_SLOT;
     return _take(this.#perIp, ipKey(ip), this.#maxPerIp) ?? "ip_limit";
