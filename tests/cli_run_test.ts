@@ -234,7 +234,7 @@ Deno.test("SIGHUP reloads the policy: a denied SNI's clients are closed, a broke
     await config("policy: { deny_ips: [not-a-network] }");
     proxy.signal("SIGHUP");
     await proxy.waitForLog("Policy not reloaded, the previous one stays");
-    assertStringIncludes(proxy.stderr, "policy.deny_ips[0]");
+    await proxy.waitForLog("policy.deny_ips[0]"); // the reason, on the same line
     await bob.reqPq();
     await assertRejects(() => connect("a.example")); // the previous policy is still in force
     for (const c of open) await c.close(); // (no shutdown grace to wait for)
