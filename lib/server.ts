@@ -83,6 +83,11 @@ function _logEvent(e: ProxyEvent): void {
           "{listener}: {peer} not fronted: the fronting target is this proxy; check fronting.mode",
           e,
         );
+      } else if (e.reason === "bad_proxy_header") {
+        log.warn(
+          "{listener}: {peer} closed: {detail}; with proxy_protocol on, every connection must come through a balancer that sends the PROXY protocol",
+          { ...e, detail: e.detail ?? "" },
+        );
       } else if (e.reason === "dc_unreachable" || e.reason === "dc_timeout") {
         log.warn("{listener}: {peer} closed: Telegram DC not reachable ({reason}: {detail})", {
           ...e,
@@ -361,8 +366,12 @@ function _start(
       metrics.accepted(l.name);
       // The connection limit and the address rules cost nothing to check: refuse at once.
       const remote = conn.remoteAddr as Deno.NetAddr;
+      // Behind a balancer (proxy_protocol) the session applies the address rules to the client
+      // its PROXY header names.
       const slot = active >= config.maxConnections
         ? "too_many_connections"
+        : l.proxyProtocol
+        ? null
         : policy.admitIp(remote.hostname);
       if (typeof slot === "string") {
         closeQuietly(conn);

@@ -92,6 +92,7 @@ Deno.test("config.example.yaml parses and states exactly the defaults", async ()
     .replace('# secret: "', 'secret: "')
     .replace("# tls_domain: www.example.com", "tls_domain: www.example.com")
     .replace("# allowed_protocols: [tls]", "allowed_protocols: [tls]")
+    .replace("# proxy_protocol: true", "proxy_protocol: true")
     .replace("# public_host:", "public_host:")
     .replace("# dc_addresses:", "dc_addresses:")
     .replace('#   "2":', '  "2":')
@@ -116,6 +117,7 @@ Deno.test("config.example.yaml parses and states exactly the defaults", async ()
   assertEquals(toHex(c.listeners[0]!.secret), HEX);
   assertEquals(c.listeners[0]!.tlsDomains, ["www.example.com"]);
   assertEquals(c.listeners[0]!.allowedProtocols, ["tls"]);
+  assertEquals(c.listeners[0]!.proxyProtocol, true);
   assertEquals(c.publicHost, "proxy.example.com");
   assertEquals(c.telegram.dcAddresses.get(-2), { host: "2001:67c:4e8:f002::a", port: 443 });
 });
@@ -641,4 +643,12 @@ Deno.test("policy: no limits and no lists by default; networks and SNIs are chec
   assertStringIncludes(problems[0]!, "policy.max_connections_per_ip: must be an integer");
   assertStringIncludes(problems[1]!, "policy.allow_ips[0]: must be an IP address or a network");
   assertStringIncludes(problems[2]!, "policy.deny_sni[0]: must be a host name");
+});
+
+Deno.test("listeners[].proxy_protocol: off by default, a boolean", () => {
+  const d = parseConfigDraft("listeners: [{ port: 1 }, { port: 2, proxy_protocol: true }]", "x");
+  assertEquals(d.listeners.map((l) => l.proxyProtocol), [false, true]);
+  const problems = problemsOf(() => parseConfig("listeners: [{ proxy_protocol: v2 }]", "x"));
+  assertEquals(problems.length, 1);
+  assertStringIncludes(problems[0]!, "listeners[0].proxy_protocol:");
 });

@@ -76,6 +76,7 @@ export function testConfig(options: TestConfigOptions = {}): Config {
     tlsDomains: options.tlsDomains ?? ["example.com"],
     allowedProtocols: allowed,
     tag: options.tag ?? null,
+    proxyProtocol: false,
   };
   const dcAddresses = new Map<number, HostPort>();
   for (const [id, port] of Object.entries(options.dcPorts ?? {})) {

@@ -30,6 +30,8 @@ export type RejectReason =
   | "fronting_loop"
   /** Middle-proxy mode: the client's first packet broke its transport's framing. */
   | "bad_frame"
+  /** A listener with proxy_protocol got no valid PROXY header from its balancer. */
+  | "bad_proxy_header"
   /** Policy: the client's address is denied (or not allowed). */
   | "ip_denied"
   /** Policy: the client's address already holds max_connections_per_ip connections. */

@@ -61,6 +61,7 @@ import { type DcRoute, routeDc } from "../telegram/dc.ts";
 import { type DcConnection, openDirect } from "../telegram/direct.ts";
 import type { CloseReason, EventSink, RejectReason } from "./events.ts";
 import type { ConnectionPolicy, PolicySlot } from "../guard/policy.ts";
+import { parseProxyHeader, type ProxySource } from "../protocol/proxy_protocol.ts";
 import {
   type ChunkInspector,
   type PumpEnd,
@@ -156,6 +157,12 @@ class HandshakeBuffer {
     return this.bytes.subarray(0, this.length);
   }
 
+  /** Forget the first `n` buffered bytes. */
+  drop(n: number): void {
+    this.bytes.copyWithin(0, n, this.length);
+    this.length -= n;
+  }
+
   /** Read until at least `n` bytes are buffered. */
   async fill(n: number): Promise<void> {
     while (this.length < n) {
@@ -208,7 +215,8 @@ interface RelayPlan {
 /** One client connection, from accept to close. */
 export class Session implements PumpHost, MiddleClient {
   readonly conn: Conn;
-  readonly peer: string;
+  /** The client's "host:port" for logs: the socket's, or the one a PROXY header named. */
+  peer: string;
   readonly startedAt: number = Date.now();
   /** "handshake" until the client is authenticated, "relay" once bytes flow to Telegram. */
   phase: "handshake" | "dialing" | "relay" | "done" = "handshake";
@@ -458,12 +466,13 @@ export class Session implements PumpHost, MiddleClient {
         detail: `no middle proxy is known for DC ${client.stream.dcId}`,
       });
     }
-    const remote = this.conn.remoteAddr as Deno.NetAddr;
+    const remote = this.#proxySource ??
+      { ip: (this.conn.remoteAddr as Deno.NetAddr).hostname, port: this.conn.remoteAddr.port };
     let handle: MiddleHandle;
     try {
       handle = await route.pool.acquire(this, {
         tag: client.stream.tag,
-        clientIp: remote.hostname,
+        clientIp: remote.ip,
         clientPort: remote.port,
         adTag: listener.tag,
       });
@@ -618,6 +627,8 @@ export class Session implements PumpHost, MiddleClient {
   #bytesFromClient = 0;
   #bytesToClient = 0;
   #sni: string | null = null;
+  /** The real client, when a PROXY protocol header named it. */
+  #proxySource: ProxySource | null = null;
   /** The slot this client holds under max_connections_per_sni, if it counts. */
   #sniSlot: PolicySlot | null = null;
   /** The slot under max_connections_per_ip; the server sets it and releases it at the end. */
@@ -638,9 +649,9 @@ export class Session implements PumpHost, MiddleClient {
     return this.#sni;
   }
 
-  /** The client's IP address as the socket reports it. */
+  /** The client's IP address: from the PROXY header if one named it, else the socket's. */
   get clientIp(): string {
-    return (this.conn.remoteAddr as Deno.NetAddr).hostname ?? "";
+    return this.#proxySource?.ip ?? (this.conn.remoteAddr as Deno.NetAddr).hostname ?? "";
   }
 
   /** Name of the listener that accepted this client. */
@@ -655,6 +666,7 @@ export class Session implements PumpHost, MiddleClient {
   async #authenticate(): Promise<Authenticated> {
     const hs = new HandshakeBuffer(this.conn);
     this.#hs = hs;
+    if (this.#ctx.listener.proxyProtocol) await this.#readProxyHeader(hs);
     await hs.fill(1);
     if (hs.bytes[0] === 0x16) await hs.fill(3);
     if (looksLikeTls(hs.view())) return await this.#authenticateTls(hs);
@@ -685,6 +697,30 @@ export class Session implements PumpHost, MiddleClient {
       throw refusal;
     }
     return { protocol, stream, tls: null, leftover: hs.view().slice(INIT_LEN) };
+  }
+
+  /**
+   * A balancer in front speaks first: take the real client from its PROXY header, drop the
+   * header (fronting must not pass it on), and apply the address rules the server could not.
+   */
+  async #readProxyHeader(hs: HandshakeBuffer): Promise<void> {
+    while (true) {
+      const step = parseProxyHeader(hs.view());
+      if (step.kind === "need") {
+        await hs.fill(step.atLeast);
+        continue;
+      }
+      if (step.kind === "reject") throw new Rejection("bad_proxy_header", { detail: step.reason });
+      hs.drop(step.length);
+      if (step.source) {
+        this.#proxySource = step.source;
+        this.peer = formatHostPort(step.source.ip, step.source.port);
+      }
+      const slot = this.#ctx.policy.admitIp(this.clientIp);
+      if (typeof slot === "string") throw new Rejection(slot);
+      this.ipSlot = slot;
+      return;
+    }
   }
 
   async #authenticateTls(hs: HandshakeBuffer): Promise<Authenticated> {

@@ -858,6 +858,7 @@ const LISTENER = _mapping({
   tls_domain: _list(_tlsDomain, "host names", { single: true }),
   allowed_protocols: _protocols,
   tag: _tag,
+  proxy_protocol: _bool,
 });
 
 /** The whole file. */
@@ -969,6 +970,7 @@ function _toDraft(p: Exclude<ReturnType<typeof ROOT>, Invalid>, c: _Checker): Co
       tlsDomains,
       allowedProtocols: l.allowed_protocols ?? allowedProtocols,
       tag: l.tag ?? null,
+      proxyProtocol: l.proxy_protocol ?? false,
     };
   });
 

@@ -32,6 +32,8 @@ export interface ListenerConfig {
   readonly allowedProtocols: readonly ClientProtocol[];
   /** Promotion (ad) tag from @MTProxybot, 16 bytes; null when unset. */
   readonly tag: Uint8Array | null;
+  /** Connections start with a PROXY protocol header (v1 or v2) naming the real client. */
+  readonly proxyProtocol: boolean;
 }
 
 /** Direct-mode Telegram settings. */

@@ -65,6 +65,8 @@ export interface TestClientOptions {
   maxPadding?: number;
   /** Largest ApplicationData payload the client sends (TDLib: 2878). @default 2878 */
   tlsRecordSize?: number;
+  /** Bytes written before the handshake, as a balancer's PROXY protocol header would be. */
+  preface?: Uint8Array;
 }
 
 /** Options for {@linkcode TestClient.send}. */
@@ -467,6 +469,7 @@ export async function connectTestClient(options: TestClientOptions): Promise<Tes
   const conn = await dial(options.host ?? "127.0.0.1", options.port, timeoutMs);
   const client = new _TestClient(conn, options, transport);
   try {
+    if (options.preface) await client.writeWire(options.preface);
     if (kind === "tls") await client.tlsHandshake(options, secret!, timeoutMs);
     if (!(options.deferInit ?? kind === "tls")) await client.flushInit();
   } catch (e) {
