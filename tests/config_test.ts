@@ -648,6 +648,14 @@ Deno.test("policy: no limits and no lists by default; networks and SNIs are chec
 Deno.test("listeners[].proxy_protocol: off by default, a boolean", () => {
   const d = parseConfigDraft("listeners: [{ port: 1 }, { port: 2, proxy_protocol: true }]", "x");
   assertEquals(d.listeners.map((l) => l.proxyProtocol), [false, true]);
+  // Behind an SNI-routing balancer, sni fronting could dial the balancer and loop: a warning.
+  assertEquals(d.warnings.length, 1);
+  assertStringIncludes(d.warnings[0]!, 'listeners[1].proxy_protocol: with fronting.mode "sni"');
+  const fixed = parseConfigDraft(
+    "listeners: [{ proxy_protocol: true }]\nfronting: { mode: '127.0.0.1:8443' }",
+    "x",
+  );
+  assertEquals(fixed.warnings, []);
   const problems = problemsOf(() => parseConfig("listeners: [{ proxy_protocol: v2 }]", "x"));
   assertEquals(problems.length, 1);
   assertStringIncludes(problems[0]!, "listeners[0].proxy_protocol:");

@@ -991,6 +991,14 @@ function _toDraft(p: Exclude<ReturnType<typeof ROOT>, Invalid>, c: _Checker): Co
       "not a loopback address: anyone who reaches it sees an HTTP server beside the proxy, which a censor can probe; prefer 127.0.0.1 (or firewall it)",
     );
   }
+  const frontingMode = p.fronting?.mode ?? DEFAULT_FRONTING_MODE;
+  const behind = listeners.findIndex((l) => l.proxyProtocol);
+  if (behind >= 0 && frontingMode === "sni") {
+    c.warn(
+      `listeners[${behind}].proxy_protocol`,
+      'with fronting.mode "sni" the proxy dials the SNI\'s host on port 443; if that is the balancer in front of it (routing by SNI), refused connections loop back here: set fronting.mode to the real site\'s backend "host:port" instead',
+    );
+  }
   const telegram: TelegramConfig = {
     dcAddresses,
     preferIpv6: p.telegram?.prefer_ipv6 ?? DEFAULT_PREFER_IPV6,
@@ -1036,7 +1044,7 @@ function _toDraft(p: Exclude<ReturnType<typeof ROOT>, Invalid>, c: _Checker): Co
       serverErrorFilter: p.replay?.server_error_filter ?? DEFAULT_SERVER_ERROR_FILTER,
     },
     fronting: {
-      mode: p.fronting?.mode ?? DEFAULT_FRONTING_MODE,
+      mode: frontingMode,
       connectTimeoutMs: p.fronting?.connect_timeout ?? DEFAULT_FRONTING_CONNECT_TIMEOUT_MS,
       allow: (p.fronting?.allow ?? []).map((d) => d.toLowerCase()),
     },
