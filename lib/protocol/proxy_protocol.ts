@@ -5,6 +5,7 @@
  *
  * @module
  */
+import { parseIp } from "./rpc.ts";
 
 /** A client address taken from the header. */
 export interface ProxySource {
@@ -91,9 +92,9 @@ function _v1(bytes: Uint8Array): ProxyHeaderStep {
   }
   const ip = parts[2]!;
   const port = _port(parts[4]!);
-  const v4 = /^\d{1,3}(\.\d{1,3}){3}$/.test(ip) && ip.split(".").every((o) => Number(o) <= 255);
-  const v6 = /^[0-9a-fA-F:.]+$/.test(ip) && ip.includes(":");
-  if (port === null || _port(parts[5]!) === null || (parts[1] === "TCP4" ? !v4 : !v6)) {
+  const address = parseIp(ip);
+  const familyOk = address !== null && (parts[1] === "TCP4") === !ip.includes(":");
+  if (port === null || _port(parts[5]!) === null || !familyOk) {
     return { kind: "reject", reason: `malformed v1 header ${JSON.stringify(line)}` };
   }
   return {
