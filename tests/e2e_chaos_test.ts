@@ -9,7 +9,7 @@
  * `MTP_CHAOS_SEED=N` replays the same sequence.
  */
 import { assert, assertEquals } from "./assert.ts";
-import { startTestProxy, TEST_SECRET, testConfig, until } from "./helpers.ts";
+import { seededRandom, startTestProxy, TEST_SECRET, testConfig, until } from "./helpers.ts";
 import { startFakeMiddleProxy } from "./kit/fake_middle_proxy.ts";
 import { startFakeCoreApi } from "./kit/fake_core_api.ts";
 import { startFakeDc } from "./kit/fake_dc.ts";
@@ -35,18 +35,6 @@ const GOOD_CLIENTS = 8; // half per listener
 const GOOD_ROUNDS = 25;
 const CHAOS_WORKERS = 16;
 const CHAOS_PER_WORKER = 14;
-
-/** mulberry32: a small seeded generator, so a failing sequence can be replayed. */
-function seeded(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 type Rng = () => number;
 const below = (rng: Rng, n: number) => Math.floor(rng() * n);
@@ -177,7 +165,7 @@ Deno.test("a crowd of misbehaving connections does not disturb good clients in d
     let echoed = 0;
 
     const good = async (i: number) => {
-      const rng = seeded(seed + 1000 + i);
+      const rng = seededRandom(seed + 1000 + i);
       const port = ports[i % 2]!;
       const client = await connectGood(port, rng);
       const what = `good client ${i} (${client.kind}/${client.transport}, ${
@@ -204,7 +192,7 @@ Deno.test("a crowd of misbehaving connections does not disturb good clients in d
       }
     };
     const crowd = async (w: number) => {
-      const rng = seeded(seed + w);
+      const rng = seededRandom(seed + w);
       const names = Object.keys(MISBEHAVIOURS);
       for (let i = 0; i < CHAOS_PER_WORKER; i++) {
         const name = pick(rng, names);

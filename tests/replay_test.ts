@@ -6,6 +6,7 @@ import {
   type ReplayCacheOptions,
 } from "../lib/guard/replay.ts";
 import { numberedKey, runReplayCacheContract } from "./contracts/replay_cache_contract.ts";
+import { seededRandom } from "./helpers.ts";
 
 runReplayCacheContract("createReplayCache", createReplayCache);
 runReplayCacheContract("acceptAllReplays", () => acceptAllReplays, {
@@ -106,18 +107,6 @@ class ReferenceCache {
   }
 }
 
-/** mulberry32: a small seeded generator, so a failing run can be repeated from its seed. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 interface PropertyRun {
   seed: number;
   /** Range of maxEntries. */
@@ -133,7 +122,7 @@ interface PropertyRun {
 
 function runAgainstModel(run: PropertyRun): void {
   const { seed, step, jump, calls } = run;
-  const random = prng(seed);
+  const random = seededRandom(seed);
   const int = (min: number, max: number) => min + Math.floor(random() * (max - min + 1));
   const options = { maxEntries: int(...run.maxEntries), maxAgeMs: int(...run.maxAgeMs) };
   const cache = createReplayCache(options);
