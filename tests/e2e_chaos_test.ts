@@ -9,9 +9,14 @@
  * `MTP_CHAOS_SEED=N` replays the same sequence.
  */
 import { assert, assertEquals } from "./assert.ts";
-import { seededRandom, startTestProxy, TEST_SECRET, testConfig, until } from "./helpers.ts";
-import { startFakeMiddleProxy } from "./kit/fake_middle_proxy.ts";
-import { startFakeCoreApi } from "./kit/fake_core_api.ts";
+import {
+  seededRandom,
+  startFakeTelegramMiddle,
+  startTestProxy,
+  TEST_SECRET,
+  testConfig,
+  until,
+} from "./helpers.ts";
 import { startFakeDc } from "./kit/fake_dc.ts";
 import {
   buildObfuscatedInit,
@@ -143,18 +148,14 @@ const MISBEHAVIOURS: Record<string, (port: number, rng: Rng) => Promise<void>> =
 
 Deno.test("a crowd of misbehaving connections does not disturb good clients in direct or middle mode", async () => {
   const seed = Number(Deno.env.get("MTP_CHAOS_SEED") ?? Math.floor(Math.random() * 2 ** 31));
-  const proxySecret = randomBytes(128);
-  const mp = await startFakeMiddleProxy({ proxySecret, mode: "echo", expectedAdTag: AD_TAG });
-  const core = startFakeCoreApi({
-    proxySecret,
-    configV4: `default 2;\nproxy_for 2 127.0.0.1:${mp.port};\n`,
-  });
+  await using telegram = await startFakeTelegramMiddle(AD_TAG, "echo");
+  const { mp } = telegram;
   const dc = await startFakeDc({ mode: "echo" });
   try {
     await using proxy = await startTestProxy(testConfig({
       tag: AD_TAG, // listener "test": middle mode
       listeners: [{ tag: null }], // listener "test2": direct mode
-      proxyUrls: { secret: core.urls.secretUrl, config: core.urls.configUrl },
+      proxyUrls: telegram.proxyUrls,
       dcPorts: { 2: dc.port },
       handshakeMs: 1000,
       pool: { maxClientUnackedBytes: 256 * 1024 },
@@ -231,8 +232,6 @@ Deno.test("a crowd of misbehaving connections does not disturb good clients in d
     // The middle proxy never saw a broken message from us.
     assertEquals(mp.events.filter((e) => e.type === "unexpected"), [], summary);
   } finally {
-    await mp.close();
-    await core.close();
     await dc.close();
   }
 });

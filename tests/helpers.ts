@@ -15,6 +15,7 @@ import type {
 } from "../lib/config/types.ts";
 import type { ProxyEvent } from "../lib/client/events.ts";
 import {
+  DEFAULT_POLICY,
   DEFAULT_POOL_CLIENTS_PER_CONNECTION,
   DEFAULT_POOL_MAX_CLIENT_UNACKED_BYTES,
   DEFAULT_POOL_MAX_UNACKED_BYTES,
@@ -23,6 +24,13 @@ import {
 } from "../lib/config/defaults.ts";
 import type { MiddleConnectOptions } from "../lib/telegram/middle.ts";
 import { type ServerHandle, startServer } from "../lib/server.ts";
+import { randomBytes } from "../lib/crypto.ts";
+import {
+  type FakeMiddleMode,
+  type FakeMiddleProxy,
+  startFakeMiddleProxy,
+} from "./kit/fake_middle_proxy.ts";
+import { type FakeCoreApi, startFakeCoreApi } from "./kit/fake_core_api.ts";
 
 /** The secret most tests use. */
 export const TEST_SECRET: Uint8Array = Uint8Array.from(
@@ -138,15 +146,7 @@ export function testConfig(options: TestConfigOptions = {}): Config {
     },
     perSniSecrets: options.perSniSecrets ?? false,
     perSniSalt: options.perSniSalt ?? "mtproto-proxy-per-sni-v1",
-    policy: {
-      maxConnectionsPerIp: 0,
-      maxConnectionsPerSni: 0,
-      allowIps: [],
-      denyIps: [],
-      allowSni: [],
-      denySni: [],
-      ...options.policy,
-    },
+    policy: { ...DEFAULT_POLICY, ...options.policy },
     metrics: { listen: options.metricsListen ?? null },
   };
 }
@@ -242,5 +242,36 @@ export function seededRandom(seed: number): () => number {
     t = Math.imul(t ^ (t >>> 15), t | 1);
     t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
     return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** A fake middle proxy serving DC 2, and the fake core API whose config points at it. */
+export interface FakeTelegramMiddle {
+  readonly mp: FakeMiddleProxy;
+  readonly core: FakeCoreApi;
+  /** For {@linkcode TestConfigOptions.proxyUrls}. */
+  readonly proxyUrls: { secret: string; config: string };
+  [Symbol.asyncDispose](): Promise<void>;
+}
+
+/** Start a {@linkcode FakeTelegramMiddle} that checks `adTag`; dispose it with `await using`. */
+export async function startFakeTelegramMiddle(
+  adTag: Uint8Array,
+  mode: FakeMiddleMode = "mtproto",
+): Promise<FakeTelegramMiddle> {
+  const proxySecret = randomBytes(128);
+  const mp = await startFakeMiddleProxy({ proxySecret, expectedAdTag: adTag, mode });
+  const core = startFakeCoreApi({
+    proxySecret,
+    configV4: `default 2;\nproxy_for 2 127.0.0.1:${mp.port};\n`,
+  });
+  return {
+    mp,
+    core,
+    proxyUrls: { secret: core.urls.secretUrl, config: core.urls.configUrl },
+    async [Symbol.asyncDispose]() {
+      await mp.close();
+      await core.close();
+    },
   };
 }

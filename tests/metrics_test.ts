@@ -3,10 +3,14 @@
  * proxy in direct and middle-proxy mode, scraped over real sockets.
  */
 import { assert, assertEquals, assertRejects, assertStringIncludes } from "./assert.ts";
-import { startTestProxy, TEST_SECRET, testConfig, until } from "./helpers.ts";
+import {
+  startFakeTelegramMiddle,
+  startTestProxy,
+  TEST_SECRET,
+  testConfig,
+  until,
+} from "./helpers.ts";
 import { startFakeDc } from "./kit/fake_dc.ts";
-import { startFakeMiddleProxy } from "./kit/fake_middle_proxy.ts";
-import { startFakeCoreApi } from "./kit/fake_core_api.ts";
 import { connectTestClient, openRawConnection } from "./kit/test_client.ts";
 import { Metrics, type MetricsSnapshot } from "../lib/ops/metrics.ts";
 import { randomBytes } from "../lib/crypto.ts";
@@ -206,39 +210,29 @@ Deno.test("GET /metrics on a running proxy counts accepted, refused, relayed and
 });
 
 Deno.test("GET /metrics shows the middle-proxy pools and their clients", async () => {
-  const proxySecret = randomBytes(128);
   const tag = Uint8Array.from({ length: 16 }, (_, i) => i + 1);
-  const mp = await startFakeMiddleProxy({ proxySecret, expectedAdTag: tag });
-  const core = startFakeCoreApi({
-    proxySecret,
-    configV4: `default 2;\nproxy_for 2 127.0.0.1:${mp.port};\n`,
+  await using telegram = await startFakeTelegramMiddle(tag);
+  await using proxy = await startTestProxy(testConfig({
+    tag,
+    proxyUrls: telegram.proxyUrls,
+    metricsListen: { host: "127.0.0.1", port: 0 },
+  }));
+  const port = proxy.server.metricsAddress!.port;
+  const client = await connectTestClient({
+    port: proxy.port,
+    secret: TEST_SECRET,
+    kind: "dd",
+    dcId: 2,
   });
-  try {
-    await using proxy = await startTestProxy(testConfig({
-      tag,
-      proxyUrls: { secret: core.urls.secretUrl, config: core.urls.configUrl },
-      metricsListen: { host: "127.0.0.1", port: 0 },
-    }));
-    const port = proxy.server.metricsAddress!.port;
-    const client = await connectTestClient({
-      port: proxy.port,
-      secret: TEST_SECRET,
-      kind: "dd",
-      dcId: 2,
-    });
-    await client.reqPq();
-    const s = parse((await scrape(port)).body);
-    assertEquals(s.get('mtproxy_middle_connections{dc="2"}'), proxy.server.middleConnections());
-    assert(s.get('mtproxy_middle_connections{dc="2"}')! >= 1);
-    assertEquals(s.get('mtproxy_middle_clients{dc="2"}'), 1);
-    await client.close();
-    await until(() => proxy.server.middleStats().clients === 0, "the client to leave its pool");
-    const after = parse((await scrape(port)).body);
-    assertEquals(after.get('mtproxy_middle_clients{dc="2"}'), 0);
-  } finally {
-    await mp.close();
-    await core.close();
-  }
+  await client.reqPq();
+  const s = parse((await scrape(port)).body);
+  assertEquals(s.get('mtproxy_middle_connections{dc="2"}'), proxy.server.middleConnections());
+  assert(s.get('mtproxy_middle_connections{dc="2"}')! >= 1);
+  assertEquals(s.get('mtproxy_middle_clients{dc="2"}'), 1);
+  await client.close();
+  await until(() => proxy.server.middleStats().clients === 0, "the client to leave its pool");
+  const after = parse((await scrape(port)).body);
+  assertEquals(after.get('mtproxy_middle_clients{dc="2"}'), 0);
 });
 
 Deno.test("a metrics address that cannot be bound fails the start with the address named", async () => {

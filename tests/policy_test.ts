@@ -15,6 +15,7 @@ import {
   type PolicySlot,
 } from "../lib/guard/policy.ts";
 import type { PolicyConfig } from "../lib/config/types.ts";
+import { DEFAULT_POLICY } from "../lib/config/defaults.ts";
 import type { ProxyEvent } from "../lib/client/events.ts";
 
 const hex = (b: Uint8Array) => Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
@@ -74,15 +75,7 @@ Deno.test("ipKey counts an IPv4 address alone and IPv6 per /64", () => {
 });
 
 function policy(overrides: Partial<PolicyConfig>): ConnectionPolicy {
-  return new ConnectionPolicy({
-    maxConnectionsPerIp: 0,
-    maxConnectionsPerSni: 0,
-    allowIps: [],
-    denyIps: [],
-    allowSni: [],
-    denySni: [],
-    ...overrides,
-  });
+  return new ConnectionPolicy({ ...DEFAULT_POLICY, ...overrides });
 }
 
 function slot(s: PolicySlot | string): PolicySlot {
@@ -315,14 +308,7 @@ Deno.test("updatePolicy closes the clients the new lists refuse, with reason pol
     for (const c of open) await c.reqPq();
     // A connection still in its handshake when the rules change is refused as well.
     const waiting = await openRawConnection(proxy.port);
-    const rules = {
-      maxConnectionsPerIp: 0,
-      maxConnectionsPerSni: 0,
-      allowIps: [],
-      denyIps: [],
-      allowSni: [],
-      denySni: ["a.example"],
-    };
+    const rules = { ...DEFAULT_POLICY, denySni: ["a.example"] };
     assertEquals(proxy.server.updatePolicy(rules), 1);
     await alice.closed();
     await proxy.waitForEvent((e) => e.type === "closed" && e.reason === "policy");

@@ -3,10 +3,14 @@
  * listeners with `proxy_protocol` through real sockets, in direct and middle-proxy mode.
  */
 import { assert, assertEquals, assertRejects } from "./assert.ts";
-import { startTestProxy, TEST_SECRET, testConfig, until } from "./helpers.ts";
+import {
+  startFakeTelegramMiddle,
+  startTestProxy,
+  TEST_SECRET,
+  testConfig,
+  until,
+} from "./helpers.ts";
 import { startFakeDc } from "./kit/fake_dc.ts";
-import { startFakeMiddleProxy } from "./kit/fake_middle_proxy.ts";
-import { startFakeCoreApi } from "./kit/fake_core_api.ts";
 import {
   buildSignedHello,
   connectTestClient,
@@ -239,33 +243,23 @@ Deno.test("a fronted connection behind a balancer reaches the site without the P
 });
 
 Deno.test("middle-proxy mode sends Telegram the client address from the PROXY header", async () => {
-  const proxySecret = randomBytes(128);
   const tag = Uint8Array.from({ length: 16 }, (_, i) => 0x40 + i);
-  const mp = await startFakeMiddleProxy({ proxySecret, expectedAdTag: tag });
-  const core = startFakeCoreApi({
-    proxySecret,
-    configV4: `default 2;\nproxy_for 2 127.0.0.1:${mp.port};\n`,
+  await using telegram = await startFakeTelegramMiddle(tag);
+  await using proxy = await startTestProxy(testConfig({
+    tag,
+    listeners: [{ proxyProtocol: true, tag }],
+    proxyUrls: telegram.proxyUrls,
+  }));
+  const client = await connectTestClient({
+    port: proxy.server.addresses[1]!.port,
+    secret: TEST_SECRET,
+    kind: "dd",
+    dcId: 2,
+    preface: text("PROXY TCP4 203.0.113.9 192.0.2.1 44321 443\r\n"),
   });
-  try {
-    await using proxy = await startTestProxy(testConfig({
-      tag,
-      listeners: [{ proxyProtocol: true, tag }],
-      proxyUrls: { secret: core.urls.secretUrl, config: core.urls.configUrl },
-    }));
-    const client = await connectTestClient({
-      port: proxy.server.addresses[1]!.port,
-      secret: TEST_SECRET,
-      kind: "dd",
-      dcId: 2,
-      preface: text("PROXY TCP4 203.0.113.9 192.0.2.1 44321 443\r\n"),
-    });
-    await client.reqPq();
-    const req = mp.events.find((e) => e.type === "proxy_req");
-    assert(req && req.type === "proxy_req");
-    assertEquals([req.clientIp, req.clientPort], ["203.0.113.9", 44321]);
-    await client.close();
-  } finally {
-    await mp.close();
-    await core.close();
-  }
+  await client.reqPq();
+  const req = telegram.mp.events.find((e) => e.type === "proxy_req");
+  assert(req && req.type === "proxy_req");
+  assertEquals([req.clientIp, req.clientPort], ["203.0.113.9", 44321]);
+  await client.close();
 });

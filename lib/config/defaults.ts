@@ -4,7 +4,7 @@
  *
  * @module
  */
-import type { ClientProtocol, LogLevel } from "./types.ts";
+import type { ClientProtocol, LogLevel, PolicyConfig } from "./types.ts";
 
 /** Listening port: unprivileged, so a first run needs no root; production usually maps 443. */
 export const DEFAULT_PORT = 1443;
@@ -124,3 +124,13 @@ export const DEFAULT_POOL_MAX_UNACKED_BYTES = 300 * 30 * 1024;
 export const DEFAULT_POOL_MAX_UNACKED_PACKETS = 600;
 /** One slow client may hold this much undelivered data; past it, it is dropped. */
 export const DEFAULT_POOL_MAX_CLIENT_UNACKED_BYTES = 1024 * 1024;
+
+/** No connection limits and no lists: the proxy serves whoever holds the secret. */
+export const DEFAULT_POLICY: PolicyConfig = Object.freeze({
+  maxConnectionsPerIp: 0,
+  maxConnectionsPerSni: 0,
+  allowIps: Object.freeze([]),
+  denyIps: Object.freeze([]),
+  allowSni: Object.freeze([]),
+  denySni: Object.freeze([]),
+});
