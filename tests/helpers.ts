@@ -25,6 +25,7 @@ import {
 import type { MiddleConnectOptions } from "../lib/telegram/middle.ts";
 import { type ServerHandle, startServer } from "../lib/server.ts";
 import { randomBytes } from "../lib/crypto.ts";
+import { concatBytes } from "../lib/protocol/bytes.ts";
 import {
   type FakeMiddleMode,
   type FakeMiddleProxy,
@@ -272,6 +273,36 @@ export async function startFakeTelegramMiddle(
     async [Symbol.asyncDispose]() {
       await mp.close();
       await core.close();
+    },
+  };
+}
+
+/** A TCP server on 127.0.0.1 that keeps every byte it is sent: a stand-in fronting target. */
+export interface ByteSink {
+  readonly port: number;
+  /** Everything received so far, over all connections, in arrival order. */
+  received(): Uint8Array;
+  [Symbol.asyncDispose](): Promise<void>;
+}
+
+/** Start a {@linkcode ByteSink}; dispose it with `await using`. */
+export function startByteSink(): ByteSink {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const chunks: Uint8Array[] = [];
+  const serving = (async () => {
+    for await (const conn of listener) {
+      const buf = new Uint8Array(4096);
+      let n: number | null;
+      while ((n = await conn.read(buf).catch(() => null)) !== null) chunks.push(buf.slice(0, n));
+      conn.close();
+    }
+  })();
+  return {
+    port: (listener.addr as Deno.NetAddr).port,
+    received: () => concatBytes(chunks),
+    async [Symbol.asyncDispose]() {
+      listener.close();
+      await serving.catch(() => {});
     },
   };
 }

@@ -3,7 +3,7 @@
  * applied by a running proxy to real connections.
  */
 import { assert, assertEquals, assertRejects } from "./assert.ts";
-import { startTestProxy, TEST_SECRET, testConfig, until } from "./helpers.ts";
+import { startByteSink, startTestProxy, TEST_SECRET, testConfig, until } from "./helpers.ts";
 import { startFakeDc } from "./kit/fake_dc.ts";
 import { connectTestClient, openRawConnection, type TestClient } from "./kit/test_client.ts";
 import {
@@ -250,40 +250,25 @@ Deno.test("max_connections_per_sni and deny_sni apply to fake-TLS clients that h
 });
 
 Deno.test("a refused SNI is fronted like any connection that cannot be a client", async () => {
-  // The fronting target: a TCP server that keeps what it receives.
-  const site = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const received: number[] = [];
-  const serving = (async () => {
-    for await (const conn of site) {
-      const buf = new Uint8Array(4096);
-      let n: number | null;
-      while ((n = await conn.read(buf).catch(() => null)) !== null) received.push(n);
-      conn.close();
-    }
-  })();
-  try {
-    await using proxy = await startTestProxy(testConfig({
-      tlsDomains: ["a.example"],
-      fronting: { host: "127.0.0.1", port: (site.addr as Deno.NetAddr).port },
-      policy: { denySni: ["a.example"] },
-    }));
-    await assertRejects(() =>
-      connectTestClient({
-        port: proxy.port,
-        secret: TEST_SECRET,
-        kind: "tls",
-        dcId: 2,
-        sni: "a.example",
-        connectTimeoutMs: 1000,
-      })
-    );
-    const fronted = await proxy.waitForEvent((e) => e.type === "fronted");
-    assertEquals(fronted.type === "fronted" && fronted.reason, "sni_denied");
-    await until(() => received.length > 0, "the hello to reach the site");
-  } finally {
-    site.close();
-    await serving.catch(() => {});
-  }
+  await using site = startByteSink();
+  await using proxy = await startTestProxy(testConfig({
+    tlsDomains: ["a.example"],
+    fronting: { host: "127.0.0.1", port: site.port },
+    policy: { denySni: ["a.example"] },
+  }));
+  await assertRejects(() =>
+    connectTestClient({
+      port: proxy.port,
+      secret: TEST_SECRET,
+      kind: "tls",
+      dcId: 2,
+      sni: "a.example",
+      connectTimeoutMs: 1000,
+    })
+  );
+  const fronted = await proxy.waitForEvent((e) => e.type === "fronted");
+  assertEquals(fronted.type === "fronted" && fronted.reason, "sni_denied");
+  await until(() => site.received().length > 0, "the hello to reach the site");
 });
 
 Deno.test("updatePolicy closes the clients the new lists refuse, with reason policy, and no others", async () => {

@@ -4,6 +4,7 @@
  */
 import { assert, assertEquals, assertRejects } from "./assert.ts";
 import {
+  startByteSink,
   startFakeTelegramMiddle,
   startTestProxy,
   TEST_SECRET,
@@ -205,41 +206,21 @@ Deno.test("a connection without a valid PROXY header is closed and logged; other
 });
 
 Deno.test("a fronted connection behind a balancer reaches the site without the PROXY header", async () => {
-  const site = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const received: Uint8Array[] = [];
-  const serving = (async () => {
-    for await (const conn of site) {
-      const buf = new Uint8Array(4096);
-      let n: number | null;
-      while ((n = await conn.read(buf).catch(() => null)) !== null) received.push(buf.slice(0, n));
-      conn.close();
-    }
-  })();
-  try {
-    await using proxy = await startTestProxy(testConfig({
-      listeners: [BEHIND],
-      fronting: { host: "127.0.0.1", port: (site.addr as Deno.NetAddr).port },
-    }));
-    const raw = await openRawConnection(proxy.server.addresses[1]!.port);
-    const hello = buildSignedHello(randomBytes(16), { sni: "example.com" }); // wrong secret
-    await raw.write(
-      new Uint8Array([...text("PROXY TCP4 203.0.113.7 192.0.2.1 5 443\r\n"), ...hello]),
-    );
-    await until(
-      () => received.reduce((n, b) => n + b.length, 0) >= hello.length,
-      "the hello to reach the site",
-    );
-    const got = new Uint8Array(received.reduce((n, b) => n + b.length, 0));
-    let at = 0;
-    for (const b of received) got.set(b, (at += b.length) - b.length);
-    assertEquals(got.subarray(0, hello.length), hello);
-    const fronted = await proxy.waitForEvent((e) => e.type === "fronted");
-    assertEquals(fronted.peer, "203.0.113.7:5");
-    await raw.close();
-  } finally {
-    site.close();
-    await serving.catch(() => {});
-  }
+  await using site = startByteSink();
+  await using proxy = await startTestProxy(testConfig({
+    listeners: [BEHIND],
+    fronting: { host: "127.0.0.1", port: site.port },
+  }));
+  const raw = await openRawConnection(proxy.server.addresses[1]!.port);
+  const hello = buildSignedHello(randomBytes(16), { sni: "example.com" }); // wrong secret
+  await raw.write(
+    new Uint8Array([...text("PROXY TCP4 203.0.113.7 192.0.2.1 5 443\r\n"), ...hello]),
+  );
+  await until(() => site.received().length >= hello.length, "the hello to reach the site");
+  assertEquals(site.received().subarray(0, hello.length), hello);
+  const fronted = await proxy.waitForEvent((e) => e.type === "fronted");
+  assertEquals(fronted.peer, "203.0.113.7:5");
+  await raw.close();
 });
 
 Deno.test("middle-proxy mode sends Telegram the client address from the PROXY header", async () => {
