@@ -356,31 +356,7 @@ async function _startProxy(env: Env): Promise<Middle> {
   const port = _freePort();
   const configPath = `${env.tmp}/config-${++proxyStarts}.yaml`;
   await Deno.writeTextFile(configPath, _configYaml(env.dc.port, port));
-  if (env.proxyKind === "cli") {
-    const child = new Child("proxy", [
-      "run",
-      "--allow-all",
-      ..._v8Flags(env),
-      `${ROOT}main.ts`,
-      "run",
-      "--config",
-      configPath,
-    ]);
-    await child.waitForLine(new RegExp(`^listening on 127\\.0\\.0\\.1:${port}\\b`), 60_000);
-    const middle = { child, port };
-    _warnIfForked(middle);
-    return middle;
-  }
-  const child = new Child("proxy", [
-    "run",
-    "--allow-all",
-    ..._v8Flags(env, ["--expose-gc"]),
-    script("bench_proxy.ts"),
-    "--config",
-    configPath,
-  ]);
-  const m = await child.waitForLine(/^listening (\d+)$/, 60_000);
-  return { child, port: Number(m[1]) };
+  return { child: await _spawnProxy(env, "proxy", configPath, [port]), port };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -810,32 +786,7 @@ async function _startMiddleProxy(env: Env, fakes: MiddleFakes): Promise<MiddleMo
     configPath,
     _middleConfigYaml(env.dc.port, directPort, middlePort, fakes.origin),
   );
-  if (env.proxyKind === "cli") {
-    const child = new Child("proxy (middle mode)", [
-      "run",
-      "--allow-all",
-      ..._v8Flags(env),
-      `${ROOT}main.ts`,
-      "run",
-      "--config",
-      configPath,
-    ]);
-    for (const port of [directPort, middlePort]) {
-      await child.waitForLine(new RegExp(`^listening on 127\\.0\\.0\\.1:${port}\\b`), 60_000);
-    }
-    const proxy = { child, port: middlePort, directPort };
-    _warnIfForked(proxy);
-    return proxy;
-  }
-  const child = new Child("proxy (middle mode)", [
-    "run",
-    "--allow-all",
-    ..._v8Flags(env, ["--expose-gc"]),
-    script("bench_proxy.ts"),
-    "--config",
-    configPath,
-  ]);
-  await child.waitForLine(/^listening (\d+)$/, 60_000);
+  const child = await _spawnProxy(env, "proxy (middle mode)", configPath, [directPort, middlePort]);
   return { child, port: middlePort, directPort };
 }
 
@@ -1455,13 +1406,51 @@ async function _machineBusy(ms: number): Promise<number | null> {
 }
 
 /** `deno run` should be the process itself; a child would escape the CPU and RSS readings. */
-function _warnIfForked(middle: Middle): void {
+/**
+ * Start the proxy on `configPath`: `mtproxy run` (proxyKind "cli") or the in-process wrapper,
+ * and wait until every port in `ports` listens.
+ */
+async function _spawnProxy(
+  env: Env,
+  name: string,
+  configPath: string,
+  ports: readonly number[],
+): Promise<Child> {
+  if (env.proxyKind === "cli") {
+    const child = new Child(name, [
+      "run",
+      "--allow-all",
+      ..._v8Flags(env),
+      `${ROOT}main.ts`,
+      "run",
+      "--config",
+      configPath,
+    ]);
+    for (const port of ports) {
+      await child.waitForLine(new RegExp(`^listening on 127\\.0\\.0\\.1:${port}\\b`), 60_000);
+    }
+    _warnIfForked(child);
+    return child;
+  }
+  const child = new Child(name, [
+    "run",
+    "--allow-all",
+    ..._v8Flags(env, ["--expose-gc"]),
+    script("bench_proxy.ts"),
+    "--config",
+    configPath,
+  ]);
+  await child.waitForLine(/^listening (\d+)$/, 60_000);
+  return child;
+}
+
+function _warnIfForked(child: Child): void {
   try {
-    const pid = middle.child.pid;
+    const pid = child.pid;
     const kids = Deno.readTextFileSync(`/proc/${pid}/task/${pid}/children`).trim();
     if (kids) {
       console.error(
-        `bench: warning: ${middle.child.name} (pid ${pid}) has child processes ${kids}; ` +
+        `bench: warning: ${child.name} (pid ${pid}) has child processes ${kids}; ` +
           "its CPU and memory figures miss them",
       );
     }
