@@ -183,3 +183,42 @@ export async function pumpInto(
 export function delay(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
+
+/**
+ * Waits for conditions on a fake server's state: `changed()` after every change re-checks them,
+ * so no test polls.
+ */
+export class ChangeWaiters {
+  readonly #waiters = new Set<() => void>();
+
+  /** `what` names the server in the timeout error. */
+  constructor(readonly what: string) {}
+
+  /** Resolve once `condition` holds; reject after `timeoutMs`. */
+  wait(condition: () => boolean, timeoutMs: number): Promise<void> {
+    if (condition()) return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      const check = () => {
+        if (condition()) {
+          cleanup();
+          resolve();
+        }
+      };
+      const timer = setTimeout(() => {
+        cleanup();
+        reject(new Error(`Timed out after ${timeoutMs} ms waiting for the ${this.what}`));
+      }, timeoutMs);
+      const cleanup = () => {
+        clearTimeout(timer);
+        this.#waiters.delete(check);
+      };
+      this.#waiters.add(check);
+    });
+  }
+
+  /** The state changed: re-check every pending condition. */
+  changed(): void {
+    if (this.#waiters.size === 0) return;
+    for (const w of [...this.#waiters]) w();
+  }
+}

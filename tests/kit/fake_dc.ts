@@ -13,7 +13,7 @@ import { randomBytes, type StreamCipher } from "../../lib/crypto.ts";
 import { openClientInit, type TransportTag } from "../../lib/protocol/obfuscated2.ts";
 import { decodeFrame, encodeFrame } from "../../lib/protocol/framing.ts";
 import { isReqDhParams, parseReqPq, parseUnencrypted, resPq } from "./tl.ts";
-import { closeQuietly, isClosedError, writeAll } from "./_io.ts";
+import { ChangeWaiters, closeQuietly, isClosedError, writeAll } from "./_io.ts";
 
 /** What the fake DC does with each connection. */
 export type FakeDcMode = "mtproto" | "echo" | "silent" | "close";
@@ -95,7 +95,7 @@ class _FakeDc implements FakeDc {
   #conns = new Set<Deno.TcpConn>();
   #handlers = new Set<Promise<void>>();
   #acceptLoop: Promise<void>;
-  #waiters = new Set<() => void>();
+  readonly #waiters = new ChangeWaiters("fake DC");
   #closing: Promise<void> | null = null;
 
   constructor(listener: Deno.TcpListener, mode: FakeDcMode) {
@@ -121,12 +121,12 @@ class _FakeDc implements FakeDc {
     timeoutMs = DEFAULT_WAIT_MS,
   ): Promise<FakeDcEvent> {
     let found: FakeDcEvent | undefined;
-    await this.#wait(() => (found = this.events.find(predicate)) !== undefined, timeoutMs);
+    await this.#waiters.wait(() => (found = this.events.find(predicate)) !== undefined, timeoutMs);
     return found!;
   }
 
   waitUntil(condition: () => boolean, timeoutMs = DEFAULT_WAIT_MS): Promise<void> {
-    return this.#wait(condition, timeoutMs);
+    return this.#waiters.wait(condition, timeoutMs);
   }
 
   close(): Promise<void> {
@@ -139,34 +139,9 @@ class _FakeDc implements FakeDc {
     return this.#closing;
   }
 
-  #wait(condition: () => boolean, timeoutMs: number): Promise<void> {
-    if (condition()) return Promise.resolve();
-    return new Promise((resolve, reject) => {
-      const check = () => {
-        if (condition()) {
-          cleanup();
-          resolve();
-        }
-      };
-      const timer = setTimeout(() => {
-        cleanup();
-        reject(new Error(`Timed out after ${timeoutMs} ms waiting for the fake DC`));
-      }, timeoutMs);
-      const cleanup = () => {
-        clearTimeout(timer);
-        this.#waiters.delete(check);
-      };
-      this.#waiters.add(check);
-    });
-  }
-
-  #changed(): void {
-    for (const w of [...this.#waiters]) w();
-  }
-
   #record(e: FakeDcEvent): void {
     this.events.push(e);
-    this.#changed();
+    this.#waiters.changed();
   }
 
   async #accept(): Promise<void> {
@@ -183,7 +158,7 @@ class _FakeDc implements FakeDc {
       }
       const id = ++this.accepted;
       this.#conns.add(conn);
-      this.#changed();
+      this.#waiters.changed();
       const handler = this.#serve(conn, id).finally(() => {
         closeQuietly(conn);
         this.#conns.delete(conn);

@@ -44,7 +44,7 @@ import {
 } from "../../lib/protocol/rpc.ts";
 import type { TransportTag } from "../../lib/protocol/obfuscated2.ts";
 import { isReqDhParams, parseReqPq, parseUnencrypted, resPq } from "./tl.ts";
-import { closeQuietly, isClosedError, writeAll } from "./_io.ts";
+import { ChangeWaiters, closeQuietly, isClosedError, writeAll } from "./_io.ts";
 
 /** What the fake does with PROXY_REQ payloads. */
 export type FakeMiddleMode = "mtproto" | "echo";
@@ -406,7 +406,7 @@ class _FakeMiddleProxy implements FakeMiddleProxy {
   readonly #listener: Deno.TcpListener;
   readonly #conns = new Map<number, _Conn>();
   readonly #acceptLoop: Promise<void>;
-  readonly #waiters = new Set<() => void>();
+  readonly #waiters = new ChangeWaiters("fake middle proxy");
   #closing: Promise<void> | null = null;
   #refuse = false;
   #handshakeError: number | null;
@@ -461,7 +461,7 @@ class _FakeMiddleProxy implements FakeMiddleProxy {
     let found: FakeMiddleEvent | undefined;
     let scanned: FakeMiddleEvent[] = this.events;
     let checked = 0;
-    await this.#wait(() => {
+    await this.#waiters.wait(() => {
       // Only look at events recorded since the last check (clearEvents restarts the scan).
       if (scanned !== this.events) {
         scanned = this.events;
@@ -479,7 +479,7 @@ class _FakeMiddleProxy implements FakeMiddleProxy {
   }
 
   waitUntil(condition: () => boolean, timeoutMs = DEFAULT_WAIT_MS): Promise<void> {
-    return this.#wait(condition, timeoutMs);
+    return this.#waiters.wait(condition, timeoutMs);
   }
 
   clearEvents(): void {
@@ -507,7 +507,7 @@ class _FakeMiddleProxy implements FakeMiddleProxy {
     const c = this.#live()[index];
     if (c === undefined) return null;
     c.close("test");
-    this.#changed();
+    this.#waiters.changed();
     await c.done;
     return c.id;
   }
@@ -524,7 +524,7 @@ class _FakeMiddleProxy implements FakeMiddleProxy {
   async closeAll(): Promise<number> {
     const all = [...this.#conns.values()].filter((c) => !c.closed);
     for (const c of all) c.close("test");
-    this.#changed();
+    this.#waiters.changed();
     await Promise.all(all.map((c) => c.done));
     return all.length;
   }
@@ -537,7 +537,7 @@ class _FakeMiddleProxy implements FakeMiddleProxy {
     } else {
       this.#gate.resolve();
     }
-    this.#changed();
+    this.#waiters.changed();
   }
 
   sendToClient(
@@ -623,35 +623,9 @@ class _FakeMiddleProxy implements FakeMiddleProxy {
     throw new Error(`No live RPC connection knows conn_id ${connId}`);
   }
 
-  #wait(condition: () => boolean, timeoutMs: number): Promise<void> {
-    if (condition()) return Promise.resolve();
-    return new Promise((resolve, reject) => {
-      const check = () => {
-        if (condition()) {
-          cleanup();
-          resolve();
-        }
-      };
-      const timer = setTimeout(() => {
-        cleanup();
-        reject(new Error(`Timed out after ${timeoutMs} ms waiting for the fake middle proxy`));
-      }, timeoutMs);
-      const cleanup = () => {
-        clearTimeout(timer);
-        this.#waiters.delete(check);
-      };
-      this.#waiters.add(check);
-    });
-  }
-
-  #changed(): void {
-    if (this.#waiters.size === 0) return;
-    for (const w of [...this.#waiters]) w();
-  }
-
   #record(e: FakeMiddleEvent): void {
     this.events.push(e);
-    this.#changed();
+    this.#waiters.changed();
   }
 
   async #accept(): Promise<void> {
@@ -680,7 +654,7 @@ class _FakeMiddleProxy implements FakeMiddleProxy {
           handshakeOk: c.codec !== null,
         });
       });
-      this.#changed();
+      this.#waiters.changed();
     }
   }
 
@@ -808,7 +782,7 @@ class _FakeMiddleProxy implements FakeMiddleProxy {
     if (frames.length === 0) return !c.closed;
     const out: FullBody[] = [];
     for (const body of frames) this.#onRpc(c, body, out);
-    this.#changed(); // Counters moved (echo mode records no per-packet events).
+    this.#waiters.changed(); // Counters moved (echo mode records no per-packet events).
     if (out.length === 0 || c.closed) return !c.closed;
     try {
       await c.sendReusing(out);
