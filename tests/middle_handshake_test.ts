@@ -45,13 +45,20 @@ function closeStep(step: HandshakeStep): void {
 // ---------------------------------------------------------------------------------------------
 // Vectors
 
-Deno.test("deriveMiddleKeys matches middle_key_derivation_ipv4 both ways", () => {
-  const v = vector("middle_key_derivation_ipv4");
-  const keys = deriveMiddleKeys({
+/** The secret, nonces and time of a key-derivation vector. */
+function nonceInputs(v: ReturnType<typeof vector>) {
+  return {
     proxySecret: bytesOf(v, "proxy_secret"),
     serverNonce: bytesOf(v, "srv_nonce"),
     clientNonce: bytesOf(v, "clt_nonce"),
     clientTs: v.inputs.clt_ts as number,
+  };
+}
+
+Deno.test("deriveMiddleKeys matches middle_key_derivation_ipv4 both ways", () => {
+  const v = vector("middle_key_derivation_ipv4");
+  const keys = deriveMiddleKeys({
+    ...nonceInputs(v),
     client: { ip: v.inputs.our_ip as string, port: v.inputs.our_port as number },
     server: { ip: v.inputs.middle_proxy_ip as string, port: v.inputs.middle_proxy_port as number },
   });
@@ -64,10 +71,7 @@ Deno.test("deriveMiddleKeys matches middle_key_derivation_ipv4 both ways", () =>
 Deno.test("deriveMiddleKey matches the Erlang unit-test vector", () => {
   const v = vector("middle_key_derivation_erlang_unit");
   const k = deriveMiddleKey({
-    proxySecret: bytesOf(v, "proxy_secret"),
-    serverNonce: bytesOf(v, "srv_nonce"),
-    clientNonce: bytesOf(v, "clt_nonce"),
-    clientTs: v.inputs.clt_ts as number,
+    ...nonceInputs(v),
     client: { ip: v.inputs.our_ip as string, port: v.inputs.our_port as number },
     server: { ip: v.inputs.middle_proxy_ip as string, port: v.inputs.middle_proxy_port as number },
   }, "CLIENT");
@@ -77,12 +81,7 @@ Deno.test("deriveMiddleKey matches the Erlang unit-test vector", () => {
 
 Deno.test("deriveMiddleKey matches the IPv6 vector, from bytes or from text", () => {
   const v = vector("middle_key_derivation_ipv6");
-  const base = {
-    proxySecret: bytesOf(v, "proxy_secret"),
-    serverNonce: bytesOf(v, "srv_nonce"),
-    clientNonce: bytesOf(v, "clt_nonce"),
-    clientTs: v.inputs.clt_ts as number,
-  };
+  const base = nonceInputs(v);
   const fromBytes = deriveMiddleKey({
     ...base,
     client: { ip: bytesOf(v, "our_ipv6"), port: v.inputs.our_port as number },
@@ -100,12 +99,7 @@ Deno.test("deriveMiddleKey matches the IPv6 vector, from bytes or from text", ()
 
 Deno.test("deriveMiddleKey treats IPv4-mapped addresses as IPv4 and refuses mixed families", () => {
   const v = vector("middle_key_derivation_ipv4");
-  const base = {
-    proxySecret: bytesOf(v, "proxy_secret"),
-    serverNonce: bytesOf(v, "srv_nonce"),
-    clientNonce: bytesOf(v, "clt_nonce"),
-    clientTs: v.inputs.clt_ts as number,
-  };
+  const base = nonceInputs(v);
   const k = deriveMiddleKey({
     ...base,
     client: { ip: "::ffff:203.0.113.7", port: 40001 },
