@@ -1,8 +1,9 @@
 /**
  * Ciphers and hashes. AES runs through OpenSSL's libcrypto via `Deno.dlopen`, in place, because
  * Deno's `node:crypto` AES is about ten times slower (see perf-facts.md); `node:crypto` is the
- * fallback when the library cannot be loaded. Hashes and HMAC run at handshake time only, so
- * `node:crypto` is fine for them.
+ * fallback when the library cannot be loaded. AES-256-GCM (the split-mode link's records) runs
+ * the same way. Hashes, HMAC, HKDF and X25519 run at handshake time only, so `node:crypto` is
+ * fine for them (X25519 still prefers OpenSSL).
  *
  * @module
  */
@@ -53,6 +54,31 @@ const OPENSSL_SYMBOLS = {
   },
   EVP_PKEY_get_raw_public_key: { parameters: ["pointer", "buffer", "buffer"], result: "i32" },
   EVP_PKEY_free: { parameters: ["pointer"], result: "void" },
+  EVP_aes_256_gcm: { parameters: [], result: "pointer" },
+  EVP_CipherFinal_ex: { parameters: ["pointer", "buffer", "buffer"], result: "i32" },
+  EVP_CIPHER_CTX_ctrl: { parameters: ["pointer", "i32", "i32", "buffer"], result: "i32" },
+  /** EVP_CipherUpdate with a null output: how GCM takes additional data. */
+  EVP_CipherUpdate_aad: {
+    name: "EVP_CipherUpdate",
+    parameters: ["pointer", "pointer", "buffer", "buffer", "i32"],
+    result: "i32",
+  },
+  /** EVP_CipherInit_ex with a null key: a new nonce for the key already set. */
+  EVP_CipherInit_iv: {
+    name: "EVP_CipherInit_ex",
+    parameters: ["pointer", "pointer", "pointer", "pointer", "buffer", "i32"],
+    result: "i32",
+  },
+  EVP_PKEY_new_raw_public_key: {
+    parameters: ["i32", "pointer", "buffer", "usize"],
+    result: "pointer",
+  },
+  EVP_PKEY_CTX_new: { parameters: ["pointer", "pointer"], result: "pointer" },
+  EVP_PKEY_CTX_free: { parameters: ["pointer"], result: "void" },
+  EVP_PKEY_derive_init: { parameters: ["pointer"], result: "i32" },
+  EVP_PKEY_derive_set_peer: { parameters: ["pointer", "pointer"], result: "i32" },
+  EVP_PKEY_derive: { parameters: ["pointer", "buffer", "buffer"], result: "i32" },
+  ERR_clear_error: { parameters: [], result: "void" },
 } as const;
 
 /** OpenSSL's NID / EVP_PKEY type of X25519. */
@@ -445,6 +471,298 @@ export function x25519PublicKey(
     nodeCrypto.createPublicKey(key).export({ type: "spki", format: "der" }),
   );
   return spki.slice(spki.length - 32);
+}
+
+// ---------------------------------------------------------------------------------------------
+// AES-256-GCM, X25519 key agreement and HKDF (the split-mode link)
+
+/** AES-256-GCM with a 16-byte tag, in place. One object per key; safe to reuse for many records. */
+export interface Aead {
+  /** Encrypt `data` in place with a 12-byte nonce and additional data; writes the 16-byte tag into `tag`. */
+  seal(nonce: Uint8Array, aad: Uint8Array, data: Uint8Array, tag: Uint8Array): void;
+  /** Decrypt `data` in place; false when the tag does not verify (then `data` is garbage). */
+  open(nonce: Uint8Array, aad: Uint8Array, data: Uint8Array, tag: Uint8Array): boolean;
+  /** Free native state. Safe to call more than once; `seal` and `open` after `close` throw. */
+  close(): void;
+}
+
+/** GCM nonce length. */
+const GCM_NONCE_LEN = 12;
+/** GCM tag length. */
+const GCM_TAG_LEN = 16;
+const EVP_CTRL_GCM_GET_TAG = 0x10;
+const EVP_CTRL_GCM_SET_TAG = 0x11;
+/** EVP_CipherFinal_ex writes no bytes for GCM but wants somewhere to write them. */
+const gcmFinalOut = new Uint8Array(16);
+
+function _checkGcmArgs(nonce: Uint8Array, tag: Uint8Array): void {
+  if (nonce.length !== GCM_NONCE_LEN) {
+    throw new RangeError(`GCM nonce must be 12 bytes: got ${nonce.length}`);
+  }
+  if (tag.length !== GCM_TAG_LEN) {
+    throw new RangeError(`GCM tag must be 16 bytes: got ${tag.length}`);
+  }
+}
+
+/** GCM on an OpenSSL context of its own: the key is set once, the nonce per call. */
+class _OpenSslGcm implements Aead {
+  #lib: OpenSsl;
+  #ctx: Deno.PointerObject | null;
+
+  constructor(lib: OpenSsl, key: Uint8Array) {
+    this.#lib = lib;
+    const ctx = lib.EVP_CIPHER_CTX_new();
+    if (ctx === null) throw new Error("OpenSSL EVP_CIPHER_CTX_new failed");
+    if (lib.EVP_CipherInit_ex(ctx, lib.EVP_aes_256_gcm(), null, key, null, 1) !== 1) {
+      lib.EVP_CIPHER_CTX_free(ctx);
+      throw new Error("OpenSSL EVP_CipherInit_ex failed");
+    }
+    this.#ctx = ctx;
+    contexts.register(this, { lib, ctx }, this);
+  }
+
+  seal(nonce: Uint8Array, aad: Uint8Array, data: Uint8Array, tag: Uint8Array): void {
+    if (!this.#run(1, nonce, aad, data, tag)) throw new Error("OpenSSL EVP_CipherFinal_ex failed");
+  }
+
+  open(nonce: Uint8Array, aad: Uint8Array, data: Uint8Array, tag: Uint8Array): boolean {
+    return this.#run(0, nonce, aad, data, tag);
+  }
+
+  #run(enc: 0 | 1, nonce: Uint8Array, aad: Uint8Array, data: Uint8Array, tag: Uint8Array): boolean {
+    const ctx = this.#ctx;
+    if (ctx === null) throw new Error("Cipher is closed");
+    _checkGcmArgs(nonce, tag);
+    const lib = this.#lib;
+    if (lib.EVP_CipherInit_iv(ctx, null, null, null, nonce, enc) !== 1) {
+      throw new Error("OpenSSL EVP_CipherInit_ex failed");
+    }
+    if (aad.length > 0 && lib.EVP_CipherUpdate_aad(ctx, null, outLenBytes, aad, aad.length) !== 1) {
+      throw new Error("OpenSSL EVP_CipherUpdate failed");
+    }
+    if (data.length > 0 && lib.EVP_CipherUpdate(ctx, data, outLenBytes, data, data.length) !== 1) {
+      throw new Error("OpenSSL EVP_CipherUpdate failed");
+    }
+    if (enc === 0 && lib.EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_TAG, GCM_TAG_LEN, tag) !== 1) {
+      throw new Error("OpenSSL EVP_CIPHER_CTX_ctrl failed");
+    }
+    if (lib.EVP_CipherFinal_ex(ctx, gcmFinalOut, outLenBytes) !== 1) {
+      lib.ERR_clear_error();
+      return false;
+    }
+    if (enc === 1 && lib.EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, GCM_TAG_LEN, tag) !== 1) {
+      throw new Error("OpenSSL EVP_CIPHER_CTX_ctrl failed");
+    }
+    return true;
+  }
+
+  close(): void {
+    if (this.#ctx === null) return;
+    contexts.unregister(this);
+    this.#lib.EVP_CIPHER_CTX_free(this.#ctx);
+    this.#ctx = null;
+  }
+}
+
+/** GCM through `node:crypto`: a cipher object per call (the fallback; slow but correct). */
+class _NodeGcm implements Aead {
+  #key: Uint8Array | null;
+
+  constructor(key: Uint8Array) {
+    this.#key = key.slice();
+  }
+
+  seal(nonce: Uint8Array, aad: Uint8Array, data: Uint8Array, tag: Uint8Array): void {
+    const key = this.#key;
+    if (key === null) throw new Error("Cipher is closed");
+    _checkGcmArgs(nonce, tag);
+    const c = nodeCrypto.createCipheriv("aes-256-gcm", key, nonce, { authTagLength: GCM_TAG_LEN });
+    c.setAAD(aad);
+    data.set(c.update(data));
+    c.final();
+    tag.set(c.getAuthTag());
+  }
+
+  open(nonce: Uint8Array, aad: Uint8Array, data: Uint8Array, tag: Uint8Array): boolean {
+    const key = this.#key;
+    if (key === null) throw new Error("Cipher is closed");
+    _checkGcmArgs(nonce, tag);
+    const d = nodeCrypto.createDecipheriv("aes-256-gcm", key, nonce, {
+      authTagLength: GCM_TAG_LEN,
+    });
+    d.setAuthTag(tag);
+    d.setAAD(aad);
+    data.set(d.update(data));
+    try {
+      d.final();
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  close(): void {
+    this.#key?.fill(0);
+    this.#key = null;
+  }
+}
+
+/**
+ * Create an AES-256-GCM AEAD (16-byte tags, 12-byte nonces) that works in place. The caller
+ * must never use a nonce twice with the same key.
+ *
+ * @example Usage
+ * ```ts
+ * import { createAesGcm } from "./crypto.ts";
+ * const aead = createAesGcm(new Uint8Array(32));
+ * const nonce = new Uint8Array(12);
+ * const aad = Uint8Array.of(1, 2, 3);
+ * const data = new TextEncoder().encode("hello");
+ * const tag = new Uint8Array(16);
+ * aead.seal(nonce, aad, data, tag); // data is now ciphertext
+ * if (!aead.open(nonce, aad, data, tag)) throw new Error("tampered");
+ * aead.close();
+ * ```
+ */
+export function createAesGcm(key: Uint8Array, options: AesOptions = {}): Aead {
+  if (key.length !== 32) throw new RangeError(`AES-256 key must be 32 bytes: got ${key.length}`);
+  const backend = options.backend ?? defaultCipherBackend();
+  if (backend === "openssl") {
+    const lib = _loadOpenSsl();
+    if (!lib) throw new Error(`OpenSSL is not available: ${opensslError}`);
+    return new _OpenSslGcm(lib, key);
+  }
+  return new _NodeGcm(key);
+}
+
+/** SPKI DER prefix of a raw X25519 public key (RFC 8410). */
+const X25519_SPKI_PREFIX = Uint8Array.from([
+  0x30,
+  0x2a,
+  0x30,
+  0x05,
+  0x06,
+  0x03,
+  0x2b,
+  0x65,
+  0x6e,
+  0x03,
+  0x21,
+  0x00,
+]);
+
+function _isZero(b: Uint8Array): boolean {
+  let acc = 0;
+  for (let i = 0; i < b.length; i++) acc |= b[i]!;
+  return acc === 0;
+}
+
+function _x25519OpenSsl(lib: OpenSsl, privateKey: Uint8Array, peer: Uint8Array): Uint8Array {
+  const own = lib.EVP_PKEY_new_raw_private_key(EVP_PKEY_X25519, null, privateKey, 32n);
+  if (own === null) throw new Error("OpenSSL EVP_PKEY_new_raw_private_key failed");
+  const other = lib.EVP_PKEY_new_raw_public_key(EVP_PKEY_X25519, null, peer, 32n);
+  if (other === null) {
+    lib.EVP_PKEY_free(own);
+    throw new Error("OpenSSL EVP_PKEY_new_raw_public_key failed");
+  }
+  const ctx = lib.EVP_PKEY_CTX_new(own, null);
+  try {
+    if (ctx === null) throw new Error("OpenSSL EVP_PKEY_CTX_new failed");
+    if (lib.EVP_PKEY_derive_init(ctx) !== 1 || lib.EVP_PKEY_derive_set_peer(ctx, other) !== 1) {
+      throw new Error("OpenSSL EVP_PKEY_derive_init failed");
+    }
+    const out = new Uint8Array(32);
+    const len = new BigUint64Array([32n]);
+    if (lib.EVP_PKEY_derive(ctx, out, new Uint8Array(len.buffer)) !== 1 || len[0] !== 32n) {
+      // OpenSSL refuses an all-zero result (a low-order peer point) here.
+      lib.ERR_clear_error();
+      throw new Error("X25519 key agreement failed: the peer key is a low-order point");
+    }
+    return out;
+  } finally {
+    if (ctx !== null) lib.EVP_PKEY_CTX_free(ctx);
+    lib.EVP_PKEY_free(other);
+    lib.EVP_PKEY_free(own);
+  }
+}
+
+function _x25519Node(privateKey: Uint8Array, peer: Uint8Array): Uint8Array {
+  const der = new Uint8Array(X25519_PKCS8_PREFIX.length + 32);
+  der.set(X25519_PKCS8_PREFIX);
+  der.set(privateKey, X25519_PKCS8_PREFIX.length);
+  const spki = new Uint8Array(X25519_SPKI_PREFIX.length + 32);
+  spki.set(X25519_SPKI_PREFIX);
+  spki.set(peer, X25519_SPKI_PREFIX.length);
+  const own = nodeCrypto.createPrivateKey({ key: Buffer.from(der), format: "der", type: "pkcs8" });
+  const other = nodeCrypto.createPublicKey({
+    key: Buffer.from(spki),
+    format: "der",
+    type: "spki",
+  });
+  try {
+    return new Uint8Array(nodeCrypto.diffieHellman({ privateKey: own, publicKey: other }));
+  } catch {
+    throw new Error("X25519 key agreement failed: the peer key is a low-order point");
+  }
+}
+
+/**
+ * X25519 shared secret of our private key and the peer's public key (32 bytes each), RFC 7748.
+ * Throws on an all-zero result (a low-order peer point, which would make the secret public).
+ * Through OpenSSL when loaded, else `node:crypto`; handshake time only.
+ *
+ * @example Usage
+ * ```ts
+ * import { randomBytes, x25519PublicKey, x25519SharedSecret } from "./crypto.ts";
+ * const a = randomBytes(32);
+ * const b = randomBytes(32);
+ * const s1 = x25519SharedSecret(a, x25519PublicKey(b));
+ * const s2 = x25519SharedSecret(b, x25519PublicKey(a));
+ * if (s1.some((x, i) => x !== s2[i])) throw new Error("mismatch");
+ * ```
+ */
+export function x25519SharedSecret(
+  privateKey: Uint8Array,
+  peerPublicKey: Uint8Array,
+  options: AesOptions = {},
+): Uint8Array {
+  if (privateKey.length !== 32) {
+    throw new RangeError(`X25519 private key must be 32 bytes: got ${privateKey.length}`);
+  }
+  if (peerPublicKey.length !== 32) {
+    throw new RangeError(`X25519 public key must be 32 bytes: got ${peerPublicKey.length}`);
+  }
+  const lib = (options.backend ?? defaultCipherBackend()) === "openssl" ? _loadOpenSsl() : null;
+  const shared = lib
+    ? _x25519OpenSsl(lib, privateKey, peerPublicKey)
+    : _x25519Node(privateKey, peerPublicKey);
+  if (_isZero(shared)) {
+    throw new Error("X25519 key agreement failed: the peer key is a low-order point");
+  }
+  return shared;
+}
+
+/**
+ * HKDF-SHA256 (RFC 5869): extract with `salt`, expand with `info` to `length` bytes
+ * (at most 8160).
+ *
+ * @example Usage
+ * ```ts
+ * import { hkdfSha256 } from "./crypto.ts";
+ * const okm = hkdfSha256(new Uint8Array(32), new Uint8Array(0), new Uint8Array(0), 42);
+ * console.log(okm.length); // 42
+ * ```
+ */
+export function hkdfSha256(
+  ikm: Uint8Array,
+  salt: Uint8Array,
+  info: Uint8Array,
+  length: number,
+): Uint8Array {
+  if (!Number.isInteger(length) || length < 1 || length > 255 * 32) {
+    throw new RangeError(`HKDF-SHA256 length must be 1-8160 bytes: got ${length}`);
+  }
+  return new Uint8Array(nodeCrypto.hkdfSync("sha256", ikm, salt, info, length));
 }
 
 /**
