@@ -15,6 +15,7 @@ import { frontableSnis, isOwnAddress, localIpAddresses } from "./guard/fronting.
 import { fakeCertSize, type RefreshTarget, TlsProfileStore } from "./guard/tls_profile.ts";
 import { GROUP_X25519, GROUP_X25519_MLKEM768 } from "./protocol/fake_tls.ts";
 import { MiddleProxies, usesMiddleProxies } from "./telegram/middle_proxies.ts";
+import { LocalTelegram } from "./telegram/local.ts";
 import { TelegramConfigStore } from "./telegram/proxy_config.ts";
 import { VERSION } from "./version.ts";
 import { Metrics, type MetricsSnapshot, type MetricsTotals } from "./ops/metrics.ts";
@@ -314,6 +315,7 @@ function _start(
     }
   }
   const guard = _guard(config, addresses);
+  const telegram = new LocalTelegram(config, middle?.proxies ?? null);
   const sessions = new Set<Session>();
   const policy = new ConnectionPolicy(config.policy);
   // Resolves a shutdown waiting for the last session (set only while one waits).
@@ -343,7 +345,7 @@ function _start(
       config,
       events: sink,
       guard: guard.session,
-      middle: middle?.proxies ?? null,
+      telegram,
       policy,
       onDone(session) {
         session.ipSlot?.release();

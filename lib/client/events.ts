@@ -42,6 +42,8 @@ export type RejectReason =
   | "sni_limit"
   /** The policy was reloaded during the handshake and refuses this client now. */
   | "policy"
+  /** Split mode (front): no link to a back was up within link.wait. */
+  | "link_unavailable"
   | "shutdown";
 
 /** Why an established relay ended. */
@@ -58,6 +60,8 @@ export type CloseReason =
   | "bad_frame"
   /** The policy was reloaded and refuses this client now (deny_ips, deny_sni, ...). */
   | "policy"
+  /** Split mode (front): the link that carried this client to its back was lost. */
+  | "link_lost"
   | "fronted";
 
 /** One thing that happened to a session. */

@@ -38,9 +38,13 @@ import {
 } from "../protocol/fake_tls.ts";
 import { perSniSecret } from "../secret.ts";
 import { frontingTarget } from "../guard/fronting.ts";
-import type { MiddleClient, MiddleCloseReason } from "../telegram/middle.ts";
-import { type MiddleProxies, usesMiddleProxies } from "../telegram/middle_proxies.ts";
-import type { MiddleHandle } from "../telegram/pool.ts";
+import {
+  type TelegramClient,
+  type TelegramCloseReason,
+  TelegramOpenError,
+  type TelegramSide,
+  type TelegramStream,
+} from "../telegram/side.ts";
 import { concatBytes } from "../protocol/bytes.ts";
 import { PacketReader } from "../protocol/packet_reader.ts";
 import {
@@ -95,8 +99,8 @@ export interface SessionContext {
   readonly config: Config;
   readonly events: EventSink;
   readonly guard: SessionGuard;
-  /** Middle-proxy pools, when any listener uses middle-proxy mode. */
-  readonly middle: MiddleProxies | null;
+  /** Where clients' packets go: local pools and DCs, or a split-mode link to a back. */
+  readonly telegram: TelegramSide;
   /** Address and SNI rules and limits (shared by all listeners). */
   readonly policy: ConnectionPolicy;
   /** Called exactly once when a session has ended and released everything. */
@@ -188,10 +192,13 @@ interface Authenticated {
   readonly leftover: Uint8Array;
 }
 
-/** Middle-proxy mode: the client's packets go to a pool handle, one RPC message each. */
-interface MiddlePlan {
-  readonly kind: "middle";
-  readonly handle: MiddleHandle;
+/**
+ * Packet mode (middle proxies, or a back in split mode): the client's stream is unframed and its
+ * packets go to a Telegram stream one by one.
+ */
+interface PacketPlan {
+  readonly kind: "packets";
+  readonly stream: TelegramStream;
   readonly reader: PacketReader;
   /** Decrypts what the client sends. */
   readonly decryptor: StreamCipher;
@@ -213,7 +220,7 @@ interface RelayPlan {
 }
 
 /** One client connection, from accept to close. */
-export class Session implements PumpHost, MiddleClient {
+export class Session implements PumpHost, TelegramClient {
   readonly conn: Conn;
   /** The client's "host:port" for logs: the socket's, or the one a PROXY header named. */
   peer: string;
@@ -231,8 +238,8 @@ export class Session implements PumpHost, MiddleClient {
   /** The fronting target's socket, when this connection was fronted. */
   #frontConn: Conn | null = null;
   #fronted = false;
-  /** Middle-proxy mode only (direct-mode sessions carry none of it). */
-  #middle: _MiddleState | null = null;
+  /** Packet mode only (direct-mode byte relays carry none of it). */
+  #packets: _PacketState | null = null;
   /** Relay phase: pumps still running, which side ended first, whether one ended badly. */
   #running = 0;
   #firstEnded: PumpSide | null = null;
@@ -277,7 +284,7 @@ export class Session implements PumpHost, MiddleClient {
   }
 
   async #handshake(): Promise<void> {
-    let plan: RelayPlan | MiddlePlan;
+    let plan: RelayPlan | PacketPlan;
     try {
       this.conn.setNoDelay(true);
       plan = await this.#establish();
@@ -293,7 +300,7 @@ export class Session implements PumpHost, MiddleClient {
       this.#hs = null;
     }
     this.phase = "relay";
-    if (plan.kind === "middle") return this.#startMiddleRelay(plan);
+    if (plan.kind === "packets") return this.#startPacketRelay(plan);
     this.#running = 2;
     startPump(this.conn, plan.dc, {
       ciphers: plan.up,
@@ -392,9 +399,9 @@ export class Session implements PumpHost, MiddleClient {
     closeQuietly(this.conn);
     if (this.#dc) closeQuietly(this.#dc.conn);
     if (this.#frontConn) closeQuietly(this.#frontConn);
-    if (this.#middle) {
-      const m = this.#middle;
-      m.handle.release();
+    if (this.#packets) {
+      const m = this.#packets;
+      m.stream.release();
       for (const o of m.queue) _releaseOut(o);
       if (m.current) _releaseOut(m.current);
       m.queue = [];
@@ -425,14 +432,12 @@ export class Session implements PumpHost, MiddleClient {
   }
 
   /** Handshake, policy, DC dial: returns the two relay directions. */
-  async #establish(): Promise<RelayPlan | MiddlePlan> {
+  async #establish(): Promise<RelayPlan | PacketPlan> {
     const client = await this.#authenticate();
     this.#ciphers.push(client.stream.decryptor, client.stream.encryptor);
     this.phase = "dialing";
-    const { config, listener, middle } = this.#ctx;
-    if (middle && usesMiddleProxies(config, listener)) {
-      return await this.#establishMiddle(client, middle);
-    }
+    const { listener, telegram } = this.#ctx;
+    if (telegram.carries(listener) === "packets") return await this.#establishPackets(client);
     const route = routeDc(client.stream.dcId, this.#ctx.config.telegram);
     const dc = await this.#dial(route, client);
     const inspect = this.#serverErrorFilter(client, dc);
@@ -457,31 +462,37 @@ export class Session implements PumpHost, MiddleClient {
     };
   }
 
-  /** Middle-proxy mode: join the DC's pool and send what the client already sent. */
-  async #establishMiddle(client: Authenticated, middle: MiddleProxies): Promise<MiddlePlan> {
-    const { listener } = this.#ctx;
-    const route = middle.route(client.stream.dcId);
-    if (!route) {
-      throw new Rejection("dc_unreachable", {
-        detail: `no middle proxy is known for DC ${client.stream.dcId}`,
-      });
-    }
+  /** Packet mode: open a Telegram stream and send what the client already sent. */
+  async #establishPackets(client: Authenticated): Promise<PacketPlan> {
+    const { listener, telegram } = this.#ctx;
     const remote = this.#proxySource ??
       { ip: (this.conn.remoteAddr as Deno.NetAddr).hostname, port: this.conn.remoteAddr.port };
-    let handle: MiddleHandle;
+    this.#dialAbort = new AbortController();
+    let opened;
     try {
-      handle = await route.pool.acquire(this, {
+      opened = await telegram.open(this, {
+        dcId: client.stream.dcId,
         tag: client.stream.tag,
         clientIp: remote.ip,
         clientPort: remote.port,
         adTag: listener.tag,
-      });
+      }, this.#dialAbort.signal);
     } catch (e) {
       if (this.#abortReason) throw this.#abortRejection();
-      throw new Rejection("dc_unreachable", { detail: e instanceof Error ? e.message : String(e) });
+      const detail = e instanceof Error ? e.message : String(e);
+      if (e instanceof TelegramOpenError && e.kind === "no_link") {
+        throw new Rejection("link_unavailable", { detail });
+      }
+      if (e instanceof TelegramOpenError && e.kind === "timeout") {
+        throw new Rejection("dc_timeout", { detail });
+      }
+      throw new Rejection("dc_unreachable", { detail });
+    } finally {
+      this.#dialAbort = null;
     }
-    this.#middle = {
-      handle,
+    const stream = opened.stream;
+    this.#packets = {
+      stream,
       tag: client.stream.tag,
       encryptor: client.stream.encryptor,
       tls: client.tls !== null,
@@ -495,7 +506,7 @@ export class Session implements PumpHost, MiddleClient {
     const first = client.leftover;
     this.#bytesFromClient += first.length;
     client.stream.decryptor.update(first);
-    const broken = await _sendPackets(reader, first, handle);
+    const broken = await _sendPackets(reader, first, stream);
     if (broken) throw new Rejection("bad_frame", { detail: broken });
     this.#ctx.events.emit({
       type: "established",
@@ -504,26 +515,26 @@ export class Session implements PumpHost, MiddleClient {
       protocol: client.protocol,
       transport: client.stream.tag,
       requestedDc: client.stream.dcId,
-      dc: route.dcId,
-      dcAddress: `middle proxy pool of DC ${route.dcId}`,
+      dc: opened.dcId,
+      dcAddress: opened.where,
     });
     return {
-      kind: "middle",
-      handle,
+      kind: "packets",
+      stream,
       reader,
       decryptor: client.stream.decryptor,
       tls: client.tls,
     };
   }
 
-  #startMiddleRelay(plan: MiddlePlan): void {
+  #startPacketRelay(plan: PacketPlan): void {
     this.#running = 1;
     const sink = {
       read: () => Promise.resolve(null),
       write: async (chunk: Uint8Array) => {
-        const broken = await _sendPackets(plan.reader, chunk, plan.handle);
+        const broken = await _sendPackets(plan.reader, chunk, plan.stream);
         if (broken) {
-          const m = this.#middle!;
+          const m = this.#packets!;
           m.closedBy = "bad_frame";
           m.closedDetail = broken;
           throw new Error(`Client stream is broken: ${broken}`);
@@ -539,15 +550,15 @@ export class Session implements PumpHost, MiddleClient {
     });
   }
 
-  /** A packet from Telegram (MiddleClient): frame it into the client's next write. */
+  /** A packet from Telegram (TelegramClient): frame it into the client's next write. */
   onPacket(data: Uint8Array): void {
-    const m = this.#middle;
+    const m = this.#packets;
     if (!m || this.phase === "done") return;
     this.lastActivity = Date.now();
     const filter = this.#ctx.config.replay.serverErrorFilter;
     if (filter !== "off" && (filter === "all" || !m.answered) && _isTransportError(data)) {
       // A replayed session's tell-tale: never forward it.
-      m.handle.ack(data.length, 1);
+      m.stream.ack(data.length, 1);
       m.closedBy = "server_error";
       closeQuietly(this.conn);
       return;
@@ -563,9 +574,9 @@ export class Session implements PumpHost, MiddleClient {
     this.#scheduleDrain(m);
   }
 
-  /** Telegram confirmed a packet (MiddleClient). */
+  /** Telegram confirmed a packet (TelegramClient). */
   onQuickAck(confirm: Uint8Array): void {
-    const m = this.#middle;
+    const m = this.#packets;
     if (!m || this.phase === "done") return;
     const token = quickAckToken(m.tag, confirm);
     const o = _room(m, token.length);
@@ -574,10 +585,17 @@ export class Session implements PumpHost, MiddleClient {
     this.#scheduleDrain(m);
   }
 
-  /** Telegram dropped this client, or the pool did because it fell too far behind (MiddleClient). */
-  onClose(reason: MiddleCloseReason): void {
-    if (this.phase === "done" || !this.#middle) return;
-    this.#middle.closedBy = reason === "backpressure" ? "slow_client" : "dc_closed";
+  /**
+   * Telegram dropped this client, the pool did because it fell too far behind, or the link to
+   * the back went away (TelegramClient).
+   */
+  onClose(reason: TelegramCloseReason): void {
+    if (this.phase === "done" || !this.#packets) return;
+    this.#packets.closedBy = reason === "backpressure"
+      ? "slow_client"
+      : reason === "link_lost"
+      ? "link_lost"
+      : "dc_closed";
     closeQuietly(this.conn);
   }
 
@@ -585,13 +603,13 @@ export class Session implements PumpHost, MiddleClient {
    * Start writing in a microtask: every answer dispatched from the same middle-proxy read goes
    * out in one write (and, to fake-TLS clients, in full-size records).
    */
-  #scheduleDrain(m: _MiddleState): void {
+  #scheduleDrain(m: _PacketState): void {
     if (m.writing) return;
     m.writing = true;
     queueMicrotask(() => this.#drainToClient(m));
   }
 
-  async #drainToClient(m: _MiddleState): Promise<void> {
+  async #drainToClient(m: _PacketState): Promise<void> {
     try {
       while (this.phase !== "done") {
         const o = m.queue.shift() ?? m.current;
@@ -602,7 +620,7 @@ export class Session implements PumpHost, MiddleClient {
         const start = m.tls ? frameTlsRecords(o.buf, o.start, o.end - o.start) : o.start;
         this.#bytesToClient += o.end - start;
         await writeAll(this.conn, o.buf.subarray(start, o.end));
-        if (o.ackPackets > 0) m.handle.ack(o.ackBytes, o.ackPackets);
+        if (o.ackPackets > 0) m.stream.ack(o.ackBytes, o.ackPackets);
         _releaseOut(o);
       }
     } catch {
@@ -896,8 +914,8 @@ export class Session implements PumpHost, MiddleClient {
       reason = this.#abortReason;
     } else if (this.#fronted) {
       reason = "fronted";
-    } else if (this.#middle?.closedBy) {
-      reason = this.#middle.closedBy;
+    } else if (this.#packets?.closedBy) {
+      reason = this.#packets.closedBy;
     } else if (this.#endedBadly) {
       reason = this.#endedBy === "server_error" ? "server_error" : "tls_bad_record";
     } else {
@@ -908,8 +926,8 @@ export class Session implements PumpHost, MiddleClient {
       listener: this.#ctx.listener.name,
       peer: this.peer,
       reason,
-      ...(reason === "bad_frame" && this.#middle?.closedDetail
-        ? { detail: this.#middle.closedDetail }
+      ...(reason === "bad_frame" && this.#packets?.closedDetail
+        ? { detail: this.#packets.closedDetail }
         : {}),
       bytesFromClient: this.#bytesFromClient,
       bytesToClient: this.#bytesToClient,
@@ -926,11 +944,11 @@ export class Session implements PumpHost, MiddleClient {
 async function _sendPackets(
   reader: PacketReader,
   chunk: Uint8Array,
-  handle: MiddleHandle,
+  stream: TelegramStream,
 ): Promise<FrameRejectReason | null> {
   const packets = reader.push(chunk);
   if (typeof packets === "string") return packets;
-  if (packets.length > 0) await handle.send(packets);
+  if (packets.length > 0) await stream.send(packets);
   return null;
 }
 
@@ -943,9 +961,9 @@ function _isTransportError(data: Uint8Array): boolean {
 const _PADDINGS = [0, 1, 2, 3].map((n) => randomBytes(n));
 const _NO_PADDING = new Uint8Array(0);
 
-/** What a middle-mode session keeps: its pool handle, how answers are framed, the write queue. */
-interface _MiddleState {
-  readonly handle: MiddleHandle;
+/** What a packet-mode session keeps: its Telegram stream, how answers are framed, the write queue. */
+interface _PacketState {
+  readonly stream: TelegramStream;
   readonly tag: TransportTag;
   /** Encrypts what goes to the client. */
   readonly encryptor: StreamCipher;
@@ -996,7 +1014,7 @@ const _SMALL_HEADROOM = _headroom(_SMALL_OUT);
 const _LARGE_HEADROOM = _headroom(_LARGE_OUT);
 
 /** The client's current answer buffer if `len` more bytes fit, else a new one. */
-function _room(m: _MiddleState, len: number): _OutBuffer {
+function _room(m: _PacketState, len: number): _OutBuffer {
   const cur = m.current;
   if (cur && cur.end + len <= cur.buf.length) return cur;
   if (cur) m.queue.push(cur);

@@ -74,8 +74,11 @@ export interface OpenedStream {
 
 /** Why a stream could not be opened. */
 export class TelegramOpenError extends Error {
-  /** `timeout`: nothing answered in time; `unreachable`: refused or no route. */
-  constructor(readonly kind: "timeout" | "unreachable", message: string) {
+  /**
+   * `timeout`: nothing answered in time; `unreachable`: refused or no route; `no_link`: split
+   * mode, no link to a back came up in time.
+   */
+  constructor(readonly kind: "timeout" | "unreachable" | "no_link", message: string) {
     super(message);
     this.name = "TelegramOpenError";
   }
