@@ -24,6 +24,7 @@ Usage:
   mtproxy [run] [options]          run the proxy (the default command)
   mtproxy link [options]           print the proxy links of every listener
   mtproxy secret [--tls-domain D]  make a new random secret and print its forms
+  mtproxy secret --front NAME      make a link secret for a front and a back (split mode)
   mtproxy check-config FILE        validate a configuration file
   mtproxy help [COMMAND]           show the help of a command
 

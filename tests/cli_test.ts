@@ -12,10 +12,11 @@ import {
 import { fileURLToPath as fromFileUrl } from "node:url";
 import { parseSecret, toHex } from "../lib/secret.ts";
 import { writeState } from "../lib/config/state.ts";
-import { ConfigError } from "../lib/config/load.ts";
+import { buildConfig, buildConfigDraft, ConfigError, parseYaml } from "../lib/config/load.ts";
 import { parseRunArgs, resolveRunConfig, UsageError } from "../lib/cli/options.ts";
-import { formatLinks } from "../lib/cli/link.ts";
-import { secretLines } from "../lib/cli/secret.ts";
+import { formatLinkListeners, formatLinks } from "../lib/cli/link.ts";
+import { linkSecretLines, secretLines } from "../lib/cli/secret.ts";
+import { summarizeConfig } from "../lib/cli/check_config.ts";
 
 const MAIN = fromFileUrl(new URL("../main.ts", import.meta.url));
 const EXAMPLE = fromFileUrl(new URL("../config.example.yaml", import.meta.url));
@@ -23,6 +24,7 @@ const HEX = "0123456789abcdef0123456789abcdef";
 const KEY = Uint8Array.from(HEX.match(/../g)!, (h) => parseInt(h, 16));
 const MTP_VARS = [
   "MTP_CONFIG",
+  "MTP_ROLE",
   "MTP_PORT",
   "MTP_HOST",
   "MTP_SECRET",
@@ -86,7 +88,7 @@ Deno.test("mtproxy --help lists every subcommand and exits 0", async () => {
   for (const args of [["--help"], ["-h"], ["help"]]) {
     const r = await mtproxy(args);
     assertEquals(r.code, 0, r.stderr);
-    for (const word of ["run", "link", "secret", "check-config", "--version"]) {
+    for (const word of ["run", "link", "secret", "--front", "check-config", "--version"]) {
       assertStringIncludes(r.stdout, word);
     }
   }
@@ -98,6 +100,8 @@ Deno.test("mtproxy COMMAND --help shows that command's options", async () => {
     [["--help", "run"], "link"],
     [["link", "-h"], "MTP_PUBLIC_HOST"],
     [["secret", "--help"], "--tls-domain"],
+    [["secret", "--help"], "--front NAME"],
+    [["run", "--help"], "MTP_ROLE"],
     [["check-config", "--help"], "Configuration OK"],
     [["help", "link"], "never creates"],
   ];
@@ -472,4 +476,220 @@ Deno.test("mtproxy link --sni prints a user's per-SNI fake-TLS links (README vec
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+// ---------------------------------------------------------------------------------------------
+// Split mode: secret --front, check-config and link by role
+
+/** The `fronts` and `backs` snippets of `secret --front` output, checked as YAML. */
+function linkSnippets(stdout: string): { fronts: unknown; backs: unknown } {
+  const doc = parseYaml(stdout, "stdout") as Record<string, unknown>;
+  assertEquals(Object.keys(doc).sort(), ["backs", "fronts"]);
+  return { fronts: doc.fronts, backs: doc.backs };
+}
+
+Deno.test("mtproxy secret --front prints YAML whose snippets make a valid back and front", async () => {
+  const r = await mtproxy(["secret", "--front", "home"]);
+  assertEquals(r.code, 0, r.stderr);
+  const { fronts, backs } = linkSnippets(r.stdout);
+  const back = buildConfig({ role: "back", link_listeners: [{}], fronts });
+  const front = buildConfig({ role: "front", backs }, { stateSecret: KEY });
+  assertEquals(back.fronts.length, 1);
+  assertEquals(back.fronts[0]!.name, "home");
+  assertEquals(front.backs.length, 1);
+  const b = front.backs[0]!;
+  assertEquals(b.address, { host: "back.example.com", port: 443 });
+  assertEquals(b.tlsDomain, "www.cloudflare.com");
+  assertEquals(b.links, 2);
+  assertEquals(b.secret, back.fronts[0]!.secret);
+  assert(back.linkListeners[0]!.tlsDomains.includes(b.tlsDomain), "the default SNIs match");
+  assertStringIncludes(r.stdout, "# replace with the back's address");
+  assertStringIncludes(r.stdout, `secret: "${toHex(b.secret)}"`);
+  const again = linkSnippets((await mtproxy(["secret", "--front", "home"])).stdout);
+  assert(JSON.stringify(again) !== JSON.stringify({ fronts, backs }), "a new secret each time");
+});
+
+Deno.test("mtproxy secret --front --back --tls-domain fills the front's entry", async () => {
+  const r = await mtproxy([
+    "secret",
+    "--front",
+    "office.2",
+    "--back",
+    "[2001:DB8::7]:8443",
+    "-d",
+    "WWW.Example.com",
+  ]);
+  assertEquals(r.code, 0, r.stderr);
+  assert(!r.stdout.includes("replace with"), r.stdout);
+  const { fronts, backs } = linkSnippets(r.stdout);
+  const front = buildConfig({ role: "front", backs }, { stateSecret: KEY });
+  assertEquals(front.backs[0]!.address, { host: "2001:db8::7", port: 8443 });
+  assertEquals(front.backs[0]!.tlsDomain, "www.example.com");
+  const back = buildConfig({
+    role: "back",
+    link_listeners: [{ tls_domain: "www.example.com" }],
+    fronts,
+  });
+  assertEquals(back.fronts[0]!.name, "office.2");
+  // Names YAML would read as something else stay strings.
+  const odd = await mtproxy(["secret", "--front", "null"]);
+  assertEquals(odd.code, 0, odd.stderr);
+  const oddBack = buildConfig({
+    role: "back",
+    link_listeners: [{}],
+    fronts: linkSnippets(odd.stdout).fronts,
+  });
+  assertEquals(oddBack.fronts[0]!.name, "null");
+});
+
+Deno.test("mtproxy secret --front refuses a bad name, back address or domain with exit code 2", async () => {
+  const cases: [string[], string][] = [
+    [["--front", "my front"], 'Front name must be 1-64 letters, digits, ".", "_" or "-"'],
+    [["--front=-x"], "Front name must be"],
+    [["--front", "a".repeat(65)], "Front name must be"],
+    [["--front", "home", "--back", "back.example.com"], 'Back address must be "host:port"'],
+    [["--front", "home", "--back", "b.example:70000"], 'got "b.example:70000"'],
+    [["--front", "home", "-d", "not a domain"], 'got "not a domain"'],
+    [["--back", "b.example:443"], "--back needs --front NAME"],
+    [["--front"], 'Option "--front" needs a value'],
+  ];
+  for (const [args, text] of cases) {
+    const r = await mtproxy(["secret", ...args]);
+    assertEquals(r.code, 2, `${args.join(" ")}: ${r.stderr}`);
+    assertStringIncludes(r.stderr, text);
+    assertEquals(r.stderr.trim().split("\n").length, 1, r.stderr);
+    assertEquals(r.stdout, "");
+  }
+});
+
+Deno.test("linkSecretLines formats a known key in both snippets", () => {
+  const lines = linkSecretLines("home", KEY, { back: "203.0.113.7:443", tlsDomain: "a.example" });
+  assertEquals(lines.filter((l) => l.trim().startsWith("secret:")), [
+    `    secret: "${HEX}"`,
+    `    secret: "${HEX}"`,
+  ]);
+  assert(lines.includes('  - name: "home"'));
+  assert(lines.includes('  - address: "203.0.113.7:443"'));
+  assert(lines.some((l) => l.startsWith('    tls_domain: "a.example"')));
+  assert(lines.includes("    links: 2"));
+});
+
+Deno.test("mtproxy check-config reports a back's link listeners and fronts and a front's backs", async () => {
+  await withTempDir(async (dir) => {
+    await Deno.writeTextFile(
+      `${dir}/back.yaml`,
+      [
+        "role: back",
+        "link_listeners: [{}, { name: alt, port: 8443 }]",
+        "fronts:",
+        `  - { name: home, secret: "${HEX}" }`,
+        `  - { name: office, secret: "fedcba9876543210fedcba9876543210" }`,
+        "",
+      ].join("\n"),
+    );
+    const back = await mtproxy(["check-config", `${dir}/back.yaml`]);
+    assertEquals(back.code, 0, back.stderr);
+    assertEquals(
+      back.stdout,
+      "Configuration OK: role back, 2 link listeners (link1, alt), 2 fronts (home, office)\n",
+    );
+    assert(!back.stdout.includes(HEX));
+    await Deno.writeTextFile(
+      `${dir}/front.yaml`,
+      [
+        "role: front",
+        "backs:",
+        `  - { address: "back.example.com:443", secret: "${HEX}" }`,
+        `  - { address: "[2001:db8::1]:443", secret: "${HEX}" }`,
+        "",
+      ].join("\n"),
+    );
+    const front = await mtproxy(["check-config", `${dir}/front.yaml`]);
+    assertEquals(front.code, 0, front.stderr);
+    assertEquals(
+      front.stdout,
+      "Configuration OK: role front, 1 listener, 2 backs (back.example.com:443, [2001:db8::1]:443)\n",
+    );
+    // --role checks a file as another role (MTP_ROLE is not read by check-config).
+    const asFront = await mtproxy(["check-config", "--role", "front", `${dir}/back.yaml`], {
+      env: { MTP_ROLE: "back" },
+    });
+    assertEquals(asFront.code, 1);
+    assertStringIncludes(
+      asFront.stderr,
+      "fronts: a front has no Telegram side: set it on the back",
+    );
+    assertStringIncludes(asFront.stderr, "backs: missing: a front needs at least one back");
+    assert(!asFront.stderr.includes(HEX));
+  });
+});
+
+Deno.test("mtproxy check-config lists split-mode problems without echoing secrets", async () => {
+  await withTempDir(async (dir) => {
+    const path = `${dir}/bad.yaml`;
+    await Deno.writeTextFile(
+      path,
+      `role: back\nlisteners: [{}]\nlink_listeners: [{}]\nfronts: [{ name: home, secret: "${
+        HEX.slice(0, 31)
+      }x" }]\n`,
+    );
+    const r = await mtproxy(["check-config", path]);
+    assertEquals(r.code, 1);
+    assertNoStack(r);
+    assertEquals(r.stderr.trim().split("\n"), [
+      `${path}: 2 problems`,
+      "listeners: a back has no client listeners: set it on the front",
+      'fronts[0].secret: must be 32 hex digits: it has characters that are not hex digits (make one with "mtproxy secret --front NAME"; quote it in YAML)',
+    ]);
+  });
+});
+
+Deno.test("summarizeConfig keeps the standalone line and names the other side of a pair", () => {
+  assertEquals(
+    summarizeConfig(buildConfigDraft({ listeners: [{}] })),
+    "Configuration OK: 1 listener",
+  );
+  assertEquals(
+    summarizeConfig(buildConfigDraft({
+      role: "back",
+      link_listeners: [{ name: "x" }],
+      fronts: [{ name: "home", secret: HEX }],
+    })),
+    "Configuration OK: role back, 1 link listener (x), 1 front (home)",
+  );
+});
+
+Deno.test("mtproxy link on a back says a back has no client links and exits 1", async () => {
+  await withTempDir(async (dir) => {
+    await Deno.writeTextFile(
+      `${dir}/back.yaml`,
+      `role: back\nlink_listeners: [{}]\nfronts: [{ name: home, secret: "${HEX}" }]\n`,
+    );
+    const r = await mtproxy(["link", "--config", "back.yaml"], { cwd: dir });
+    assertEquals(r.code, 1, r.stderr);
+    assertNoStack(r);
+    assertEquals(r.stdout, "");
+    assertStringIncludes(r.stderr, "mtproxy link: A back has no client links");
+    assertEquals([...Deno.readDirSync(dir)].length, 1, "no state file for a back");
+    const viaEnv = await mtproxy(["link"], {
+      cwd: dir,
+      env: { MTP_CONFIG: "back.yaml", MTP_ROLE: "back" },
+    });
+    assertEquals(viaEnv.code, 1);
+    assertStringIncludes(viaEnv.stderr, "A back has no client links");
+  });
+});
+
+Deno.test("formatLinkListeners shows a back's link listeners and fronts' names, no secrets", () => {
+  const config = buildConfig({
+    role: "back",
+    link_listeners: [{ host: "::", port: 8443, tls_domain: ["a.example", "b.example"] }],
+    fronts: [{ name: "home", secret: HEX }, { name: "office", secret: HEX.replace("0", "f") }],
+  });
+  const lines = formatLinkListeners(config);
+  assertEquals(lines, [
+    "link1 ([::]:8443), link listener for fronts: home, office",
+    "  tls_domain       a.example, b.example",
+  ]);
+  assertEquals(formatLinks(config).lines, []);
 });

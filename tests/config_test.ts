@@ -26,6 +26,7 @@ import {
   writeState,
 } from "../lib/config/state.ts";
 import { toHex } from "../lib/secret.ts";
+import { resolveRunConfig } from "../lib/cli/options.ts";
 
 const HEX = "0123456789abcdef0123456789abcdef";
 const KEY = Uint8Array.from(HEX.match(/../g)!, (h) => parseInt(h, 16));
@@ -292,7 +293,7 @@ telegram: { default-dc: 2 }
     'log-level: unknown key (did you mean "log_level"?)',
     'timeout: unknown key (did you mean "timeouts"?)',
     "port: unknown key (did you mean listeners[0].port?)",
-    "frobnicate: unknown key (known keys: listeners, allowed_protocols, public_host, log_level, max_connections, telegram, timeouts, tls, replay, fronting, pool, external_ip, ip_lookup_urls, per_sni_secrets, per_sni_salt, state_file, policy, metrics)",
+    "frobnicate: unknown key (known keys: role, listeners, allowed_protocols, public_host, log_level, max_connections, telegram, timeouts, tls, replay, fronting, pool, external_ip, ip_lookup_urls, per_sni_secrets, per_sni_salt, state_file, policy, metrics, backs, link_listeners, fronts, default_tag, link)",
     'telegram.default-dc: unknown key (did you mean "default_dc"?)',
   ]);
 });
@@ -659,4 +660,469 @@ Deno.test("listeners[].proxy_protocol: off by default, a boolean", () => {
   const problems = problemsOf(() => parseConfig("listeners: [{ proxy_protocol: v2 }]", "x"));
   assertEquals(problems.length, 1);
   assertStringIncludes(problems[0]!, "listeners[0].proxy_protocol:");
+});
+
+// ---------------------------------------------------------------------------------------------
+// Split mode: roles, backs, link listeners, fronts, link
+
+const HEX2 = "fedcba9876543210fedcba9876543210";
+const KEY2 = Uint8Array.from(HEX2.match(/../g)!, (h) => parseInt(h, 16));
+const MINIMAL_FRONT = { role: "front", backs: [{ address: "back.example.com:443", secret: HEX }] };
+const MINIMAL_BACK = {
+  role: "back",
+  link_listeners: [{}],
+  fronts: [{ name: "home", secret: HEX }],
+};
+
+Deno.test("role is standalone by default, with no split-mode parts and the link defaults", () => {
+  const c = buildConfig(null, { stateSecret: KEY });
+  assertEquals(c.role, "standalone");
+  assertEquals(defaults.DEFAULT_ROLE, "standalone");
+  assertEquals(c.backs, []);
+  assertEquals(c.linkListeners, []);
+  assertEquals(c.fronts, []);
+  assertEquals(c.defaultTag, null);
+  assertEquals(c.link, {
+    windowBytes: 262_144,
+    keepaliveMs: 10_000,
+    timeoutMs: 30_000,
+    waitMs: 5_000,
+  });
+  assertEquals(c.link, defaults.DEFAULT_LINK);
+  assertEquals(buildConfig({ role: "standalone" }, { stateSecret: KEY }).role, "standalone");
+});
+
+Deno.test("a minimal front has its backs with defaults and keeps its client listeners", () => {
+  const c = buildConfig(MINIMAL_FRONT, { stateSecret: KEY });
+  assertEquals(c.role, "front");
+  assertEquals(c.backs, [{
+    address: { host: "back.example.com", port: 443 },
+    secret: KEY,
+    tlsDomain: defaults.DEFAULT_TLS_DOMAIN,
+    links: defaults.DEFAULT_BACK_LINKS,
+  }]);
+  assertEquals(defaults.DEFAULT_BACK_LINKS, 2);
+  assertEquals(c.listeners.length, 1);
+  assertEquals(c.listeners[0]!.name, defaults.DEFAULT_LISTENER_NAME);
+  assertEquals(c.linkListeners, []);
+  assertEquals(c.fronts, []);
+  assert(Object.isFrozen(c.backs[0]));
+});
+
+Deno.test("a front keeps listeners, secrets, fronting, policy, replay, per-SNI, tls, timeouts, metrics", () => {
+  const c = parseConfig(
+    `
+role: front
+listeners: [{ port: 443, secret: "${HEX}", tls_domain: a.example, tag: "${HEX2}" }]
+allowed_protocols: [tls]
+public_host: proxy.example.com
+max_connections: 50
+fronting: { mode: sni }
+policy: { max_connections_per_ip: 5 }
+replay: { max_entries: 10 }
+per_sni_secrets: true
+per_sni_salt: salt
+tls: { max_clock_skew: 60 }
+timeouts: { idle: 60 }
+metrics: { listen: "127.0.0.1:9100" }
+backs:
+  - { address: "[2001:DB8::1]:8443", secret: "${HEX}", tls_domain: B.Example, links: 16 }
+  - { address: "203.0.113.7:443", secret: "${HEX2}", links: 1 }
+link: { window: 16384, keepalive: 1.5, timeout: 2, wait: 0.5 }
+`,
+    "front.yaml",
+  );
+  assertEquals(c.role, "front");
+  assertEquals(c.listeners[0]!.tag, KEY2);
+  assertEquals(c.maxConnections, 50);
+  assertEquals(c.policy.maxConnectionsPerIp, 5);
+  assertEquals(c.perSniSecrets, true);
+  assertEquals(c.backs.map((b) => [b.address, b.tlsDomain, b.links]), [
+    [{ host: "2001:db8::1", port: 8443 }, "b.example", 16],
+    [{ host: "203.0.113.7", port: 443 }, defaults.DEFAULT_TLS_DOMAIN, 1],
+  ]);
+  assertEquals(c.backs[1]!.secret, KEY2);
+  assertEquals(c.link, { windowBytes: 16384, keepaliveMs: 1500, timeoutMs: 2000, waitMs: 500 });
+});
+
+Deno.test("a minimal back has no client listeners and needs no state-file secret", () => {
+  const d = buildConfigDraft(MINIMAL_BACK);
+  assertEquals(d.role, "back");
+  assertEquals(d.listeners, []);
+  const c = resolveSecrets(d, null);
+  assertEquals(c.listeners, []);
+  assertEquals(c.linkListeners, [{
+    name: "link1",
+    host: defaults.DEFAULT_HOST,
+    port: defaults.DEFAULT_LINK_LISTENER_PORT,
+    tlsDomains: [defaults.DEFAULT_TLS_DOMAIN],
+  }]);
+  assertEquals(defaults.DEFAULT_LINK_LISTENER_PORT, 443);
+  assertEquals(c.fronts, [{ name: "home", secret: KEY }]);
+  assertEquals(c.defaultTag, null);
+  assertEquals(c.backs, []);
+  assert(Object.isFrozen(c.fronts[0]) && Object.isFrozen(c.linkListeners[0]!.tlsDomains));
+});
+
+Deno.test("a back reads link listeners, fronts, default_tag and keeps its Telegram side", () => {
+  const c = parseConfig(
+    `
+role: BACK
+link_listeners:
+  - { host: "::", port: 8443, tls_domain: [A.example, b.example] }
+  - { name: alt, port: 443 }
+fronts:
+  - name: home
+    secret: "${HEX}"
+  - name: office.2
+    secret: "${HEX2.toUpperCase()}"
+default_tag: "${HEX2}"
+telegram: { mode: middle }
+pool: { min_connections: 1 }
+external_ip: 203.0.113.9
+fronting: { mode: off }
+metrics: { listen: "127.0.0.1:9100" }
+`,
+    "back.yaml",
+  );
+  assertEquals(c.role, "back");
+  assertEquals(c.linkListeners.map((l) => [l.name, l.host, l.port, l.tlsDomains]), [
+    ["link1", "::", 8443, ["a.example", "b.example"]],
+    ["alt", "0.0.0.0", 443, [defaults.DEFAULT_TLS_DOMAIN]],
+  ]);
+  assertEquals(c.fronts.map((f) => [f.name, toHex(f.secret)]), [["home", HEX], ["office.2", HEX2]]);
+  assertEquals(c.defaultTag, KEY2);
+  assertEquals(c.telegram.mode, "middle");
+  assertEquals(c.pool.minConnections, 1);
+  assertEquals(c.externalIp, "203.0.113.9");
+});
+
+Deno.test("a standalone proxy refuses every split-mode key, naming the role it belongs to", () => {
+  const problems = problemsOf(() =>
+    buildConfig({
+      backs: MINIMAL_FRONT.backs,
+      link_listeners: [{}],
+      fronts: MINIMAL_BACK.fronts,
+      default_tag: HEX,
+      link: { window: 16384 },
+    }, { stateSecret: KEY })
+  );
+  assertEquals(problems, [
+    'backs: only for role "front"',
+    'link_listeners: only for role "back"',
+    'fronts: only for role "back"',
+    'default_tag: only for role "back"',
+    'link: only for roles "front" and "back"',
+  ]);
+  assert(!problems.join().includes(HEX), "no secret in the problems");
+});
+
+Deno.test("a front refuses the Telegram side: set it on the back", () => {
+  const refused: Record<string, unknown> = {
+    telegram: { mode: "direct" },
+    pool: { min_connections: 1 },
+    external_ip: "203.0.113.5",
+    ip_lookup_urls: ["https://ip.example/"],
+    link_listeners: [{}],
+    fronts: [{ name: "home", secret: HEX2 }],
+    default_tag: HEX2,
+  };
+  for (const [key, value] of Object.entries(refused)) {
+    const problems = problemsOf(() =>
+      buildConfig({ ...MINIMAL_FRONT, [key]: value }, { stateSecret: KEY })
+    );
+    assertEquals(problems, [`${key}: a front has no Telegram side: set it on the back`]);
+  }
+  // Set to nothing is the same as left out.
+  assertEquals(
+    buildConfig({ ...MINIMAL_FRONT, telegram: null }, { stateSecret: KEY }).role,
+    "front",
+  );
+});
+
+Deno.test("a back refuses client-side keys: set it on the front", () => {
+  const refused: Record<string, unknown> = {
+    listeners: [{ secret: HEX2 }],
+    backs: MINIMAL_FRONT.backs,
+    allowed_protocols: ["tls"],
+    per_sni_secrets: true,
+    per_sni_salt: "salt",
+    policy: { max_connections_per_ip: 1 },
+    public_host: "proxy.example.com",
+    max_connections: 10,
+  };
+  for (const [key, value] of Object.entries(refused)) {
+    const problems = problemsOf(() => buildConfig({ ...MINIMAL_BACK, [key]: value }));
+    assertEquals(problems, [`${key}: a back has no client listeners: set it on the front`]);
+  }
+});
+
+Deno.test("a front needs backs, a back needs link listeners and fronts, each entry its keys", () => {
+  assertEquals(problemsOf(() => buildConfigDraft({ role: "front" })), [
+    "backs: missing: a front needs at least one back to carry its clients to",
+  ]);
+  assertEquals(problemsOf(() => buildConfigDraft({ role: "front", backs: [] })), [
+    "backs: must not be empty",
+  ]);
+  assertEquals(problemsOf(() => buildConfigDraft({ role: "back" })), [
+    "link_listeners: missing: a back needs at least one link listener for fronts to connect to",
+    "fronts: missing: a back needs at least one front to accept",
+  ]);
+  assertEquals(
+    problemsOf(() => buildConfigDraft({ role: "back", link_listeners: [], fronts: [] })),
+    ["link_listeners: must not be empty", "fronts: must not be empty"],
+  );
+  const entries = problemsOf(() => buildConfigDraft({ role: "front", backs: [{}, null] }));
+  assertEquals(entries.length, 4);
+  assertStringIncludes(entries[0]!, "backs[0].address: missing:");
+  assertStringIncludes(entries[1]!, "backs[0].secret: missing: the link secret the back lists");
+  assertStringIncludes(entries[2]!, "backs[1].address: missing:");
+  const fronts = problemsOf(() =>
+    buildConfigDraft({
+      role: "back",
+      link_listeners: [{}],
+      fronts: [{ secret: HEX }, { name: "x" }],
+    })
+  );
+  assertEquals(fronts.map((p) => p.split(": missing")[0]), ["fronts[0].name", "fronts[1].secret"]);
+});
+
+Deno.test("an invalid role is reported alone, with a suggestion, and no role rules apply", () => {
+  assertEquals(problemsOf(() => buildConfigDraft({ role: "frnt", telegram: {} })), [
+    'role: must be one of standalone, front, back: got "frnt" (did you mean "front"?)',
+  ]);
+});
+
+Deno.test("backs, link listeners and fronts: duplicates are refused", () => {
+  const backs = problemsOf(() =>
+    buildConfigDraft({
+      role: "front",
+      backs: [
+        { address: "Back.example.com:443", secret: HEX },
+        { address: "back.example.com:443", secret: HEX2 },
+        { address: "[2001:db8:0::1]:443", secret: HEX },
+        { address: "[2001:db8::1]:443", secret: HEX2 },
+      ],
+    })
+  );
+  assertEquals(backs, [
+    'backs[1].address: same address as backs[0]: got "back.example.com:443"',
+    'backs[3].address: same address as backs[2]: got "[2001:db8::1]:443"',
+  ]);
+  const links = problemsOf(() =>
+    buildConfigDraft({
+      ...MINIMAL_BACK,
+      link_listeners: [{ name: "a" }, { name: "a", port: 8443 }, { name: "b", host: "0.0.0.0" }],
+    })
+  );
+  assertEquals(links, [
+    'link_listeners[1].name: duplicate link listener name (also link_listeners[0]): got "a"',
+    'link_listeners[2]: same address as link_listeners[0]: got "0.0.0.0:443"',
+  ]);
+  const fronts = problemsOf(() =>
+    buildConfigDraft({
+      ...MINIMAL_BACK,
+      fronts: [
+        { name: "home", secret: HEX },
+        { name: "home", secret: HEX2 },
+        { name: "office", secret: HEX.toUpperCase() },
+      ],
+    })
+  );
+  assertEquals(fronts, [
+    'fronts[1].name: duplicate front name (also fronts[0]): got "home"',
+    "fronts[2].secret: same secret as fronts[0]: the back could not tell them apart; give each front its own",
+  ]);
+});
+
+Deno.test("link secrets are exactly 32 hex digits, and a problem never shows the value", () => {
+  const cases: [unknown, string][] = [
+    [HEX.slice(0, 30), "must be 32 hex digits: got 30 characters"],
+    [`dd${HEX}`, "must be 32 hex digits: got 34 characters"],
+    [HEX.slice(0, 31) + "g", "must be 32 hex digits: it has characters that are not hex digits"],
+    [[HEX], "must be a string of 32 hex digits: got a list"],
+    [true, "must be a string of 32 hex digits: got true or false"],
+  ];
+  for (const [secret, reason] of cases) {
+    for (
+      const raw of [
+        { role: "front", backs: [{ address: "b.example:443", secret }] },
+        { ...MINIMAL_BACK, fronts: [{ name: "home", secret }] },
+      ]
+    ) {
+      const problems = problemsOf(() => buildConfigDraft(raw));
+      assertEquals(problems.length, 1, problems.join("\n"));
+      const where = raw.role === "front" ? "backs[0].secret" : "fronts[0].secret";
+      assertStringIncludes(problems[0]!, `${where}: ${reason} (make one with`);
+      if (typeof secret === "string") {
+        assert(!problems[0]!.includes(secret), `secret echoed: ${problems[0]}`);
+        assert(!problems[0]!.includes(secret.slice(0, 8)), `secret echoed: ${problems[0]}`);
+      }
+    }
+  }
+});
+
+Deno.test("all-digit link secrets in backs and fronts stay strings in YAML", () => {
+  const digits = "01234567890123456789012345678901";
+  const front = parseConfig(
+    `role: front\nbacks:\n  - address: b.example:443\n    secret: ${digits}\n`,
+    "f.yaml",
+    { stateSecret: KEY },
+  );
+  assertEquals(toHex(front.backs[0]!.secret), digits);
+  const back = parseConfig(
+    `role: back\nlink_listeners: [{}]\nfronts: [{ name: home, secret: ${digits} }]\n`,
+    "b.yaml",
+  );
+  assertEquals(toHex(back.fronts[0]!.secret), digits);
+});
+
+Deno.test("backs[] and link_listeners[] values are checked", () => {
+  const front = problemsOf(() =>
+    buildConfigDraft({
+      role: "front",
+      backs: [{ address: "back.example.com", secret: HEX, tls_domain: "not a domain", links: 17 }],
+    })
+  );
+  assertEquals(front, [
+    'backs[0].address: must be "host:port" (IPv6 as "[addr]:port") with a port 1-65535: got "back.example.com"',
+    'backs[0].tls_domain: must be a host name of at most 182 characters: got "not a domain"',
+    "backs[0].links: must be an integer 1-16: got 17",
+  ]);
+  assertEquals(
+    problemsOf(() =>
+      buildConfigDraft({ role: "front", backs: [{ address: "b:1", secret: HEX, links: 0 }] })
+    ),
+    [
+      "backs[0].links: must be an integer 1-16: got 0",
+    ],
+  );
+  const back = problemsOf(() =>
+    buildConfigDraft({
+      ...MINIMAL_BACK,
+      link_listeners: [{ name: "bad name", host: "example.com", port: 0, tls_domain: [] }],
+    })
+  );
+  assertEquals(back.map((p) => p.split(":")[0]), [
+    "link_listeners[0].name",
+    "link_listeners[0].host",
+    "link_listeners[0].port",
+    "link_listeners[0].tls_domain",
+  ]);
+  assertEquals(problemsOf(() => buildConfigDraft({ ...MINIMAL_BACK, default_tag: "abc" })), [
+    'default_tag: must be 32 hex digits (the tag from @MTProxybot; quote it): got "abc"',
+  ]);
+});
+
+Deno.test("link.*: window 16384-16777216, positive seconds, timeout longer than keepalive", () => {
+  const ok = buildConfigDraft({ ...MINIMAL_FRONT, link: { window: 16 * 1024 * 1024 } });
+  assertEquals(ok.link.windowBytes, 16_777_216);
+  const cases: [Record<string, unknown>, string][] = [
+    [{ window: 16383 }, "link.window: must be an integer 16384-16777216: got 16383"],
+    [{ window: 16_777_217 }, "link.window: must be an integer 16384-16777216: got 16777217"],
+    [{ keepalive: 0 }, "link.keepalive: must be a positive number of seconds up to 2147483: got 0"],
+    [{ wait: -1 }, "link.wait: must be a positive number of seconds up to 2147483: got -1"],
+    [
+      { timeout: 10 },
+      "link.timeout: must be longer than link.keepalive (10 s), or a live link would be declared dead between pings: got 10",
+    ],
+    [
+      { keepalive: 40 },
+      "link.timeout: must be longer than link.keepalive (40 s), or a live link would be declared dead between pings: got 30",
+    ],
+    [{ timeut: 40 }, 'link.timeut: unknown key (did you mean "timeout"?)'],
+  ];
+  for (const [link, problem] of cases) {
+    for (const base of [MINIMAL_FRONT, MINIMAL_BACK]) {
+      assertEquals(problemsOf(() => buildConfigDraft({ ...base, link })), [problem]);
+    }
+  }
+  assertEquals(
+    buildConfigDraft({ ...MINIMAL_BACK, link: { keepalive: 40, timeout: 41 } }).link.timeoutMs,
+    41_000,
+  );
+});
+
+Deno.test("role comes from the flag over the environment over the file", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "mtproxy_role_test_" });
+  try {
+    await Deno.writeTextFile(
+      `${dir}/back.yaml`,
+      `role: back\nlink_listeners: [{}]\nfronts: [{ name: home, secret: "${HEX}" }]\n`,
+    );
+    const file = await resolveRunConfig(["--config", "back.yaml"], {}, { cwd: dir });
+    assertEquals(file.config.role, "back");
+    assertEquals(file.stateUsed, false);
+    const env = { MTP_CONFIG: "back.yaml", MTP_ROLE: "front" };
+    const fromEnv = await assertRejects(() => resolveRunConfig([], env, { cwd: dir }), ConfigError);
+    assertEquals((fromEnv as ConfigError).problems, [
+      "link_listeners: a front has no Telegram side: set it on the back",
+      "fronts: a front has no Telegram side: set it on the back",
+      "backs: missing: a front needs at least one back to carry its clients to",
+    ]);
+    const fromFlag = await resolveRunConfig(["--role", "back"], env, { cwd: dir });
+    assertEquals(fromFlag.config.role, "back");
+    const bad = await assertRejects(
+      () => resolveRunConfig([], { ...env, MTP_ROLE: "middle" }, { cwd: dir }),
+      ConfigError,
+    );
+    assertEquals((bad as ConfigError).problems, [
+      'role (from MTP_ROLE): must be one of standalone, front, back: got "middle"',
+    ]);
+    const flagBad = await assertRejects(
+      () => resolveRunConfig(["--role", "frnt"], env, { cwd: dir }),
+      ConfigError,
+    );
+    assertStringIncludes(String(flagBad), "role (from --role): must be one of");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("listener overrides on a back are refused with their source, not silently dropped", () => {
+  const o: ConfigOverrides = { port: { value: "443", source: "MTP_PORT" } };
+  assertEquals(problemsOf(() => buildConfigDraft(MINIMAL_BACK, { overrides: o })), [
+    "listeners (from MTP_PORT): a back has no client listeners: set it on the front",
+  ]);
+  const allow: ConfigOverrides = { allowedProtocols: { value: ["tls"], source: "--allow" } };
+  assertEquals(problemsOf(() => buildConfigDraft(MINIMAL_BACK, { overrides: allow })), [
+    "allowed_protocols (from --allow): a back has no client listeners: set it on the front",
+  ]);
+  // The role override decides whether a default listener is invented.
+  const role: ConfigOverrides = { role: { value: "back", source: "--role" } };
+  const d = buildConfigDraft({ link_listeners: [{}], fronts: MINIMAL_BACK.fronts }, {
+    overrides: role,
+  });
+  assertEquals([d.role, d.listeners.length], ["back", 0]);
+});
+
+Deno.test("config.example.yaml's split-mode examples validate once uncommented", async () => {
+  const text = await Deno.readTextFile(new URL("../config.example.yaml", import.meta.url));
+  const lines = text.split("\n");
+  /** The commented-out block that starts with `first`, up to the next bare "#", uncommented. */
+  const block = (first: string) => {
+    const start = lines.indexOf(`# ${first}`);
+    assert(start >= 0, `no "# ${first}" in config.example.yaml`);
+    const end = lines.findIndex((l, i) => i > start && !l.startsWith("# "));
+    return lines.slice(start, end < 0 ? undefined : end).map((l) => l.slice(2)).join("\n");
+  };
+  const link = block("link:");
+  const front = parseConfig(`role: front\n${block("backs:")}\n${link}\n`, "front", {
+    stateSecret: KEY,
+  });
+  assertEquals(front.backs[0]!.address, { host: "back.example.com", port: 443 });
+  assertEquals(front.backs[0]!.links, defaults.DEFAULT_BACK_LINKS);
+  assertEquals(front.backs[0]!.tlsDomain, defaults.DEFAULT_TLS_DOMAIN);
+  assertEquals(front.link, defaults.DEFAULT_LINK);
+  const back = parseConfig(`role: back\n${block("link_listeners:")}\n${link}\n`, "back");
+  assertEquals(back.linkListeners, [{
+    name: "link1",
+    host: defaults.DEFAULT_HOST,
+    port: defaults.DEFAULT_LINK_LISTENER_PORT,
+    tlsDomains: [defaults.DEFAULT_TLS_DOMAIN],
+  }]);
+  assertEquals(back.fronts.map((f) => f.name), ["home"]);
+  assert(back.defaultTag !== null);
+  assertEquals(back.link, defaults.DEFAULT_LINK);
+  assertStringIncludes(text, "# role: standalone");
 });

@@ -15,6 +15,7 @@ import type {
 } from "../lib/config/types.ts";
 import type { ProxyEvent } from "../lib/client/events.ts";
 import {
+  DEFAULT_LINK,
   DEFAULT_POLICY,
   DEFAULT_POOL_CLIENTS_PER_CONNECTION,
   DEFAULT_POOL_MAX_CLIENT_UNACKED_BYTES,
@@ -98,6 +99,7 @@ export function testConfig(options: TestConfigOptions = {}): Config {
     ...l,
   }));
   return {
+    role: "standalone",
     listeners: [listener, ...extra],
     allowedProtocols: allowed,
     publicHost: null,
@@ -149,6 +151,11 @@ export function testConfig(options: TestConfigOptions = {}): Config {
     perSniSalt: options.perSniSalt ?? "mtproto-proxy-per-sni-v1",
     policy: { ...DEFAULT_POLICY, ...options.policy },
     metrics: { listen: options.metricsListen ?? null },
+    backs: [],
+    linkListeners: [],
+    fronts: [],
+    defaultTag: null,
+    link: DEFAULT_LINK,
   };
 }
 

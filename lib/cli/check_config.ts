@@ -3,20 +3,62 @@
  *
  * @module
  */
-import { ConfigError, loadConfigDraftFile } from "../config/load.ts";
+import { type ConfigDraft, ConfigError, loadConfigDraftFile } from "../config/load.ts";
+import { formatAddress } from "./link.ts";
 import { parseCommandArgs, reportError, UsageError } from "./options.ts";
 
 /** Help screen of `mtproxy check-config`. */
-export const CHECK_CONFIG_HELP = `Usage: mtproxy check-config FILE
+export const CHECK_CONFIG_HELP = `Usage: mtproxy check-config [--role ROLE] FILE
 
-Validate a YAML configuration file. Prints "Configuration OK: N listeners" and exits
-with 0, or prints every problem (one per line: key path and reason) and exits with 1.
-Listeners without a secret are fine: "mtproxy run" takes theirs from the state file.
+Validate a YAML configuration file. Prints "Configuration OK: N listeners" (for a
+split pair: the role, and the backs of a front or the link listeners and fronts
+of a back) and exits with 0, or prints every problem (one per line: key path and
+reason) and exits with 1. Listeners without a secret are fine: "mtproxy run"
+takes theirs from the state file. Environment variables are not read.
 
 Options:
-  -h, --help   show this help`;
+      --role ROLE   check the file as this role (standalone, front or back)
+                    instead of its own role key, like "run --role"
+  -h, --help        show this help`;
 
-const OPTIONS = { help: { type: "boolean", short: "h" } } as const;
+const OPTIONS = {
+  role: { type: "string" },
+  help: { type: "boolean", short: "h" },
+} as const;
+
+/**
+ * The line `check-config` prints for a valid draft: the listener count for a standalone
+ * proxy; the role and its other side for a front (backs' addresses) or a back (link listeners'
+ * and fronts' names). Never a secret.
+ *
+ * @example Usage
+ * ```ts
+ * import { summarizeConfig } from "./check_config.ts";
+ * import { buildConfigDraft } from "../config/load.ts";
+ * summarizeConfig(buildConfigDraft({ listeners: [{ port: 443 }, { port: 444 }] })); // "Configuration OK: 2 listeners"
+ * ```
+ */
+export function summarizeConfig(draft: ConfigDraft): string {
+  const count = (n: number, one: string, many: string) => `${n} ${n === 1 ? one : many}`;
+  const listeners = count(draft.listeners.length, "listener", "listeners");
+  switch (draft.role) {
+    case "standalone":
+      return `Configuration OK: ${listeners}`;
+    case "front": {
+      const backs = draft.backs.map((b) => formatAddress(b.address.host, b.address.port));
+      return `Configuration OK: role front, ${listeners}, ${
+        count(backs.length, "back", "backs")
+      } (${backs.join(", ")})`;
+    }
+    case "back": {
+      const links = draft.linkListeners.map((l) => l.name);
+      const fronts = draft.fronts.map((f) => f.name);
+      return `Configuration OK: role back, ${
+        count(links.length, "link listener", "link listeners")
+      } (${links.join(", ")}), ${count(fronts.length, "front", "fronts")} (${fronts.join(", ")})`;
+    }
+  }
+}
 
 /**
  * Run `mtproxy check-config`; returns the exit code.
@@ -43,10 +85,13 @@ export async function checkConfigCommand(args: string[]): Promise<number> {
     }
     const path = positionals[0]!;
     try {
-      const draft = await loadConfigDraftFile(path);
+      const draft = await loadConfigDraftFile(path, {
+        overrides: values.role === undefined ? {} : {
+          role: { value: values.role, source: "--role" },
+        },
+      });
       for (const w of draft.warnings) console.error(`Warning: ${w}`);
-      const n = draft.listeners.length;
-      console.log(`Configuration OK: ${n} ${n === 1 ? "listener" : "listeners"}`);
+      console.log(summarizeConfig(draft));
       return 0;
     } catch (e) {
       if (!(e instanceof ConfigError)) throw e;

@@ -24,6 +24,7 @@ export const LINK_HELP = `Usage: mtproxy link [options]
 Print the tg:// and https://t.me proxy links of every listener, for every allowed
 protocol, using public_host as the server. Reads the same configuration as "run";
 secrets come from the config or the state file (which "link" never creates).
+A back (role: back) has no client links: run "link" with its front's configuration.
 
       --sni NAME           with per_sni_secrets: the fake-TLS links of the user
                            whose SNI is NAME (their own secret); repeatable
@@ -107,6 +108,32 @@ export function formatLinks(
 }
 
 /**
+ * The block `run` prints for a back instead of proxy links: each link listener's address and
+ * SNIs, and the names of the fronts it accepts (never their secrets).
+ *
+ * @example Usage
+ * ```ts
+ * import { formatLinkListeners } from "./link.ts";
+ * import { buildConfig } from "../config/load.ts";
+ * const config = buildConfig({
+ *   role: "back",
+ *   link_listeners: [{}],
+ *   fronts: [{ name: "home", secret: "0123456789abcdef0123456789abcdef" }],
+ * });
+ * formatLinkListeners(config)[0]; // "link1 (0.0.0.0:443), link listener for fronts: home"
+ * ```
+ */
+export function formatLinkListeners(config: Config): string[] {
+  const fronts = config.fronts.map((f) => f.name).join(", ");
+  const lines: string[] = [];
+  for (const l of config.linkListeners) {
+    lines.push(`${l.name} (${formatAddress(l.host, l.port)}), link listener for fronts: ${fronts}`);
+    lines.push(`  tls_domain       ${l.tlsDomains.join(", ")}`);
+  }
+  return lines;
+}
+
+/**
  * Run `mtproxy link`; returns the exit code.
  *
  * @example Usage
@@ -125,6 +152,11 @@ export async function linkCommand(args: string[]): Promise<number> {
     }
     const { config, warnings } = await resolveRunConfig(parsed, Deno.env.toObject());
     for (const w of warnings) console.error(`Warning: ${w}`);
+    if (config.role === "back") {
+      throw new Error(
+        'A back has no client links: clients connect to a front, so run "mtproxy link" with the front\'s configuration',
+      );
+    }
     const snis = values.sni ?? [];
     if (snis.length > 0 && !config.perSniSecrets) {
       throw new UsageError("--sni needs per_sni_secrets: true in the configuration");

@@ -4,7 +4,7 @@
  *
  * Precedence: flags > environment > config file > defaults. `--port`, `--host`, `--secret` and
  * `--tls-domain` apply to the first listener (created when the file has none); `--allow`
- * replaces the allowed protocols everywhere.
+ * replaces the allowed protocols everywhere; `--role` replaces the file's `role`.
  *
  * @module
  */
@@ -40,6 +40,7 @@ export class UsageError extends Error {
 /** The flags of `run` and `link`. */
 export const RUN_OPTIONS = {
   config: { type: "string" },
+  role: { type: "string" },
   port: { type: "string", short: "p" },
   host: { type: "string" },
   secret: { type: "string", short: "s" },
@@ -55,6 +56,7 @@ export const RUN_OPTIONS = {
 /** Environment variables read by `run` and `link`. */
 export const ENV = {
   config: "MTP_CONFIG",
+  role: "MTP_ROLE",
   port: "MTP_PORT",
   host: "MTP_HOST",
   secret: "MTP_SECRET",
@@ -71,6 +73,8 @@ export const ENV = {
 export const RUN_OPTIONS_HELP =
   `Options (each has an environment variable; flags win over it, it wins over the file):
       --config FILE        YAML configuration file                            [MTP_CONFIG]
+      --role ROLE          standalone, front (client side of a split pair) or
+                           back (Telegram side); replaces the file's role     [MTP_ROLE]
   -p, --port PORT          port of the first listener (default 1443)          [MTP_PORT]
       --host ADDR          bind address of the first listener (default 0.0.0.0) [MTP_HOST]
   -s, --secret SECRET      secret of the first listener: 32 hex digits, or a
@@ -94,6 +98,7 @@ the config file (or in the working directory).`;
 export interface RunArgs {
   readonly help: boolean;
   readonly config?: string;
+  readonly role?: string;
   readonly port?: string;
   readonly host?: string;
   readonly secret?: string;
@@ -185,6 +190,7 @@ export function runArgsFromValues(v: ParsedCommandArgs<typeof RUN_OPTIONS>["valu
   return {
     help: v.help ?? false,
     ...(v.config !== undefined && { config: v.config }),
+    ...(v.role !== undefined && { role: v.role }),
     ...(v.port !== undefined && { port: v.port }),
     ...(v.host !== undefined && { host: v.host }),
     ...(v.secret !== undefined && { secret: v.secret }),
@@ -262,6 +268,7 @@ export async function resolveRunConfig(
   };
 
   const overrides: Record<string, ConfigOverride<unknown> | undefined> = {
+    role: pick("--role", a.role, ENV.role, e(ENV.role)),
     host: pick("--host", a.host, ENV.host, e(ENV.host)),
     port: pick("--port", a.port, ENV.port, e(ENV.port)),
     secret: pick("--secret", a.secret, ENV.secret, e(ENV.secret)),

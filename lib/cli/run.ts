@@ -7,7 +7,7 @@
 import { dirname } from "node:path";
 import { type ServerHandle, startServer } from "../server.ts";
 import { logger, setupLogging } from "../ops/log.ts";
-import { formatAddress, formatLinks } from "./link.ts";
+import { formatAddress, formatLinkListeners, formatLinks } from "./link.ts";
 import {
   parseRunArgs,
   reportError,
@@ -21,7 +21,8 @@ export const RUN_HELP = `Usage: mtproxy [run] [options]
 
 Run the proxy: print the proxy links, listen, and relay Telegram clients until
 SIGINT or SIGTERM (live clients then get timeouts.shutdown_grace seconds to
-finish; a second signal exits at once). Logs go to stderr.
+finish; a second signal exits at once). A back (role: back) prints its link
+listeners instead of links. Logs go to stderr.
 
 ${RUN_OPTIONS_HELP}`;
 
@@ -50,9 +51,14 @@ export async function runCommand(args: string[]): Promise<number> {
     await setupLogging(config.logLevel);
     for (const w of resolved.warnings) console.error(`Warning: ${w}`);
 
-    const links = formatLinks(config);
-    for (const w of links.warnings) console.error(w);
-    for (const line of links.lines) console.log(line);
+    if (config.role === "back") {
+      // No client links on a back: what fronts connect to instead (no secrets).
+      for (const line of formatLinkListeners(config)) console.log(line);
+    } else {
+      const links = formatLinks(config);
+      for (const w of links.warnings) console.error(w);
+      for (const line of links.lines) console.log(line);
+    }
     console.log("");
     if (resolved.configPath !== null) console.log(`Config file: ${resolved.configPath}`);
     console.log(
@@ -60,6 +66,8 @@ export async function runCommand(args: string[]): Promise<number> {
         ? `State file: ${resolved.statePath}${
           resolved.stateCreated ? " (created now with a new random secret)" : ""
         }`
+        : config.role === "back"
+        ? `State file: not used (a back has no client listeners)`
         : `State file: not used (every listener has its own secret)`,
     );
 
@@ -69,7 +77,7 @@ export async function runCommand(args: string[]): Promise<number> {
     } catch (e) {
       const message = e instanceof Error ? e.message : String(e);
       const hint = /permission denied|os error 13/i.test(message) &&
-          config.listeners.some((l) => l.port < 1024)
+          [...config.listeners, ...config.linkListeners].some((l) => l.port < 1024)
         ? "; ports below 1024 need root or CAP_NET_BIND_SERVICE"
         : /address already in use|os error 98/i.test(message)
         ? "; another process already listens there"

@@ -4,7 +4,7 @@
  *
  * @module
  */
-import type { ClientProtocol, LogLevel, PolicyConfig } from "./types.ts";
+import type { ClientProtocol, LinkConfig, LogLevel, PolicyConfig, Role } from "./types.ts";
 
 /** Listening port: unprivileged, so a first run needs no root; production usually maps 443. */
 export const DEFAULT_PORT = 1443;
@@ -134,3 +134,41 @@ export const DEFAULT_POLICY: PolicyConfig = Object.freeze({
   allowSni: Object.freeze([]),
   denySni: Object.freeze([]),
 });
+
+/** One process that is the whole proxy: split mode is opt-in. */
+export const DEFAULT_ROLE: Role = "standalone";
+
+/** Links per back: one can be replaced while the other carries the clients. */
+export const DEFAULT_BACK_LINKS = 2;
+
+/** A front may open at most this many links to one back: more only adds handshakes to watch. */
+export const MAX_BACK_LINKS = 16;
+
+/** Prefix of link listener names when unset ("link1", "link2"...), like "listener<N>". */
+export const DEFAULT_LINK_LISTENER_NAME_PREFIX = "link";
+
+/** Link listener port: links should look like HTTPS to whoever watches the border. */
+export const DEFAULT_LINK_LISTENER_PORT = 443;
+
+/** Per-stream credit of 256 KiB: fills a 20 Mbit/s path at 100 ms round trip per client. */
+export const DEFAULT_LINK_WINDOW_BYTES = 256 * 1024;
+
+/** Ping a link after 10 s of silence, so NAT and middleboxes do not forget it. */
+export const DEFAULT_LINK_KEEPALIVE_MS = 10_000;
+
+/** A link silent for 30 s (three missed pings) is dead and is replaced. */
+export const DEFAULT_LINK_TIMEOUT_MS = 30_000;
+
+/** A new client waits 5 s for a usable link: shorter than an app's own connect timeout. */
+export const DEFAULT_LINK_WAIT_MS = 5_000;
+
+/** The `link:` section with every default (what a standalone proxy carries, unused). */
+export const DEFAULT_LINK: LinkConfig = Object.freeze({
+  windowBytes: DEFAULT_LINK_WINDOW_BYTES,
+  keepaliveMs: DEFAULT_LINK_KEEPALIVE_MS,
+  timeoutMs: DEFAULT_LINK_TIMEOUT_MS,
+  waitMs: DEFAULT_LINK_WAIT_MS,
+});
+
+/** Placeholder back address of `mtproxy secret --front` when --back is not given. */
+export const EXAMPLE_BACK_ADDRESS = "back.example.com:443";

@@ -13,17 +13,22 @@
  */
 import { isScalar, LineCounter, parseDocument, visit } from "yaml";
 import type {
+  BackConfig,
   ClientProtocol,
   Config,
+  FrontCredential,
   HostPort,
+  LinkListenerConfig,
   ListenerConfig,
   LogLevel,
+  Role,
   ServerErrorFilter,
   TelegramConfig,
 } from "./types.ts";
 import {
   BUILTIN_DC_IDS,
   DEFAULT_ALLOWED_PROTOCOLS,
+  DEFAULT_BACK_LINKS,
   DEFAULT_DC,
   DEFAULT_DC_CONNECT_TIMEOUT_MS,
   DEFAULT_FAKE_CERT_SIZE,
@@ -34,6 +39,12 @@ import {
   DEFAULT_HOST,
   DEFAULT_IDLE_TIMEOUT_MS,
   DEFAULT_IP_LOOKUP_URLS,
+  DEFAULT_LINK_KEEPALIVE_MS,
+  DEFAULT_LINK_LISTENER_NAME_PREFIX,
+  DEFAULT_LINK_LISTENER_PORT,
+  DEFAULT_LINK_TIMEOUT_MS,
+  DEFAULT_LINK_WAIT_MS,
+  DEFAULT_LINK_WINDOW_BYTES,
   DEFAULT_LISTENER_NAME,
   DEFAULT_LOG_LEVEL,
   DEFAULT_MAX_CONNECTIONS,
@@ -53,11 +64,13 @@ import {
   DEFAULT_REFRESH_INTERVAL_MS,
   DEFAULT_REPLAY_MAX_AGE_MS,
   DEFAULT_REPLAY_MAX_ENTRIES,
+  DEFAULT_ROLE,
   DEFAULT_SERVER_ERROR_FILTER,
   DEFAULT_SHUTDOWN_GRACE_MS,
   DEFAULT_TELEGRAM_MODE,
   DEFAULT_TLS_DOMAIN,
   DEFAULT_TLS_MAX_CLOCK_SKEW_MS,
+  MAX_BACK_LINKS,
 } from "./defaults.ts";
 import {
   isValidTlsDomain,
@@ -87,7 +100,7 @@ export interface ListenerDraft extends Omit<ListenerConfig, "secret"> {
   readonly secret: Uint8Array | null;
 }
 
-/** A validated configuration whose listener secrets may still be missing. */
+/** A validated configuration whose listener secrets may still be missing (a back has none). */
 export interface ConfigDraft extends Omit<Config, "listeners"> {
   readonly listeners: readonly ListenerDraft[];
   /** `state_file` as written (a relative path is not resolved yet); null when unset. */
@@ -104,10 +117,12 @@ export interface ConfigOverride<T> {
 
 /**
  * Values from the environment or the command line, laid over the file. `host`, `port`,
- * `secret` and `tlsDomains` apply to the first listener (created when the file has none);
- * `allowedProtocols` replaces the global list and every per-listener list.
+ * `secret` and `tlsDomains` apply to the first listener (created when the file has none,
+ * except on a back, which has no client listeners); `allowedProtocols` replaces the global
+ * list and every per-listener list; `role` replaces the file's `role`.
  */
 export interface ConfigOverrides {
+  readonly role?: ConfigOverride<string>;
   readonly host?: ConfigOverride<string>;
   readonly port?: ConfigOverride<string | number>;
   readonly secret?: ConfigOverride<string>;
@@ -154,7 +169,8 @@ export function parseYaml(yamlText: string, source: string): unknown {
       return `${source}:${pos.line}:${pos.col}: YAML syntax error: ${e.message.split("\n")[0]}`;
     }));
   }
-  // An all-digit secret such as 0123…9 would otherwise become a number and lose digits.
+  // An all-digit secret such as 0123…9 would otherwise become a number and lose digits. Every
+  // `secret` key at any depth: listeners[], backs[] and fronts[].
   visit(doc, {
     Pair(_, pair) {
       if (
@@ -241,6 +257,7 @@ export function resolveSecrets(draft: ConfigDraft, stateSecret: Uint8Array | nul
   });
   if (problems.length > 0) throw new ConfigError(problems);
   const config: Config = {
+    role: draft.role,
     listeners,
     allowedProtocols: draft.allowedProtocols,
     publicHost: draft.publicHost,
@@ -258,6 +275,11 @@ export function resolveSecrets(draft: ConfigDraft, stateSecret: Uint8Array | nul
     perSniSalt: draft.perSniSalt,
     policy: draft.policy,
     metrics: draft.metrics,
+    backs: draft.backs.map((b) => ({ ...b, secret: b.secret.slice() })),
+    linkListeners: draft.linkListeners,
+    fronts: draft.fronts.map((f) => ({ ...f, secret: f.secret.slice() })),
+    defaultTag: draft.defaultTag?.slice() ?? null,
+    link: draft.link,
   };
   return _deepFreeze(config);
 }
@@ -357,6 +379,42 @@ export function suggest(word: string, candidates: readonly string[]): string | u
   return best;
 }
 
+/**
+ * Parse `"host:port"` as the configuration does for addresses to dial: a host name or an IP
+ * literal (IPv6 as `"[addr]:port"`) and a port 1-65535. Host names come out lowercase, IPv6
+ * compressed. Null when the text is not such an address.
+ *
+ * @example Usage
+ * ```ts
+ * import { parseHostPort } from "./load.ts";
+ * parseHostPort("Back.Example.com:443"); // { host: "back.example.com", port: 443 }
+ * parseHostPort("back.example.com"); // null
+ * ```
+ */
+export function parseHostPort(text: string): HostPort | null {
+  const s = text.trim();
+  const m = /^\[([^\]]+)\]:(\d+)$/.exec(s) ?? /^([^:\[\]]+):(\d+)$/.exec(s);
+  const host = m ? (_ipLiteral(m[1]!) ?? (_isHostName(m[1]!) ? m[1]!.toLowerCase() : null)) : null;
+  const port = m ? Number(m[2]) : 0;
+  if (host === null || port < 1 || port > 65535) return null;
+  return { host, port };
+}
+
+/**
+ * Whether `text` is a valid name for a listener, a link listener or a front: 1-64 letters,
+ * digits, ".", "_" or "-", starting with a letter or digit.
+ *
+ * @example Usage
+ * ```ts
+ * import { isValidName } from "./load.ts";
+ * isValidName("home-1"); // true
+ * isValidName("my front"); // false
+ * ```
+ */
+export function isValidName(text: string): boolean {
+  return /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/.test(text);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Reading
 
@@ -426,6 +484,7 @@ function _applyOverrides(
   const numeric = (v: unknown) => typeof v === "string" && /^\s*\d+\s*$/.test(v) ? Number(v) : v;
   const list = (v: unknown) => Array.isArray(v) ? [...v] : v;
 
+  set(root, "role", "role", o.role);
   set(root, "public_host", "public_host", o.publicHost);
   set(root, "log_level", "log_level", o.logLevel);
   if (o.metricsListen) {
@@ -437,7 +496,15 @@ function _applyOverrides(
     for (const l of root.listeners) if (_isMapping(l)) delete l.allowed_protocols;
   }
   const listenerOverride = o.host ?? o.port ?? o.secret ?? o.tlsDomains ?? o.tag;
-  if (root.listeners === undefined || root.listeners === null) {
+  const absent = root.listeners === undefined || root.listeners === null;
+  if (_roleOf(root) === "back") {
+    // A back has no client listeners: none is invented, and a listener flag is reported
+    // (as the listeners it would create) rather than silently ignored.
+    if (absent && listenerOverride) {
+      root.listeners = [{ name: DEFAULT_LISTENER_NAME }];
+      origins.set("listeners", listenerOverride.source);
+    }
+  } else if (absent) {
     root.listeners = [{ name: DEFAULT_LISTENER_NAME }];
   } else if (Array.isArray(root.listeners) && root.listeners.length === 0 && listenerOverride) {
     root.listeners.push({ name: DEFAULT_LISTENER_NAME });
@@ -539,6 +606,12 @@ const MISPLACED: Readonly<Record<string, string>> = {
   proxy_config_url: "telegram.proxy_config_url",
   proxy_config_v6_url: "telegram.proxy_config_v6_url",
   refresh_interval: "telegram.refresh_interval",
+  window: "link.window",
+  keepalive: "link.keepalive",
+  wait: "link.wait",
+  link_listener: "link_listeners",
+  back: "backs",
+  front: "fronts",
 };
 
 /** A mapping with known keys; absent (undefined or null) fields come out as undefined. */
@@ -572,6 +645,38 @@ function _mapping<S extends Shape>(shape: S): Check<ShapeOut<S>> {
     }
     return ok ? out as ShapeOut<S> : INVALID;
   };
+}
+
+type Field<C> = C extends Check<infer T> ? T : never;
+
+/**
+ * A mapping like {@linkcode _mapping} whose `required` keys must be present; each maps to the
+ * reason shown when it is missing ("key: missing: reason").
+ */
+function _record<S extends Shape, R extends keyof S & string>(
+  shape: S,
+  required: Readonly<Record<R, string>>,
+): Check<ShapeOut<S> & { [K in R]: Field<S[K]> }> {
+  const mapping = _mapping(shape);
+  return (value, path, c) => {
+    const out = mapping(value, path, c);
+    let ok = out !== INVALID;
+    const v = value ?? {};
+    if (_isMapping(v)) {
+      for (const [key, why] of Object.entries<string>(required)) {
+        if (v[key] === undefined || v[key] === null) {
+          c.fail(_join(path, key), `missing: ${why}`);
+          ok = false;
+        }
+      }
+    }
+    return ok ? out as ShapeOut<S> & { [K in R]: Field<S[K]> } : INVALID;
+  };
+}
+
+/** A key this role does not have: always a problem, never showing the value (it may be secret). */
+function _reject(why: string): Check<never> {
+  return (_value, path, c) => c.fail(path, why);
 }
 
 function _list<T>(item: Check<T>, what: string, options: { single?: boolean } = {}): Check<T[]> {
@@ -697,7 +802,7 @@ const _tlsDomain: Check<string> = (value, path, c) => {
 
 const _listenerName: Check<string> = (value, path, c) => {
   const s = typeof value === "number" ? String(value) : value;
-  if (typeof s === "string" && /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/.test(s)) return s;
+  if (typeof s === "string" && isValidName(s)) return s;
   return c.fail(
     path,
     'must be 1-64 letters, digits, ".", "_" or "-", starting with a letter or digit',
@@ -737,6 +842,33 @@ const _tag: Check<Uint8Array> = (value, path, c) => {
   }
   return Uint8Array.from(s.match(/../g)!, (h) => parseInt(h, 16));
 };
+
+/**
+ * A link secret: exactly 32 hex digits -> 16 bytes. Problems say what is wrong with it, never
+ * what it was: a near-miss of a secret is still mostly the secret.
+ */
+const _linkSecret: Check<Uint8Array> = (value, path, c) => {
+  const hint = ' (make one with "mtproxy secret --front NAME"; quote it in YAML)';
+  if (typeof value !== "string") {
+    return c.fail(path, `must be a string of 32 hex digits: got ${_kind(value)}${hint}`);
+  }
+  const s = value.trim();
+  if (s.length !== 32) {
+    return c.fail(path, `must be 32 hex digits: got ${s.length} characters${hint}`);
+  }
+  if (!/^[0-9a-fA-F]{32}$/.test(s)) {
+    return c.fail(path, `must be 32 hex digits: it has characters that are not hex digits${hint}`);
+  }
+  return Uint8Array.from(s.match(/../g)!, (h) => parseInt(h, 16));
+};
+
+/** What kind of value `v` is, without its content. */
+function _kind(v: unknown): string {
+  if (Array.isArray(v)) return "a list";
+  if (typeof v === "object" && v !== null) return "a mapping";
+  if (typeof v === "boolean") return "true or false";
+  return `a ${typeof v}`;
+}
 
 /** An http(s) URL. */
 const _url: Check<string> = (value, path, c) => {
@@ -787,14 +919,11 @@ const _frontingMode: Check<"off" | "sni" | HostPort> = (value, path, c) => {
 };
 
 const _hostPort: Check<HostPort> = (value, path, c) => {
-  const s = typeof value === "string" ? value.trim() : "";
-  const m = /^\[([^\]]+)\]:(\d+)$/.exec(s) ?? /^([^:\[\]]+):(\d+)$/.exec(s);
-  const host = m ? (_ipLiteral(m[1]!) ?? (_isHostName(m[1]!) ? m[1]!.toLowerCase() : null)) : null;
-  const port = m ? Number(m[2]) : 0;
-  if (host === null || port < 1 || port > 65535) {
+  const hp = typeof value === "string" ? parseHostPort(value) : null;
+  if (hp === null) {
     return c.fail(path, 'must be "host:port" (IPv6 as "[addr]:port") with a port 1-65535', value);
   }
-  return { host, port };
+  return hp;
 };
 
 /** A network in CIDR form, kept as written (trimmed). */
@@ -862,8 +991,41 @@ const LISTENER = _mapping({
   proxy_protocol: _bool,
 });
 
-/** The whole file. */
-const ROOT = _mapping({
+const _secretHint = 'make one with "mtproxy secret --front NAME"';
+
+/** `backs[]`: a back as a front sees it. */
+const BACK = _record({
+  address: _hostPort,
+  secret: _linkSecret,
+  tls_domain: _tlsDomain,
+  links: _int(1, MAX_BACK_LINKS),
+}, {
+  address: 'the "host:port" of one of the back\'s link_listeners',
+  secret: `the link secret the back lists for this front (${_secretHint})`,
+});
+
+/** `link_listeners[]`: where a back accepts links. */
+const LINK_LISTENER = _mapping({
+  name: _listenerName,
+  host: _bindHost,
+  port: _int(1, 65535),
+  tls_domain: _list(_tlsDomain, "host names", { single: true }),
+});
+
+/** `fronts[]`: a front a back accepts. */
+const FRONT = _record({
+  name: _listenerName,
+  secret: _linkSecret,
+}, {
+  name: "a name for this front, shown in logs",
+  secret: `the link secret this front lists for the back (${_secretHint})`,
+});
+
+const ROLES: readonly Role[] = ["standalone", "front", "back"];
+
+/** The whole file, whatever its role. */
+const ROOT_SHAPE = {
+  role: _choice(ROLES),
   listeners: _list(LISTENER, "listeners"),
   allowed_protocols: _protocols,
   public_host: _publicHost,
@@ -924,14 +1086,115 @@ const ROOT = _mapping({
   metrics: _mapping({
     listen: _bindAddress,
   }),
-});
+  backs: _list(BACK, "backs"),
+  link_listeners: _list(LINK_LISTENER, "link listeners"),
+  fronts: _list(FRONT, "fronts"),
+  default_tag: _tag,
+  link: _mapping({
+    window: _int(16384, 16 * 1024 * 1024),
+    keepalive: _seconds,
+    timeout: _seconds,
+    wait: _seconds,
+  }),
+} satisfies Shape;
+
+type Root = ShapeOut<typeof ROOT_SHAPE>;
+
+const NO_TELEGRAM = "a front has no Telegram side: set it on the back";
+const NO_CLIENTS = "a back has no client listeners: set it on the front";
+
+/** Top-level keys each role refuses, and why. */
+const NOT_FOR: Readonly<Record<Role, Readonly<Record<string, string>>>> = {
+  standalone: {
+    backs: 'only for role "front"',
+    link_listeners: 'only for role "back"',
+    fronts: 'only for role "back"',
+    default_tag: 'only for role "back"',
+    link: 'only for roles "front" and "back"',
+  },
+  front: Object.fromEntries(
+    [
+      "telegram",
+      "pool",
+      "external_ip",
+      "ip_lookup_urls",
+      "link_listeners",
+      "fronts",
+      "default_tag",
+    ].map((key) => [key, NO_TELEGRAM]),
+  ),
+  back: Object.fromEntries(
+    [
+      "listeners",
+      "backs",
+      "allowed_protocols",
+      "per_sni_secrets",
+      "per_sni_salt",
+      "policy",
+      "public_host",
+      "max_connections",
+    ].map((key) => [key, NO_CLIENTS]),
+  ),
+};
+
+/** Top-level keys each role needs, and what they are for. */
+const REQUIRED_FOR: Readonly<Record<Role, Readonly<Record<string, string>>>> = {
+  standalone: {},
+  front: { backs: "a front needs at least one back to carry its clients to" },
+  back: {
+    link_listeners: "a back needs at least one link listener for fronts to connect to",
+    fronts: "a back needs at least one front to accept",
+  },
+};
+
+/** The schema of each role: the whole shape, with the keys it refuses replaced. */
+const ROOT_OF: Readonly<Record<Role, Check<Root>>> = {
+  standalone: _rootFor("standalone"),
+  front: _rootFor("front"),
+  back: _rootFor("back"),
+};
+
+/** Any role (used when `role` itself is invalid, so only that is reported). */
+const ROOT_ANY: Check<Root> = _mapping(ROOT_SHAPE);
+
+function _rootFor(role: Role): Check<Root> {
+  const refused = Object.entries(NOT_FOR[role]).map(([key, why]) => [key, _reject(why)]);
+  return _mapping({ ...ROOT_SHAPE, ...Object.fromEntries(refused) }) as Check<Root>;
+}
+
+/** The role a raw file asks for: the default when unset, null when it is not a role. */
+function _roleOf(raw: unknown): Role | null {
+  const v = _isMapping(raw) ? raw.role : undefined;
+  if (v === undefined || v === null) return DEFAULT_ROLE;
+  const s = typeof v === "string" ? v.trim().toLowerCase() : "";
+  return ROLES.find((r) => r === s) ?? null;
+}
+
+/** The whole file: the schema of its role, and the keys that role needs. */
+const ROOT: Check<Root> = (value, path, c) => {
+  const role = _roleOf(value);
+  const out = (role === null ? ROOT_ANY : ROOT_OF[role])(value, path, c);
+  let ok = out !== INVALID;
+  const v = value ?? {};
+  if (role !== null && _isMapping(v)) {
+    for (const [key, why] of Object.entries(REQUIRED_FOR[role])) {
+      if (v[key] === undefined || v[key] === null) {
+        c.fail(_join(path, key), `missing: ${why}`);
+        ok = false;
+      }
+    }
+  }
+  return ok ? out : INVALID;
+};
 
 // ---------------------------------------------------------------------------------------------
 // From the checked value to the draft: defaults and cross-field checks.
 
-function _toDraft(p: Exclude<ReturnType<typeof ROOT>, Invalid>, c: _Checker): ConfigDraft {
+function _toDraft(p: Root, c: _Checker): ConfigDraft {
+  const role = p.role ?? DEFAULT_ROLE;
   const allowedProtocols = p.allowed_protocols ?? [...DEFAULT_ALLOWED_PROTOCOLS];
-  const rawListeners = p.listeners ?? [{}];
+  // A back has no client listeners; the others get the default one when the file has none.
+  const rawListeners = p.listeners ?? (role === "back" ? [] : [{}]);
 
   const names = new Map<string, number>();
   const addresses = new Map<string, number>();
@@ -1012,6 +1275,7 @@ function _toDraft(p: Exclude<ReturnType<typeof ROOT>, Invalid>, c: _Checker): Co
     refreshIntervalMs: p.telegram?.refresh_interval ?? DEFAULT_REFRESH_INTERVAL_MS,
   };
   return {
+    role,
     listeners,
     allowedProtocols,
     publicHost: p.public_host ?? null,
@@ -1061,9 +1325,99 @@ function _toDraft(p: Exclude<ReturnType<typeof ROOT>, Invalid>, c: _Checker): Co
       denySni: p.policy?.deny_sni ?? DEFAULT_POLICY.denySni,
     },
     metrics: { listen: metricsListen },
+    ..._splitDraft(p, c),
     stateFile: p.state_file ?? null,
     warnings: c.warnings,
   };
+}
+
+/** The split-mode part of the draft: backs, link listeners, fronts and link settings. */
+function _splitDraft(
+  p: Root,
+  c: _Checker,
+): Pick<ConfigDraft, "backs" | "linkListeners" | "fronts" | "defaultTag" | "link"> {
+  const backAddresses = new Map<string, number>();
+  const backs = (p.backs ?? []).map((b, i): BackConfig => {
+    const address = _formatHostPort(b.address);
+    const same = backAddresses.get(address);
+    if (same !== undefined) {
+      c.fail(`backs[${i}].address`, `same address as backs[${same}]`, address);
+    } else backAddresses.set(address, i);
+    return {
+      address: b.address,
+      secret: b.secret,
+      tlsDomain: b.tls_domain ?? DEFAULT_TLS_DOMAIN,
+      links: b.links ?? DEFAULT_BACK_LINKS,
+    };
+  });
+
+  const linkNames = new Map<string, number>();
+  const linkAddresses = new Map<string, number>();
+  const linkListeners = (p.link_listeners ?? []).map((l, i): LinkListenerConfig => {
+    const name = l.name ?? `${DEFAULT_LINK_LISTENER_NAME_PREFIX}${i + 1}`;
+    const host = l.host ?? DEFAULT_HOST;
+    const port = l.port ?? DEFAULT_LINK_LISTENER_PORT;
+    const earlier = linkNames.get(name);
+    if (earlier !== undefined) {
+      c.fail(
+        `link_listeners[${i}].name`,
+        `duplicate link listener name (also link_listeners[${earlier}])`,
+        name,
+      );
+    } else linkNames.set(name, i);
+    const address = _formatHostPort({ host, port });
+    const same = linkAddresses.get(address);
+    if (same !== undefined) {
+      c.fail(`link_listeners[${i}]`, `same address as link_listeners[${same}]`, address);
+    } else linkAddresses.set(address, i);
+    return { name, host, port, tlsDomains: l.tls_domain ?? [DEFAULT_TLS_DOMAIN] };
+  });
+
+  const frontNames = new Map<string, number>();
+  const frontSecrets = new Map<string, number>();
+  const fronts = (p.fronts ?? []).map((f, i): FrontCredential => {
+    const earlier = frontNames.get(f.name);
+    if (earlier !== undefined) {
+      c.fail(`fronts[${i}].name`, `duplicate front name (also fronts[${earlier}])`, f.name);
+    } else frontNames.set(f.name, i);
+    const key = f.secret.join(",");
+    const same = frontSecrets.get(key);
+    if (same !== undefined) {
+      c.fail(
+        `fronts[${i}].secret`,
+        `same secret as fronts[${same}]: the back could not tell them apart; give each front its own`,
+      );
+    } else frontSecrets.set(key, i);
+    return { name: f.name, secret: f.secret };
+  });
+
+  const keepaliveMs = p.link?.keepalive ?? DEFAULT_LINK_KEEPALIVE_MS;
+  const timeoutMs = p.link?.timeout ?? DEFAULT_LINK_TIMEOUT_MS;
+  if (timeoutMs <= keepaliveMs) {
+    c.fail(
+      "link.timeout",
+      `must be longer than link.keepalive (${
+        keepaliveMs / 1000
+      } s), or a live link would be declared dead between pings`,
+      timeoutMs / 1000,
+    );
+  }
+  return {
+    backs,
+    linkListeners,
+    fronts,
+    defaultTag: p.default_tag ?? null,
+    link: {
+      windowBytes: p.link?.window ?? DEFAULT_LINK_WINDOW_BYTES,
+      keepaliveMs,
+      timeoutMs,
+      waitMs: p.link?.wait ?? DEFAULT_LINK_WAIT_MS,
+    },
+  };
+}
+
+function _formatHostPort(hp: HostPort): string {
+  return hp.host.includes(":") ? `[${hp.host}]:${hp.port}` : `${hp.host}:${hp.port}`;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -8,6 +8,9 @@
 /** Client protocol families that `allowed_protocols` can switch on or off. */
 export type ClientProtocol = "plain" | "dd" | "tls";
 
+/** What this process is: one proxy, or half of a split pair. */
+export type Role = "standalone" | "front" | "back";
+
 /** Log levels accepted by `log_level`. */
 export type LogLevel = "debug" | "info" | "warning" | "error";
 
@@ -137,8 +140,54 @@ export interface MetricsConfig {
   readonly listen: HostPort | null;
 }
 
+/** A back as a front sees it (`backs[]`). */
+export interface BackConfig {
+  /** "host:port" of the back's link listener (host name or IP literal). */
+  readonly address: HostPort;
+  /** The link secret this front shares with that back (16 bytes from 32 hex digits). */
+  readonly secret: Uint8Array;
+  /** The SNI the front's link hello names; one of the back's link_listeners[].tls_domain. */
+  readonly tlsDomain: string;
+  /** Links kept open to this back (1-16, default 2). */
+  readonly links: number;
+}
+
+/** A port where a back accepts links from fronts (`link_listeners[]`). */
+export interface LinkListenerConfig {
+  /** Unique name, used in logs ("link1", "link2"... by default); same rules as listener names. */
+  readonly name: string;
+  /** IPv4 or IPv6 literal to bind, default "0.0.0.0". */
+  readonly host: string;
+  /** Port to bind, default 443. */
+  readonly port: number;
+  /** SNIs a front's hello may name (first used in snippets); default [DEFAULT_TLS_DOMAIN]. */
+  readonly tlsDomains: readonly string[];
+}
+
+/** A front a back accepts (`fronts[]`). */
+export interface FrontCredential {
+  /** 1-64 of [A-Za-z0-9_.-], unique among the back's fronts. */
+  readonly name: string;
+  /** The 16-byte link secret, unique among the back's fronts. */
+  readonly secret: Uint8Array;
+}
+
+/** The link between fronts and backs (`link:` section). */
+export interface LinkConfig {
+  /** Per-stream credit window in bytes (`link.window`, default 262144 = 256 KiB, 16384..16777216). */
+  readonly windowBytes: number;
+  /** A ping is sent after this long without traffic (`link.keepalive`, seconds, default 10). */
+  readonly keepaliveMs: number;
+  /** A link with no traffic at all for this long is dead (`link.timeout`, seconds, default 30; must exceed keepalive). */
+  readonly timeoutMs: number;
+  /** How long a new client waits for a usable link before it is closed (`link.wait`, seconds, default 5). */
+  readonly waitMs: number;
+}
+
 /** The whole configuration. */
 export interface Config {
+  /** "standalone" (the default), or one half of a split pair. */
+  readonly role: Role;
   readonly listeners: readonly ListenerConfig[];
   readonly allowedProtocols: readonly ClientProtocol[];
   /** Host printed in links; null when unset (links then use the listener address). */
@@ -162,4 +211,14 @@ export interface Config {
   readonly perSniSalt: string;
   readonly policy: PolicyConfig;
   readonly metrics: MetricsConfig;
+  /** A front: the backs it carries clients to (empty in other roles). */
+  readonly backs: readonly BackConfig[];
+  /** A back: where it accepts links from fronts (empty in other roles). */
+  readonly linkListeners: readonly LinkListenerConfig[];
+  /** A back: the fronts it accepts (empty in other roles). */
+  readonly fronts: readonly FrontCredential[];
+  /** A back: promotion tag for clients whose front listener has none; null when unset. */
+  readonly defaultTag: Uint8Array | null;
+  /** Link timing and flow control (both roles; defaults in standalone). */
+  readonly link: LinkConfig;
 }
