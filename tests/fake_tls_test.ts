@@ -1,13 +1,16 @@
 import { assert, assertEquals } from "./assert.ts";
 import { bytesOf, hex, vector } from "./vectors.ts";
-import { randomBytes, sha256 } from "../lib/crypto.ts";
+import { randomBytes, sha256, x25519PublicKey } from "../lib/crypto.ts";
+import { buildClientHello } from "../lib/protocol/client_hello.ts";
 import {
   ALERT_DECODE_ERROR,
   buildServerHello,
   encodeAppData,
+  GROUP_X25519,
   GROUP_X25519_MLKEM768,
   parseClientHello,
   parseServerHello,
+  serverHelloKeyShare,
   signClientHello,
   TlsRecordReader,
   verifyClientHello,
@@ -168,4 +171,99 @@ Deno.test("buildServerHello answers a post-quantum offer with a 1120-byte key sh
   const suiteAt = 5 + 4 + 2 + 32 + 1 + h.sessionId.length;
   assertEquals((answer[suiteAt]! << 8) | answer[suiteAt + 1]!, 0x1302);
   assertEquals(parseServerHello(answer, h.random, secret).kind, "ok");
+});
+
+/** Offset of the first `00 1d 00 20` (the X25519 key share entry's group and length). */
+function x25519EntryAt(record: Uint8Array): number {
+  for (let i = 0; i + 4 <= record.length; i++) {
+    if (record[i] === 0 && record[i + 1] === 0x1d && record[i + 2] === 0 && record[i + 3] === 32) {
+      return i;
+    }
+  }
+  throw new Error("no X25519 key share entry");
+}
+
+function parsed(record: Uint8Array) {
+  const step = parseClientHello(record);
+  assert(step.kind === "hello");
+  return step.hello;
+}
+
+Deno.test("buildClientHello puts the x25519PrivateKey's public key in both X25519 shares", () => {
+  const priv = randomBytes(32);
+  const pub = x25519PublicKey(priv);
+  const record = buildClientHello({ sni: "example.com", x25519PrivateKey: priv });
+  const h = parsed(record);
+  assertEquals(h.x25519Share, pub);
+  // The hybrid share ends with the same key.
+  const hybridAt = hex(record).indexOf("11ec04c0") / 2;
+  assert(hybridAt > 0);
+  assertEquals(record.slice(hybridAt + 4 + 1184, hybridAt + 4 + 1216), pub);
+  const plain = parsed(
+    buildClientHello({ sni: "example.com", mlkem: false, x25519PrivateKey: priv }),
+  );
+  assertEquals(plain.x25519Share, pub);
+  assertEquals(plain.keyShareGroups.includes(GROUP_X25519_MLKEM768), false);
+});
+
+Deno.test("parseClientHello takes the X25519 share, else the X25519 half of X25519MLKEM768, else null", () => {
+  const v = hello(vector("tls_modern_valid"));
+  assertEquals(v.x25519Share?.length, 32);
+  const priv = randomBytes(32);
+  const record = buildClientHello({ sni: "example.com", x25519PrivateKey: priv });
+  // Rename the X25519 entry to secp256r1 (whose share of 32 bytes is then ignored).
+  const at = x25519EntryAt(record);
+  const hybridOnly = record.slice();
+  hybridOnly[at + 1] = 0x17;
+  assertEquals(parsed(hybridOnly).x25519Share, x25519PublicKey(priv));
+  const plain = buildClientHello({ sni: "example.com", mlkem: false });
+  const none = plain.slice();
+  none[x25519EntryAt(plain) + 1] = 0x17;
+  assertEquals(parsed(none).x25519Share, null);
+  assertEquals(parsed(none).keyShareGroups.includes(GROUP_X25519), false);
+});
+
+Deno.test("serverHelloKeyShare finds the server's X25519 key in either answer shape", () => {
+  const h = hello(vector("tls_modern_valid"));
+  const key = randomBytes(32);
+  for (const extensionOrder of ["key_share_first", "versions_first"] as const) {
+    const plain = buildServerHello(h, randomBytes(16), {
+      keyShare: key,
+      appData: 100,
+      extensionOrder,
+    });
+    assertEquals(serverHelloKeyShare(plain), {
+      group: GROUP_X25519,
+      keyExchange: key,
+      x25519: key,
+    });
+    const hybrid = new Uint8Array([...randomBytes(1088), ...key]);
+    const pq = buildServerHello(h, randomBytes(16), {
+      keyShare: hybrid,
+      keyShareGroup: GROUP_X25519_MLKEM768,
+      appData: 100,
+      extensionOrder,
+    });
+    assertEquals(serverHelloKeyShare(pq), {
+      group: GROUP_X25519_MLKEM768,
+      keyExchange: hybrid,
+      x25519: key,
+    });
+  }
+  // A key of the wrong length for its group has no X25519 part.
+  const odd = buildServerHello(h, randomBytes(16), { keyShare: randomBytes(33), appData: 0 });
+  assertEquals(serverHelloKeyShare(odd)?.x25519, null);
+});
+
+Deno.test("serverHelloKeyShare returns null for truncated or foreign bytes without throwing", () => {
+  const h = hello(vector("tls_modern_valid"));
+  const answer = buildServerHello(h, randomBytes(16), { keyShare: randomBytes(32), appData: 10 });
+  const helloEnd = 5 + ((answer[3]! << 8) | answer[4]!);
+  for (let n = 0; n < helloEnd; n++) assertEquals(serverHelloKeyShare(answer.slice(0, n)), null);
+  assertEquals(serverHelloKeyShare(ALERT_DECODE_ERROR), null);
+  for (let i = 0; i < 500; i++) {
+    const junk = randomBytes(1 + (i % 200));
+    junk[0] = 0x16;
+    serverHelloKeyShare(junk);
+  }
 });

@@ -34,6 +34,13 @@ export interface ClientHelloOptions {
    */
   random?: Uint8Array;
   /**
+   * The X25519 private key whose public key goes in the X25519 key share and in the X25519 half
+   * of the X25519MLKEM768 share (a split-mode front's real ephemeral key). Without it each share
+   * gets a public key of a fresh random private key that nobody keeps.
+   * @default a random key per share
+   */
+  x25519PrivateKey?: Uint8Array;
+  /**
    * Source of every other random choice: session id, key shares, GREASE values, ECH payload,
    * extension order.
    * @default the system CSPRNG (lib/crypto.ts randomBytes)
@@ -167,6 +174,12 @@ export function buildClientHello(options: ClientHelloOptions): Uint8Array {
   if (options.random !== undefined && options.random.length !== 32) {
     throw new RangeError(`ClientHello random must be 32 bytes: got ${options.random.length}`);
   }
+  const ownKey = options.x25519PrivateKey;
+  if (ownKey !== undefined && ownKey.length !== 32) {
+    throw new RangeError(`X25519 private key must be 32 bytes: got ${ownKey.length}`);
+  }
+  const ownPublic = ownKey === undefined ? null : x25519PublicKey(ownKey);
+  const x25519Share = () => ownPublic ?? x25519PublicKey(rand(32));
   // Suite, first extension, group (also its key share), versions, last extension.
   const [gSuite, gFirst, gGroup, gVersion, gLast] = _greaseValues(5, rand) as [
     number,
@@ -184,10 +197,10 @@ export function buildClientHello(options: ClientHelloOptions): Uint8Array {
       ..._u16(0x11ec),
       ..._u16(MLKEM_EK_LEN + 32),
       ..._mlkemEncapsulationKey(rand),
-      ...x25519PublicKey(rand(32)),
+      ...x25519Share(),
     );
   }
-  shares.push(..._u16(0x001d), ..._u16(32), ...x25519PublicKey(rand(32)));
+  shares.push(..._u16(0x001d), ..._u16(32), ...x25519Share());
   const versions = [...(grease ? [gVersion] : []), 0x0304, 0x0303];
   const echPayload = ECH_PAYLOAD_SIZES[_index(rand, ECH_PAYLOAD_SIZES.length)]!;
   const alpnList = alpn.flatMap((p) => {

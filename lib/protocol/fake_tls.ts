@@ -53,6 +53,11 @@ export interface ClientHello {
   readonly sni: string | null;
   /** Groups of the key_share extension, in order (GREASE included). */
   readonly keyShareGroups: readonly number[];
+  /**
+   * The client's X25519 public key: the X25519 key share, else the X25519 half (the last 32
+   * bytes) of an X25519MLKEM768 share; null when there is neither.
+   */
+  readonly x25519Share: Uint8Array | null;
 }
 
 /** Outcome of {@linkcode parseClientHello}. */
@@ -102,20 +107,41 @@ function _parseSni(data: Uint8Array): string | null {
   return null;
 }
 
-function _keyShareGroups(data: Uint8Array, out: number[]): void {
-  const c = new _Cursor(data, 0, data.length);
-  const end = 2 + c.u16();
-  if (end > data.length) throw new RangeError("short");
-  while (c.pos < end) {
-    out.push(c.u16());
-    c.bytes(c.u16());
-  }
-}
-
 /** The hybrid post-quantum group modern clients offer first. */
 export const GROUP_X25519_MLKEM768 = 0x11ec;
 /** Plain X25519. */
 export const GROUP_X25519 = 0x001d;
+/** X25519MLKEM768 client share: an ML-KEM-768 encapsulation key, then an X25519 key. */
+const MLKEM768_CLIENT_SHARE_LEN = 1184 + 32;
+/** X25519MLKEM768 server share: an ML-KEM-768 ciphertext, then an X25519 key. */
+const MLKEM768_SERVER_SHARE_LEN = 1088 + 32;
+
+/** The X25519 key inside a key share of `group`, or null when the group or length is wrong. */
+function _x25519Of(group: number, share: Uint8Array, hybridLen: number): Uint8Array | null {
+  if (group === GROUP_X25519 && share.length === 32) return share;
+  if (group === GROUP_X25519_MLKEM768 && share.length === hybridLen) {
+    return share.subarray(share.length - 32);
+  }
+  return null;
+}
+
+/** Record the groups of a key_share extension in `out`; returns the X25519 key, if any. */
+function _keyShares(data: Uint8Array, out: number[]): Uint8Array | null {
+  const c = new _Cursor(data, 0, data.length);
+  const end = 2 + c.u16();
+  if (end > data.length) throw new RangeError("short");
+  let plain: Uint8Array | null = null;
+  let hybrid: Uint8Array | null = null;
+  while (c.pos < end) {
+    const group = c.u16();
+    out.push(group);
+    const key = _x25519Of(group, c.bytes(c.u16()), MLKEM768_CLIENT_SHARE_LEN);
+    if (key === null) continue;
+    if (group === GROUP_X25519) plain ??= key;
+    else hybrid ??= key;
+  }
+  return plain ?? hybrid;
+}
 
 /**
  * Parse one ClientHello record from the start of `buf`. Depends only on the fields every client
@@ -148,6 +174,7 @@ export function parseClientHello(buf: Uint8Array): HelloStep {
     h.bytes(h.u8()); // compression methods
     let sni: string | null = null;
     const keyShareGroups: number[] = [];
+    let x25519Share: Uint8Array | null = null;
     if (h.pos < hsEnd) {
       const extEnd = h.pos + 2 + h.u16();
       if (extEnd > hsEnd) return { kind: "reject", reason: "tls_malformed" };
@@ -155,13 +182,16 @@ export function parseClientHello(buf: Uint8Array): HelloStep {
         const type = h.u16();
         const data = h.bytes(h.u16());
         if (type === 0x0000 && sni === null) sni = _parseSni(data);
-        if (type === 0x0033) _keyShareGroups(data, keyShareGroups);
+        if (type === 0x0033) {
+          const key = _keyShares(data, keyShareGroups);
+          x25519Share ??= key;
+        }
       }
     }
     const record = buf.subarray(0, end);
     return {
       kind: "hello",
-      hello: { record, random, sessionId, cipherSuites, sni, keyShareGroups },
+      hello: { record, random, sessionId, cipherSuites, sni, keyShareGroups, x25519Share },
       rest: buf.subarray(end),
     };
   } catch {
@@ -371,6 +401,63 @@ export function parseServerHello(
   return timingSafeEqual(mac, random)
     ? { kind: "ok", length: end }
     : { kind: "reject", reason: "bad_digest" };
+}
+
+/** The key share of a ServerHello. Views point into the answer. */
+export interface ServerKeyShare {
+  readonly group: number;
+  /** The whole key exchange field. */
+  readonly keyExchange: Uint8Array;
+  /** The server's X25519 key in it (X25519, or the last 32 bytes of X25519MLKEM768); else null. */
+  readonly x25519: Uint8Array | null;
+}
+
+/**
+ * Client side: the key share of the ServerHello that starts `answer` (an answer that
+ * {@linkcode parseServerHello} accepted), or null when the hello is malformed or has none.
+ *
+ * @example Usage
+ * ```ts ignore
+ * const step = parseServerHello(buf, clientRandom, secret);
+ * if (step.kind === "ok") console.log(serverHelloKeyShare(buf.subarray(0, step.length))?.group);
+ * ```
+ */
+export function serverHelloKeyShare(answer: Uint8Array): ServerKeyShare | null {
+  if (answer.length < RECORD_HEADER_LEN || answer[0] !== 0x16) return null;
+  const end = RECORD_HEADER_LEN + ((answer[3]! << 8) | answer[4]!);
+  if (end > answer.length) return null;
+  try {
+    const c = new _Cursor(answer, RECORD_HEADER_LEN, end);
+    if (c.u8() !== 0x02) return null;
+    const hsLen = (c.u8() << 16) | c.u16();
+    const hsEnd = c.pos + hsLen;
+    if (hsEnd > end) return null;
+    const h = new _Cursor(answer, c.pos, hsEnd);
+    h.u16(); // legacy_version
+    h.bytes(RANDOM_LEN);
+    h.bytes(h.u8()); // legacy_session_id_echo
+    h.u16(); // cipher_suite
+    h.u8(); // legacy_compression_method
+    const extEnd = h.pos + 2 + h.u16();
+    if (extEnd > hsEnd) return null;
+    while (h.pos < extEnd) {
+      const type = h.u16();
+      const data = h.bytes(h.u16());
+      if (type !== 0x0033) continue;
+      const k = new _Cursor(data, 0, data.length);
+      const group = k.u16();
+      const keyExchange = k.bytes(k.u16());
+      if (k.pos !== data.length) return null;
+      return {
+        group,
+        keyExchange,
+        x25519: _x25519Of(group, keyExchange, MLKEM768_SERVER_SHARE_LEN),
+      };
+    }
+    return null;
+  } catch {
+    return null;
+  }
 }
 
 /** Write an ApplicationData record header for a payload of `len` bytes at `buf[off..off+5)`. */
