@@ -1,0 +1,366 @@
+/**
+ * A packet-shaped direct connection to a Telegram DC, for one client stream of a split-mode
+ * back (or any {@linkcode TelegramStream} user that has packets rather than bytes): the proxy
+ * dials the DC as its client (obfuscated2 with no secret, the client's transport tag, no fast
+ * mode), frames and encrypts the packets it is given, and decrypts and unframes what the DC
+ * answers. Reading stops while the client holds too many answer bytes it has not acknowledged.
+ *
+ * @module
+ */
+import { randomBytes, type StreamCipher } from "../crypto.ts";
+import { closeQuietly, type Conn, DialTimeoutError, formatHostPort, writeAll } from "../net.ts";
+import { logger } from "../ops/log.ts";
+import { frameLength, MAX_FRAME_BYTES, type Packet, writeFrame } from "../protocol/framing.ts";
+import type { TransportTag } from "../protocol/obfuscated2.ts";
+import { ServerFrameReader } from "../protocol/server_frame_reader.ts";
+import type { DcRoute } from "./dc.ts";
+import { openDirect } from "./direct.ts";
+import {
+  type TelegramClient,
+  type TelegramCloseReason,
+  TelegramOpenError,
+  type TelegramStream,
+  type TelegramTarget,
+} from "./side.ts";
+
+/** Options for {@linkcode openDirectStream}. */
+export interface DirectStreamOptions {
+  /** Connect timeout. */
+  readonly timeoutMs: number;
+  /** Aborts the dial (the stream is then not opened). */
+  readonly signal?: AbortSignal;
+  /**
+   * Stop reading the DC while this many answer payload bytes are delivered to the client but
+   * not yet acknowledged via `ack()`.
+   */
+  readonly windowBytes: number;
+}
+
+/** A direct DC stream; `finished` lets a caller (a test) wait for the very end. */
+export interface DirectStream extends TelegramStream {
+  /** Resolves once the socket is closed, the read loop has stopped and both ciphers are freed. */
+  readonly finished: Promise<void>;
+}
+
+/**
+ * Dial `route`'s DC (obfuscated2 init with `target.tag`, no secret, as `openDirect` does; no
+ * fast mode), then carry packets: `send()` frames each packet in the tag's framing (padded:
+ * 0..15 random padding bytes per frame, as clients add; a quick-ack request as the transport
+ * encodes it) and encrypts it; a read loop decrypts the DC's bytes, unframes them and calls
+ * `client.onPacket(payload)` per packet (transport errors such as −404 included) and
+ * `client.onQuickAck(confirm)` per quick-ack token, with the confirm in the intermediate form
+ * whatever the transport (what `quickAckToken(tag, confirm)` takes).
+ *
+ * Rejects with {@linkcode TelegramOpenError}: "timeout" when the dial ran out of time or
+ * `signal` aborted it, "unreachable" otherwise.
+ *
+ * The stream ends with `client.onClose("close_ext")` when the DC closes, and "connection_lost"
+ * on a socket error, on a frame that breaks the framing, or when a client callback throws
+ * (logged). After `release()`, `onClose` is never called.
+ *
+ * @example Usage
+ * ```ts ignore
+ * const stream = await openDirectStream(routeDc(2, config.telegram), client, target, {
+ *   timeoutMs: 10_000,
+ *   windowBytes: 1 << 20,
+ * });
+ * await stream.send([{ payload, quickAck: false }]);
+ * // client.onPacket(answer) ... then, once written to the client:
+ * stream.ack(answer.length, 1);
+ * stream.release();
+ * ```
+ */
+export async function openDirectStream(
+  route: DcRoute,
+  client: TelegramClient,
+  target: TelegramTarget,
+  options: DirectStreamOptions,
+): Promise<DirectStream> {
+  if (!(options.windowBytes > 0)) {
+    throw new RangeError(`Window must be a positive number of bytes: got ${options.windowBytes}`);
+  }
+  const where = formatHostPort(route.address.host, route.address.port);
+  const signal = options.signal;
+  if (signal?.aborted) throw new TelegramOpenError("timeout", `DC ${where}: aborted`);
+  let dc;
+  try {
+    dc = await openDirect(
+      route,
+      target.tag,
+      signal ? { timeoutMs: options.timeoutMs, signal } : { timeoutMs: options.timeoutMs },
+    );
+  } catch (e) {
+    if (e instanceof DialTimeoutError) throw new TelegramOpenError("timeout", e.message);
+    if (signal?.aborted) throw new TelegramOpenError("timeout", `DC ${where}: aborted`);
+    throw new TelegramOpenError("unreachable", `DC ${where}: ${_message(e)}`);
+  }
+  const { conn, encryptor, decryptor } = dc;
+  if (decryptor === null || signal?.aborted) {
+    // Aborted while the init was written: nobody would release the stream.
+    closeQuietly(conn);
+    encryptor.close();
+    decryptor?.close();
+    throw new TelegramOpenError("timeout", `DC ${where}: aborted`);
+  }
+  return new _DirectStream(conn, encryptor, decryptor, client, target.tag, options.windowBytes);
+}
+
+function _message(e: unknown): string {
+  return e instanceof Error ? e.message : String(e);
+}
+
+const _log = logger("telegram");
+
+/** Read buffer sizes: idle, active, bulk (an idle stream's pending read pins its buffer). */
+const _READ_SIZES = [2048, 16384, 65536] as const;
+/** Free read buffers of the larger sizes, shared by every stream (reads never overlap a use). */
+const _freeReadBuffers: Uint8Array[][] = [[], [], []];
+const _FREE_READ_BUFFERS_MAX = [0, 256, 64] as const;
+
+function _takeReadBuffer(level: number): Uint8Array {
+  return _freeReadBuffers[level]!.pop() ?? new Uint8Array(_READ_SIZES[level]!);
+}
+
+function _giveReadBuffer(level: number, buf: Uint8Array): void {
+  const free = _freeReadBuffers[level]!;
+  if (free.length < _FREE_READ_BUFFERS_MAX[level]!) free.push(buf);
+}
+
+class _DirectStream implements DirectStream {
+  readonly #conn: Conn;
+  readonly #encryptor: StreamCipher;
+  readonly #decryptor: StreamCipher;
+  readonly #client: TelegramClient;
+  readonly #tag: TransportTag;
+  readonly #window: number;
+  readonly #reader: ServerFrameReader;
+  /** Answer payload bytes handed to the client and not acknowledged yet. */
+  #unacked = 0;
+  /** Set while the read loop waits for acks. */
+  #resume: (() => void) | null = null;
+  /** The socket is closed (released, or the stream ended). */
+  #closed = false;
+  #released = false;
+  /** Packets waiting for the next write, and who waits for them. */
+  #queue: Packet[] = [];
+  #waiters: { done: () => void; fail: (e: unknown) => void }[] = [];
+  #flushing = false;
+  #encryptorClosed = false;
+  readonly finished: Promise<void>;
+
+  constructor(
+    conn: Conn,
+    encryptor: StreamCipher,
+    decryptor: StreamCipher,
+    client: TelegramClient,
+    tag: TransportTag,
+    windowBytes: number,
+  ) {
+    this.#conn = conn;
+    this.#encryptor = encryptor;
+    this.#decryptor = decryptor;
+    this.#client = client;
+    this.#tag = tag;
+    this.#window = windowBytes;
+    this.#reader = new ServerFrameReader(tag);
+    this.finished = this.#readLoop();
+  }
+
+  /**
+   * Queue packets; they are framed and written with whatever else is queued in the same turn
+   * of the event loop, in one encrypted write. Resolves once they are on the DC's socket.
+   */
+  send(packets: readonly Packet[]): Promise<void> {
+    if (this.#closed) return Promise.reject(new Error("Direct DC stream is closed"));
+    if (packets.length === 0) return Promise.resolve();
+    if (this.#tag === "abridged") {
+      for (const p of packets) {
+        if (p.payload.length % 4 !== 0) {
+          return Promise.reject(
+            new RangeError(
+              `Abridged payload must be a multiple of 4 bytes: got ${p.payload.length}`,
+            ),
+          );
+        }
+      }
+    }
+    for (const p of packets) this.#queue.push(p);
+    return new Promise((done, fail) => {
+      this.#waiters.push({ done, fail });
+      if (!this.#flushing) {
+        this.#flushing = true;
+        queueMicrotask(() => this.#flush());
+      }
+    });
+  }
+
+  ack(bytes: number, _packets: number): void {
+    if (!(bytes > 0) || this.#unacked === 0) return;
+    this.#unacked = Math.max(0, this.#unacked - bytes);
+    if (this.#resume !== null && this.#unacked < this.#window) {
+      const resume = this.#resume;
+      this.#resume = null;
+      resume();
+    }
+  }
+
+  release(): void {
+    this.#released = true;
+    this.#shutdown(null, "released");
+  }
+
+  async #flush(): Promise<void> {
+    try {
+      while (this.#queue.length > 0 && !this.#closed) {
+        const batch = this.#queue;
+        const waiters = this.#waiters;
+        this.#queue = [];
+        this.#waiters = [];
+        try {
+          const bytes = this.#encode(batch);
+          this.#encryptor.update(bytes);
+          await writeAll(this.#conn, bytes);
+        } catch (e) {
+          for (const w of waiters) w.fail(e);
+          this.#shutdown("connection_lost", `write failed: ${_message(e)}`);
+          return;
+        }
+        for (const w of waiters) w.done();
+      }
+    } finally {
+      this.#flushing = false;
+      if (this.#closed) {
+        this.#failQueued();
+        this.#closeEncryptor();
+      }
+    }
+  }
+
+  /** Frame a batch into one new buffer (the caller's views stay untouched). */
+  #encode(batch: readonly Packet[]): Uint8Array {
+    const tag = this.#tag;
+    // Padded: a random length 0..15 per frame (one random byte each) and random padding bytes,
+    // never taking a frame past the 1 MiB that receivers accept.
+    const random = tag === "padded" ? randomBytes(batch.length + 15) : null;
+    const padding = random ? random.subarray(batch.length) : _NO_PADDING;
+    let total = 0;
+    for (let i = 0; i < batch.length; i++) {
+      const len = batch[i]!.payload.length;
+      let pad = 0;
+      if (random) {
+        pad = Math.min(random[i]! & 15, Math.max(0, MAX_FRAME_BYTES - len));
+        random[i] = pad;
+      }
+      total += frameLength(tag, len, pad);
+    }
+    const out = new Uint8Array(total);
+    let off = 0;
+    for (let i = 0; i < batch.length; i++) {
+      const p = batch[i]!;
+      const pad = random ? random[i]! : 0;
+      writeFrame(tag, p.payload, padding.subarray(0, pad), out, off);
+      if (p.quickAck) {
+        // Abridged: bit 7 of the first length byte; intermediate/padded: bit 31 of the u32 LE.
+        if (tag === "abridged") out[off]! |= 0x80;
+        else out[off + 3]! |= 0x80;
+      }
+      off += frameLength(tag, p.payload.length, pad);
+    }
+    return out;
+  }
+
+  async #readLoop(): Promise<void> {
+    let level = 0;
+    let buf = _takeReadBuffer(level);
+    let reason: TelegramCloseReason = "close_ext";
+    let why = "the DC closed the connection";
+    try {
+      while (!this.#closed) {
+        if (this.#unacked >= this.#window) {
+          // Backpressure: the client has not written out what it was given yet.
+          await new Promise<void>((r) => (this.#resume = r));
+          continue;
+        }
+        const n = await this.#conn.read(buf);
+        if (n === null) break;
+        if (this.#closed) break;
+        const chunk = buf.subarray(0, n);
+        this.#decryptor.update(chunk);
+        const items = this.#reader.push(chunk);
+        if (typeof items === "string") {
+          reason = "connection_lost";
+          why = `bad frame from the DC: ${items}`;
+          break;
+        }
+        try {
+          for (const item of items) {
+            if (this.#closed) break;
+            if (item.kind === "packet") {
+              this.#unacked += item.data.length;
+              this.#client.onPacket(item.data);
+            } else {
+              this.#client.onQuickAck(item.confirm);
+            }
+          }
+        } catch (e) {
+          reason = "connection_lost";
+          why = `client callback threw: ${_message(e)}`;
+          _log.error("Direct DC stream: a client callback threw: {error}", { error: _message(e) });
+          break;
+        }
+        // Follow the traffic: a bigger buffer after a full read, the small one when sparse.
+        if (n === buf.length && level < _READ_SIZES.length - 1) {
+          if (level > 0) _giveReadBuffer(level, buf);
+          buf = _takeReadBuffer(++level);
+        } else if (n < _READ_SIZES[0] / 2 && level > 0) {
+          _giveReadBuffer(level, buf);
+          level = 0;
+          buf = _takeReadBuffer(level);
+        }
+      }
+    } catch (e) {
+      reason = "connection_lost";
+      why = _message(e);
+    } finally {
+      if (level > 0) _giveReadBuffer(level, buf);
+      this.#decryptor.close();
+      this.#shutdown(reason, why);
+    }
+  }
+
+  /** Close the socket once; tell the client `reason` unless it released the stream. */
+  #shutdown(reason: TelegramCloseReason | null, why: string): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    closeQuietly(this.#conn);
+    const resume = this.#resume;
+    this.#resume = null;
+    resume?.();
+    if (!this.#flushing) {
+      this.#failQueued();
+      this.#closeEncryptor();
+    }
+    if (reason === null || this.#released) return;
+    _log.debug("Direct DC stream closed: {why}", { why });
+    try {
+      this.#client.onClose(reason);
+    } catch (e) {
+      _log.error("Direct DC stream: onClose threw: {error}", { error: _message(e) });
+    }
+  }
+
+  #failQueued(): void {
+    const waiters = this.#waiters;
+    this.#queue = [];
+    this.#waiters = [];
+    for (const w of waiters) w.fail(new Error("Direct DC stream is closed"));
+  }
+
+  #closeEncryptor(): void {
+    if (this.#encryptorClosed) return;
+    this.#encryptorClosed = true;
+    this.#encryptor.close();
+  }
+}
+
+const _NO_PADDING = new Uint8Array(0);
