@@ -5,7 +5,7 @@
  * @module
  */
 import { logger } from "./ops/log.ts";
-import type { Config, ListenerConfig, PolicyConfig } from "./config/types.ts";
+import type { Config, FrontCredential, ListenerConfig, PolicyConfig } from "./config/types.ts";
 import { closeQuietly, formatHostPort, type Listener, listenTcp } from "./net.ts";
 import type { EventSink, ProxyEvent } from "./client/events.ts";
 import { Session, type SessionContext, type SessionGuard } from "./client/session.ts";
@@ -16,6 +16,9 @@ import { fakeCertSize, type RefreshTarget, TlsProfileStore } from "./guard/tls_p
 import { GROUP_X25519, GROUP_X25519_MLKEM768 } from "./protocol/fake_tls.ts";
 import { MiddleProxies, usesMiddleProxies } from "./telegram/middle_proxies.ts";
 import { LocalTelegram } from "./telegram/local.ts";
+import type { TelegramSide } from "./telegram/side.ts";
+import { type BoundLinkListener, LinkServer } from "./link/back.ts";
+import { LinkTelegram } from "./link/front.ts";
 import { TelegramConfigStore } from "./telegram/proxy_config.ts";
 import { VERSION } from "./version.ts";
 import { Metrics, type MetricsSnapshot, type MetricsTotals } from "./ops/metrics.ts";
@@ -36,6 +39,15 @@ export interface ServerStats extends MetricsTotals {
 export interface ServerHandle {
   /** Where each listener is bound (port resolved when 0 was configured). */
   readonly addresses: readonly { name: string; host: string; port: number }[];
+  /** A back: where each link listener is bound (empty in other roles). */
+  readonly linkAddresses: readonly BoundLinkListener[];
+  /**
+   * A back: the fronts allowed from now on; links of fronts no longer listed are closed.
+   * Returns how many links were closed (0 in other roles).
+   */
+  updateFronts(fronts: readonly FrontCredential[]): number;
+  /** Links up: a front's to its backs, a back's from its fronts (0 standalone). */
+  linksUp(): number;
   /** Stop accepting, give live clients the grace period, then close the rest. */
   shutdown(): Promise<void>;
   /** Resolves once shutdown has finished. */
@@ -144,7 +156,11 @@ export async function startServer(
   config: Config,
   options: StartServerOptions = {},
 ): Promise<ServerHandle> {
-  const needsMiddle = config.listeners.some((l) => usesMiddleProxies(config, l));
+  if (config.role === "front") return _start(config, options, null);
+  // A back cannot know which fronts send an ad tag: unless direct mode is forced, be ready.
+  const needsMiddle = config.role === "back"
+    ? config.telegram.mode !== "direct"
+    : config.listeners.some((l) => usesMiddleProxies(config, l));
   const middle = needsMiddle ? await _startMiddle(config, options) : null;
   try {
     return _start(config, options, middle);
@@ -239,6 +255,42 @@ async function _startMiddle(
   };
 }
 
+/** A front: the links to its backs, dialled now, logged as they come and go. */
+function _startFrontLinks(config: Config): LinkTelegram {
+  const linkLog = logger("link");
+  const links = new LinkTelegram(config, {
+    up: (back, link, instance, restarted) =>
+      linkLog.info("Back {back}: link {link} up{restarted}", {
+        back,
+        link,
+        instance,
+        restarted: restarted ? " (the back restarted since the last link)" : "",
+      }),
+    down: (back, link, end, detail, streams) => {
+      const fields = { back, link, end, detail: detail ? `: ${detail}` : "", streams };
+      const line =
+        "Back {back}: link {link} lost ({end}{detail}); {streams} clients closed (link_lost)";
+      if (end === "integrity" || end === "protocol_error") linkLog.warn(line, fields);
+      else linkLog.info(line, fields);
+    },
+    dialFailed: (back, link, error, ms) =>
+      linkLog.warn("Back {back}: link {link} failed: {error}; retrying in {ms} ms", {
+        back,
+        link,
+        error,
+        ms,
+      }),
+    goaway: (back, link, graceMs) =>
+      linkLog.info("Back {back}: link {link} is going away (grace {ms} ms); redialling", {
+        back,
+        link,
+        ms: graceMs,
+      }),
+  }, (message) => linkLog.warn(message));
+  links.start();
+  return links;
+}
+
 /** Ask IP-echo services, in order, for our public IPv4; null when none answers. */
 async function _lookupExternalIp(urls: readonly string[], timeoutMs: number) {
   for (const url of urls) {
@@ -302,7 +354,12 @@ function _start(
     port: (b.socket.addr as Deno.NetAddr).port,
   }));
   // The handler runs only once requests arrive, after everything below is set up.
-  const metricsText = () => metrics.render(_metricsSnapshot(sessions, middle, guard.replaySize()));
+  const metricsText = () =>
+    metrics.render({
+      ..._metricsSnapshot(sessions, middle, guard.replaySize()),
+      ...(links ? { backs: links.stats() } : {}),
+      ...(linkServer ? { fronts: linkServer.stats() } : {}),
+    });
   let metricsHttp: MetricsEndpoint | null = null;
   if (config.metrics.listen) {
     try {
@@ -314,8 +371,25 @@ function _start(
       throw new Error(`Cannot listen on ${formatHostPort(host, port)} (metrics): ${why}`);
     }
   }
-  const guard = _guard(config, addresses);
-  const telegram = new LocalTelegram(config, middle?.proxies ?? null);
+  const local = config.role === "front" ? null : new LocalTelegram(config, middle?.proxies ?? null);
+  const links = config.role === "front" ? _startFrontLinks(config) : null;
+  const telegram: TelegramSide = links ?? local!;
+  // A back: link listeners instead of client listeners (config.listeners is empty).
+  let linkServer: LinkServer | null = null;
+  let linkAddresses: BoundLinkListener[] = [];
+  const guardDomains = config.role === "back" ? config.linkListeners : config.listeners;
+  const guard = _guard(config, guardDomains, () => [...addresses, ...linkAddresses]);
+  if (config.role === "back") {
+    linkServer = new LinkServer({ config, telegram: local!, guard: guard.session });
+    try {
+      linkAddresses = linkServer.listen();
+    } catch (e) {
+      for (const b of bound) closeQuietly(b.socket);
+      void metricsHttp?.stop();
+      void guard.stop();
+      throw e;
+    }
+  }
   const sessions = new Set<Session>();
   const policy = new ConnectionPolicy(config.policy);
   // Resolves a shutdown waiting for the last session (set only while one waits).
@@ -415,6 +489,8 @@ function _start(
       drainedNow = null;
     }
     clearInterval(sweeper);
+    await linkServer?.shutdown(config.timeouts.shutdownGraceMs);
+    await links?.close();
     await metricsHttp?.stop();
     await guard.stop();
     await middle?.stop();
@@ -423,6 +499,7 @@ function _start(
 
   return {
     addresses,
+    linkAddresses,
     closed,
     stats: () => ({ ...metrics.totals(), active: sessions.size }),
     updatePolicy(rules) {
@@ -438,6 +515,8 @@ function _start(
       }
       return closed;
     },
+    updateFronts: (fronts) => linkServer?.updateFronts(fronts) ?? 0,
+    linksUp: () => links?.linksUp ?? linkServer?.linkCount ?? 0,
     metricsAddress: metricsHttp?.address ?? null,
     metricsText,
     shutdown: () => (shuttingDown ??= shutdown()),
@@ -463,7 +542,8 @@ function _start(
  */
 function _guard(
   config: Config,
-  addresses: readonly { host: string; port: number }[],
+  sites: readonly { tlsDomains: readonly string[] }[],
+  addresses: () => readonly { host: string; port: number }[],
 ): { session: SessionGuard; replaySize(): number; stop(): Promise<void> } {
   const replay = config.replay.maxEntries > 0
     ? createReplayCache({ maxEntries: config.replay.maxEntries, maxAgeMs: config.replay.maxAgeMs })
@@ -473,8 +553,8 @@ function _guard(
   const localIps = localIpAddresses();
   const session: SessionGuard = {
     seenBefore: (key) => replay.checkAndAdd(key, Date.now()),
-    frontableSnis: frontableSnis(config.listeners, config.fronting),
-    isOwnAddress: (addr) => isOwnAddress(addr, addresses, localIps),
+    frontableSnis: frontableSnis(sites, config.fronting),
+    isOwnAddress: (addr) => isOwnAddress(addr, addresses(), localIps),
     answerShape(sni) {
       const profile = profiles.get(sni);
       return {
@@ -492,7 +572,7 @@ function _guard(
   if (mode === "off" || config.tls.profileRefreshMs === 0) {
     return { session, replaySize, stop: () => Promise.resolve() };
   }
-  const domains = [...new Set(config.listeners.flatMap((l) => l.tlsDomains))];
+  const domains = [...new Set(sites.flatMap((l) => l.tlsDomains))];
   const abort = new AbortController();
   const running = new Set<Promise<unknown>>();
   const refresh = () => {

@@ -23,6 +23,21 @@ export interface MetricsSnapshot {
   }>;
   /** Handshakes held by the replay cache. */
   replayEntries: number;
+  /** Split mode, front: the links to each back. */
+  backs?: readonly {
+    address: string;
+    linksUp: number;
+    streams: number;
+    lastRttMs: number | null;
+    linksLost: number;
+  }[];
+  /** Split mode, back: links and streams per front, refused link connections, ended links. */
+  fronts?: {
+    links: ReadonlyMap<string, number>;
+    streams: ReadonlyMap<string, number>;
+    refused: ReadonlyMap<string, number>;
+    ended: ReadonlyMap<string, number>;
+  };
   /** Resident set size of the process. */
   rssBytes: number;
 }
@@ -255,6 +270,60 @@ export class Metrics {
         labels,
         s.closedMidSend,
       );
+    }
+    for (const b of live.backs ?? []) {
+      const labels = { back: b.address };
+      put("mtproxy_link_up", "gauge", "Split mode: links up to each back.", labels, b.linksUp);
+      put(
+        "mtproxy_link_streams",
+        "gauge",
+        "Split mode: client streams carried by the links to each back.",
+        labels,
+        b.streams,
+      );
+      put(
+        "mtproxy_link_lost_total",
+        "counter",
+        "Split mode: links to each back that were lost after being up.",
+        labels,
+        b.linksLost,
+      );
+      if (b.lastRttMs !== null) {
+        put(
+          "mtproxy_link_rtt_seconds",
+          "gauge",
+          "Split mode: the last keepalive round trip to each back.",
+          labels,
+          b.lastRttMs / 1000,
+        );
+      }
+    }
+    const fronts = live.fronts;
+    if (fronts) {
+      for (const [front, n] of fronts.links) {
+        put("mtproxy_front_links", "gauge", "Split mode: links up from each front.", { front }, n);
+      }
+      for (const [front, n] of fronts.streams) {
+        put(
+          "mtproxy_front_streams",
+          "gauge",
+          "Split mode: client streams open from each front.",
+          { front },
+          n,
+        );
+      }
+      for (const [reason, n] of fronts.refused) {
+        put(
+          "mtproxy_link_refused_total",
+          "counter",
+          "Split mode: connections to link ports that were not a front, by reason.",
+          { reason },
+          n,
+        );
+      }
+      for (const [end, n] of fronts.ended) {
+        put("mtproxy_link_ended_total", "counter", "Split mode: links ended, by how.", { end }, n);
+      }
     }
     put(
       "mtproxy_replay_cache_entries",

@@ -1,0 +1,775 @@
+/**
+ * Split mode, the back: accepts links from fronts on `link_listeners` and serves their streams
+ * with the local Telegram side (middle-proxy pools or direct DC connections). To anyone but a
+ * front it is the real site: a connection whose first bytes are not a ClientHello signed with a
+ * known front's secret (within the clock window, never seen before) is fronted byte for byte,
+ * exactly as a client listener fronts a prober.
+ *
+ * @module
+ */
+import type { Config, FrontCredential, LinkListenerConfig } from "../config/types.ts";
+import { randomBytes } from "../crypto.ts";
+import { logger } from "../ops/log.ts";
+import {
+  closeQuietly,
+  type Conn,
+  dialTcp,
+  formatHostPort,
+  type Listener,
+  listenTcp,
+  writeAll,
+} from "../net.ts";
+import { parseClientHello, verifyClientHello } from "../protocol/fake_tls.ts";
+import type { Packet } from "../protocol/framing.ts";
+import { LINK_VERSION, type LinkCloseReason, type LinkFrameSink } from "../protocol/link.ts";
+import { answerLinkHello, type LinkKeys } from "../protocol/link_records.ts";
+import { frontingTarget } from "../guard/fronting.ts";
+import { type PumpEnd, type PumpHost, startPump } from "../client/relay.ts";
+import type { LocalTelegram } from "../telegram/local.ts";
+import type {
+  TelegramClient,
+  TelegramCloseReason,
+  TelegramOpenError,
+  TelegramStream,
+} from "../telegram/side.ts";
+import { LinkConnection, type LinkEnd, type LinkHost } from "./connection.ts";
+import { bytesEqual } from "../protocol/bytes.ts";
+
+const log = logger("link");
+
+/** What the back needs from the server's guards (shared with client listeners' sessions). */
+export interface LinkGuard {
+  /** Whether a hello with this random was seen before (recorded either way). */
+  seenBefore(key: Uint8Array): boolean;
+  readonly frontableSnis: ReadonlySet<string>;
+  isOwnAddress(addr: { hostname: string; port: number }): boolean;
+  answerShape(sni: string): {
+    appDataLength: number;
+    extensionOrder: "key_share_first" | "versions_first";
+    keyShareGroup: number;
+    cipherSuite?: number;
+  };
+}
+
+/** Counters of the back, for metrics. */
+export interface BackStats {
+  /** Links up per front name. */
+  readonly links: ReadonlyMap<string, number>;
+  /** Streams open per front name. */
+  readonly streams: ReadonlyMap<string, number>;
+  /** Connections to link ports that were not fronts, by reason. */
+  readonly refused: ReadonlyMap<string, number>;
+  /** Links ended, by how. */
+  readonly ended: ReadonlyMap<string, number>;
+}
+
+/** A bound link listener. */
+export interface BoundLinkListener {
+  readonly name: string;
+  readonly host: string;
+  readonly port: number;
+}
+
+/** A hello that checked out: whose it is, the keys, and record bytes that came with it. */
+interface _Accepted {
+  readonly front: FrontCredential;
+  readonly keys: LinkKeys;
+  readonly rest: Uint8Array;
+}
+
+/** Answers that wait for the front's window. */
+interface _Queued {
+  data: Uint8Array;
+}
+
+/** One client stream of a front, served by the local Telegram side. */
+class BackStream implements TelegramClient {
+  readonly id: number;
+  readonly #link: BackLink;
+  local: TelegramStream | null = null;
+  readonly abort = new AbortController();
+  closed = false;
+  /** Client packets received before the stream opened, or while a send is in flight. */
+  pending: Packet[] = [];
+  pendingBytes = 0;
+  sending = false;
+  #scheduled = false;
+  /** Answer bytes sent to the front and not yet acknowledged, and their sizes in order. */
+  inFlight = 0;
+  #sizes: number[] = [];
+  #sizesHead = 0;
+  #queued: _Queued[] = [];
+
+  constructor(link: BackLink, id: number) {
+    this.#link = link;
+    this.id = id;
+  }
+
+  // TelegramClient: what Telegram sends this client.
+
+  onPacket(data: Uint8Array): void {
+    if (this.closed) return;
+    if (this.inFlight < this.#link.peerWindow && this.#queued.length === 0) {
+      this.#sendAnswer(data);
+    } else {
+      this.#queued.push({ data: data.slice() });
+    }
+  }
+
+  onQuickAck(confirm: Uint8Array): void {
+    if (this.closed) return;
+    this.#link.conn.writer.quickAck(this.id, confirm);
+    this.#link.conn.flushSoon();
+  }
+
+  onClose(reason: TelegramCloseReason): void {
+    if (this.closed) return;
+    this.local = null;
+    this.#link.endStream(this, reason === "link_lost" ? "connection_lost" : reason, "");
+  }
+
+  // From the front.
+
+  /** A client packet (a view valid during the call). */
+  data(payload: Uint8Array, quickAck: boolean): void {
+    this.pending.push({ payload: payload.slice(), quickAck });
+    this.pendingBytes += payload.length;
+    if (this.#scheduled) return;
+    this.#scheduled = true;
+    // Everything that arrived in one read goes to Telegram in one send.
+    queueMicrotask(() => {
+      this.#scheduled = false;
+      this.pump();
+    });
+  }
+
+  /** Hand pending packets to Telegram; acknowledge them to the front once taken. */
+  pump(): void {
+    const local = this.local;
+    if (!local || this.sending || this.closed || this.pending.length === 0) return;
+    const batch = this.pending;
+    const bytes = this.pendingBytes;
+    this.pending = [];
+    this.pendingBytes = 0;
+    this.sending = true;
+    local.send(batch).then(() => {
+      this.sending = false;
+      if (this.closed) return;
+      this.#link.conn.writer.ack(this.id, bytes);
+      this.#link.conn.flushSoon();
+      this.pump();
+    }, (e) => {
+      this.sending = false;
+      if (this.closed) return;
+      this.#link.endStream(this, "connection_lost", e instanceof Error ? e.message : String(e));
+    });
+  }
+
+  /** The front delivered `bytes` of answers to its client. */
+  credited(bytes: number): void {
+    bytes = Math.min(bytes, this.inFlight);
+    this.inFlight -= bytes;
+    let packets = 0;
+    let left = bytes;
+    const sizes = this.#sizes;
+    while (left > 0 && this.#sizesHead < sizes.length) {
+      left -= sizes[this.#sizesHead++]!;
+      packets++;
+    }
+    if (this.#sizesHead > 1024 || this.#sizesHead === sizes.length) {
+      sizes.splice(0, this.#sizesHead);
+      this.#sizesHead = 0;
+    }
+    if (bytes > 0) this.local?.ack(bytes, packets);
+    while (this.#queued.length > 0 && this.inFlight < this.#link.peerWindow && !this.closed) {
+      this.#sendAnswer(this.#queued.shift()!.data);
+    }
+  }
+
+  /** Release the Telegram side (idempotent). */
+  release(): void {
+    this.closed = true;
+    this.abort.abort();
+    this.pending = [];
+    this.#queued = [];
+    const local = this.local;
+    this.local = null;
+    local?.release();
+  }
+
+  #sendAnswer(data: Uint8Array): void {
+    this.#link.conn.writer.answer(this.id, data);
+    this.inFlight += data.length;
+    this.#sizes.push(data.length);
+    this.#link.conn.flushSoon();
+  }
+}
+
+/** One link from a front. */
+class BackLink implements LinkHost {
+  readonly front: FrontCredential;
+  readonly conn: LinkConnection;
+  readonly #server: LinkServer;
+  readonly streams = new Map<number, BackStream>();
+  /** Answer bytes the front lets us have in flight per stream (from its hello). */
+  peerWindow = 0;
+  hello = (_f: Parameters<LinkFrameSink["hello"]>[0]): void => {
+    this.conn.close("protocol_error", "a second hello");
+  };
+  draining = false;
+
+  constructor(server: LinkServer, front: FrontCredential, conn: LinkConnection) {
+    this.#server = server;
+    this.front = front;
+    this.conn = conn;
+  }
+
+  endStream(s: BackStream, reason: LinkCloseReason, detail: string): void {
+    if (s.closed && !this.streams.has(s.id)) return;
+    this.streams.delete(s.id);
+    s.release();
+    if (!this.conn.closed) {
+      this.conn.writer.close(s.id, reason, detail.slice(0, 200));
+      this.conn.flushSoon();
+    }
+    this.#server.streamEnded();
+  }
+
+  welcome(): void {
+    this.conn.close("protocol_error", "the front sent a welcome");
+  }
+  ping(): void {}
+  pong(): void {}
+  goaway(): void {}
+
+  open(id: number, f: Parameters<LinkFrameSink["open"]>[1]): void {
+    if (id === 0 || this.streams.has(id)) {
+      this.conn.close("protocol_error", `stream ${id} opened twice`);
+      return;
+    }
+    const s = new BackStream(this, id);
+    if (this.draining) {
+      this.conn.writer.close(id, "shutdown", "the back is shutting down");
+      this.conn.flushSoon();
+      return;
+    }
+    this.streams.set(id, s);
+    const target = {
+      dcId: f.dcId,
+      tag: f.tag,
+      clientIp: f.clientIp,
+      clientPort: f.clientPort,
+      adTag: f.adTag ?? this.#server.defaultTag,
+    };
+    this.#server.telegram.open(s, target, s.abort.signal).then((opened) => {
+      if (s.closed || this.conn.closed) {
+        opened.stream.release();
+        return;
+      }
+      s.local = opened.stream;
+      this.conn.writer.opened(id, {
+        dcId: opened.dcId,
+        via: opened.where.startsWith("middle") ? "middle" : "direct",
+        where: opened.where.slice(0, 200),
+      });
+      this.conn.flushSoon();
+      s.pump();
+    }, (e: unknown) => {
+      if (s.closed) return;
+      const kind = (e as TelegramOpenError).kind;
+      this.endStream(
+        s,
+        kind === "timeout" ? "dc_timeout" : "dc_unreachable",
+        e instanceof Error ? e.message : String(e),
+      );
+    });
+  }
+
+  opened(): void {
+    this.conn.close("protocol_error", "the front sent opened");
+  }
+
+  data(id: number, payload: Uint8Array, quickAck: boolean): void {
+    const s = this.streams.get(id);
+    if (!s) return; // closed on our side; the front learns it from our close
+    s.data(payload, quickAck);
+  }
+
+  answer(): void {
+    this.conn.close("protocol_error", "the front sent an answer");
+  }
+  quickAck(): void {
+    this.conn.close("protocol_error", "the front sent a quick ack");
+  }
+
+  ack(id: number, bytes: number): void {
+    this.streams.get(id)?.credited(bytes);
+  }
+
+  close(id: number): void {
+    const s = this.streams.get(id);
+    if (!s) return; // closes may cross on the wire
+    this.streams.delete(id);
+    s.release();
+    this.#server.streamEnded();
+  }
+
+  linkEnded(end: LinkEnd, detail: string): void {
+    const n = this.streams.size;
+    for (const s of this.streams.values()) s.release();
+    this.streams.clear();
+    this.#server.linkGone(this, end, detail, n);
+  }
+}
+
+/** Options for {@linkcode LinkServer}. */
+export interface LinkServerOptions {
+  readonly config: Config;
+  readonly telegram: LocalTelegram;
+  readonly guard: LinkGuard;
+}
+
+/** The back's link listeners and the links of its fronts. */
+export class LinkServer {
+  readonly #config: Config;
+  readonly telegram: LocalTelegram;
+  readonly #guard: LinkGuard;
+  readonly defaultTag: Uint8Array | null;
+  /** Random per process: a front tells a restarted back by it. */
+  readonly instance = randomBytes(8);
+  #fronts: readonly FrontCredential[];
+  readonly #bound: { config: LinkListenerConfig; socket: Listener }[] = [];
+  readonly #links = new Set<BackLink>();
+  /** Connections still in the handshake or being fronted. */
+  readonly #pending = new Set<Conn>();
+  readonly #loops: Promise<void>[] = [];
+  readonly #work = new Set<Promise<void>>();
+  #accepting = true;
+  readonly #refused = new Map<string, number>();
+  readonly #ended = new Map<string, number>();
+  #drained: (() => void) | null = null;
+
+  constructor(options: LinkServerOptions) {
+    this.#config = options.config;
+    this.telegram = options.telegram;
+    this.#guard = options.guard;
+    this.defaultTag = options.config.defaultTag;
+    this.#fronts = options.config.fronts;
+  }
+
+  /** Bind every link listener (closing what it opened when one fails) and start accepting. */
+  listen(): BoundLinkListener[] {
+    try {
+      for (const l of this.#config.linkListeners) {
+        this.#bound.push({ config: l, socket: listenTcp(l.host, l.port) });
+      }
+    } catch (e) {
+      for (const b of this.#bound) closeQuietly(b.socket);
+      const failed = this.#config.linkListeners[this.#bound.length]!;
+      const why = e instanceof Error ? e.message : String(e);
+      throw new Error(
+        `Cannot listen on ${formatHostPort(failed.host, failed.port)} (${failed.name}): ${why}`,
+      );
+    }
+    for (const b of this.#bound) this.#loops.push(this.#acceptLoop(b.config, b.socket));
+    return this.#bound.map((b) => ({
+      name: b.config.name,
+      host: b.config.host,
+      port: (b.socket.addr as Deno.NetAddr).port,
+    }));
+  }
+
+  /** Fronts allowed from now on; links of fronts no longer listed are closed. Returns how many. */
+  updateFronts(fronts: readonly FrontCredential[]): number {
+    this.#fronts = fronts;
+    let closed = 0;
+    for (const link of [...this.#links]) {
+      const still = fronts.some((f) =>
+        f.name === link.front.name && bytesEqual(f.secret, link.front.secret)
+      );
+      if (!still) {
+        log.info("Front {name}: revoked; closing its link from {remote}", {
+          name: link.front.name,
+          remote: formatHostPort(link.conn.remote.hostname, link.conn.remote.port),
+        });
+        link.conn.close("closed", "revoked");
+        closed++;
+      }
+    }
+    return closed;
+  }
+
+  stats(): BackStats {
+    const links = new Map<string, number>();
+    const streams = new Map<string, number>();
+    for (const f of this.#fronts) {
+      links.set(f.name, 0);
+      streams.set(f.name, 0);
+    }
+    for (const l of this.#links) {
+      links.set(l.front.name, (links.get(l.front.name) ?? 0) + 1);
+      streams.set(l.front.name, (streams.get(l.front.name) ?? 0) + l.streams.size);
+    }
+    return { links, streams, refused: new Map(this.#refused), ended: new Map(this.#ended) };
+  }
+
+  /** Live links. */
+  get linkCount(): number {
+    return this.#links.size;
+  }
+
+  /**
+   * Stop accepting, tell every front we are going away, let streams finish within `graceMs`,
+   * then close every link.
+   */
+  async shutdown(graceMs: number): Promise<void> {
+    this.#accepting = false;
+    for (const b of this.#bound) closeQuietly(b.socket);
+    await Promise.all(this.#loops);
+    for (const c of this.#pending) closeQuietly(c);
+    for (const l of this.#links) {
+      l.draining = true;
+      l.conn.writer.goaway(graceMs);
+      l.conn.flushSoon();
+    }
+    if (this.#streamCount() > 0 && graceMs > 0) {
+      const drained = new Promise<void>((r) => (this.#drained = r));
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      await Promise.race([drained, new Promise((r) => (timer = setTimeout(r, graceMs)))]);
+      clearTimeout(timer);
+      this.#drained = null;
+    }
+    const finished: Promise<void>[] = [];
+    for (const l of [...this.#links]) {
+      l.conn.close("closed", "shutdown");
+      finished.push(l.conn.finished);
+    }
+    await Promise.all([...finished, ...this.#work]);
+  }
+
+  /** A link ended (BackLink). */
+  linkGone(link: BackLink, end: LinkEnd, detail: string, streams: number): void {
+    if (!this.#links.delete(link)) return;
+    this.#ended.set(end, (this.#ended.get(end) ?? 0) + 1);
+    const fields = {
+      name: link.front.name,
+      end,
+      detail: detail ? `: ${detail}` : "",
+      streams,
+    };
+    if (end === "integrity" || end === "protocol_error") {
+      log.warn("Front {name}: link closed ({end}{detail}); {streams} streams closed", fields);
+    } else {
+      log.info("Front {name}: link closed ({end}{detail}); {streams} streams closed", fields);
+    }
+    if (this.#drained && this.#streamCount() === 0) this.#drained();
+  }
+
+  /** A stream ended: a graceful shutdown may finish early. */
+  streamEnded(): void {
+    if (this.#drained && this.#streamCount() === 0) this.#drained();
+  }
+
+  #streamCount(): number {
+    let n = 0;
+    for (const l of this.#links) n += l.streams.size;
+    return n;
+  }
+
+  async #acceptLoop(l: LinkListenerConfig, socket: Listener): Promise<void> {
+    while (this.#accepting) {
+      let conn: Conn;
+      try {
+        conn = await socket.accept();
+      } catch (e) {
+        if (!this.#accepting || e instanceof Deno.errors.BadResource) return;
+        log.error("{listener}: accept failed: {error}", { listener: l.name, error: String(e) });
+        await new Promise((r) => setTimeout(r, 100));
+        continue;
+      }
+      const job = this.#serve(l, conn).catch((e) => {
+        log.error("{listener}: link connection failed: {error}", {
+          listener: l.name,
+          error: String(e),
+        });
+        closeQuietly(conn);
+      });
+      this.#work.add(job);
+      job.finally(() => this.#work.delete(job));
+    }
+  }
+
+  #refuse(reason: string): void {
+    this.#refused.set(reason, (this.#refused.get(reason) ?? 0) + 1);
+  }
+
+  /** Handshake one connection: a front's link, or something to front. */
+  async #serve(l: LinkListenerConfig, conn: Conn): Promise<void> {
+    this.#pending.add(conn);
+    const peer = formatHostPort(
+      (conn.remoteAddr as Deno.NetAddr).hostname,
+      (conn.remoteAddr as Deno.NetAddr).port,
+    );
+    const timer = setTimeout(() => closeQuietly(conn), this.#config.timeouts.handshakeMs);
+    let buf = new Uint8Array(2048);
+    let len = 0;
+    const fill = async (n: number): Promise<boolean> => {
+      while (len < n) {
+        if (len === buf.length) {
+          const bigger = new Uint8Array(buf.length * 2);
+          bigger.set(buf);
+          buf = bigger;
+        }
+        const got = await conn.read(buf.subarray(len));
+        if (got === null) return false;
+        len += got;
+      }
+      return true;
+    };
+    let front: { reason: string; sni: string | null } | null = null;
+    let accepted: _Accepted | null = null;
+    try {
+      conn.setNoDelay(true);
+      if (!await fill(1)) throw new Error("eof");
+      if (buf[0] !== 0x16) front = { reason: "not_tls", sni: null };
+      while (front === null && accepted === null) {
+        const step = parseClientHello(buf.subarray(0, len));
+        if (step.kind === "need") {
+          if (step.atLeast > 65536 + 5) {
+            front = { reason: "tls_malformed", sni: null };
+            break;
+          }
+          if (!await fill(step.atLeast)) throw new Error("eof");
+          continue;
+        }
+        if (step.kind === "reject") {
+          front = { reason: "tls_malformed", sni: null };
+          break;
+        }
+        const hello = step.hello;
+        const sni = hello.sni?.toLowerCase() ?? null;
+        if (sni === null || !l.tlsDomains.includes(sni)) {
+          front = { reason: sni === null ? "no_sni" : "bad_sni", sni };
+          break;
+        }
+        const now = Date.now() / 1000;
+        const skew = this.#config.tls.maxClockSkewMs / 1000;
+        let found: FrontCredential | null = null;
+        for (const f of this.#fronts) {
+          const check = verifyClientHello(hello, f.secret, now, skew);
+          if (check.kind === "ok") {
+            found = f;
+            break;
+          }
+          if (check.kind === "bad_timestamp") {
+            log.warn(
+              "{listener}: front {name} from {peer} refused: its clock is off by {skew} s (fix its clock)",
+              { listener: l.name, name: f.name, peer, skew: Math.round(now - check.timestamp) },
+            );
+            front = { reason: "stale_clock", sni };
+            break;
+          }
+        }
+        if (front) break;
+        if (!found) {
+          front = { reason: "bad_secret", sni };
+          break;
+        }
+        if (this.#guard.seenBefore(hello.random)) {
+          front = { reason: "replay", sni };
+          break;
+        }
+        const answered = answerLinkHello(hello, found.secret, this.#guard.answerShape(sni));
+        if ("reject" in answered) {
+          front = { reason: answered.reject, sni };
+          break;
+        }
+        await writeAll(conn, answered.answer);
+        accepted = { front: found, keys: answered.keys, rest: step.rest.slice() };
+      }
+    } catch {
+      clearTimeout(timer);
+      this.#pending.delete(conn);
+      closeQuietly(conn);
+      this.#refuse("eof");
+      return;
+    }
+    if (front) {
+      clearTimeout(timer);
+      this.#refuse(front.reason);
+      await this.#front(l, conn, peer, buf.subarray(0, len), front);
+      this.#pending.delete(conn);
+      return;
+    }
+    clearTimeout(timer);
+    this.#pending.delete(conn);
+    await this.#startLink(l, conn, peer, accepted!);
+  }
+
+  /** The hello checked out: wait for the front's hello frame, welcome it, serve its streams. */
+  async #startLink(
+    l: LinkListenerConfig,
+    conn: Conn,
+    peer: string,
+    accepted: _Accepted,
+  ): Promise<void> {
+    const hello = Promise.withResolvers<Parameters<LinkFrameSink["hello"]>[0]>();
+    hello.promise.catch(() => {});
+    const waiting: LinkHost = {
+      ..._refuseFrames(),
+      hello: (f) => hello.resolve(f),
+      linkEnded: (end, detail) => hello.reject(new Error(detail || end)),
+    };
+    const link = new LinkConnection(conn, accepted.keys, waiting, {
+      keepaliveMs: this.#config.link.keepaliveMs,
+      timeoutMs: this.#config.link.timeoutMs,
+      early: accepted.rest,
+      pings: false,
+    });
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    let f: Parameters<LinkFrameSink["hello"]>[0];
+    try {
+      f = await Promise.race([
+        hello.promise,
+        new Promise<never>((_, reject) => {
+          timer = setTimeout(
+            () => reject(new Error("no hello frame in time")),
+            this.#config.timeouts.handshakeMs,
+          );
+        }),
+      ]);
+    } catch (e) {
+      link.close("protocol_error", e instanceof Error ? e.message : String(e));
+      log.info("{listener}: front {name} from {peer}: link failed: {error}", {
+        listener: l.name,
+        name: accepted.front.name,
+        peer,
+        error: e instanceof Error ? e.message : String(e),
+      });
+      await link.finished;
+      return;
+    } finally {
+      clearTimeout(timer);
+    }
+    if (f.version !== LINK_VERSION || !this.#accepting) {
+      link.close("protocol_error", `link version ${f.version}`);
+      await link.finished;
+      return;
+    }
+    const back = new BackLink(this, accepted.front, link);
+    back.peerWindow = f.window;
+    link.host = back;
+    this.#links.add(back);
+    link.writer.welcome({
+      version: LINK_VERSION,
+      capabilities: 0,
+      window: this.#config.link.windowBytes,
+      instance: this.instance,
+    });
+    link.flushSoon();
+    log.info("{listener}: front {name} linked from {peer} ({host})", {
+      listener: l.name,
+      name: accepted.front.name,
+      peer,
+      host: f.name,
+    });
+    await link.finished;
+  }
+
+  /** Hand a connection that is not a front to the fronting target, byte for byte. */
+  async #front(
+    l: LinkListenerConfig,
+    conn: Conn,
+    peer: string,
+    buffered: Uint8Array,
+    why: { reason: string; sni: string | null },
+  ): Promise<void> {
+    const decision = frontingTarget(this.#config.fronting, why.sni, this.#guard.frontableSnis);
+    if (decision.kind === "close") {
+      log.info("{listener}: {peer} closed ({reason}; not fronted: {why})", {
+        listener: l.name,
+        peer,
+        reason: why.reason,
+        why: decision.reason,
+      });
+      closeQuietly(conn);
+      return;
+    }
+    const target = decision.target;
+    const where = formatHostPort(target.host, target.port);
+    let site: Conn;
+    try {
+      site = await dialTcp(target.host, target.port, {
+        timeoutMs: this.#config.fronting.connectTimeoutMs,
+      });
+    } catch (e) {
+      log.warn("{listener}: {peer} not fronted: {where}: {error}", {
+        listener: l.name,
+        peer,
+        where,
+        error: e instanceof Error ? e.message : String(e),
+      });
+      closeQuietly(conn);
+      return;
+    }
+    if (this.#guard.isOwnAddress(site.remoteAddr as Deno.NetAddr)) {
+      log.error("{listener}: {peer} not fronted: the fronting target {where} is this proxy", {
+        listener: l.name,
+        peer,
+        where,
+      });
+      closeQuietly(site);
+      closeQuietly(conn);
+      return;
+    }
+    try {
+      await writeAll(site, buffered);
+    } catch {
+      closeQuietly(site);
+      closeQuietly(conn);
+      return;
+    }
+    log.info("{listener}: {peer} fronted to {where} ({reason})", {
+      listener: l.name,
+      peer,
+      where,
+      reason: why.reason,
+    });
+    await _relayUntouched(conn, site);
+  }
+}
+
+/** Both directions untouched until either side closes. */
+function _relayUntouched(a: Conn, b: Conn): Promise<void> {
+  const done = Promise.withResolvers<void>();
+  let running = 2;
+  const host: PumpHost = {
+    pumped() {},
+    pumpEnded(_side, _end: PumpEnd) {
+      closeQuietly(a);
+      closeQuietly(b);
+      if (--running === 0) done.resolve();
+    },
+  };
+  startPump(a, b, { ciphers: [], host, side: "client" });
+  startPump(b, a, { ciphers: [], host, side: "dc" });
+  return done.promise;
+}
+
+/** A sink that takes nothing but a hello (the back before the front has introduced itself). */
+function _refuseFrames(): Omit<LinkHost, "hello" | "linkEnded"> {
+  const no = () => {};
+  return {
+    welcome: no,
+    ping: no,
+    pong: no,
+    goaway: no,
+    open: no,
+    opened: no,
+    data: no,
+    answer: no,
+    quickAck: no,
+    ack: no,
+    close: no,
+  };
+}

@@ -1,0 +1,239 @@
+/**
+ * One established split-mode link (after the fake-TLS handshake), as both ends see it: AEAD
+ * records on the socket, frames inside them. Frames queued during one turn of the event loop go
+ * out sealed in one write; a read loop opens records and hands every frame to the owner's sink.
+ * The link watches itself: a ping after `keepaliveMs` without sending, and death after
+ * `timeoutMs` without receiving anything.
+ *
+ * @module
+ */
+import type { AesOptions } from "../crypto.ts";
+import { closeQuietly, type Conn, writeAll } from "../net.ts";
+import { LinkFrameReader, type LinkFrameSink, LinkFrameWriter } from "../protocol/link.ts";
+import { type LinkKeys, RecordOpener, RecordSealer } from "../protocol/link_records.ts";
+
+/** Why a link ended. */
+export type LinkEnd =
+  /** The owner closed it (shutdown, revoked front, replaced). */
+  | "closed"
+  /** The peer closed the TCP connection. */
+  | "eof"
+  /** A read or write failed (reset). */
+  | "socket_error"
+  /** Nothing arrived for `timeoutMs`. */
+  | "timeout"
+  /** A record failed authentication: tampering or corruption on the way. */
+  | "integrity"
+  /** A malformed record or frame, or a frame that breaks the link protocol. */
+  | "protocol_error";
+
+/** Options for {@linkcode LinkConnection}. */
+export interface LinkConnectionOptions {
+  /** Send a ping after this long without sending anything. */
+  readonly keepaliveMs: number;
+  /** Declare the link dead after this long without receiving anything. */
+  readonly timeoutMs: number;
+  /** Sent once before the first record (a TLS client's ChangeCipherSpec). */
+  readonly prefix?: Uint8Array;
+  /** Record bytes that arrived with the handshake. */
+  readonly early?: Uint8Array;
+  /** Send pings (the front does; the back answers them). */
+  readonly pings: boolean;
+  readonly crypto?: AesOptions;
+}
+
+/** What the owner of a link learns beyond the frames. */
+export interface LinkHost extends LinkFrameSink {
+  /** The link is gone (called once); `detail` says more for logs. */
+  linkEnded(end: LinkEnd, detail: string): void;
+  /** Round trip time of a ping, in milliseconds. */
+  rtt?(ms: number): void;
+  /** All queued frames were written (the writer is idle): a chance to top up. */
+  drained?(): void;
+}
+
+const _READ_BUFFER = 64 * 1024;
+
+/** An established link. */
+export class LinkConnection {
+  readonly #conn: Conn;
+  readonly #sealer: RecordSealer;
+  readonly #opener: RecordOpener;
+  readonly #reader = new LinkFrameReader();
+  readonly #options: LinkConnectionOptions;
+  #host: LinkHost;
+  /** Frames are written here and sealed at the next flush. */
+  readonly writer = new LinkFrameWriter();
+  #prefix: Uint8Array | null;
+  #flushing = false;
+  #closed = false;
+  #lastSent = Date.now();
+  #lastReceived = Date.now();
+  #pingId = 0n;
+  #pingSentAt = 0;
+  #timer: ReturnType<typeof setInterval>;
+  /** Resolves when the read loop has stopped and the socket is closed. */
+  readonly finished: Promise<void>;
+
+  constructor(conn: Conn, keys: LinkKeys, host: LinkHost, options: LinkConnectionOptions) {
+    this.#conn = conn;
+    this.#host = host;
+    this.#options = options;
+    this.#sealer = new RecordSealer(keys.sendKey, keys.sendIv, options.crypto);
+    this.#opener = new RecordOpener(keys.recvKey, keys.recvIv, options.crypto);
+    this.#prefix = options.prefix ?? null;
+    const tick = Math.max(50, Math.min(options.keepaliveMs, options.timeoutMs) / 4);
+    this.#timer = setInterval(() => this.#tick(), tick);
+    this.finished = this.#readLoop(options.early ?? null);
+  }
+
+  /** Whether the link has ended. */
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  /** Replace the frame sink (the back swaps in its stream router after the front's hello). */
+  set host(host: LinkHost) {
+    this.#host = host;
+  }
+
+  /** The remote address, for logs. */
+  get remote(): Deno.NetAddr {
+    return this.#conn.remoteAddr as Deno.NetAddr;
+  }
+
+  /** Write what `writer` holds soon (in a microtask, so that a whole turn's frames go together). */
+  flushSoon(): void {
+    if (this.#flushing || this.#closed) return;
+    this.#flushing = true;
+    queueMicrotask(() => this.#flush());
+  }
+
+  /** End the link: close the socket; the host hears `linkEnded` once. */
+  close(end: LinkEnd = "closed", detail = ""): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    clearInterval(this.#timer);
+    closeQuietly(this.#conn);
+    try {
+      this.#host.linkEnded(end, detail);
+    } finally {
+      // The read loop closes the opener; the sealer is closed once no write can use it.
+      if (!this.#flushing) this.#sealer.close();
+    }
+  }
+
+  async #flush(): Promise<void> {
+    try {
+      while (!this.#closed && this.writer.length > 0) {
+        const plain = this.writer.take();
+        let wire = this.#sealer.seal(plain);
+        if (this.#prefix) {
+          const joined = new Uint8Array(this.#prefix.length + wire.length);
+          joined.set(this.#prefix);
+          joined.set(wire, this.#prefix.length);
+          wire = joined;
+          this.#prefix = null;
+        }
+        this.#lastSent = Date.now();
+        await writeAll(this.#conn, wire);
+      }
+    } catch (e) {
+      this.#flushing = false;
+      this.close("socket_error", e instanceof Error ? e.message : String(e));
+      return;
+    }
+    this.#flushing = false;
+    if (this.#closed) {
+      this.#sealer.close();
+      return;
+    }
+    this.#host.drained?.();
+  }
+
+  #tick(): void {
+    const now = Date.now();
+    if (now - this.#lastReceived >= this.#options.timeoutMs) {
+      this.close("timeout", `nothing received for ${now - this.#lastReceived} ms`);
+      return;
+    }
+    if (this.#options.pings && now - this.#lastSent >= this.#options.keepaliveMs) {
+      this.#pingSentAt = now;
+      this.writer.ping(++this.#pingId);
+      this.flushSoon();
+    }
+  }
+
+  /** The frame sink the reader calls: pings are answered here, the rest goes to the host. */
+  #sink(): LinkFrameSink {
+    const host = () => this.#host;
+    return {
+      hello: (f) => host().hello(f),
+      welcome: (f) => host().welcome(f),
+      ping: (id) => {
+        this.writer.pong(id);
+        this.flushSoon();
+      },
+      pong: (id) => {
+        if (id === this.#pingId && this.#pingSentAt > 0) {
+          host().rtt?.(Date.now() - this.#pingSentAt);
+          this.#pingSentAt = 0;
+        }
+      },
+      goaway: (ms) => host().goaway(ms),
+      open: (s, f) => host().open(s, f),
+      opened: (s, f) => host().opened(s, f),
+      data: (s, p, q) => host().data(s, p, q),
+      answer: (s, p) => host().answer(s, p),
+      quickAck: (s, c) => host().quickAck(s, c),
+      ack: (s, b) => host().ack(s, b),
+      close: (s, r, d) => host().close(s, r, d),
+    };
+  }
+
+  async #readLoop(early: Uint8Array | null): Promise<void> {
+    const buf = new Uint8Array(_READ_BUFFER);
+    const sink = this.#sink();
+    let frameError: string | null = null;
+    const onPlain = (plain: Uint8Array) => {
+      if (frameError !== null) return;
+      const r = this.#reader.push(plain, sink);
+      if (r !== null) frameError = r;
+    };
+    let end: LinkEnd = "eof";
+    let detail = "";
+    try {
+      let chunk: Uint8Array | null = early && early.length > 0 ? early : null;
+      while (!this.#closed) {
+        if (chunk === null) {
+          const n = await this.#conn.read(buf);
+          if (n === null) break;
+          chunk = buf.subarray(0, n);
+        }
+        this.#lastReceived = Date.now();
+        const r = this.#opener.push(chunk, onPlain);
+        chunk = null;
+        if (r !== null) {
+          end = r === "integrity" ? "integrity" : "protocol_error";
+          detail = r === "integrity"
+            ? "a record failed authentication (tampered or corrupted on the way)"
+            : `bad record: ${r}`;
+          break;
+        }
+        if (frameError !== null) {
+          end = "protocol_error";
+          detail = `bad frame: ${frameError}`;
+          break;
+        }
+      }
+    } catch (e) {
+      if (!this.#closed) {
+        end = "socket_error";
+        detail = e instanceof Error ? e.message : String(e);
+      }
+    } finally {
+      this.#opener.close();
+      this.close(end, detail);
+    }
+  }
+}
