@@ -371,7 +371,11 @@ function _start(
       throw new Error(`Cannot listen on ${formatHostPort(host, port)} (metrics): ${why}`);
     }
   }
-  const local = config.role === "front" ? null : new LocalTelegram(config, middle?.proxies ?? null);
+  const local = config.role === "front"
+    ? null
+    : new LocalTelegram(config, middle?.proxies ?? null, {
+      directWindowBytes: config.link.windowBytes,
+    });
   const links = config.role === "front" ? _startFrontLinks(config) : null;
   const telegram: TelegramSide = links ?? local!;
   // A back: link listeners instead of client listeners (config.listeners is empty).

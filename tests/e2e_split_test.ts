@@ -6,6 +6,7 @@ import { assert, assertEquals } from "./assert.ts";
 import { startTestProxy, TEST_SECRET, testConfig, until } from "./helpers.ts";
 import { startFakeMiddleProxy } from "./kit/fake_middle_proxy.ts";
 import { startFakeCoreApi } from "./kit/fake_core_api.ts";
+import { startFakeDc } from "./kit/fake_dc.ts";
 import { connectTestClient, type SecretKind } from "./kit/test_client.ts";
 import { randomBytes } from "../lib/crypto.ts";
 import type { Config } from "../lib/config/types.ts";
@@ -120,5 +121,37 @@ Deno.test("a front whose secret the back does not know gets no link, and its cli
   } finally {
     await mp.close();
     await core.close();
+  }
+});
+
+Deno.test("split mode in direct mode: the back owns the DC connection, the front only sees packets", async () => {
+  const dc = await startFakeDc({ mode: "echo" });
+  await using _dc = { [Symbol.asyncDispose]: () => dc.close() };
+  const back = await startServer({
+    ...backConfig({ secret: "http://127.0.0.1:9/s", config: "http://127.0.0.1:9/c" }),
+    telegram: { ...testConfig({ dcPorts: { 2: dc.port } }).telegram, mode: "direct" },
+  });
+  await using _back = { [Symbol.asyncDispose]: () => back.shutdown() };
+  await using front = await startTestProxy(frontConfig(back.linkAddresses[0]!.port));
+  await until(() => front.server.linksUp() === 2, "both links up");
+  for (const kind of KINDS) {
+    const client = await connectTestClient({
+      port: front.port,
+      secret: TEST_SECRET,
+      kind,
+      dcId: 2,
+      maxPadding: 0,
+    });
+    try {
+      for (const size of [64, 4096, 100_000]) {
+        const payload = randomBytes(size);
+        await client.send(payload, { padding: 0 });
+        const got = await client.receive(5000);
+        // A padded DC transport may add up to 12 bytes the back cannot tell from the packet.
+        assertEquals(got.subarray(0, size), payload, `${kind}: ${size} bytes`);
+      }
+    } finally {
+      client.close();
+    }
   }
 });

@@ -6,6 +6,8 @@
  * @module
  */
 import type { Config } from "../config/types.ts";
+import { routeDc } from "./dc.ts";
+import { openDirectStream } from "./direct_stream.ts";
 import { type MiddleProxies, usesMiddleProxies } from "./middle_proxies.ts";
 import {
   type OpenedStream,
@@ -14,15 +16,27 @@ import {
   type TelegramSide,
   type TelegramTarget,
 } from "./side.ts";
+import { formatHostPort } from "../net.ts";
+
+/** Options for {@linkcode LocalTelegram}. */
+export interface LocalTelegramOptions {
+  /**
+   * Packet-shaped direct streams stop reading their DC while the client holds this many
+   * undelivered answer bytes (a back uses its link window).
+   */
+  readonly directWindowBytes: number;
+}
 
 /** Today's pools and direct DC connections behind the {@linkcode TelegramSide} seam. */
 export class LocalTelegram implements TelegramSide {
   readonly #config: Config;
   readonly #middle: MiddleProxies | null;
+  readonly #options: LocalTelegramOptions;
 
-  constructor(config: Config, middle: MiddleProxies | null) {
+  constructor(config: Config, middle: MiddleProxies | null, options: LocalTelegramOptions) {
     this.#config = config;
     this.#middle = middle;
+    this.#options = options;
   }
 
   /** Direct-mode clients of a standalone proxy take the byte relay (see side.ts). */
@@ -66,9 +80,17 @@ export class LocalTelegram implements TelegramSide {
       }
       return { stream: handle, dcId: route.dcId, where: `middle proxy pool of DC ${route.dcId}` };
     }
-    // Direct-mode clients of this process take the session's byte relay (carries() says so);
-    // packet-shaped direct streams come with split mode's back.
-    throw new TelegramOpenError("unreachable", "direct mode carries bytes, not packets");
+    const route = routeDc(target.dcId, this.#config.telegram);
+    const stream = await openDirectStream(route, client, target, {
+      timeoutMs: this.#config.timeouts.dcConnectMs,
+      windowBytes: this.#options.directWindowBytes,
+      ...(signal ? { signal } : {}),
+    });
+    return {
+      stream,
+      dcId: route.dcId,
+      where: formatHostPort(route.address.host, route.address.port),
+    };
   }
 }
 
