@@ -3,7 +3,7 @@
  * front's ad tag checked by the fake middle proxy, and the link's failure modes.
  */
 import { assert, assertEquals } from "./assert.ts";
-import { startTestProxy, TEST_SECRET, testConfig, until } from "./helpers.ts";
+import { startByteSink, startTestProxy, TEST_SECRET, testConfig, until } from "./helpers.ts";
 import { startFakeMiddleProxy } from "./kit/fake_middle_proxy.ts";
 import { startFakeCoreApi } from "./kit/fake_core_api.ts";
 import { startFakeDc } from "./kit/fake_dc.ts";
@@ -153,5 +153,84 @@ Deno.test("split mode in direct mode: the back owns the DC connection, the front
     } finally {
       client.close();
     }
+  }
+});
+
+Deno.test("a probe of the back's link port is fronted byte for byte: garbage and HTTP", async () => {
+  await using site = startByteSink();
+  const back = await startServer({
+    ...backConfig({ secret: "http://127.0.0.1:9/s", config: "http://127.0.0.1:9/c" }),
+    telegram: { ...testConfig().telegram, mode: "direct" },
+    fronting: { mode: { host: "127.0.0.1", port: site.port }, connectTimeoutMs: 2000, allow: [] },
+  });
+  await using _back = { [Symbol.asyncDispose]: () => back.shutdown() };
+  const port = back.linkAddresses[0]!.port;
+  const probes = [
+    randomBytes(300),
+    new TextEncoder().encode("GET / HTTP/1.1\r\nHost: example.com\r\n\r\n"),
+  ];
+  let expected = 0;
+  for (const probe of probes) {
+    const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+    await conn.write(probe);
+    expected += probe.length;
+    await until(() => site.received().length >= expected, "the probe reached the site");
+    conn.close();
+  }
+  const all = site.received();
+  assertEquals(all.subarray(all.length - probes[1]!.length), probes[1]);
+  assertEquals(back.linksUp(), 0);
+});
+
+Deno.test("when the back goes away the front's clients are closed as link_lost, and the front serves again once it is back", async () => {
+  const dc = await startFakeDc({ mode: "echo" });
+  await using _dc = { [Symbol.asyncDispose]: () => dc.close() };
+  const config = (port: number): Config => {
+    const b = backConfig({ secret: "http://127.0.0.1:9/s", config: "http://127.0.0.1:9/c" });
+    return {
+      ...b,
+      telegram: { ...testConfig({ dcPorts: { 2: dc.port } }).telegram, mode: "direct" },
+      linkListeners: [{ ...b.linkListeners[0]!, port }],
+    };
+  };
+  let back = await startServer(config(0));
+  const port = back.linkAddresses[0]!.port;
+  await using front = await startTestProxy(frontConfig(port));
+  await until(() => front.server.linksUp() === 2, "both links up");
+  const client = await connectTestClient({
+    port: front.port,
+    secret: TEST_SECRET,
+    kind: "dd",
+    dcId: 2,
+    maxPadding: 0,
+  });
+  try {
+    const payload = randomBytes(256);
+    await client.send(payload, { padding: 0 });
+    assertEquals((await client.receive(5000)).subarray(0, 256), payload);
+    await back.shutdown();
+    await front.waitForEvent((e) => e.type === "closed" && e.reason === "link_lost");
+  } finally {
+    client.close();
+  }
+  back = await startServer(config(port));
+  try {
+    await until(() => front.server.linksUp() >= 1, "a link up again", 20_000);
+    const again = await connectTestClient({
+      port: front.port,
+      secret: TEST_SECRET,
+      kind: "tls",
+      dcId: 2,
+      maxPadding: 0,
+    });
+    try {
+      const payload = randomBytes(512);
+      await again.send(payload, { padding: 0 });
+      assertEquals((await again.receive(5000)).subarray(0, 512), payload);
+    } finally {
+      again.close();
+    }
+  } finally {
+    await back.shutdown();
   }
 });
