@@ -234,3 +234,39 @@ Deno.test("when the back goes away the front's clients are closed as link_lost, 
     await back.shutdown();
   }
 });
+
+Deno.test("revoking one front on the back cuts its links; another front is untouched", async () => {
+  const dc = await startFakeDc({ mode: "echo" });
+  await using _dc = { [Symbol.asyncDispose]: () => dc.close() };
+  const other = Uint8Array.from({ length: 16 }, (_, i) => 0x70 + i);
+  const b = backConfig({ secret: "http://127.0.0.1:9/s", config: "http://127.0.0.1:9/c" });
+  const back = await startServer({
+    ...b,
+    telegram: { ...testConfig({ dcPorts: { 2: dc.port } }).telegram, mode: "direct" },
+    fronts: [...b.fronts, { name: "away", secret: other }],
+  });
+  await using _back = { [Symbol.asyncDispose]: () => back.shutdown() };
+  const port = back.linkAddresses[0]!.port;
+  await using home = await startTestProxy(frontConfig(port));
+  await using away = await startTestProxy(frontConfig(port, other));
+  await until(() => home.server.linksUp() === 2 && away.server.linksUp() === 2, "links up");
+  const closed = back.updateFronts([{ name: "home", secret: LINK_SECRET }]);
+  assertEquals(closed, 2);
+  await until(() => away.server.linksUp() === 0, "the revoked front's links closed");
+  const client = await connectTestClient({
+    port: home.port,
+    secret: TEST_SECRET,
+    kind: "dd",
+    dcId: 2,
+    maxPadding: 0,
+  });
+  try {
+    const payload = randomBytes(128);
+    await client.send(payload, { padding: 0 });
+    assertEquals((await client.receive(5000)).subarray(0, 128), payload);
+  } finally {
+    client.close();
+  }
+  assertEquals(home.server.linksUp(), 2);
+  assertEquals(back.linksUp(), 2);
+});

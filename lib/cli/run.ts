@@ -88,7 +88,7 @@ export async function runCommand(args: string[]): Promise<number> {
     return reportError("run", e);
   }
 
-  for (const a of server.addresses) {
+  for (const a of [...server.addresses, ...server.linkAddresses]) {
     console.log(`listening on ${formatAddress(a.host, a.port)} (${a.name})`);
   }
   const reloadPolicy = async () => {
@@ -96,6 +96,14 @@ export async function runCommand(args: string[]): Promise<number> {
       const { config } = await resolveRunConfig(parsed, Deno.env.toObject());
       const closed = server.updatePolicy(config.policy);
       log.info("Policy reloaded from the configuration; {closed} clients closed by it", { closed });
+      if (config.role === "back") {
+        // A front removed from `fronts` (or given a new secret) is cut off; the others stay.
+        const cut = server.updateFronts(config.fronts);
+        log.info("Fronts reloaded: {n} allowed, {cut} links closed", {
+          n: config.fronts.length,
+          cut,
+        });
+      }
     } catch (e) {
       log.warn("Policy not reloaded, the previous one stays: {error}", {
         error: e instanceof Error ? e.message : String(e),
