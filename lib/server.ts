@@ -18,7 +18,7 @@ import { MiddleProxies, usesMiddleProxies } from "./telegram/middle_proxies.ts";
 import { LocalTelegram } from "./telegram/local.ts";
 import type { TelegramSide } from "./telegram/side.ts";
 import { type BoundLinkListener, LinkServer } from "./link/back.ts";
-import { LinkTelegram } from "./link/front.ts";
+import { type BackLinkStats, LinkTelegram } from "./link/front.ts";
 import { TelegramConfigStore } from "./telegram/proxy_config.ts";
 import { VERSION } from "./version.ts";
 import { Metrics, type MetricsSnapshot, type MetricsTotals } from "./ops/metrics.ts";
@@ -48,6 +48,8 @@ export interface ServerHandle {
   updateFronts(fronts: readonly FrontCredential[]): number;
   /** Links up: a front's to its backs, a back's from its fronts (0 standalone). */
   linksUp(): number;
+  /** A front: links per back and how they ended (empty in other roles). */
+  backLinks(): readonly BackLinkStats[];
   /** Stop accepting, give live clients the grace period, then close the rest. */
   shutdown(): Promise<void>;
   /** Resolves once shutdown has finished. */
@@ -521,6 +523,7 @@ function _start(
     },
     updateFronts: (fronts) => linkServer?.updateFronts(fronts) ?? 0,
     linksUp: () => links?.linksUp ?? linkServer?.linkCount ?? 0,
+    backLinks: () => links?.stats() ?? [],
     metricsAddress: metricsHttp?.address ?? null,
     metricsText,
     shutdown: () => (shuttingDown ??= shutdown()),

@@ -270,3 +270,90 @@ Deno.test("revoking one front on the back cuts its links; another front is untou
   assertEquals(home.server.linksUp(), 2);
   assertEquals(back.linksUp(), 2);
 });
+
+/** A TCP relay between a front and a back that flips one byte of the back's next chunk once armed. */
+function startTamperingRelay(target: number) {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const conns = new Set<Deno.Conn>();
+  const armed = new Set<Deno.Conn>();
+  const pipe = async (from: Deno.Conn, to: Deno.Conn, tamper: boolean) => {
+    const buf = new Uint8Array(65536);
+    try {
+      while (true) {
+        const n = await from.read(buf);
+        if (n === null) break;
+        if (tamper && armed.delete(from)) buf[n - 1]! ^= 0x01;
+        let off = 0;
+        while (off < n) off += await to.write(buf.subarray(off, n));
+      }
+    } catch {
+      // Either side went away.
+    } finally {
+      for (const c of [from, to]) {
+        try {
+          c.close();
+        } catch {
+          // Already closed.
+        }
+        conns.delete(c);
+      }
+    }
+  };
+  const jobs: Promise<void>[] = [];
+  const serving = (async () => {
+    for await (const front of listener) {
+      const back = await Deno.connect({ hostname: "127.0.0.1", port: target });
+      conns.add(front).add(back);
+      jobs.push(pipe(front, back, false), pipe(back, front, true));
+    }
+  })().catch(() => {});
+  return {
+    port: (listener.addr as Deno.NetAddr).port,
+    /** Flip one byte in the next chunk each open back-to-front direction carries. */
+    arm() {
+      for (const c of conns) armed.add(c);
+    },
+    async close() {
+      listener.close();
+      for (const c of conns) c.close();
+      await serving;
+      await Promise.all(jobs);
+    },
+  };
+}
+
+Deno.test("a flipped bit on the link closes it as an integrity failure: no client sees corrupted data, the front redials", async () => {
+  const dc = await startFakeDc({ mode: "echo" });
+  await using _dc = { [Symbol.asyncDispose]: () => dc.close() };
+  const back = await startServer({
+    ...backConfig({ secret: "http://127.0.0.1:9/s", config: "http://127.0.0.1:9/c" }),
+    telegram: { ...testConfig({ dcPorts: { 2: dc.port } }).telegram, mode: "direct" },
+  });
+  await using _back = { [Symbol.asyncDispose]: () => back.shutdown() };
+  const relay = startTamperingRelay(back.linkAddresses[0]!.port);
+  await using _relay = { [Symbol.asyncDispose]: () => relay.close() };
+  await using front = await startTestProxy(frontConfig(relay.port));
+  await until(() => front.server.linksUp() === 2, "both links up");
+  const client = await connectTestClient({
+    port: front.port,
+    secret: TEST_SECRET,
+    kind: "dd",
+    dcId: 2,
+    maxPadding: 0,
+  });
+  try {
+    const first = randomBytes(256);
+    await client.send(first, { padding: 0 });
+    assertEquals((await client.receive(5000)).subarray(0, 256), first);
+    relay.arm();
+    const second = randomBytes(256);
+    await client.send(second, { padding: 0 }).catch(() => {});
+    const got = await client.receive(5000).catch(() => null);
+    if (got !== null) assertEquals(got.subarray(0, 256), second, "never corrupted data");
+    await front.waitForEvent((e) => e.type === "closed" && e.reason === "link_lost", 10_000);
+  } finally {
+    client.close();
+  }
+  await until(() => front.server.linksUp() === 2, "the front redialled", 20_000);
+  assert((front.server.backLinks()[0]!.ended.get("integrity") ?? 0) >= 1, "ended as integrity");
+});

@@ -49,6 +49,8 @@ export interface BackLinkStats {
   readonly streams: number;
   readonly lastRttMs: number | null;
   readonly linksLost: number;
+  /** Links ended, by how (up or not). */
+  readonly ended: ReadonlyMap<LinkEnd, number>;
 }
 
 /** The back refused or failed the link handshake. */
@@ -350,6 +352,7 @@ class FrontLink implements LinkHost {
         // One client's handler must not keep the others from hearing it.
       }
     }
+    this.back.ended.set(end, (this.back.ended.get(end) ?? 0) + 1);
     if (this.up) {
       this.back.owner.events.down(this.back.label, this.slot, end, detail, streams.length);
       this.back.linksLost++;
@@ -380,6 +383,7 @@ class BackState {
   instance: string | null = null;
   lastRttMs: number | null = null;
   linksLost = 0;
+  readonly ended = new Map<LinkEnd, number>();
 
   constructor(config: BackConfig, owner: LinkTelegram) {
     this.config = config;
@@ -478,6 +482,7 @@ export class LinkTelegram implements TelegramSide {
         streams,
         lastRttMs: b.lastRttMs,
         linksLost: b.linksLost,
+        ended: new Map(b.ended),
       };
     });
   }
