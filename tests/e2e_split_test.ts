@@ -47,6 +47,19 @@ function frontConfig(backPort: number, secret = LINK_SECRET): Config {
 
 const KINDS: SecretKind[] = ["plain", "dd", "tls"];
 
+/** A test client of the front, asking for DC 2. */
+function connect(port: number, kind: SecretKind, maxPadding: number) {
+  return connectTestClient({ port, secret: TEST_SECRET, kind, dcId: 2, maxPadding });
+}
+
+/** A back in direct mode whose DC 2 is a fake DC on `dcPort`. */
+function directBack(dcPort: number): Config {
+  return {
+    ...backConfig({ secret: "http://127.0.0.1:9/s", config: "http://127.0.0.1:9/c" }),
+    telegram: { ...testConfig({ dcPorts: { 2: dcPort } }).telegram, mode: "direct" },
+  };
+}
+
 Deno.test("split mode carries every client protocol front -> back -> middle proxy with the front's ad tag", async () => {
   const mp = await startFakeMiddleProxy({
     proxySecret: PROXY_SECRET,
@@ -66,13 +79,7 @@ Deno.test("split mode carries every client protocol front -> back -> middle prox
     await using front = await startTestProxy(frontConfig(backPort));
     await until(() => front.server.linksUp() === 2, "both links up");
     for (const kind of KINDS) {
-      const client = await connectTestClient({
-        port: front.port,
-        secret: TEST_SECRET,
-        kind,
-        dcId: 2,
-        maxPadding: 3,
-      });
+      const client = await connect(front.port, kind, 3);
       try {
         for (const size of [64, 4096, 100_000]) {
           const payload = randomBytes(size);
@@ -104,13 +111,7 @@ Deno.test("a front whose secret the back does not know gets no link, and its cli
     const wrong = LINK_SECRET.map((b) => b ^ 0xff);
     const config = frontConfig(back.linkAddresses[0]!.port, wrong);
     await using front = await startTestProxy({ ...config, link: { ...LINK, waitMs: 300 } });
-    const client = await connectTestClient({
-      port: front.port,
-      secret: TEST_SECRET,
-      kind: "dd",
-      dcId: 2,
-      maxPadding: 3,
-    });
+    const client = await connect(front.port, "dd", 3);
     try {
       await front.waitForEvent((e) => e.type === "rejected" && e.reason === "link_unavailable");
     } finally {
@@ -127,21 +128,12 @@ Deno.test("a front whose secret the back does not know gets no link, and its cli
 Deno.test("split mode in direct mode: the back owns the DC connection, the front only sees packets", async () => {
   const dc = await startFakeDc({ mode: "echo" });
   await using _dc = { [Symbol.asyncDispose]: () => dc.close() };
-  const back = await startServer({
-    ...backConfig({ secret: "http://127.0.0.1:9/s", config: "http://127.0.0.1:9/c" }),
-    telegram: { ...testConfig({ dcPorts: { 2: dc.port } }).telegram, mode: "direct" },
-  });
+  const back = await startServer(directBack(dc.port));
   await using _back = { [Symbol.asyncDispose]: () => back.shutdown() };
   await using front = await startTestProxy(frontConfig(back.linkAddresses[0]!.port));
   await until(() => front.server.linksUp() === 2, "both links up");
   for (const kind of KINDS) {
-    const client = await connectTestClient({
-      port: front.port,
-      secret: TEST_SECRET,
-      kind,
-      dcId: 2,
-      maxPadding: 0,
-    });
+    const client = await connect(front.port, kind, 0);
     try {
       for (const size of [64, 4096, 100_000]) {
         const payload = randomBytes(size);
@@ -197,13 +189,7 @@ Deno.test("when the back goes away the front's clients are closed as link_lost, 
   const port = back.linkAddresses[0]!.port;
   await using front = await startTestProxy(frontConfig(port));
   await until(() => front.server.linksUp() === 2, "both links up");
-  const client = await connectTestClient({
-    port: front.port,
-    secret: TEST_SECRET,
-    kind: "dd",
-    dcId: 2,
-    maxPadding: 0,
-  });
+  const client = await connect(front.port, "dd", 0);
   try {
     const payload = randomBytes(256);
     await client.send(payload, { padding: 0 });
@@ -216,13 +202,7 @@ Deno.test("when the back goes away the front's clients are closed as link_lost, 
   back = await startServer(config(port));
   try {
     await until(() => front.server.linksUp() >= 1, "a link up again", 20_000);
-    const again = await connectTestClient({
-      port: front.port,
-      secret: TEST_SECRET,
-      kind: "tls",
-      dcId: 2,
-      maxPadding: 0,
-    });
+    const again = await connect(front.port, "tls", 0);
     try {
       const payload = randomBytes(512);
       await again.send(payload, { padding: 0 });
@@ -253,13 +233,7 @@ Deno.test("revoking one front on the back cuts its links; another front is untou
   const closed = back.updateFronts([{ name: "home", secret: LINK_SECRET }]);
   assertEquals(closed, 2);
   await until(() => away.server.linksUp() === 0, "the revoked front's links closed");
-  const client = await connectTestClient({
-    port: home.port,
-    secret: TEST_SECRET,
-    kind: "dd",
-    dcId: 2,
-    maxPadding: 0,
-  });
+  const client = await connect(home.port, "dd", 0);
   try {
     const payload = randomBytes(128);
     await client.send(payload, { padding: 0 });
@@ -325,22 +299,13 @@ function startTamperingRelay(target: number) {
 Deno.test("a flipped bit on the link closes it as an integrity failure: no client sees corrupted data, the front redials", async () => {
   const dc = await startFakeDc({ mode: "echo" });
   await using _dc = { [Symbol.asyncDispose]: () => dc.close() };
-  const back = await startServer({
-    ...backConfig({ secret: "http://127.0.0.1:9/s", config: "http://127.0.0.1:9/c" }),
-    telegram: { ...testConfig({ dcPorts: { 2: dc.port } }).telegram, mode: "direct" },
-  });
+  const back = await startServer(directBack(dc.port));
   await using _back = { [Symbol.asyncDispose]: () => back.shutdown() };
   const relay = startTamperingRelay(back.linkAddresses[0]!.port);
   await using _relay = { [Symbol.asyncDispose]: () => relay.close() };
   await using front = await startTestProxy(frontConfig(relay.port));
   await until(() => front.server.linksUp() === 2, "both links up");
-  const client = await connectTestClient({
-    port: front.port,
-    secret: TEST_SECRET,
-    kind: "dd",
-    dcId: 2,
-    maxPadding: 0,
-  });
+  const client = await connect(front.port, "dd", 0);
   try {
     const first = randomBytes(256);
     await client.send(first, { padding: 0 });

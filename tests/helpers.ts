@@ -241,17 +241,7 @@ export function middleConnectOptions(
   };
 }
 
-/** mulberry32: a small seeded generator, so a failing run can be repeated from its seed. */
-export function seededRandom(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+export { seededRandom } from "./kit/seeded.ts";
 
 /** A fake middle proxy serving DC 2, and the fake core API whose config points at it. */
 export interface FakeTelegramMiddle {

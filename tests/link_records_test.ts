@@ -1,4 +1,5 @@
 import { assert, assertEquals, assertNotEquals, assertThrows } from "./assert.ts";
+import { seededRandom } from "./kit/seeded.ts";
 import { hex } from "./vectors.ts";
 import {
   createAesGcm,
@@ -28,24 +29,9 @@ import {
   RecordSealer,
 } from "../lib/protocol/link_records.ts";
 
-/**
- * A seeded generator (mulberry32, as tests/helpers.ts seededRandom). Local because helpers.ts
- * pulls in the whole server, and these codec tests should not depend on it.
- */
-function _seeded(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 /** A deterministic `randomBytes` for reproducible handshakes. */
 function seededBytes(seed: number): (n: number) => Uint8Array {
-  const rnd = _seeded(seed);
+  const rnd = seededRandom(seed);
   return (n) => Uint8Array.from({ length: n }, () => Math.floor(rnd() * 256));
 }
 
@@ -293,7 +279,7 @@ Deno.test("RecordOpener recovers what RecordSealer sealed for any chunking and e
   assertEquals(whole.records, 1 + 1 + 1 + 2 + 1 + 3 + 1);
   const small = sealedStream([5, 300, 17000]);
   assertEquals(openAll(Array.from(small.wire, (b) => Uint8Array.of(b))), openAll([small.wire]));
-  const rnd = _seeded(3);
+  const rnd = seededRandom(3);
   for (let round = 0; round < 100; round++) {
     const cuts = Array.from(
       { length: 1 + Math.floor(rnd() * 20) },

@@ -1,4 +1,5 @@
 import { assert, assertEquals, assertThrows } from "./assert.ts";
+import { seededRandom } from "./kit/seeded.ts";
 import {
   LINK_CLOSE_REASONS,
   LINK_MAX_PAYLOAD,
@@ -8,21 +9,6 @@ import {
   LinkFrameType,
   LinkFrameWriter,
 } from "../lib/protocol/link.ts";
-
-/**
- * A seeded generator (mulberry32, as tests/helpers.ts seededRandom). Local because helpers.ts
- * pulls in the whole server, and these codec tests should not depend on it.
- */
-function _seeded(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** A sink that records every call, copying views (they are valid only during the call). */
 function recorder(): { sink: LinkFrameSink; events: unknown[][] } {
@@ -68,7 +54,7 @@ function cutAt(wire: Uint8Array, cuts: number[]): Uint8Array[] {
 }
 
 function bytes(n: number, seed: number): Uint8Array {
-  const rnd = _seeded(seed);
+  const rnd = seededRandom(seed);
   return Uint8Array.from({ length: n }, () => Math.floor(rnd() * 256));
 }
 
@@ -188,7 +174,7 @@ Deno.test("LinkFrameReader yields the same frames whole, byte by byte and at ran
   assertEquals(whole.events.length, 7);
   const oneByOne = decode(Array.from(small, (b) => Uint8Array.of(b)));
   assertEquals(oneByOne, whole);
-  const rnd = _seeded(42);
+  const rnd = seededRandom(42);
   for (let round = 0; round < 300; round++) {
     const cuts = Array.from(
       { length: 1 + Math.floor(rnd() * 12) },
@@ -387,7 +373,7 @@ Deno.test("LinkFrameWriter take returns what was written since the last take and
 });
 
 Deno.test("LinkFrameReader never throws on random bytes or mutated frames", () => {
-  const rnd = _seeded(7);
+  const rnd = seededRandom(7);
   const { wire } = (() => {
     const w = new LinkFrameWriter();
     w.hello({ version: 1, capabilities: 0, window: 1, name: "fuzz" });

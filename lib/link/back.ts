@@ -25,6 +25,7 @@ import { LINK_VERSION, type LinkCloseReason, type LinkFrameSink } from "../proto
 import { answerLinkHello, type LinkKeys } from "../protocol/link_records.ts";
 import { frontingTarget } from "../guard/fronting.ts";
 import { type PumpEnd, type PumpHost, startPump } from "../client/relay.ts";
+import type { SessionGuard } from "../client/session.ts";
 import type { LocalTelegram } from "../telegram/local.ts";
 import type {
   TelegramClient,
@@ -37,19 +38,11 @@ import { bytesEqual } from "../protocol/bytes.ts";
 
 const log = logger("link");
 
-/** What the back needs from the server's guards (shared with client listeners' sessions). */
-export interface LinkGuard {
-  /** Whether a hello with this random was seen before (recorded either way). */
-  seenBefore(key: Uint8Array): boolean;
-  readonly frontableSnis: ReadonlySet<string>;
-  isOwnAddress(addr: { hostname: string; port: number }): boolean;
-  answerShape(sni: string): {
-    appDataLength: number;
-    extensionOrder: "key_share_first" | "versions_first";
-    keyShareGroup: number;
-    cipherSuite?: number;
-  };
-}
+/** What the back needs from the server's guards: the same ones client listeners' sessions use. */
+export type LinkGuard = Pick<
+  SessionGuard,
+  "seenBefore" | "frontableSnis" | "isOwnAddress" | "answerShape"
+>;
 
 /** Counters of the back, for metrics. */
 export interface BackStats {
