@@ -13,55 +13,16 @@ import {
 } from "./helpers.ts";
 import { startFakeDc } from "./kit/fake_dc.ts";
 import { connectTestClient, type SecretKind } from "./kit/test_client.ts";
+import { AD_TAG, backConfig, directBack, frontConfig, LINK, LINK_SECRET } from "./kit/split.ts";
 import { randomBytes } from "../lib/crypto.ts";
 import type { Config } from "../lib/config/types.ts";
 import { startServer } from "../lib/server.ts";
-
-const AD_TAG = Uint8Array.from({ length: 16 }, (_, i) => 0xa0 + i);
-const LINK_SECRET = Uint8Array.from({ length: 16 }, (_, i) => 0x10 + i);
-const LINK = { windowBytes: 256 * 1024, keepaliveMs: 1000, timeoutMs: 5000, waitMs: 2000 };
-
-function backConfig(proxyUrls: { secret: string; config: string }): Config {
-  const base = testConfig({ proxyUrls, externalIp: "127.0.0.1", telegramMode: "auto" });
-  return {
-    ...base,
-    role: "back",
-    listeners: [],
-    linkListeners: [{ name: "link1", host: "127.0.0.1", port: 0, tlsDomains: ["example.com"] }],
-    fronts: [{ name: "home", secret: LINK_SECRET }],
-    defaultTag: null,
-    link: LINK,
-  };
-}
-
-function frontConfig(backPort: number, secret = LINK_SECRET): Config {
-  const base = testConfig({ tag: AD_TAG });
-  return {
-    ...base,
-    role: "front",
-    backs: [{
-      address: { host: "127.0.0.1", port: backPort },
-      secret,
-      tlsDomain: "example.com",
-      links: 2,
-    }],
-    link: LINK,
-  };
-}
 
 const KINDS: SecretKind[] = ["plain", "dd", "tls"];
 
 /** A test client of the front, asking for DC 2. */
 function connect(port: number, kind: SecretKind, maxPadding: number) {
   return connectTestClient({ port, secret: TEST_SECRET, kind, dcId: 2, maxPadding });
-}
-
-/** A back in direct mode whose DC 2 is a fake DC on `dcPort`. */
-function directBack(dcPort: number): Config {
-  return {
-    ...backConfig({ secret: "http://127.0.0.1:9/s", config: "http://127.0.0.1:9/c" }),
-    telegram: { ...testConfig({ dcPorts: { 2: dcPort } }).telegram, mode: "direct" },
-  };
 }
 
 Deno.test("split mode carries every client protocol front -> back -> middle proxy with the front's ad tag", async () => {
