@@ -17,7 +17,7 @@ import { GROUP_X25519, GROUP_X25519_MLKEM768 } from "./protocol/fake_tls.ts";
 import { MiddleProxies, usesMiddleProxies } from "./telegram/middle_proxies.ts";
 import { LocalTelegram } from "./telegram/local.ts";
 import type { TelegramSide } from "./telegram/side.ts";
-import { type BoundLinkListener, LinkServer } from "./link/back.ts";
+import { type BackStats, type BoundLinkListener, LinkServer } from "./link/back.ts";
 import { type BackLinkStats, LinkTelegram } from "./link/front.ts";
 import { TelegramConfigStore } from "./telegram/proxy_config.ts";
 import { VERSION } from "./version.ts";
@@ -50,6 +50,8 @@ export interface ServerHandle {
   linksUp(): number;
   /** A front: links per back and how they ended (empty in other roles). */
   backLinks(): readonly BackLinkStats[];
+  /** A back: links, streams and held answer bytes per front (null in other roles). */
+  frontLinks(): BackStats | null;
   /** Stop accepting, give live clients the grace period, then close the rest. */
   shutdown(): Promise<void>;
   /** Resolves once shutdown has finished. */
@@ -524,6 +526,7 @@ function _start(
     updateFronts: (fronts) => linkServer?.updateFronts(fronts) ?? 0,
     linksUp: () => links?.linksUp ?? linkServer?.linkCount ?? 0,
     backLinks: () => links?.stats() ?? [],
+    frontLinks: () => linkServer?.stats() ?? null,
     metricsAddress: metricsHttp?.address ?? null,
     metricsText,
     shutdown: () => (shuttingDown ??= shutdown()),

@@ -50,6 +50,10 @@ export interface BackStats {
   readonly links: ReadonlyMap<string, number>;
   /** Streams open per front name. */
   readonly streams: ReadonlyMap<string, number>;
+  /** Answer bytes held for each front's clients: sent and unacknowledged, or waiting for credit. */
+  readonly held: ReadonlyMap<string, number>;
+  /** The most answer bytes held for one stream. */
+  readonly maxStreamHeldBytes: number;
   /** Connections to link ports that were not fronts, by reason. */
   readonly refused: ReadonlyMap<string, number>;
   /** Links ended, by how. */
@@ -92,6 +96,7 @@ class BackStream implements TelegramClient {
   #sizes: number[] = [];
   #sizesHead = 0;
   #queued: _Queued[] = [];
+  queuedBytes = 0;
 
   constructor(link: BackLink, id: number) {
     this.#link = link;
@@ -106,6 +111,7 @@ class BackStream implements TelegramClient {
       this.#sendAnswer(data);
     } else {
       this.#queued.push({ data: data.slice() });
+      this.queuedBytes += data.length;
     }
   }
 
@@ -175,7 +181,9 @@ class BackStream implements TelegramClient {
     }
     if (bytes > 0) this.local?.ack(bytes, packets);
     while (this.#queued.length > 0 && this.inFlight < this.#link.peerWindow && !this.closed) {
-      this.#sendAnswer(this.#queued.shift()!.data);
+      const data = this.#queued.shift()!.data;
+      this.queuedBytes -= data.length;
+      this.#sendAnswer(data);
     }
   }
 
@@ -185,6 +193,7 @@ class BackStream implements TelegramClient {
     this.abort.abort();
     this.pending = [];
     this.#queued = [];
+    this.queuedBytes = 0;
     const local = this.local;
     this.local = null;
     local?.release();
@@ -395,15 +404,33 @@ export class LinkServer {
   stats(): BackStats {
     const links = new Map<string, number>();
     const streams = new Map<string, number>();
+    const held = new Map<string, number>();
+    let maxStreamHeldBytes = 0;
     for (const f of this.#fronts) {
       links.set(f.name, 0);
       streams.set(f.name, 0);
+      held.set(f.name, 0);
     }
     for (const l of this.#links) {
-      links.set(l.front.name, (links.get(l.front.name) ?? 0) + 1);
-      streams.set(l.front.name, (streams.get(l.front.name) ?? 0) + l.streams.size);
+      const name = l.front.name;
+      links.set(name, (links.get(name) ?? 0) + 1);
+      streams.set(name, (streams.get(name) ?? 0) + l.streams.size);
+      let sum = held.get(name) ?? 0;
+      for (const s of l.streams.values()) {
+        const h = s.inFlight + s.queuedBytes;
+        sum += h;
+        if (h > maxStreamHeldBytes) maxStreamHeldBytes = h;
+      }
+      held.set(name, sum);
     }
-    return { links, streams, refused: new Map(this.#refused), ended: new Map(this.#ended) };
+    return {
+      links,
+      streams,
+      held,
+      maxStreamHeldBytes,
+      refused: new Map(this.#refused),
+      ended: new Map(this.#ended),
+    };
   }
 
   /** Live links. */

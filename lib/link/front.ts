@@ -49,6 +49,9 @@ export interface BackLinkStats {
   readonly streams: number;
   readonly lastRttMs: number | null;
   readonly linksLost: number;
+  /** Answer bytes received for clients and not yet taken by them, and the most for one stream. */
+  readonly heldBytes: number;
+  readonly maxStreamHeldBytes: number;
   /** Links ended, by how (up or not). */
   readonly ended: ReadonlyMap<LinkEnd, number>;
 }
@@ -115,6 +118,8 @@ class FrontStream implements TelegramStream {
   readonly client: TelegramClient;
   /** Client packet bytes sent and not yet acknowledged by the back. */
   inFlight = 0;
+  /** Answer bytes handed to the client and not yet acknowledged by it (written to its socket). */
+  held = 0;
   #credit: PromiseWithResolvers<void> | null = null;
   closed = false;
   /** Until the back answers the open. */
@@ -142,6 +147,7 @@ class FrontStream implements TelegramStream {
 
   ack(bytes: number): void {
     if (this.closed || bytes <= 0) return;
+    this.held = Math.max(0, this.held - bytes);
     const conn = this.#link.conn;
     conn.writer.ack(this.id, bytes);
     conn.flushSoon();
@@ -295,6 +301,7 @@ class FrontLink implements LinkHost {
   answer(id: number, payload: Uint8Array): void {
     const s = this.streams.get(id);
     if (!s || s.opening) return; // a stream that just closed
+    s.held += payload.length;
     try {
       s.client.onPacket(payload);
     } catch (e) {
@@ -472,9 +479,15 @@ export class LinkTelegram implements TelegramSide {
     return this.#backs.map((b) => {
       let up = 0;
       let streams = 0;
+      let held = 0;
+      let maxHeld = 0;
       for (const l of b.links) {
         if (l.up && !l.draining) up++;
         streams += l.streams.size;
+        for (const s of l.streams.values()) {
+          held += s.held;
+          if (s.held > maxHeld) maxHeld = s.held;
+        }
       }
       return {
         address: b.label,
@@ -482,6 +495,8 @@ export class LinkTelegram implements TelegramSide {
         streams,
         lastRttMs: b.lastRttMs,
         linksLost: b.linksLost,
+        heldBytes: held,
+        maxStreamHeldBytes: maxHeld,
         ended: new Map(b.ended),
       };
     });

@@ -30,11 +30,13 @@ export interface MetricsSnapshot {
     streams: number;
     lastRttMs: number | null;
     linksLost: number;
+    heldBytes: number;
   }[];
   /** Split mode, back: links and streams per front, refused link connections, ended links. */
   fronts?: {
     links: ReadonlyMap<string, number>;
     streams: ReadonlyMap<string, number>;
+    held: ReadonlyMap<string, number>;
     refused: ReadonlyMap<string, number>;
     ended: ReadonlyMap<string, number>;
   };
@@ -288,6 +290,13 @@ export class Metrics {
         labels,
         b.linksLost,
       );
+      put(
+        "mtproxy_link_held_bytes",
+        "gauge",
+        "Split mode: answer bytes from each back that clients have not taken yet.",
+        labels,
+        b.heldBytes,
+      );
       if (b.lastRttMs !== null) {
         put(
           "mtproxy_link_rtt_seconds",
@@ -308,6 +317,15 @@ export class Metrics {
           "mtproxy_front_streams",
           "gauge",
           "Split mode: client streams open from each front.",
+          { front },
+          n,
+        );
+      }
+      for (const [front, n] of fronts.held) {
+        put(
+          "mtproxy_front_held_bytes",
+          "gauge",
+          "Split mode: answer bytes held for each front's clients until the front takes them.",
           { front },
           n,
         );
