@@ -11,6 +11,8 @@ import {
   until,
 } from "./helpers.ts";
 import { startFakeDc } from "./kit/fake_dc.ts";
+import type { FakeMiddleEvent } from "./kit/fake_middle_proxy.ts";
+import { reqPqMulti } from "./kit/tl.ts";
 import { buildObfuscatedInit, connectTestClient, type TestClient } from "./kit/test_client.ts";
 import { AD_TAG, backConfig, frontConfig, LINK } from "./kit/split.ts";
 import { randomBytes } from "../lib/crypto.ts";
@@ -152,6 +154,45 @@ Deno.test("a client that never reads holds one window on each side; the other st
     init.decryptor.close();
   }
   await until(() => back.frontLinks()!.streams.get("home") === 0, "the back released the streams");
+});
+
+Deno.test("in middle mode a never-reading client is dropped at the back's pool limit as slow_client; its link neighbour keeps going", async () => {
+  await using telegram = await startFakeTelegramMiddle(AD_TAG, "mtproto");
+  const { mp } = telegram;
+  const limit = 512 * 1024;
+  const b = backConfig(telegram.proxyUrls);
+  const back = await startServer({ ...b, pool: { ...b.pool, maxClientUnackedBytes: limit } });
+  await using _back = { [Symbol.asyncDispose]: () => back.shutdown() };
+  const f = frontConfig(back.linkAddresses[0]!.port);
+  await using front = await startTestProxy({ ...f, backs: [{ ...f.backs[0]!, links: 1 }] });
+  await until(() => front.server.linksUp() === 1, "the link is up");
+  const init = buildObfuscatedInit(TEST_SECRET, "padded", 2);
+  const stuck = await Deno.connect({ hostname: "127.0.0.1", port: front.port });
+  const other = await connect(front.port, 1);
+  try {
+    const packet = encodeFrame("padded", reqPqMulti(randomBytes(16)));
+    init.encryptor.update(packet);
+    await stuck.write(new Uint8Array([...init.wire, ...packet]));
+    const first = await mp.waitFor((e) => e.type === "proxy_req");
+    const stuckId = (first as Extract<FakeMiddleEvent, { type: "proxy_req" }>).connId;
+    const blob = randomBytes(64 * 1024);
+    let sent = 0;
+    while (mp.activeConnIds().includes(stuckId) && sent < 64 * 1024 * 1024) {
+      await mp.sendToClient(stuckId, blob);
+      sent += blob.length;
+      if (sent % (1024 * 1024) === 0) await echo(other); // the neighbour keeps flowing
+    }
+    await mp.waitFor((e) => e.type === "close_conn" && e.connId === stuckId);
+    // The pool's limit, the front's window and the sockets' buffers, not the whole push.
+    assert(sent < 32 * 1024 * 1024, `dropped only after ${sent} bytes`);
+    await front.waitForEvent((e) => e.type === "closed" && e.reason === "slow_client");
+    await echo(other, 64 * 1024);
+  } finally {
+    await other.close();
+    stuck.close();
+    init.encryptor.close();
+    init.decryptor.close();
+  }
 });
 
 Deno.test("Telegram rotating the back's middle-proxy connections under load is invisible to the front's idle clients", async () => {
