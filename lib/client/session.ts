@@ -16,7 +16,6 @@ import type { ClientProtocol, Config, ListenerConfig } from "../config/types.ts"
 import {
   closeQuietly,
   type Conn,
-  dialTcp,
   DialTimeoutError,
   formatHostPort,
   remoteAddress,
@@ -37,7 +36,7 @@ import {
   verifyClientHello,
 } from "../protocol/fake_tls.ts";
 import { perSniSecret } from "../secret.ts";
-import { frontingTarget } from "../guard/fronting.ts";
+import { openFronting } from "../guard/fronting_dial.ts";
 import {
   type TelegramClient,
   type TelegramCloseReason,
@@ -325,10 +324,25 @@ export class Session implements PumpHost, TelegramClient {
   async #tryFront(rejection: Rejection): Promise<boolean> {
     const { config, guard, listener } = this.#ctx;
     const front = rejection.front!;
-    const decision = frontingTarget(config.fronting, front.sni, guard.frontableSnis);
-    if (decision.kind === "close") {
+    this.phase = "dialing";
+    this.#dialAbort = new AbortController();
+    let opened;
+    try {
+      opened = await openFronting({
+        config: config.fronting,
+        guard,
+        sni: front.sni,
+        buffered: this.#hs!.view(),
+        signal: this.#dialAbort.signal,
+      });
+    } finally {
+      this.#dialAbort = null;
+    }
+    if (opened.kind === "fronted" && this.#abortReason) closeQuietly(opened.site);
+    if (this.#abortReason) return false;
+    if (opened.kind === "not_fronted") {
       // Close a TLS hello the way a TLS server turns one away.
-      if (front.tls && decision.reason !== "fronting_off" && !rejection.reply) {
+      if (front.tls && opened.reason !== "fronting_off" && !rejection.reply) {
         await this.#reject(
           new Rejection(rejection.reason, {
             detail: rejection.detail,
@@ -340,37 +354,14 @@ export class Session implements PumpHost, TelegramClient {
       }
       return false;
     }
-    const target = decision.target;
-    const where = formatHostPort(target.host, target.port);
-    this.phase = "dialing";
-    this.#dialAbort = new AbortController();
-    let conn: Conn;
-    try {
-      conn = await dialTcp(target.host, target.port, {
-        timeoutMs: config.fronting.connectTimeoutMs,
-        signal: this.#dialAbort.signal,
-      });
-    } catch (e) {
-      if (this.#abortReason) return false;
-      const why = e instanceof Error ? e.message : String(e);
-      await this.#reject(new Rejection("fronting_failed", { detail: `${where}: ${why}` }));
+    if (opened.kind === "failed") {
+      await this.#reject(new Rejection(opened.reason, { detail: opened.detail }));
       this.#finish();
       return true;
-    } finally {
-      this.#dialAbort = null;
     }
+    const conn = opened.site;
+    const where = opened.where;
     this.#frontConn = conn;
-    if (guard.isOwnAddress(conn.remoteAddr as Deno.NetAddr)) {
-      await this.#reject(new Rejection("fronting_loop", { detail: `${where} is this proxy` }));
-      this.#finish();
-      return true;
-    }
-    try {
-      await writeAll(conn, this.#hs!.view());
-    } catch {
-      this.#finish();
-      return true;
-    }
     this.#ctx.events.emit({
       type: "fronted",
       listener: listener.name,

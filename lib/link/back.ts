@@ -13,7 +13,6 @@ import { logger } from "../ops/log.ts";
 import {
   closeQuietly,
   type Conn,
-  dialTcp,
   formatHostPort,
   type Listener,
   listenTcp,
@@ -23,7 +22,7 @@ import { parseClientHello, verifyClientHello } from "../protocol/fake_tls.ts";
 import type { Packet } from "../protocol/framing.ts";
 import { LINK_VERSION, type LinkCloseReason, type LinkFrameSink } from "../protocol/link.ts";
 import { answerLinkHello, type LinkKeys } from "../protocol/link_records.ts";
-import { frontingTarget } from "../guard/fronting.ts";
+import { openFronting } from "../guard/fronting_dial.ts";
 import { type PumpEnd, type PumpHost, startPump } from "../client/relay.ts";
 import type { SessionGuard } from "../client/session.ts";
 import type { LocalTelegram } from "../telegram/local.ts";
@@ -704,51 +703,31 @@ export class LinkServer {
     buffered: Uint8Array,
     why: { reason: string; sni: string | null },
   ): Promise<void> {
-    const decision = frontingTarget(this.#config.fronting, why.sni, this.#guard.frontableSnis);
-    if (decision.kind === "close") {
-      log.info("{listener}: {peer} closed ({reason}; not fronted: {why})", {
-        listener: l.name,
-        peer,
-        reason: why.reason,
-        why: decision.reason,
-      });
+    const opened = await openFronting({
+      config: this.#config.fronting,
+      guard: this.#guard,
+      sni: why.sni,
+      buffered,
+    });
+    if (opened.kind !== "fronted") {
+      const fields = { listener: l.name, peer, reason: why.reason };
+      if (opened.kind === "not_fronted") {
+        log.info("{listener}: {peer} closed ({reason}; not fronted: {why})", {
+          ...fields,
+          why: opened.reason,
+        });
+      } else if (opened.reason === "fronting_loop") {
+        log.error("{listener}: {peer} not fronted: the fronting target {detail}", {
+          ...fields,
+          detail: opened.detail,
+        });
+      } else {
+        log.warn("{listener}: {peer} not fronted: {detail}", { ...fields, detail: opened.detail });
+      }
       closeQuietly(conn);
       return;
     }
-    const target = decision.target;
-    const where = formatHostPort(target.host, target.port);
-    let site: Conn;
-    try {
-      site = await dialTcp(target.host, target.port, {
-        timeoutMs: this.#config.fronting.connectTimeoutMs,
-      });
-    } catch (e) {
-      log.warn("{listener}: {peer} not fronted: {where}: {error}", {
-        listener: l.name,
-        peer,
-        where,
-        error: e instanceof Error ? e.message : String(e),
-      });
-      closeQuietly(conn);
-      return;
-    }
-    if (this.#guard.isOwnAddress(site.remoteAddr as Deno.NetAddr)) {
-      log.error("{listener}: {peer} not fronted: the fronting target {where} is this proxy", {
-        listener: l.name,
-        peer,
-        where,
-      });
-      closeQuietly(site);
-      closeQuietly(conn);
-      return;
-    }
-    try {
-      await writeAll(site, buffered);
-    } catch {
-      closeQuietly(site);
-      closeQuietly(conn);
-      return;
-    }
+    const { site, where } = opened;
     log.info("{listener}: {peer} fronted to {where} ({reason})", {
       listener: l.name,
       peer,
