@@ -62,7 +62,9 @@ Deno.test("parseConfigDraft of an empty file gives one default listener and ever
       idleMs: defaults.DEFAULT_IDLE_TIMEOUT_MS,
       dcConnectMs: defaults.DEFAULT_DC_CONNECT_TIMEOUT_MS,
       shutdownGraceMs: defaults.DEFAULT_SHUTDOWN_GRACE_MS,
+      drainMs: defaults.DEFAULT_DRAIN_MS,
     });
+    assertEquals(d.workers, "auto");
     assertEquals(d.tls.maxClockSkewMs, defaults.DEFAULT_TLS_MAX_CLOCK_SKEW_MS);
     assertEquals(d.stateFile, null);
     assertEquals(d.warnings, []);
@@ -144,7 +146,8 @@ telegram:
   dc_addresses: { "2": "127.0.0.1:4432", "-2": "[::1]:443", 4: "dc4.example:443" }
   prefer_ipv6: true
   default_dc: 4
-timeouts: { handshake: 1.5, idle: 60, dc_connect: 2, shutdown_grace: 0.25 }
+timeouts: { handshake: 1.5, idle: 60, dc_connect: 2, shutdown_grace: 0.25, drain: 90 }
+workers: 3
 tls: { max_clock_skew: 30 }
 state_file: /var/lib/mtproxy/state.json
 `,
@@ -177,7 +180,9 @@ state_file: /var/lib/mtproxy/state.json
     idleMs: 60_000,
     dcConnectMs: 2000,
     shutdownGraceMs: 250,
+    drainMs: 90_000,
   });
+  assertEquals(c.workers, 3);
   assertEquals(c.tls.maxClockSkewMs, 30_000);
 });
 
@@ -210,6 +215,7 @@ telegram:
   default_dc: 9
 timeouts: { handshake: -1, idle: forever }
 tls: { max_clock_skew: 0 }
+workers: many
 `,
       "bad.yaml",
     )
@@ -230,6 +236,7 @@ tls: { max_clock_skew: 0 }
     "timeouts.handshake: must be a positive number of seconds up to 2147483: got -1",
     'timeouts.idle: must be a positive number of seconds up to 2147483: got "forever"',
     "tls.max_clock_skew: must be a positive number of seconds up to 2147483: got 0",
+    'workers: must be auto or an integer 1-256: got "many"',
   ];
   for (const p of expected) assert(problems.includes(p), `missing ${p}\nin ${problems.join("\n")}`);
   assertEquals(problems.length, expected.length, problems.join("\n"));
@@ -293,7 +300,7 @@ telegram: { default-dc: 2 }
     'log-level: unknown key (did you mean "log_level"?)',
     'timeout: unknown key (did you mean "timeouts"?)',
     "port: unknown key (did you mean listeners[0].port?)",
-    "frobnicate: unknown key (known keys: role, listeners, allowed_protocols, public_host, log_level, max_connections, telegram, timeouts, tls, replay, fronting, pool, external_ip, ip_lookup_urls, per_sni_secrets, per_sni_salt, state_file, policy, metrics, backs, link_listeners, fronts, default_tag, link)",
+    "frobnicate: unknown key (known keys: role, workers, listeners, allowed_protocols, public_host, log_level, max_connections, telegram, timeouts, tls, replay, fronting, pool, external_ip, ip_lookup_urls, per_sni_secrets, per_sni_salt, state_file, policy, metrics, backs, link_listeners, fronts, default_tag, link)",
     'telegram.default-dc: unknown key (did you mean "default_dc"?)',
   ]);
 });

@@ -120,6 +120,7 @@ export function testConfig(options: TestConfigOptions = {}): Config {
       idleMs: options.idleMs ?? 60_000,
       dcConnectMs: options.dcConnectMs ?? 2000,
       shutdownGraceMs: options.shutdownGraceMs ?? 200,
+      drainMs: 1000,
     },
     tls: {
       maxClockSkewMs: options.maxClockSkewMs ?? 600_000,
@@ -156,6 +157,7 @@ export function testConfig(options: TestConfigOptions = {}): Config {
     fronts: [],
     defaultTag: null,
     link: DEFAULT_LINK,
+    workers: 1,
   };
 }
 

@@ -41,6 +41,7 @@ export class UsageError extends Error {
 export const RUN_OPTIONS = {
   config: { type: "string" },
   role: { type: "string" },
+  workers: { type: "string" },
   port: { type: "string", short: "p" },
   host: { type: "string" },
   secret: { type: "string", short: "s" },
@@ -57,6 +58,7 @@ export const RUN_OPTIONS = {
 export const ENV = {
   config: "MTP_CONFIG",
   role: "MTP_ROLE",
+  workers: "MTP_WORKERS",
   port: "MTP_PORT",
   host: "MTP_HOST",
   secret: "MTP_SECRET",
@@ -75,6 +77,8 @@ export const RUN_OPTIONS_HELP =
       --config FILE        YAML configuration file                            [MTP_CONFIG]
       --role ROLE          standalone, front (client side of a split pair) or
                            back (Telegram side); replaces the file's role     [MTP_ROLE]
+      --workers N          worker threads on the same ports: auto (one per
+                           CPU, the default) or a number; 1 = one event loop  [MTP_WORKERS]
   -p, --port PORT          port of the first listener (default 1443)          [MTP_PORT]
       --host ADDR          bind address of the first listener (default 0.0.0.0) [MTP_HOST]
   -s, --secret SECRET      secret of the first listener: 32 hex digits, or a
@@ -99,6 +103,7 @@ export interface RunArgs {
   readonly help: boolean;
   readonly config?: string;
   readonly role?: string;
+  readonly workers?: string;
   readonly port?: string;
   readonly host?: string;
   readonly secret?: string;
@@ -191,6 +196,7 @@ export function runArgsFromValues(v: ParsedCommandArgs<typeof RUN_OPTIONS>["valu
     help: v.help ?? false,
     ...(v.config !== undefined && { config: v.config }),
     ...(v.role !== undefined && { role: v.role }),
+    ...(v.workers !== undefined && { workers: v.workers }),
     ...(v.port !== undefined && { port: v.port }),
     ...(v.host !== undefined && { host: v.host }),
     ...(v.secret !== undefined && { secret: v.secret }),
@@ -269,6 +275,7 @@ export async function resolveRunConfig(
 
   const overrides: Record<string, ConfigOverride<unknown> | undefined> = {
     role: pick("--role", a.role, ENV.role, e(ENV.role)),
+    workers: pick("--workers", a.workers, ENV.workers, e(ENV.workers)),
     host: pick("--host", a.host, ENV.host, e(ENV.host)),
     port: pick("--port", a.port, ENV.port, e(ENV.port)),
     secret: pick("--secret", a.secret, ENV.secret, e(ENV.secret)),

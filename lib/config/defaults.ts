@@ -37,6 +37,18 @@ export const DEFAULT_DC_CONNECT_TIMEOUT_MS = 10_000;
 /** Grace period on SIGINT/SIGTERM: lets live transfers finish, fits systemd's 30 s stop. */
 export const DEFAULT_SHUTDOWN_GRACE_MS = 10_000;
 
+/**
+ * Drain period after SIGUSR2 (an upgrade): Telegram apps keep a connection for hours, so the old
+ * process lets them finish for up to an hour while the new one takes every new client.
+ */
+export const DEFAULT_DRAIN_MS = 3_600_000;
+
+/** Worker threads: one per CPU the process may use. */
+export const DEFAULT_WORKERS = "auto";
+
+/** The most worker threads a proxy may run. */
+export const MAX_WORKERS = 256;
+
 /** Fake-TLS timestamp window of ±10 min: phones with drifting clocks still get in. */
 export const DEFAULT_TLS_MAX_CLOCK_SKEW_MS = 600_000;
 

@@ -31,6 +31,7 @@ import {
   DEFAULT_BACK_LINKS,
   DEFAULT_DC,
   DEFAULT_DC_CONNECT_TIMEOUT_MS,
+  DEFAULT_DRAIN_MS,
   DEFAULT_FAKE_CERT_SIZE,
   DEFAULT_FAST_MODE,
   DEFAULT_FRONTING_CONNECT_TIMEOUT_MS,
@@ -70,7 +71,9 @@ import {
   DEFAULT_TELEGRAM_MODE,
   DEFAULT_TLS_DOMAIN,
   DEFAULT_TLS_MAX_CLOCK_SKEW_MS,
+  DEFAULT_WORKERS,
   MAX_BACK_LINKS,
+  MAX_WORKERS,
 } from "./defaults.ts";
 import {
   isValidTlsDomain,
@@ -123,6 +126,7 @@ export interface ConfigOverride<T> {
  */
 export interface ConfigOverrides {
   readonly role?: ConfigOverride<string>;
+  readonly workers?: ConfigOverride<string>;
   readonly host?: ConfigOverride<string>;
   readonly port?: ConfigOverride<string | number>;
   readonly secret?: ConfigOverride<string>;
@@ -280,6 +284,7 @@ export function resolveSecrets(draft: ConfigDraft, stateSecret: Uint8Array | nul
     fronts: draft.fronts.map((f) => ({ ...f, secret: f.secret.slice() })),
     defaultTag: draft.defaultTag?.slice() ?? null,
     link: draft.link,
+    workers: draft.workers,
   };
   return _deepFreeze(config);
 }
@@ -485,6 +490,7 @@ function _applyOverrides(
   const list = (v: unknown) => Array.isArray(v) ? [...v] : v;
 
   set(root, "role", "role", o.role);
+  set(root, "workers", "workers", o.workers);
   set(root, "public_host", "public_host", o.publicHost);
   set(root, "log_level", "log_level", o.logLevel);
   if (o.metricsListen) {
@@ -590,6 +596,7 @@ const MISPLACED: Readonly<Record<string, string>> = {
   idle: "timeouts.idle",
   dc_connect: "timeouts.dc_connect",
   shutdown_grace: "timeouts.shutdown_grace",
+  drain: "timeouts.drain",
   max_clock_skew: "tls.max_clock_skew",
   fake_cert_size: "tls.fake_cert_size",
   profile_refresh: "tls.profile_refresh",
@@ -890,6 +897,16 @@ const _ipv4: Check<string> = (value, path, c) => {
 };
 
 /** Zero or positive seconds in, milliseconds out (0 = never). */
+/** `auto` or a worker count. */
+const _workers: Check<number | "auto"> = (value, path, c) => {
+  if (typeof value === "string" && value.trim().toLowerCase() === "auto") return "auto";
+  const n = typeof value === "string" && /^\s*\d+\s*$/.test(value) ? Number(value) : value;
+  if (typeof n !== "number" || !Number.isInteger(n) || n < 1 || n > MAX_WORKERS) {
+    return c.fail(path, `must be auto or an integer 1-${MAX_WORKERS}`, value);
+  }
+  return n;
+};
+
 const _secondsOrZero: Check<number> = (value, path, c) => {
   if (value === 0 || value === "0") return 0;
   return _seconds(value, path, c);
@@ -1026,6 +1043,7 @@ const ROLES: readonly Role[] = ["standalone", "front", "back"];
 /** The whole file, whatever its role. */
 const ROOT_SHAPE = {
   role: _choice(ROLES),
+  workers: _workers,
   listeners: _list(LISTENER, "listeners"),
   allowed_protocols: _protocols,
   public_host: _publicHost,
@@ -1047,6 +1065,7 @@ const ROOT_SHAPE = {
     idle: _seconds,
     dc_connect: _seconds,
     shutdown_grace: _seconds,
+    drain: _seconds,
   }),
   tls: _mapping({
     max_clock_skew: _seconds,
@@ -1276,6 +1295,7 @@ function _toDraft(p: Root, c: _Checker): ConfigDraft {
   };
   return {
     role,
+    workers: p.workers ?? DEFAULT_WORKERS,
     listeners,
     allowedProtocols,
     publicHost: p.public_host ?? null,
@@ -1286,6 +1306,7 @@ function _toDraft(p: Root, c: _Checker): ConfigDraft {
       idleMs: p.timeouts?.idle ?? DEFAULT_IDLE_TIMEOUT_MS,
       dcConnectMs: p.timeouts?.dc_connect ?? DEFAULT_DC_CONNECT_TIMEOUT_MS,
       shutdownGraceMs: p.timeouts?.shutdown_grace ?? DEFAULT_SHUTDOWN_GRACE_MS,
+      drainMs: p.timeouts?.drain ?? DEFAULT_DRAIN_MS,
     },
     tls: {
       maxClockSkewMs: p.tls?.max_clock_skew ?? DEFAULT_TLS_MAX_CLOCK_SKEW_MS,

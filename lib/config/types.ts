@@ -84,6 +84,8 @@ export interface TimeoutsConfig {
   readonly dcConnectMs: number;
   /** On SIGINT/SIGTERM, live clients get this long to finish. */
   readonly shutdownGraceMs: number;
+  /** On SIGUSR2 (an upgrade: a new process took the ports), live clients get this long. */
+  readonly drainMs: number;
 }
 
 /** Fake-TLS settings. */
@@ -221,4 +223,6 @@ export interface Config {
   readonly defaultTag: Uint8Array | null;
   /** Link timing and flow control (both roles; defaults in standalone). */
   readonly link: LinkConfig;
+  /** Worker threads serving the listeners; "auto": one per CPU the process may use. */
+  readonly workers: number | "auto";
 }
