@@ -10,9 +10,48 @@ export type Conn = Deno.TcpConn;
 /** A TCP listener. */
 export type Listener = Deno.TcpListener;
 
-/** Start listening on `host:port` (port 0 picks a free port). */
-export function listenTcp(host: string, port: number): Listener {
+/**
+ * Start listening on `host:port` (port 0 picks a free port). With `reusePort`, other sockets
+ * (worker threads, or the next process during an upgrade) may listen on the same port and the
+ * kernel spreads new connections over them (SO_REUSEPORT; Deno needs --unstable-net).
+ */
+export function listenTcp(
+  host: string,
+  port: number,
+  options: { reusePort?: boolean } = {},
+): Listener {
+  if (options.reusePort) return Deno.listen({ hostname: host, port, reusePort: true });
   return Deno.listen({ hostname: host, port, transport: "tcp" });
+}
+
+let reusePortProbe: string | null | undefined;
+
+/**
+ * Why sockets cannot share a port here (no --unstable-net, or an OS without SO_REUSEPORT
+ * load balancing), or null when they can. Probed once on 127.0.0.1.
+ */
+export function reusePortUnavailable(): string | null {
+  if (reusePortProbe !== undefined) return reusePortProbe;
+  if (Deno.build.os !== "linux" && Deno.build.os !== "freebsd") {
+    return reusePortProbe = `${Deno.build.os} does not spread connections over shared ports`;
+  }
+  try {
+    const a = Deno.listen({ hostname: "127.0.0.1", port: 0, reusePort: true });
+    try {
+      const b = Deno.listen({
+        hostname: "127.0.0.1",
+        port: (a.addr as Deno.NetAddr).port,
+        reusePort: true,
+      });
+      b.close();
+    } finally {
+      a.close();
+    }
+    reusePortProbe = null;
+  } catch (e) {
+    reusePortProbe = e instanceof Error ? e.message : String(e);
+  }
+  return reusePortProbe;
 }
 
 /** Error raised when a dial does not finish in time. */

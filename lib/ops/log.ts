@@ -23,6 +23,8 @@ export const ROOT_CATEGORY = "mtproxy";
 export interface LoggingOptions {
   /** Where finished lines go (tests capture them). @default a line to stderr via console.error */
   write?: (line: string) => void;
+  /** Put after the level of every line, e.g. "w2" for a worker thread's records. */
+  tag?: string;
 }
 
 const LEVELS: Readonly<Record<LogLevel, LogTapeLevel>> = {
@@ -46,7 +48,7 @@ const LEVELS: Readonly<Record<LogLevel, LogTapeLevel>> = {
  * ```
  */
 export async function setupLogging(level: LogLevel, options: LoggingOptions = {}): Promise<void> {
-  const formatter = getTextFormatter({
+  const plain = getTextFormatter({
     timestamp: "date-time-tz",
     level: "ABBR",
     category: ".",
@@ -54,6 +56,10 @@ export async function setupLogging(level: LogLevel, options: LoggingOptions = {}
     // Peers and SNIs are attacker-chosen: keep every record on one line, free of escapes.
     sanitize: { sgr: "escape", newlines: "escape" },
   });
+  const tag = options.tag;
+  const formatter: typeof plain = tag === undefined
+    ? plain
+    : (record) => plain(record).replace("] ", `] ${tag} `);
   const write = options.write;
   const sink = write
     ? (record: Parameters<typeof formatter>[0]) => write(formatter(record).replace(/\r?\n$/, ""))
