@@ -62,6 +62,8 @@ export type CloseReason =
   | "policy"
   /** Split mode (front): the link that carried this client to its back was lost. */
   | "link_lost"
+  /** Something threw while serving this client (a bug): it alone was closed; `detail` says what. */
+  | "internal_error"
   | "fronted";
 
 /** One thing that happened to a session. */
@@ -93,7 +95,7 @@ export type ProxyEvent =
     listener: string;
     peer: string;
     reason: CloseReason;
-    /** What went wrong, for reasons that need it (bad_frame). */
+    /** What went wrong, for reasons that need it (bad_frame, internal_error). */
     detail?: string;
     bytesFromClient: number;
     bytesToClient: number;

@@ -10,6 +10,7 @@
  * @module
  */
 import type { StreamCipher } from "../crypto.ts";
+import { reportUnexpected } from "../ops/last_resort.ts";
 import {
   MAX_RECORD_PAYLOAD,
   RECORD_HEADER_LEN,
@@ -88,8 +89,11 @@ export type PumpSide = "client" | "dc";
 export interface PumpHost {
   /** `bytes` were read from the source of `side`, for idle tracking and traffic counters. */
   pumped(side: PumpSide, bytes: number): void;
-  /** The pump of `side` stopped. Called once per pump. */
-  pumpEnded(side: PumpSide, end: PumpEnd): void;
+  /**
+   * The pump of `side` stopped. Called once per pump. `error` is what was thrown when `end` is
+   * "internal_error".
+   */
+  pumpEnded(side: PumpSide, end: PumpEnd, error?: unknown): void;
 }
 
 /** How a pump ended. */
@@ -99,12 +103,24 @@ export type PumpEnd =
   | "tls_bad_version"
   | "tls_malformed"
   | "tls_too_large"
-  | "server_error";
+  | "server_error"
+  /** Something threw while handling a chunk (a cipher, the host, an inspector): a bug. */
+  | "internal_error";
+
+/**
+ * Fault injection for tests: when set, each pump started afterwards passes its ciphers through
+ * it (a test wraps one client's ciphers in one that throws). Read once per pump start; null in
+ * production.
+ */
+export const pumpFaults: {
+  ciphers: ((side: PumpSide, ciphers: readonly StreamCipher[]) => readonly StreamCipher[]) | null;
+} = { ciphers: null };
 
 /**
  * Move bytes from `src` to `dst` until `src` ends, then tell the host. Socket errors (a reset, or
  * the other direction closing the sockets) end the pump with "eof"; protocol errors name
- * themselves.
+ * themselves; anything thrown while handling a chunk ends it with "internal_error" (never as a
+ * rejection nobody handles).
  *
  * The loop is written with callbacks rather than as an async function: it is parked on a read
  * for the whole life of an idle connection, and a suspended async function (generator, its
@@ -164,7 +180,7 @@ class _Pump {
   constructor(src: RelaySocket, dst: RelaySocket, options: PumpOptions) {
     this.#src = src;
     this.#dst = dst;
-    this.#ciphers = options.ciphers;
+    this.#ciphers = pumpFaults.ciphers?.(options.side, options.ciphers) ?? options.ciphers;
     this.#unwrapTls = options.unwrapTls;
     this.#wrapTls = options.wrapTls ?? false;
     this.#host = options.host;
@@ -190,7 +206,17 @@ class _Pump {
     }
   }
 
+  // The promise callbacks catch everything: a throw in them would reject a promise that nobody
+  // handles, and Deno ends the process on that.
   #onRead = (n: number | null): void => {
+    try {
+      this.#handleRead(n);
+    } catch (e) {
+      this.#fail(e);
+    }
+  };
+
+  #handleRead(n: number | null): void {
     if (n === null) return this.#finish("eof");
     const buf = this.#buf!;
     const headroom = this.#headroom;
@@ -218,7 +244,7 @@ class _Pump {
     this.#written = this.#wrapTls ? frameTlsRecords(buf, headroom, len) : 0;
     this.#end = headroom + len;
     this.#write();
-  };
+  }
 
   #write(): void {
     try {
@@ -232,9 +258,13 @@ class _Pump {
   }
 
   #onWritten = (n: number): void => {
-    this.#written += n;
-    if (this.#written < this.#end) return this.#write();
-    this.#next();
+    try {
+      this.#written += n;
+      if (this.#written < this.#end) return this.#write();
+      this.#next();
+    } catch (e) {
+      this.#fail(e);
+    }
   };
 
   /** Resize the buffer to the traffic (step up after a full read, down when sparse), read on. */
@@ -251,14 +281,38 @@ class _Pump {
     this.read();
   }
 
-  #onFail = (): void => this.#finish("eof");
+  #onFail = (): void => {
+    try {
+      this.#finish("eof");
+    } catch (e) {
+      this.#fail(e);
+    }
+  };
 
-  #finish(end: PumpEnd): void {
+  /** Something threw: end with "internal_error", or report it if the host threw while ending. */
+  #fail(e: unknown): void {
+    if (this.#buf !== null) {
+      try {
+        this.#finish("internal_error", e);
+        return;
+      } catch (e2) {
+        e = e2;
+      }
+    }
+    reportUnexpected(`Relay (${this.#side} side): the host failed at the end of a pump`, e);
+  }
+
+  #finish(end: PumpEnd, error?: unknown): void {
     if (this.#buf === null) return;
-    this.#inspect?.close();
+    const inspect = this.#inspect;
     this.#inspect = undefined;
     relayBuffers.put(this.#level, this.#buf);
     this.#buf = null;
-    this.#host.pumpEnded(this.#side, end);
+    try {
+      inspect?.close();
+    } finally {
+      if (end === "internal_error") this.#host.pumpEnded(this.#side, end, error);
+      else this.#host.pumpEnded(this.#side, end);
+    }
   }
 }

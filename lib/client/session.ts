@@ -65,6 +65,7 @@ import { type DcConnection, openDirect } from "../telegram/direct.ts";
 import type { CloseReason, EventSink, RejectReason } from "./events.ts";
 import type { ConnectionPolicy, PolicySlot } from "../guard/policy.ts";
 import { parseProxyHeader, type ProxySource } from "../protocol/proxy_protocol.ts";
+import { reportUnexpected } from "../ops/last_resort.ts";
 import {
   type ChunkInspector,
   type PumpEnd,
@@ -244,6 +245,8 @@ export class Session implements PumpHost, TelegramClient {
   #firstEnded: PumpSide | null = null;
   #endedBadly = false;
   #endedBy: PumpEnd = "eof";
+  /** What a pump threw, when one ended with "internal_error". */
+  #internalDetail = "";
 
   constructor(conn: Conn, ctx: SessionContext) {
     this.conn = conn;
@@ -276,10 +279,30 @@ export class Session implements PumpHost, TelegramClient {
    * that remain.
    */
   start(): void {
-    this.#handshake().catch(() => {
+    this.#handshake().catch((e) => {
       // Unreachable unless an event sink throws; never leave the sockets behind.
-      if (this.phase !== "done") this.#finish();
+      reportUnexpected(`Client ${this.peer}: the handshake failed`, e);
+      try {
+        if (this.phase !== "done") this.#finish();
+      } catch (e2) {
+        reportUnexpected(`Client ${this.peer}: releasing it failed`, e2);
+      }
     });
+  }
+
+  /**
+   * Something threw while serving this client (a bug, or a peer breaking an invariant): report
+   * it and close this client alone, as "internal_error". Never throws.
+   */
+  #internalError(e: unknown): void {
+    reportUnexpected(`Client ${this.peer} closed (internal_error)`, e);
+    const m = this.#packets;
+    if (m && m.closedBy === null) {
+      m.closedBy = "internal_error";
+      m.closedDetail = _errorDetail(e);
+    }
+    closeQuietly(this.conn);
+    if (this.#dc) closeQuietly(this.#dc.conn);
   }
 
   async #handshake(): Promise<void> {
@@ -541,10 +564,21 @@ export class Session implements PumpHost, TelegramClient {
     });
   }
 
-  /** A packet from Telegram (TelegramClient): frame it into the client's next write. */
+  /**
+   * A packet from Telegram (TelegramClient): frame it into the client's next write. Never
+   * throws: a connection shared with other clients calls it.
+   */
   onPacket(data: Uint8Array): void {
     const m = this.#packets;
     if (!m || this.phase === "done") return;
+    try {
+      this.#takePacket(m, data);
+    } catch (e) {
+      this.#internalError(e);
+    }
+  }
+
+  #takePacket(m: _PacketState, data: Uint8Array): void {
     this.lastActivity = Date.now();
     const filter = this.#ctx.config.replay.serverErrorFilter;
     if (filter !== "off" && (filter === "all" || !m.answered) && _isTransportError(data)) {
@@ -565,15 +599,19 @@ export class Session implements PumpHost, TelegramClient {
     this.#scheduleDrain(m);
   }
 
-  /** Telegram confirmed a packet (TelegramClient). */
+  /** Telegram confirmed a packet (TelegramClient). Never throws. */
   onQuickAck(confirm: Uint8Array): void {
     const m = this.#packets;
     if (!m || this.phase === "done") return;
-    const token = quickAckToken(m.tag, confirm);
-    const o = _room(m, token.length);
-    o.buf.set(token, o.end);
-    o.end += token.length;
-    this.#scheduleDrain(m);
+    try {
+      const token = quickAckToken(m.tag, confirm);
+      const o = _room(m, token.length);
+      o.buf.set(token, o.end);
+      o.end += token.length;
+      this.#scheduleDrain(m);
+    } catch (e) {
+      this.#internalError(e);
+    }
   }
 
   /**
@@ -582,11 +620,18 @@ export class Session implements PumpHost, TelegramClient {
    */
   onClose(reason: TelegramCloseReason): void {
     if (this.phase === "done" || !this.#packets) return;
-    this.#packets.closedBy = reason === "backpressure"
-      ? "slow_client"
-      : reason === "link_lost"
-      ? "link_lost"
-      : "dc_closed";
+    const m = this.#packets;
+    if (reason === "internal_error") {
+      // Reported where it was caught; the close names it for this client's event.
+      m.closedBy ??= "internal_error";
+      m.closedDetail ??= "a handler of this client threw";
+    } else {
+      m.closedBy ??= reason === "backpressure"
+        ? "slow_client"
+        : reason === "link_lost"
+        ? "link_lost"
+        : "dc_closed";
+    }
     closeQuietly(this.conn);
   }
 
@@ -610,12 +655,18 @@ export class Session implements PumpHost, TelegramClient {
         m.encryptor.update(o.buf.subarray(o.start, o.end));
         const start = m.tls ? frameTlsRecords(o.buf, o.start, o.end - o.start) : o.start;
         this.#bytesToClient += o.end - start;
-        await writeAll(this.conn, o.buf.subarray(start, o.end));
+        try {
+          await writeAll(this.conn, o.buf.subarray(start, o.end));
+        } catch {
+          // The client is gone (or was closed): its pump ends the session.
+          closeQuietly(this.conn);
+          return;
+        }
         if (o.ackPackets > 0) m.stream.ack(o.ackBytes, o.ackPackets);
         _releaseOut(o);
       }
-    } catch {
-      closeQuietly(this.conn);
+    } catch (e) {
+      this.#internalError(e);
     } finally {
       m.writing = false;
     }
@@ -887,11 +938,15 @@ export class Session implements PumpHost, TelegramClient {
   }
 
   /** One side stopped (PumpHost): close both so the other pump stops too. */
-  pumpEnded(side: PumpSide, end: PumpEnd): void {
+  pumpEnded(side: PumpSide, end: PumpEnd, error?: unknown): void {
     this.#firstEnded ??= side;
+    if (end === "internal_error") {
+      reportUnexpected(`Client ${this.peer} closed (internal_error, ${side} side)`, error);
+    }
     if (end !== "eof" && !this.#endedBadly) {
       this.#endedBadly = true;
       this.#endedBy = end;
+      if (end === "internal_error") this.#internalDetail = _errorDetail(error);
     }
     closeQuietly(this.conn);
     if (this.#dc) closeQuietly(this.#dc.conn);
@@ -908,23 +963,31 @@ export class Session implements PumpHost, TelegramClient {
     } else if (this.#packets?.closedBy) {
       reason = this.#packets.closedBy;
     } else if (this.#endedBadly) {
-      reason = this.#endedBy === "server_error" ? "server_error" : "tls_bad_record";
+      reason = this.#endedBy === "server_error" || this.#endedBy === "internal_error"
+        ? this.#endedBy
+        : "tls_bad_record";
     } else {
       reason = this.#firstEnded === "client" ? "client_closed" : "dc_closed";
     }
-    this.#ctx.events.emit({
-      type: "closed",
-      listener: this.#ctx.listener.name,
-      peer: this.peer,
-      reason,
-      ...(reason === "bad_frame" && this.#packets?.closedDetail
-        ? { detail: this.#packets.closedDetail }
-        : {}),
-      bytesFromClient: this.#bytesFromClient,
-      bytesToClient: this.#bytesToClient,
-      durationMs: Date.now() - this.startedAt,
-    });
-    this.#finish();
+    const detail = reason === "internal_error" && this.#endedBy === "internal_error"
+      ? this.#internalDetail
+      : reason === "bad_frame" || reason === "internal_error"
+      ? this.#packets?.closedDetail
+      : undefined;
+    try {
+      this.#ctx.events.emit({
+        type: "closed",
+        listener: this.#ctx.listener.name,
+        peer: this.peer,
+        reason,
+        ...(detail ? { detail } : {}),
+        bytesFromClient: this.#bytesFromClient,
+        bytesToClient: this.#bytesToClient,
+        durationMs: Date.now() - this.startedAt,
+      });
+    } finally {
+      this.#finish();
+    }
   }
 }
 
@@ -941,6 +1004,12 @@ async function _sendPackets(
   if (typeof packets === "string") return packets;
   if (packets.length > 0) await stream.send(packets);
   return null;
+}
+
+/** An error in one line for a closed event's detail (the report has the stack). */
+function _errorDetail(e: unknown): string {
+  const text = e instanceof Error ? `${e.name}: ${e.message}` : String(e);
+  return text.length > 200 ? `${text.slice(0, 197)}...` : text;
 }
 
 /** Telegram's transport error: a lone 4-byte negative code such as -404. */

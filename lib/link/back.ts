@@ -10,6 +10,7 @@
 import type { Config, FrontCredential, LinkListenerConfig } from "../config/types.ts";
 import { randomBytes } from "../crypto.ts";
 import { logger } from "../ops/log.ts";
+import { reportUnexpected } from "../ops/last_resort.ts";
 import {
   closeQuietly,
   type Conn,
@@ -123,7 +124,11 @@ class BackStream implements TelegramClient {
   onClose(reason: TelegramCloseReason): void {
     if (this.closed) return;
     this.local = null;
-    this.#link.endStream(this, reason === "link_lost" ? "connection_lost" : reason, "");
+    this.#link.endStream(
+      this,
+      reason === "link_lost" || reason === "internal_error" ? "connection_lost" : reason,
+      reason === "internal_error" ? "internal error on the back" : "",
+    );
   }
 
   // From the front.
@@ -137,7 +142,11 @@ class BackStream implements TelegramClient {
     // Everything that arrived in one read goes to Telegram in one send.
     queueMicrotask(() => {
       this.#scheduled = false;
-      this.pump();
+      try {
+        this.pump();
+      } catch (e) {
+        this.#link.streamFailed(this, e);
+      }
     });
   }
 
@@ -160,7 +169,7 @@ class BackStream implements TelegramClient {
       this.sending = false;
       if (this.closed) return;
       this.#link.endStream(this, "connection_lost", e instanceof Error ? e.message : String(e));
-    });
+    }).catch((e: unknown) => this.#link.streamFailed(this, e));
   }
 
   /** The front delivered `bytes` of answers to its client. */
@@ -225,6 +234,19 @@ class BackLink implements LinkHost {
     this.conn = conn;
   }
 
+  /**
+   * Something threw while serving stream `s` (a bug): close that stream alone and report it,
+   * instead of letting the throw end the link and every other stream on it. Never throws.
+   */
+  streamFailed(s: BackStream, e: unknown): void {
+    reportUnexpected(`Front ${this.front.name}: stream ${s.id} closed (internal error)`, e);
+    try {
+      this.endStream(s, "connection_lost", "internal error on the back");
+    } catch (e2) {
+      reportUnexpected(`Front ${this.front.name}: closing stream ${s.id} failed`, e2);
+    }
+  }
+
   endStream(s: BackStream, reason: LinkCloseReason, detail: string): void {
     if (s.closed && !this.streams.has(s.id)) return;
     this.streams.delete(s.id);
@@ -283,7 +305,7 @@ class BackLink implements LinkHost {
         kind === "timeout" ? "dc_timeout" : "dc_unreachable",
         e instanceof Error ? e.message : String(e),
       );
-    });
+    }).catch((e: unknown) => this.streamFailed(s, e));
   }
 
   opened(): void {
@@ -293,7 +315,11 @@ class BackLink implements LinkHost {
   data(id: number, payload: Uint8Array, quickAck: boolean): void {
     const s = this.streams.get(id);
     if (!s) return; // closed on our side; the front learns it from our close
-    s.data(payload, quickAck);
+    try {
+      s.data(payload, quickAck);
+    } catch (e) {
+      this.streamFailed(s, e);
+    }
   }
 
   answer(): void {
@@ -304,7 +330,13 @@ class BackLink implements LinkHost {
   }
 
   ack(id: number, bytes: number): void {
-    this.streams.get(id)?.credited(bytes);
+    const s = this.streams.get(id);
+    if (!s) return;
+    try {
+      s.credited(bytes);
+    } catch (e) {
+      this.streamFailed(s, e);
+    }
   }
 
   close(id: number): void {
@@ -328,6 +360,10 @@ export interface LinkServerOptions {
   readonly config: Config;
   readonly telegram: LocalTelegram;
   readonly guard: LinkGuard;
+  /** Listen with SO_REUSEPORT (workers, upgrades). @default false */
+  readonly reusePort?: boolean;
+  /** This back's instance id; workers of one process share it. @default 8 random bytes */
+  readonly instance?: Uint8Array;
 }
 
 /** The back's link listeners and the links of its fronts. */
@@ -337,7 +373,8 @@ export class LinkServer {
   readonly #guard: LinkGuard;
   readonly defaultTag: Uint8Array | null;
   /** Random per process: a front tells a restarted back by it. */
-  readonly instance = randomBytes(8);
+  readonly instance: Uint8Array;
+  readonly #reusePort: boolean;
   #fronts: readonly FrontCredential[];
   readonly #bound: { config: LinkListenerConfig; socket: Listener }[] = [];
   readonly #links = new Set<BackLink>();
@@ -356,13 +393,16 @@ export class LinkServer {
     this.#guard = options.guard;
     this.defaultTag = options.config.defaultTag;
     this.#fronts = options.config.fronts;
+    this.instance = options.instance ?? randomBytes(8);
+    this.#reusePort = options.reusePort ?? false;
   }
 
   /** Bind every link listener (closing what it opened when one fails) and start accepting. */
   listen(): BoundLinkListener[] {
     try {
       for (const l of this.#config.linkListeners) {
-        this.#bound.push({ config: l, socket: listenTcp(l.host, l.port) });
+        const socket = listenTcp(l.host, l.port, { reusePort: this.#reusePort });
+        this.#bound.push({ config: l, socket });
       }
     } catch (e) {
       for (const b of this.#bound) closeQuietly(b.socket);

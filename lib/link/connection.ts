@@ -9,6 +9,7 @@
  */
 import type { AesOptions } from "../crypto.ts";
 import { closeQuietly, type Conn, writeAll } from "../net.ts";
+import { reportUnexpected } from "../ops/last_resort.ts";
 import { LinkFrameReader, type LinkFrameSink, LinkFrameWriter } from "../protocol/link.ts";
 import { type LinkKeys, RecordOpener, RecordSealer } from "../protocol/link_records.ts";
 
@@ -106,7 +107,9 @@ export class LinkConnection {
   flushSoon(): void {
     if (this.#flushing || this.#closed) return;
     this.#flushing = true;
-    queueMicrotask(() => this.#flush());
+    queueMicrotask(() => {
+      this.#flush().catch((e: unknown) => reportUnexpected("Link: a write failed to finish", e));
+    });
   }
 
   /** End the link: close the socket; the host hears `linkEnded` once. */
@@ -117,6 +120,9 @@ export class LinkConnection {
     closeQuietly(this.#conn);
     try {
       this.#host.linkEnded(end, detail);
+    } catch (e) {
+      // Called from the read loop's end, timers and writes: nothing above would catch it.
+      reportUnexpected("Link: handling its end failed", e);
     } finally {
       // The read loop closes the opener; the sealer is closed once no write can use it.
       if (!this.#flushing) this.#sealer.close();

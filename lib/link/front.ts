@@ -13,6 +13,7 @@
  */
 import type { BackConfig, Config } from "../config/types.ts";
 import { closeQuietly, type Conn, dialTcp, formatHostPort, writeAll } from "../net.ts";
+import { reportUnexpected } from "../ops/last_resort.ts";
 import type { Packet } from "../protocol/framing.ts";
 import { LINK_VERSION, type LinkCloseReason, type LinkFrameSink } from "../protocol/link.ts";
 import { createLinkHello, finishLinkHello, type LinkKeys } from "../protocol/link_records.ts";
@@ -338,7 +339,10 @@ class FrontLink implements LinkHost {
     try {
       s.client.onClose(_closeReason(reason));
     } catch (e) {
-      this.back.owner.log(`stream ${id}: client close handler failed: ${String(e)}`);
+      reportUnexpected(
+        `Back ${this.back.label}: stream ${id}: the client's close handler failed`,
+        e,
+      );
     }
   }
 
@@ -355,8 +359,12 @@ class FrontLink implements LinkHost {
       }
       try {
         s.client.onClose("link_lost");
-      } catch {
+      } catch (e) {
         // One client's handler must not keep the others from hearing it.
+        reportUnexpected(
+          `Back ${this.back.label}: stream ${s.id}: the client's close handler failed`,
+          e,
+        );
       }
     }
     this.back.ended.set(end, (this.back.ended.get(end) ?? 0) + 1);
@@ -371,10 +379,10 @@ class FrontLink implements LinkHost {
   }
 
   #clientFailed(s: FrontStream, e: unknown): void {
-    this.back.owner.log(`stream ${s.id}: client handler failed: ${String(e)}`);
+    reportUnexpected(`Back ${this.back.label}: stream ${s.id}: the client's handler failed`, e);
     this.closeStream(s, "protocol_error");
     try {
-      s.client.onClose("connection_lost");
+      s.client.onClose("internal_error");
     } catch {
       // Already reported.
     }
@@ -420,7 +428,14 @@ export class LinkTelegram implements TelegramSide {
   /** Start dialling every link of every back. */
   start(): void {
     for (const back of this.#backs) {
-      for (let i = 0; i < back.config.links; i++) this.#slots.push(this.#runSlot(back, i + 1));
+      for (let i = 0; i < back.config.links; i++) {
+        // A slot that throws stops redialling, but must not take the process down.
+        this.#slots.push(
+          this.#runSlot(back, i + 1).catch((e: unknown) =>
+            reportUnexpected(`Back ${back.label}: link ${i + 1} stopped redialling`, e)
+          ),
+        );
+      }
     }
   }
 

@@ -10,6 +10,7 @@
 import { randomBytes, type StreamCipher } from "../crypto.ts";
 import { closeQuietly, type Conn, DialTimeoutError, formatHostPort, writeAll } from "../net.ts";
 import { logger } from "../ops/log.ts";
+import { reportUnexpected } from "../ops/last_resort.ts";
 import { frameLength, MAX_FRAME_BYTES, type Packet, writeFrame } from "../protocol/framing.ts";
 import type { TransportTag } from "../protocol/obfuscated2.ts";
 import { ServerFrameReader } from "../protocol/server_frame_reader.ts";
@@ -305,7 +306,7 @@ class _DirectStream implements DirectStream {
         } catch (e) {
           reason = "connection_lost";
           why = `client callback threw: ${_message(e)}`;
-          _log.error("Direct DC stream: a client callback threw: {error}", { error: _message(e) });
+          reportUnexpected("Direct DC stream: a client callback threw; the stream was closed", e);
           break;
         }
         // Follow the traffic: a bigger buffer after a full read, the small one when sparse.
@@ -345,7 +346,7 @@ class _DirectStream implements DirectStream {
     try {
       this.#client.onClose(reason);
     } catch (e) {
-      _log.error("Direct DC stream: onClose threw: {error}", { error: _message(e) });
+      reportUnexpected("Direct DC stream: the client's onClose threw", e);
     }
   }
 

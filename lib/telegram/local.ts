@@ -17,6 +17,7 @@ import {
   type TelegramTarget,
 } from "./side.ts";
 import { formatHostPort } from "../net.ts";
+import { reportUnexpected } from "../ops/last_resort.ts";
 
 /** Options for {@linkcode LocalTelegram}. */
 export interface LocalTelegramOptions {
@@ -74,7 +75,9 @@ export class LocalTelegram implements TelegramSide {
         handle = await _abortable(acquiring, signal);
       } catch (e) {
         // A handle that arrives after the abort is given back at once.
-        acquiring.then((h) => h.release(), () => {});
+        acquiring.then((h) => h.release(), () => {}).catch((e: unknown) =>
+          reportUnexpected("Middle-proxy pool: giving back a late handle failed", e)
+        );
         if (signal?.aborted) throw new TelegramOpenError("timeout", "aborted");
         throw new TelegramOpenError("unreachable", e instanceof Error ? e.message : String(e));
       }

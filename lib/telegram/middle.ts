@@ -9,6 +9,7 @@
 import { randomBytes } from "../crypto.ts";
 import type { HostPort, PoolConfig } from "../config/types.ts";
 import { closeQuietly, type Conn, dialTcp, formatHostPort, writeAll } from "../net.ts";
+import { reportUnexpected } from "../ops/last_resort.ts";
 import type { FullBody, FullCodec } from "../protocol/full.ts";
 import { MiddleClientHandshake } from "../protocol/middle_handshake.ts";
 import {
@@ -31,7 +32,12 @@ export interface MiddleClientInfo {
 }
 
 /** How a client's connection to Telegram ended. */
-export type MiddleCloseReason = "close_ext" | "connection_lost" | "backpressure";
+export type MiddleCloseReason =
+  | "close_ext"
+  | "connection_lost"
+  | "backpressure"
+  /** One of the client's handlers threw: it alone was dropped from the connection. */
+  | "internal_error";
 
 /** The session side of a multiplexed client. */
 export interface MiddleClient {
@@ -394,7 +400,12 @@ export class MiddleConnection {
     for (const w of this.#waiters) w.fail(new Error("Middle-proxy connection closed"));
     this.#queue = [];
     this.#waiters = [];
-    this.onDead?.(this, error);
+    try {
+      this.onDead?.(this, error);
+    } catch (e) {
+      // Called from the read loop's end and from timers: nothing above would catch it.
+      reportUnexpected(`Middle-proxy connection #${this.id}: handling its end failed`, e);
+    }
   }
 
   async #readLoop(): Promise<void> {
@@ -440,21 +451,32 @@ export class MiddleConnection {
         if (slot.unackedBytes > this.#options.pool.maxClientUnackedBytes) {
           // A client this far behind would stall everyone on this connection: drop it.
           this.detach(slot, true);
-          slot.client.onClose("backpressure");
+          this.#tellClosed(slot, "backpressure");
           return;
         }
-        slot.client.onPacket(msg.data);
+        // One client's failure must not end the read loop that serves all the others.
+        try {
+          slot.client.onPacket(msg.data);
+        } catch (e) {
+          this.#clientFailed(slot, e);
+        }
         return;
       }
       case "simple_ack": {
-        this.#slots.get(msg.connId)?.client.onQuickAck(msg.confirm);
+        const slot = this.#slots.get(msg.connId);
+        if (!slot) return;
+        try {
+          slot.client.onQuickAck(msg.confirm);
+        } catch (e) {
+          this.#clientFailed(slot, e);
+        }
         return;
       }
       case "close_ext": {
         const slot = this.#slots.get(msg.connId);
         if (!slot) return;
         this.detach(slot, false);
-        slot.client.onClose("close_ext");
+        this.#tellClosed(slot, "close_ext");
         return;
       }
       case "ping":
@@ -463,6 +485,25 @@ export class MiddleConnection {
       default:
         // pong, and anything unknown: nothing to do.
         return;
+    }
+  }
+
+  /** A client's handler threw: drop that client alone (Telegram is told), report it. */
+  #clientFailed(slot: MiddleSlot, e: unknown): void {
+    reportUnexpected(
+      `Middle-proxy connection #${this.id}: a client's handler failed; that client was closed`,
+      e,
+    );
+    this.detach(slot, true);
+    this.#tellClosed(slot, "internal_error");
+  }
+
+  /** Tell a detached client why it ended, containing a throw to that client. */
+  #tellClosed(slot: MiddleSlot, reason: MiddleCloseReason): void {
+    try {
+      slot.client.onClose(reason);
+    } catch (e) {
+      reportUnexpected(`Middle-proxy connection #${this.id}: a client's close handler failed`, e);
     }
   }
 }

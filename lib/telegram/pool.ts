@@ -16,6 +16,7 @@ import {
   type MiddleConnectOptions,
   type MiddleSlot,
 } from "./middle.ts";
+import { reportUnexpected } from "../ops/last_resort.ts";
 
 /** Opens a middle-proxy connection (injectable for tests). */
 export type MiddleOpener = (
@@ -300,6 +301,7 @@ export class DcPool {
     if (this.#addresses.length === 0) return;
     const address = this.#addresses[Math.floor(Math.random() * this.#addresses.length)]!;
     this.#opening++;
+    // Handlers that throw must not leave a rejection nobody handles: the final catch reports.
     this.#open(address, this.#connectOptions()).then((conn) => {
       this.#opening--;
       if (this.#closed) {
@@ -309,7 +311,7 @@ export class DcPool {
       this.#failures = 0;
       conn.onDead = (c, error) => this.#onDead(c, error);
       this.#conns.push(conn);
-      this.#events.connected(this.dcId, conn);
+      this.#report(() => this.#events.connected(this.dcId, conn));
       // Clients moved off a closed connection, then anyone waiting for a first one.
       for (const h of [...this.#homeless]) {
         this.#homeless.delete(h);
@@ -323,11 +325,13 @@ export class DcPool {
       if (this.#closed) return;
       this.#failures++;
       const delay = Math.min(RETRY_MAX_MS, RETRY_MIN_MS * 2 ** Math.min(10, this.#failures - 1));
-      this.#events.connectFailed(
-        this.dcId,
-        address,
-        e instanceof Error ? e.message : String(e),
-        delay,
+      this.#report(() =>
+        this.#events.connectFailed(
+          this.dcId,
+          address,
+          e instanceof Error ? e.message : String(e),
+          delay,
+        )
       );
       clearTimeout(this.#retryTimer);
       this.#retryTimer = setTimeout(() => this.#ensure(), delay);
@@ -336,7 +340,18 @@ export class DcPool {
         for (const w of [...this.#connWaiters]) w();
         for (const h of [...this.#homeless]) h.onClose("connection_lost");
       }
+    }).catch((e: unknown) => {
+      reportUnexpected(`DC ${this.dcId} pool: handling a middle-proxy connect failed`, e);
     });
+  }
+
+  /** Tell the pool's events; a throwing listener is reported, the pool goes on. */
+  #report(tell: () => void): void {
+    try {
+      tell();
+    } catch (e) {
+      reportUnexpected(`DC ${this.dcId} pool: an event listener failed`, e);
+    }
   }
 
   #onDead(conn: MiddleConnection, error: string | null): void {
@@ -359,7 +374,7 @@ export class DcPool {
     for (const slot of busy) (slot.client as MiddleHandle).onClose("connection_lost");
     this.#stats.migrated += idle.length;
     this.#stats.closedMidSend += busy.length;
-    this.#events.disconnected(this.dcId, conn, error, idle.length, busy.length);
+    this.#report(() => this.#events.disconnected(this.dcId, conn, error, idle.length, busy.length));
     if (!this.#closed) this.#ensure();
     // Homeless clients give up if no connection comes in time.
     if (this.#homeless.size > 0 && this.#homelessTimer === undefined) {

@@ -24,7 +24,9 @@ export type TelegramCloseReason =
   /** The client fell too far behind reading Telegram's answers. */
   | "backpressure"
   /** Split mode: the link to the back is gone. */
-  | "link_lost";
+  | "link_lost"
+  /** A handler of this client threw (a bug): the shared connection dropped this client alone. */
+  | "internal_error";
 
 /** Receives what Telegram sends to one client. */
 export interface TelegramClient {
