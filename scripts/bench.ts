@@ -17,34 +17,44 @@
  * under the same workload; memory per idle client and the number of Telegram-side connections
  * are taken with 10,000 clients.
  *
- * Prints one table (proxy figure, relay figure, ratio proxy/relay), one for middle mode (middle
- * figure, direct figure, ratio middle/direct), a PASS/MISS line per target, and one
- * `BENCH_JSON {...}` line. Exits 0 unless the bench itself broke.
+ * The `split` part (scripts/bench_split.ts) measures split mode: a front and a back (direct mode,
+ * to the echo DC) next to a standalone proxy, under the same framed workload.
  *
- * Usage: `deno task bench [--quick] [--only throughput,latency,handshakes,memory,middle]
+ * Prints one table (proxy figure, relay figure, ratio proxy/relay), one for middle mode (middle
+ * figure, direct figure, ratio middle/direct), one for split mode (split figure, standalone
+ * figure), a PASS/MISS line per target, and one `BENCH_JSON {...}` line. Exits 0 unless the
+ * bench itself broke.
+ *
+ * Usage: `deno task bench [--quick] [--only throughput,latency,handshakes,memory,middle,split]
  * [--repeat N] [--proxy cli|inproc] [--v8-flags FLAGS]`.
  *
  * @module
  */
 import { parseArgs } from "node:util";
 import { createAes, randomBytes } from "../lib/crypto.ts";
+import { runSplit, type SplitResults, splitTable, splitTargets } from "./bench_split.ts";
 
 const HELP = `Usage: deno task bench [options]
 
 Options:
   --quick            shorter runs (about a third of the time)
-  --only PARTS       comma-separated subset of: ${"throughput,latency,handshakes,memory,middle"}
+  --only PARTS       comma-separated subset of:
+                     ${"throughput,latency,handshakes,memory,middle,split"}
                      (middle: middle-proxy mode's throughput, latency, memory and
-                     Telegram-side connections, next to direct mode)
+                     Telegram-side connections, next to direct mode; split: a front and
+                     a back vs a standalone proxy: throughput, CPU per GB of each,
+                     latency added by the link, memory per idle client and per back
+                     stream, link connections)
   --repeat N         run each throughput measurement N times and keep the median
-                     (default 3, middle mode 2; with --quick 1)
+                     (default 3, middle and split modes 2; with --quick 1)
   --proxy KIND       cli: main.ts run --config FILE (default); inproc: scripts/bench_proxy.ts,
-                     which also reports the proxy's V8 heap per idle client
+                     which also reports the proxy's V8 heap per idle client (not for split,
+                     whose processes always run the CLI)
   --v8-flags FLAGS   V8 flags for both the proxy and the relay (default: the ones
                      \`deno task start\` uses, read from deno.json; "none" for none)
   -h, --help         show this help`;
 
-const PARTS = ["throughput", "latency", "handshakes", "memory", "middle"] as const;
+const PARTS = ["throughput", "latency", "handshakes", "memory", "middle", "split"] as const;
 type Part = typeof PARTS[number];
 const STREAMS = [1, 16, 256] as const;
 const PROXY_MODES = ["dd", "ee"] as const;
@@ -62,6 +72,8 @@ const TARGET_IDLE_CLIENTS = 5000;
 const TARGET_MIDDLE_RATIO = 0.8;
 const TARGET_CLIENTS_PER_MP_CONNECTION = 300;
 const TARGET_MIDDLE_IDLE_CLIENTS = 10_000;
+/** Split mode: idle clients through the front (its other targets are in bench_split.ts). */
+const TARGET_SPLIT_IDLE_CLIENTS = 10_000;
 /** The middle-mode listener's ad tag (checked by the fake middle proxy on every PROXY_REQ). */
 const AD_TAG = "a0a1a2a3a4a5a6a7a8a9aaabacadaeaf";
 
@@ -83,6 +95,9 @@ interface Settings {
   /** Middle mode: throughput runs per configuration, and idle clients. */
   middleRepeat: number;
   middleIdleClients: number;
+  /** Split mode: throughput runs per configuration, and idle clients. */
+  splitRepeat: number;
+  splitIdleClients: number;
 }
 
 const FULL: Settings = {
@@ -97,6 +112,8 @@ const FULL: Settings = {
   settleS: 2,
   middleRepeat: 2,
   middleIdleClients: TARGET_MIDDLE_IDLE_CLIENTS,
+  splitRepeat: 2,
+  splitIdleClients: TARGET_SPLIT_IDLE_CLIENTS,
 };
 
 const QUICK: Settings = {
@@ -111,6 +128,8 @@ const QUICK: Settings = {
   settleS: 1,
   middleRepeat: 1,
   middleIdleClients: TARGET_MIDDLE_IDLE_CLIENTS,
+  splitRepeat: 1,
+  splitIdleClients: TARGET_SPLIT_IDLE_CLIENTS,
 };
 
 const ROOT = new URL("..", import.meta.url).pathname;
@@ -367,13 +386,20 @@ type LoadMode = ProxyMode | "relay";
 // deno-lint-ignore no-explicit-any
 type LoadResult = Record<string, any>;
 
+/** What the load generator connects to: a process and its port. */
+interface LoadTarget {
+  readonly child: Pick<Child, "pid" | "assertRunning">;
+  readonly port: number;
+}
+
 async function _load(
   scenario: string,
   mode: LoadMode,
-  middle: Middle,
+  middle: LoadTarget,
   dc: Middle,
   flags: Record<string, string | number | boolean>,
   timeoutS: number,
+  extraPids: Record<string, number> = {},
 ): Promise<LoadResult> {
   const args = [
     "run",
@@ -390,7 +416,10 @@ async function _load(
     "--sni",
     TLS_DOMAIN,
     "--pids",
-    `mid=${middle.child.pid},dc=${dc.child.pid}`,
+    [
+      `mid=${middle.child.pid},dc=${dc.child.pid}`,
+      ...Object.entries(extraPids).map(([name, pid]) => `${name}=${pid}`),
+    ].join(","),
   ];
   for (const [k, v] of Object.entries(flags)) {
     if (v === true) args.push(`--${k}`);
@@ -443,6 +472,8 @@ interface Results {
   idle_memory_breakdown?: Partial<Record<ProxyMode, Record<string, number>>>;
   /** The `middle` part. */
   middle?: MiddleResults;
+  /** The `split` part. */
+  split?: SplitResults;
   errors: number;
   error_samples: string[];
   detail: Record<string, unknown>;
@@ -1067,6 +1098,34 @@ async function _middle(env: Env): Promise<void> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Split mode (scripts/bench_split.ts)
+
+async function _split(env: Env): Promise<void> {
+  const detail: Record<string, unknown> = {};
+  env.results.detail.split = detail;
+  // A back has no client listener for scripts/bench_proxy.ts to report: always the CLI.
+  const cliEnv: Env = { ...env, proxyKind: "cli" };
+  env.results.split = await runSplit({
+    settings: env.settings,
+    tmp: env.tmp,
+    secret: SECRET,
+    tlsDomain: TLS_DOMAIN,
+    standaloneYaml: (port) => _configYaml(env.dc.port, port),
+    dcPort: env.dc.port,
+    spawnProxy: (name, configPath, ports) => _spawnProxy(cliEnv, name, configPath, ports),
+    load: (scenario, mode, target, flags, timeoutS, extraPids) =>
+      _load(scenario, mode, target, env.dc, flags, timeoutS, extraPids),
+    noteErrors: (r) => _noteErrors(env.results, r),
+    freePort: _freePort,
+    progress: (line) => console.error(line),
+    fail: (what, message) => {
+      env.failures.push(`split ${what}: ${message}`);
+      console.error(`bench: split ${what} failed: ${message}`);
+    },
+  }, detail);
+}
+
+// ---------------------------------------------------------------------------------------------
 // Output
 
 function _round(x: number, digits: number): number {
@@ -1375,7 +1434,13 @@ function _targets(results: Results, settings: Settings): Target[] {
 function _targetLine(t: Target): string {
   const verdict = t.pass === null ? "n/a " : t.pass ? "PASS" : "MISS";
   const digits = t.limit.endsWith("x") ? 2 : t.limit.endsWith("KiB") ? 1 : 0;
-  const unit = t.limit.endsWith("x") ? "x" : t.limit.endsWith("KiB") ? " KiB" : "";
+  const unit = t.limit.endsWith("x")
+    ? "x"
+    : t.limit.endsWith("KiB")
+    ? " KiB"
+    : t.limit.endsWith(" us")
+    ? " us"
+    : "";
   return `${verdict}  ${t.name}: ${_fmt(t.value, digits)}${unit} (target ${t.limit})`;
 }
 
@@ -1563,6 +1628,7 @@ async function _main(): Promise<number> {
       handshakes: _handshakes,
       memory: _memory,
       middle: _middle,
+      split: _split,
     };
     for (const part of PARTS) {
       if (!parts.has(part)) continue;
@@ -1589,11 +1655,15 @@ async function _main(): Promise<number> {
     await Deno.remove(tmp, { recursive: true }).catch(() => {});
   }
 
-  const targets = _targets(results, settings);
+  const targets = [
+    ..._targets(results, settings),
+    ...(results.split ? splitTargets(results.split) : []),
+  ];
   const seconds = (performance.now() - started) / 1000;
-  if ([...parts].some((p) => p !== "middle")) console.log(_table(results, settings));
+  const mainParts = [...parts].some((p) => p !== "middle" && p !== "split");
+  if (mainParts) console.log(_table(results, settings));
   if (results.middle) {
-    if ([...parts].some((p) => p !== "middle")) console.log("");
+    if (mainParts) console.log("");
     console.log(_middleTable(results.middle, settings));
     const breakdowns = Object.entries(results.detail.middle as Record<string, unknown>)
       .filter(([k]) => k === "memory")
@@ -1605,6 +1675,10 @@ async function _main(): Promise<number> {
           Object.entries(b as Record<string, number>).map(([k, v]) => `${k} ${v}`).join(", "),
       );
     }
+  }
+  if (results.split) {
+    if (mainParts || results.middle) console.log("");
+    console.log(splitTable(results.split, settings));
   }
   if (results.idle_memory_breakdown) {
     for (const [mode, b] of Object.entries(results.idle_memory_breakdown)) {

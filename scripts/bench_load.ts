@@ -16,8 +16,11 @@
  * in 64 KiB), encrypted (the proxy decrypts them to find the frames),
  * and what comes back is decrypted and parsed frame by frame (each echoed packet is its own frame,
  * with 0-3 padding bytes from the proxy), counting payload bytes only. Pings are 100-byte
- * packets in one frame each. `--mp-port <port>` also counts the TCP connections that the `mid`
- * process of `--pids` holds to that port (the Telegram side: middle-proxy connections).
+ * packets in one frame each. `--max-padding <bytes>` accepts more padding per echoed frame (a
+ * split-mode back pads its frames to the DC by 0-15 bytes as apps do, the echo DC sends them
+ * back, and the back can strip only `len % 4` of them). `--mp-port <port>` also counts the TCP
+ * connections that the `mid` process of `--pids` holds to that port (the Telegram side:
+ * middle-proxy connections).
  *
  * Scenarios:
  * - `throughput`: `--streams` full-duplex streams write 64 KiB chunks and read the echo; after
@@ -69,6 +72,8 @@ let PACKET = 16384;
 let PACKETS_PER_WRITE = 4;
 /** Length prefix of a padded intermediate frame. */
 const FRAME_HEADER_LEN = 4;
+/** Framed: padding bytes an echoed frame may carry after the payload (`--max-padding`). */
+let MAX_PADDING = 3;
 /** Longest a connect + handshake + ping-pong, or a ping-pong, may take before it is an error. */
 const OP_TIMEOUT_MS = 15_000;
 /** Clients opened and closed before the idle scenario's baseline is read. */
@@ -95,7 +100,8 @@ function _frame(payload: Uint8Array): Uint8Array {
 
 /**
  * Counts the payload bytes of a decrypted stream of padded intermediate frames, each of which
- * must carry `expected` payload bytes plus 0-3 padding bytes; throws on anything else.
+ * must carry `expected` payload bytes plus 0 to {@linkcode MAX_PADDING} padding bytes; throws on
+ * anything else.
  */
 class FrameCounter {
   #head = 0;
@@ -125,9 +131,9 @@ class FrameCounter {
       const len = this.#len;
       this.#head = 0;
       this.#len = 0;
-      if (len - (len % 4) !== this.expected) {
+      if (len < this.expected || len > this.expected + MAX_PADDING) {
         throw new Error(
-          `Unexpected frame of ${len} bytes (expected ${this.expected} + 0-3 padding)`,
+          `Unexpected frame of ${len} bytes (expected ${this.expected} + 0-${MAX_PADDING} padding)`,
         );
       }
       this.#left = len;
@@ -216,14 +222,16 @@ class Client {
 
   /**
    * Read the echo of an `n`-byte packet: `n` bytes, or with `framed` one frame of `n` payload
-   * bytes and 0-3 padding bytes (dropped).
+   * bytes and 0 to {@linkcode MAX_PADDING} padding bytes (dropped).
    */
   async receivePacket(n: number): Promise<Uint8Array> {
     if (!this.framed) return await this.receive(n);
     const head = await this.receive(FRAME_HEADER_LEN);
     const len = new DataView(head.buffer, head.byteOffset, FRAME_HEADER_LEN).getUint32(0, true);
-    if (len < n || len > n + 3) {
-      throw new Error(`Unexpected frame of ${len} bytes (expected ${n} + 0-3 padding)`);
+    if (len < n || len > n + MAX_PADDING) {
+      throw new Error(
+        `Unexpected frame of ${len} bytes (expected ${n} + 0-${MAX_PADDING} padding)`,
+      );
     }
     return (await this.receive(len)).subarray(0, n);
   }
@@ -823,6 +831,7 @@ async function _main(): Promise<void> {
       framed: { type: "boolean", default: false },
       "mp-port": { type: "string" },
       packet: { type: "string", default: "16384" },
+      "max-padding": { type: "string", default: "3" },
     },
   });
   // Framed bulk writes: packets of this many bytes, as many as make about 64 KiB per write.
@@ -831,6 +840,10 @@ async function _main(): Promise<void> {
     throw new RangeError(`Invalid --packet: "${values.packet}" (4-16384, a multiple of 4)`);
   }
   PACKETS_PER_WRITE = Math.max(1, Math.floor(65536 / (PACKET + FRAME_HEADER_LEN)));
+  MAX_PADDING = Number(values["max-padding"]);
+  if (!Number.isInteger(MAX_PADDING) || MAX_PADDING < 0 || MAX_PADDING > 64) {
+    throw new RangeError(`Invalid --max-padding: "${values["max-padding"]}" (0-64)`);
+  }
   const mode = values.mode as LoadMode;
   if (!["dd", "ee", "relay"].includes(mode)) throw new RangeError(`Invalid --mode: "${mode}"`);
   const target: Target = {
