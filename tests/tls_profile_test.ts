@@ -15,6 +15,7 @@ import {
   TlsProfileStore,
 } from "../lib/guard/tls_profile.ts";
 import { makeSelfSignedCert } from "./kit/self_signed.ts";
+import { until } from "./helpers.ts";
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -423,8 +424,6 @@ function probe(port: number, extra: Partial<MeasureTlsProfileOptions> = {}) {
   return measureTlsProfile("127.0.0.1", port, { sni: "site.test", timeoutMs: 1000, ...extra });
 }
 
-const delay = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
 Deno.test("measureTlsProfile names the failing step in its error", async () => {
   const closed = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const deadPort = (closed.addr as Deno.NetAddr).port;
@@ -450,27 +449,70 @@ Deno.test("measureTlsProfile names the failing step in its error", async () => {
     );
     const aborter = new AbortController();
     setTimeout(() => aborter.abort(), 50);
-    await assertRejects(() => probe(port, { signal: aborter.signal }), TlsProbeError, "aborted");
+    // The deadline is far off: only the abort can end this probe.
+    await assertRejects(
+      () => probe(port, { signal: aborter.signal, timeoutMs: 60_000 }),
+      TlsProbeError,
+      "aborted",
+    );
     hold.resolve();
   });
 });
 
-Deno.test("measureTlsProfile waits for split records and stops after a quiet period", async () => {
+Deno.test("measureTlsProfile counts every record of a flight that arrives in pieces", async () => {
   const hello = serverHello([VERSIONS, KEY_SHARE]);
+  const pieces = [
+    concat(hello, CCS, record(0x17, randomBytes(30)), Uint8Array.of(0x17, 3)),
+    concat(Uint8Array.of(3, 0, 100), randomBytes(40)), // a header split, a record split
+    randomBytes(60),
+    record(0x17, randomBytes(53)),
+  ];
+  const total = pieces.reduce((n, p) => n + p.length, 0);
   const hold = Promise.withResolvers<void>();
   await withServer(async (conn) => {
-    await conn.write(concat(hello, CCS, record(0x17, randomBytes(30)), Uint8Array.of(0x17, 3)));
-    await delay(250); // longer than quietMs, but a record header is incomplete: keep reading
-    await conn.write(concat(Uint8Array.of(3, 0, 100), randomBytes(100)));
-    await delay(50); // shorter than quietMs
-    await conn.write(record(0x17, randomBytes(53)));
-    await hold.promise; // then stays open and silent
+    for (const p of pieces) await conn.write(p);
+    await hold.promise;
   }, async (port) => {
-    const p = await probe(port, { quietMs: 120, timeoutMs: 3000 });
+    // No quiet period can end this probe: it ends at the last byte (maxBytes), whatever the
+    // timing of the pieces.
+    const p = await probe(port, { quietMs: 60_000, maxBytes: total, timeoutMs: 10_000 });
     hold.resolve();
     assertEquals(p.appDataSizes, [30, 100, 53]);
     assertEquals(p.extensionOrder, "versions_first");
     assertEquals(p.cipherSuite, 0x1302);
+  });
+});
+
+Deno.test("measureTlsProfile reads on through quiet while a record header is incomplete, then stops after a quiet period", async () => {
+  const hello = serverHello([VERSIONS, KEY_SHARE]);
+  const hold = Promise.withResolvers<void>();
+  const resume = Promise.withResolvers<void>();
+  const lastWritten = Promise.withResolvers<void>();
+  await withServer(async (conn) => {
+    await conn.write(concat(hello, CCS, record(0x17, randomBytes(30)), Uint8Array.of(0x17, 3)));
+    await resume.promise;
+    await conn.write(concat(Uint8Array.of(3, 0, 100), randomBytes(100)));
+    lastWritten.resolve();
+    await hold.promise; // then stays open and silent
+  }, async (port) => {
+    const quietMs = 20;
+    let stopped = false;
+    // A deadline far away: only the quiet period can end the probe in time.
+    const probing = probe(port, { quietMs, timeoutMs: 30_000 }).finally(() => (stopped = true));
+    try {
+      // Ten quiet periods with half a record header pending: the probe must still be reading.
+      // (This window can only be longer than asked, which never fails a correct probe.)
+      await new Promise((r) => setTimeout(r, 10 * quietMs));
+      assert(!stopped, "the probe stopped while a record header was incomplete");
+      resume.resolve();
+      await lastWritten.promise;
+      await until(() => stopped, "the probe to stop after a quiet period", 5000);
+    } finally {
+      resume.resolve();
+      hold.resolve();
+    }
+    const p = await probing;
+    assertEquals(p.appDataSizes, [30, 100]);
   });
 });
 
