@@ -19,7 +19,7 @@ import {
   startFakeMiddleProxy,
 } from "./kit/fake_middle_proxy.ts";
 import { DEFAULT_FINGERPRINTS, parseResPq, reqDhParams, reqPq, reqPqMulti } from "./kit/tl.ts";
-import { closeQuietly, delay, isClosedError, writeAll } from "./kit/_io.ts";
+import { closeQuietly, isClosedError, writeAll } from "./kit/_io.ts";
 
 const SECRET = randomBytes(128);
 const AD_TAG = randomBytes(16);
@@ -493,7 +493,8 @@ Deno.test("fake middle proxy: stall holds reading until resumed", async () => {
     mp.stall(true);
     assert(mp.stalled);
     await client.send(client.req(1n, encryptedPacket(16)));
-    await delay(200);
+    // The fake read the request (its read loop was waiting on the socket) and holds it.
+    await mp.waitUntil(() => mp.heldReads === 1);
     assertEquals(mp.stats.proxyReqs, 1, "nothing handled while stalled");
     assertEquals(client.messages.length, 0);
 
@@ -511,8 +512,9 @@ Deno.test("fake middle proxy: stall holds reading until resumed", async () => {
     const count = 512; // 30 MiB
     for (let i = 0; i < count; i++) bodies.push([header.header(packet), packet]);
     const writing = client.write(client.encodeMany(bodies));
-    await delay(500);
-    assertEquals(mp.stats.proxyReqs, 1, "still nothing handled while stalled");
+    // Its read loop stays parked on the one read it holds: nothing more is read or handled.
+    assertEquals([mp.heldReads, mp.stats.proxyReqs], [1, 1], "still nothing handled while stalled");
+    assertEquals(client.messages.length, 0);
 
     mp.stall(false);
     assert(await writing);

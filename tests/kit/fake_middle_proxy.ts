@@ -213,6 +213,11 @@ export interface FakeMiddleProxy {
   /** True while {@linkcode FakeMiddleProxy.stall} holds reading. */
   readonly stalled: boolean;
   /**
+   * Reads that returned bytes while stalled, held unprocessed until the stall ended (since
+   * start): proof that data reached the fake and was not handled.
+   */
+  readonly heldReads: number;
+  /**
    * Resolve with the first recorded event (past or future) matching `predicate`; reject after
    * `timeoutMs` (default 5000).
    */
@@ -411,6 +416,7 @@ class _FakeMiddleProxy implements FakeMiddleProxy {
   #refuse = false;
   #handshakeError: number | null;
   #stalled = false;
+  #heldReads = 0;
   #gate = Promise.withResolvers<void>();
 
   constructor(listener: Deno.TcpListener, options: FakeMiddleProxyOptions) {
@@ -444,6 +450,10 @@ class _FakeMiddleProxy implements FakeMiddleProxy {
 
   get stalled(): boolean {
     return this.#stalled;
+  }
+
+  get heldReads(): number {
+    return this.#heldReads;
   }
 
   waitFor<T extends FakeMiddleEvent>(
@@ -664,12 +674,21 @@ class _FakeMiddleProxy implements FakeMiddleProxy {
     if (c.closed) return null;
     const n = await c.socket.read(buf);
     // Bytes read while stalled are held until reading resumes.
-    await this.#unstalled(c);
+    await this.#unstalled(c, n !== null);
     return c.closed ? null : n;
   }
 
-  async #unstalled(c: _Conn): Promise<void> {
-    while (this.#stalled && !c.closed) await Promise.race([this.#gate.promise, c.closedSignal]);
+  /** Wait while stalled; `holding`: with bytes read, counted once in heldReads while parked. */
+  async #unstalled(c: _Conn, holding = false): Promise<void> {
+    let counted = !holding;
+    while (this.#stalled && !c.closed) {
+      if (!counted) {
+        counted = true;
+        this.#heldReads++;
+        this.#waiters.changed();
+      }
+      await Promise.race([this.#gate.promise, c.closedSignal]);
+    }
   }
 
   async #serve(c: _Conn): Promise<void> {
