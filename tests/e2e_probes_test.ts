@@ -5,7 +5,7 @@
  * site, while real clients keep working.
  */
 import { assert, assertEquals, assertRejects, assertStringIncludes } from "./assert.ts";
-import { startTestProxy, TEST_SECRET, testConfig, type TestProxy } from "./helpers.ts";
+import { startTestProxy, TEST_SECRET, testConfig, type TestProxy, until } from "./helpers.ts";
 import { type FakeDc, startFakeDc } from "./kit/fake_dc.ts";
 import {
   fetchThrough,
@@ -343,7 +343,7 @@ function errorDc(): { port: number; close(): Promise<void> } {
         }
       }
       await loop;
-      while (conns.size > 0) await new Promise((r) => setTimeout(r, 10));
+      await until(() => conns.size === 0, "the error DC's connections to end", 5000);
     },
   };
 }

@@ -16,6 +16,7 @@ import {
   startHttpsSite,
 } from "./kit/https_site.ts";
 import { ipLiteralBytes, makeSelfSignedCert } from "./kit/self_signed.ts";
+import { until } from "./helpers.ts";
 
 const enc = new TextEncoder();
 
@@ -410,7 +411,7 @@ Deno.test("https site: close() ends live connections and frees the port", async 
   const tlsConn = await Deno.startTls(tcp, { hostname: "example.com", caCerts: [site.certPem] });
   try {
     await tlsConn.handshake(); // An idle, established TLS connection too.
-    while (site.connections < 2) await new Promise((r) => setTimeout(r, 5));
+    await until(() => site.connections >= 2, "the site to hold both connections", 5000);
     await site.close();
     await site.close(); // Idempotent.
     const probe = await pending;
