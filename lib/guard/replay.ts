@@ -4,10 +4,13 @@
  * replaying a captured handshake does not get a proxy's answer.
  *
  * The cache is pure: it reads no clock and sets no timer. The caller passes the time on each call
- * and old entries are dropped lazily then.
+ * and old entries are dropped lazily then. Its memory can be a `SharedArrayBuffer`, so that
+ * several `Worker` threads use one cache ({@linkcode createSharedReplayStorage},
+ * {@linkcode openSharedReplayCache}).
  *
  * @module
  */
+import { lockShared, unlockShared } from "./shared_lock.ts";
 
 /** A memory of recently seen handshake keys. */
 export interface ReplayCache {
@@ -65,6 +68,9 @@ export const REPLAY_KEY_BYTES = 16;
  * strings with small-integer timestamps measured 61 bytes per entry when filled and 91 in the
  * steady state, and took 34 µs per call there.
  *
+ * A shared cache ({@linkcode createSharedReplayStorage}) has the same arrays at full size from the
+ * start plus a 64-byte header: 30.9 bytes per entry at `maxEntries: 1_000_000`.
+ *
  * @example Usage
  * ```ts
  * import { REPLAY_ENTRY_BYTES } from "./replay.ts";
@@ -111,6 +117,98 @@ export const acceptAllReplays: ReplayCache = Object.freeze({
  * ```
  */
 export function createReplayCache(options: ReplayCacheOptions): ReplayCache {
+  _checkOptions(options);
+  return new _RingReplayCache(options.maxEntries, options.maxAgeMs, null);
+}
+
+/**
+ * Create the memory of a replay cache that several threads share. Send it to each `Worker` with
+ * `postMessage` and open it there (and wherever else it is used) with
+ * {@linkcode openSharedReplayCache}.
+ *
+ * Takes the options of {@linkcode createReplayCache}, with the same `RangeError`s. The storage has
+ * its full size at once, `maxEntries` times about {@linkcode REPLAY_ENTRY_BYTES} bytes: 15.5 MB
+ * for the default 500,000 entries. (The operating system maps its zeroed pages as they are first
+ * written, so resident memory still grows with use.)
+ *
+ * @example Usage
+ * ```ts
+ * import { createSharedReplayStorage, openSharedReplayCache } from "./replay.ts";
+ * const options = { maxEntries: 1_000, maxAgeMs: 60_000 };
+ * const storage = createSharedReplayStorage(options);
+ * // In a worker: openSharedReplayCache(event.data.storage, options)
+ * const cache = openSharedReplayCache(storage, options);
+ * cache.checkAndAdd(crypto.getRandomValues(new Uint8Array(32)), 0); // false
+ * ```
+ */
+export function createSharedReplayStorage(options: ReplayCacheOptions): SharedArrayBuffer {
+  _checkOptions(options);
+  const { maxEntries, maxAgeMs } = options;
+  const storage = new SharedArrayBuffer(_sharedLayout(maxEntries).bytes);
+  const state = new Uint32Array(storage, 0, _HEADER_WORDS);
+  state[_H_MAGIC] = _MAGIC;
+  state[_H_MAX_ENTRIES] = maxEntries;
+  state[_H_SEED] = crypto.getRandomValues(new Uint32Array(1))[0]!;
+  new Float64Array(storage, _H_FLOATS_AT, 2)[_F_MAX_AGE] = maxAgeMs;
+  return storage;
+}
+
+/**
+ * Open a replay cache over `storage` from {@linkcode createSharedReplayStorage}. All caches opened
+ * on one storage, in any threads, are one cache: a key recorded through one of them is a replay
+ * to all, and exactly one of several threads checking a new key at once is told it is new.
+ *
+ * `options` must be the ones the storage was made with (a `RangeError` otherwise). The cache
+ * behaves as {@linkcode createReplayCache}'s, with the same bounds and eviction; its clock is the
+ * latest time any of them was given. Each `checkAndAdd` holds a lock on the storage (see
+ * `shared_lock.ts`) for about a microsecond; now and then it squeezes the ring or drops many
+ * expired keys and holds the lock longer (as long as the in-process cache takes for the same
+ * work), while other threads calling in wait.
+ *
+ * @example Usage
+ * ```ts
+ * import { createSharedReplayStorage, openSharedReplayCache } from "./replay.ts";
+ * const options = { maxEntries: 1_000, maxAgeMs: 60_000 };
+ * const storage = createSharedReplayStorage(options);
+ * const inWorkerA = openSharedReplayCache(storage, options);
+ * const inWorkerB = openSharedReplayCache(storage, options);
+ * const clientRandom = crypto.getRandomValues(new Uint8Array(32));
+ * inWorkerA.checkAndAdd(clientRandom, 1_000); // false: first time
+ * inWorkerB.checkAndAdd(clientRandom, 1_000); // true: a replay
+ * inWorkerA.size; // 1
+ * ```
+ */
+export function openSharedReplayCache(
+  storage: SharedArrayBuffer,
+  options: ReplayCacheOptions,
+): ReplayCache {
+  _checkOptions(options);
+  const { maxEntries, maxAgeMs } = options;
+  const notStorage = () =>
+    new TypeError(
+      "Not shared replay storage: expected a SharedArrayBuffer from createSharedReplayStorage",
+    );
+  if (!(storage instanceof SharedArrayBuffer) || storage.byteLength < _HEADER_BYTES) {
+    throw notStorage();
+  }
+  const state = new Uint32Array(storage, 0, _HEADER_WORDS);
+  if (state[_H_MAGIC] !== _MAGIC) throw notStorage();
+  const madeFor = {
+    maxEntries: state[_H_MAX_ENTRIES]!,
+    maxAgeMs: new Float64Array(storage, _H_FLOATS_AT, 2)[_F_MAX_AGE]!,
+  };
+  if (madeFor.maxEntries !== maxEntries || madeFor.maxAgeMs !== maxAgeMs) {
+    throw new RangeError(
+      `Shared replay storage was made for ${JSON.stringify(madeFor)}: got ${
+        JSON.stringify({ maxEntries, maxAgeMs })
+      }`,
+    );
+  }
+  if (storage.byteLength !== _sharedLayout(maxEntries).bytes) throw notStorage();
+  return new _RingReplayCache(maxEntries, maxAgeMs, storage);
+}
+
+function _checkOptions(options: ReplayCacheOptions): void {
   const { maxEntries, maxAgeMs } = options;
   if (!Number.isInteger(maxEntries) || maxEntries < 1 || maxEntries > _MAX_ENTRIES) {
     throw new RangeError(
@@ -122,7 +220,6 @@ export function createReplayCache(options: ReplayCacheOptions): ReplayCache {
       `Replay cache maxAgeMs must be from 1 to ${_MAX_AGE_MS}: got ${maxAgeMs}`,
     );
   }
-  return new _RingReplayCache(maxEntries, maxAgeMs);
 }
 
 const _MAX_ENTRIES = 2 ** 27;
@@ -134,6 +231,38 @@ const _DEAD = 0xffff_ffff;
 /** Largest timestamp a slot can hold (relative to the base). */
 const _MAX_TIME = 0xffff_fffe;
 
+// Shared storage: a 64-byte header, then the ring's keys and times and the hash table, each at
+// full size. The header holds a lock, what the storage was made for, and the ring's state.
+const _HEADER_BYTES = 64;
+const _HEADER_WORDS = _HEADER_BYTES / 4;
+/** Header words (32-bit). */
+const _H_LOCK = 0, _H_MAGIC = 1, _H_MAX_ENTRIES = 2, _H_SEED = 3;
+const _H_TAIL = 4, _H_USED = 5, _H_LIVE = 6, _H_STARTED = 7, _H_LAST = 8;
+/** Byte offset of the header's two float64 cells: the base time and maxAgeMs. */
+const _H_FLOATS_AT = 48;
+const _F_BASE = 0, _F_MAX_AGE = 1;
+/** Marks storage made by createSharedReplayStorage ("RPL1"). */
+const _MAGIC = 0x52504c31;
+
+/** Ring slots at full growth: `maxEntries` plus one-eighth spare for dead slots. */
+function _fullSlots(maxEntries: number): number {
+  return maxEntries + Math.ceil(maxEntries / 8);
+}
+
+/** Power-of-two hash table size keeping the load at most 0.5 for `entries` live keys. */
+function _tableSize(entries: number): number {
+  let size = 4;
+  while (size < entries * 2) size *= 2;
+  return size;
+}
+
+/** Where the arrays of shared storage for `maxEntries` lie, and its size in bytes. */
+function _sharedLayout(maxEntries: number): { slots: number; table: number; bytes: number } {
+  const slots = _fullSlots(maxEntries);
+  const table = _tableSize(maxEntries);
+  return { slots, table, bytes: _HEADER_BYTES + slots * 20 + table * 4 };
+}
+
 /**
  * Entries live in a ring, oldest at `#tail`, in the order they were last seen, so expiry and
  * eviction pop from the tail. Per slot: four 32-bit words of key in `#keys` and a timestamp
@@ -141,6 +270,11 @@ const _MAX_TIME = 0xffff_fffe;
  * marked dead; dead slots are skipped at the tail and squeezed out when the ring fills up, which
  * is why the ring has spare slots. An open-addressing hash table (linear probing, backward-shift
  * deletion) maps each held key to its slot, storing `slot + 1` so that 0 means empty.
+ *
+ * Over shared storage the arrays are views of it at full size (so the ring never grows, only
+ * squeezes), and the ring's state (tail, counts, clock) lives in the storage's header: each call
+ * takes the header's lock, loads that state into the fields, runs exactly as in-process, and
+ * stores it back before letting go.
  */
 class _RingReplayCache implements ReplayCache {
   readonly #maxEntries: number;
@@ -149,6 +283,11 @@ class _RingReplayCache implements ReplayCache {
   readonly #fullSlots: number;
   /** A random hash seed, so that chosen keys cannot aim at one hash chain. */
   readonly #seed: number;
+  /** Shared storage's header as 32-bit words: the lock word and the state; null in-process. */
+  readonly #lock: Int32Array | null = null;
+  readonly #state: Uint32Array | null = null;
+  /** Shared storage's float64 header cells (the base time). */
+  readonly #floats: Float64Array | null = null;
   #slots: number;
   #keys: Int32Array;
   #times: Uint32Array;
@@ -166,23 +305,50 @@ class _RingReplayCache implements ReplayCache {
   /** The latest time seen, relative to `#base`. */
   #last = 0;
 
-  constructor(maxEntries: number, maxAgeMs: number) {
+  constructor(maxEntries: number, maxAgeMs: number, storage: SharedArrayBuffer | null) {
     this.#maxEntries = maxEntries;
     this.#maxAgeMs = maxAgeMs;
-    this.#fullSlots = maxEntries + Math.ceil(maxEntries / 8);
-    this.#seed = crypto.getRandomValues(new Uint32Array(1))[0]!;
-    this.#slots = Math.min(this.#fullSlots, _INITIAL_SLOTS);
-    this.#keys = new Int32Array(this.#slots * 4);
-    this.#times = new Uint32Array(this.#slots);
-    this.#table = new Uint32Array(this.#tableSizeFor(this.#slots));
+    this.#fullSlots = _fullSlots(maxEntries);
+    if (storage === null) {
+      this.#seed = crypto.getRandomValues(new Uint32Array(1))[0]!;
+      this.#slots = Math.min(this.#fullSlots, _INITIAL_SLOTS);
+      this.#keys = new Int32Array(this.#slots * 4);
+      this.#times = new Uint32Array(this.#slots);
+      this.#table = new Uint32Array(this.#tableSizeFor(this.#slots));
+    } else {
+      const { slots, table } = _sharedLayout(maxEntries);
+      this.#lock = new Int32Array(storage, 0, _HEADER_WORDS);
+      this.#state = new Uint32Array(storage, 0, _HEADER_WORDS);
+      this.#floats = new Float64Array(storage, _H_FLOATS_AT, 2);
+      this.#seed = this.#state[_H_SEED]!;
+      this.#slots = slots;
+      this.#keys = new Int32Array(storage, _HEADER_BYTES, slots * 4);
+      this.#times = new Uint32Array(storage, _HEADER_BYTES + slots * 16, slots);
+      this.#table = new Uint32Array(storage, _HEADER_BYTES + slots * 20, table);
+    }
     this.#mask = this.#table.length - 1;
   }
 
   get size(): number {
-    return this.#live;
+    return this.#state === null ? this.#live : Atomics.load(this.#state, _H_LIVE);
   }
 
   checkAndAdd(key: Uint8Array, nowMs: number): boolean {
+    const lock = this.#lock;
+    if (lock === null) return this.#record(key, nowMs);
+    lockShared(lock, _H_LOCK);
+    try {
+      this.#load();
+      const seen = this.#record(key, nowMs);
+      this.#store();
+      return seen;
+    } finally {
+      unlockShared(lock, _H_LOCK);
+    }
+  }
+
+  /** The work of `checkAndAdd`, on the fields (loaded from shared storage when there is one). */
+  #record(key: Uint8Array, nowMs: number): boolean {
     if (key.length < REPLAY_KEY_BYTES) {
       throw new RangeError(
         `Replay key must be at least ${REPLAY_KEY_BYTES} bytes: got ${key.length}`,
@@ -224,6 +390,28 @@ class _RingReplayCache implements ReplayCache {
     this.#live++;
     this.#tableInsert(slot, hash);
     return seen;
+  }
+
+  /** Read the ring's state from shared storage (under its lock). */
+  #load(): void {
+    const state = this.#state!;
+    this.#tail = state[_H_TAIL]!;
+    this.#used = state[_H_USED]!;
+    this.#live = state[_H_LIVE]!;
+    this.#started = state[_H_STARTED] === 1;
+    this.#last = state[_H_LAST]!;
+    this.#base = this.#floats![_F_BASE]!;
+  }
+
+  /** Write the ring's state back to shared storage (before letting go of its lock). */
+  #store(): void {
+    const state = this.#state!;
+    state[_H_TAIL] = this.#tail;
+    state[_H_USED] = this.#used;
+    Atomics.store(state, _H_LIVE, this.#live);
+    state[_H_STARTED] = this.#started ? 1 : 0;
+    state[_H_LAST] = this.#last;
+    this.#floats![_F_BASE] = this.#base;
   }
 
   /** Turn `nowMs` into a timestamp relative to `#base`, dropping expired entries on the way. */
@@ -305,10 +493,7 @@ class _RingReplayCache implements ReplayCache {
 
   /** Power-of-two table size keeping the load at most 0.5 for as many entries as can be live. */
   #tableSizeFor(slots: number): number {
-    const entries = Math.min(slots, this.#maxEntries);
-    let size = 4;
-    while (size < entries * 2) size *= 2;
-    return size;
+    return _tableSize(Math.min(slots, this.#maxEntries));
   }
 
   #slotHash(slot: number): number {
