@@ -99,6 +99,75 @@ export interface PolicySlot {
 const NO_SLOT: PolicySlot = { release() {} };
 
 /**
+ * Where a {@linkcode ConnectionPolicy} counts the connections held per key (an {@linkcode ipKey}
+ * or an SNI). {@linkcode createMemoryCounts} counts in this thread; `openSharedCounts` in
+ * `shared_counts.ts` counts for several threads together.
+ */
+export interface ConnectionCounts {
+  /**
+   * Count one more connection under `key` unless `limit` are counted there already, and say
+   * whether it was counted. A `limit` of 0 means no limit (it counts all the same).
+   */
+  tryAcquire(key: string, limit: number): boolean;
+  /** Count one fewer under `key`: once for each `tryAcquire` that returned true. */
+  release(key: string): void;
+  /** Keys with at least one connection counted. */
+  readonly size: number;
+}
+
+/**
+ * In-process {@linkcode ConnectionCounts}, the default: a `Map` from key to count that holds only
+ * keys with connections.
+ *
+ * @example Usage
+ * ```ts
+ * import { createMemoryCounts } from "./policy.ts";
+ * const counts = createMemoryCounts();
+ * counts.tryAcquire("198.51.100.1", 1); // true
+ * counts.tryAcquire("198.51.100.1", 1); // false: the limit is 1
+ * counts.release("198.51.100.1");
+ * counts.size; // 0
+ * ```
+ */
+export function createMemoryCounts(): ConnectionCounts {
+  const counts = new Map<string, number>();
+  return {
+    tryAcquire(key: string, limit: number): boolean {
+      const n = counts.get(key) ?? 0;
+      if (limit > 0 && n >= limit) return false;
+      counts.set(key, n + 1);
+      return true;
+    },
+    release(key: string): void {
+      const left = (counts.get(key) ?? 1) - 1;
+      if (left <= 0) counts.delete(key);
+      else counts.set(key, left);
+    },
+    get size(): number {
+      return counts.size;
+    },
+  };
+}
+
+/** Options of {@linkcode ConnectionPolicy}. */
+export interface ConnectionPolicyOptions {
+  /**
+   * Where connections per address key are counted; pass shared counts so that several threads
+   * (each with its own policy) apply `max_connections_per_ip` together.
+   *
+   * @default {createMemoryCounts()}
+   */
+  ipCounts?: ConnectionCounts;
+  /**
+   * Where connections per SNI are counted. Keep it apart from `ipCounts`: a client may name
+   * any SNI, one spelled like an address key among them.
+   *
+   * @default {createMemoryCounts()}
+   */
+  sniCounts?: ConnectionCounts;
+}
+
+/**
  * Applies a {@linkcode PolicyConfig}: address lists and per-address limits when a connection is
  * accepted, SNI lists and per-SNI limits once a fake-TLS client has proven it holds the secret.
  *
@@ -122,10 +191,12 @@ export class ConnectionPolicy {
   #denyIps: readonly Cidr[] = [];
   #allowSni: ReadonlySet<string> = new Set();
   #denySni: ReadonlySet<string> = new Set();
-  readonly #perIp = new Map<string, number>();
-  readonly #perSni = new Map<string, number>();
+  readonly #perIp: ConnectionCounts;
+  readonly #perSni: ConnectionCounts;
 
-  constructor(config: PolicyConfig) {
+  constructor(config: PolicyConfig, options: ConnectionPolicyOptions = {}) {
+    this.#perIp = options.ipCounts ?? createMemoryCounts();
+    this.#perSni = options.sniCounts ?? createMemoryCounts();
     this.update(config);
   }
 
@@ -174,7 +245,10 @@ export class ConnectionPolicy {
     return this.#maxPerSni > 0 || this.#allowSni.size > 0 || this.#denySni.size > 0;
   }
 
-  /** Connections held now, per address key and per SNI (for tests and metrics). */
+  /**
+   * Keys that hold connections now: address keys and SNIs (for tests and metrics; with shared
+   * counts, those of every thread).
+   */
   get held(): { ips: number; snis: number } {
     return { ips: this.#perIp.size, snis: this.#perSni.size };
   }
@@ -198,18 +272,14 @@ export class ConnectionPolicy {
 }
 
 /** Count one more under `key` unless `max` are held; the slot gives it back once. */
-function _take(counts: Map<string, number>, key: string, max: number): PolicySlot | null {
-  const n = counts.get(key) ?? 0;
-  if (n >= max) return null;
-  counts.set(key, n + 1);
+function _take(counts: ConnectionCounts, key: string, max: number): PolicySlot | null {
+  if (!counts.tryAcquire(key, max)) return null;
   let released = false;
   return {
     release() {
       if (released) return;
       released = true;
-      const left = (counts.get(key) ?? 1) - 1;
-      if (left <= 0) counts.delete(key);
-      else counts.set(key, left);
+      counts.release(key);
     },
   };
 }
