@@ -5,14 +5,25 @@
  * @module
  */
 import { logger } from "./ops/log.ts";
-import type { Config, FrontCredential, ListenerConfig, PolicyConfig } from "./config/types.ts";
+import type {
+  Config,
+  FrontCredential,
+  ListenerConfig,
+  PolicyConfig,
+  SharedStateConfig,
+} from "./config/types.ts";
 import { closeQuietly, formatHostPort, type Listener, listenTcp } from "./net.ts";
 import type { EventSink, ProxyEvent } from "./client/events.ts";
 import { Session, type SessionContext, type SessionGuard } from "./client/session.ts";
 import { defaultCipherBackend, openSslLoadError, randomInt } from "./crypto.ts";
-import { acceptAllReplays, createReplayCache } from "./guard/replay.ts";
+import { acceptAllReplays, createReplayCache, type ReplayCache } from "./guard/replay.ts";
 import { frontableSnis, isOwnAddress, localIpAddresses } from "./guard/fronting.ts";
-import { fakeCertSize, type RefreshTarget, TlsProfileStore } from "./guard/tls_profile.ts";
+import {
+  fakeCertSize,
+  type RefreshTarget,
+  type TlsProfile,
+  TlsProfileStore,
+} from "./guard/tls_profile.ts";
 import { GROUP_X25519, GROUP_X25519_MLKEM768 } from "./protocol/fake_tls.ts";
 import { MiddleProxies, usesMiddleProxies } from "./telegram/middle_proxies.ts";
 import { LocalTelegram } from "./telegram/local.ts";
@@ -20,9 +31,12 @@ import type { TelegramSide } from "./telegram/side.ts";
 import { type BackStats, type BoundLinkListener, LinkServer } from "./link/back.ts";
 import { type BackLinkStats, LinkTelegram } from "./link/front.ts";
 import { TelegramConfigStore } from "./telegram/proxy_config.ts";
+import type { TelegramConfigSource } from "./telegram/middle_proxies.ts";
 import { VERSION } from "./version.ts";
 import { Metrics, type MetricsSnapshot, type MetricsTotals } from "./ops/metrics.ts";
-import { ConnectionPolicy } from "./guard/policy.ts";
+import { ConnectionPolicy, createMemoryCounts, ipKey, parseIp16 } from "./guard/policy.ts";
+import { connectRedisState, type RedisState } from "./guard/redis_state.ts";
+import type { WorkerCounts } from "./workers/shared.ts";
 
 /** Deadline of each download from core.telegram.org (the Erlang proxy's value). */
 const CORE_API_TIMEOUT_MS = 3000;
@@ -54,6 +68,8 @@ export interface ServerHandle {
   frontLinks(): BackStats | null;
   /** Stop accepting, give live clients the grace period, then close the rest. */
   shutdown(): Promise<void>;
+  /** As shutdown, with `timeouts.drain` for live clients (an upgrade took the ports). */
+  drain(): Promise<void>;
   /** Resolves once shutdown has finished. */
   readonly closed: Promise<void>;
   /** A snapshot of the counters. */
@@ -87,6 +103,21 @@ export interface StartServerOptions {
   events?: EventSink;
   /** Where the last good copies of Telegram's middle-proxy config are kept. */
   cacheDir?: string;
+  /** Listen with SO_REUSEPORT, so that other workers or the next process share the ports. */
+  reusePort?: boolean;
+  /** Telegram's config from whoever fetches it for every worker; by default loaded here. */
+  telegram?: TelegramConfigFeed;
+  /**
+   * The fronted sites' TLS profiles, measured by whoever owns them for every worker; by
+   * default measured here.
+   */
+  profiles?: TlsProfileStore;
+  /** A replay cache shared with other workers; by default one of this server's own. */
+  replay?: ReplayCache;
+  /** A back's instance id, the same in every worker of a process. @default random */
+  instance?: Uint8Array;
+  /** Connection counts shared with other workers (max_connections and policy limits). */
+  counts?: WorkerCounts;
 }
 
 function _logEvent(e: ProxyEvent): void {
@@ -160,12 +191,7 @@ export async function startServer(
   config: Config,
   options: StartServerOptions = {},
 ): Promise<ServerHandle> {
-  if (config.role === "front") return _start(config, options, null);
-  // A back cannot know which fronts send an ad tag: unless direct mode is forced, be ready.
-  const needsMiddle = config.role === "back"
-    ? config.telegram.mode !== "direct"
-    : config.listeners.some((l) => usesMiddleProxies(config, l));
-  const middle = needsMiddle ? await _startMiddle(config, options) : null;
+  const middle = needsMiddleProxies(config) ? await _startMiddle(config, options) : null;
   try {
     return _start(config, options, middle);
   } catch (e) {
@@ -180,11 +206,25 @@ interface _Middle {
   stop(): Promise<void>;
 }
 
-/** Middle-proxy mode: Telegram's config (network, cache or bundled), our IP, the pools. */
-async function _startMiddle(
+/** Telegram's middle-proxy config and our public IP, as the pools need them. */
+export interface TelegramConfigFeed {
+  readonly source: TelegramConfigSource;
+  /** Our public IPv4; null: each connection's local address. */
+  readonly externalIp: string | null;
+  /** Fetch the config now (SIGHUP); resolves when done, never rejects. */
+  refresh(): Promise<void>;
+  /** Stop refreshing. */
+  stop(): void;
+}
+
+/**
+ * Load Telegram's config (network, cache or bundled), find our public IP, and refresh the
+ * config every `telegram.refresh_interval`: done once per process, whatever the worker count.
+ */
+export async function loadTelegramConfig(
   config: Config,
-  options: StartServerOptions,
-): Promise<_Middle> {
+  options: { cacheDir?: string } = {},
+): Promise<TelegramConfigFeed> {
   const t = config.telegram;
   const store = new TelegramConfigStore(
     {
@@ -217,10 +257,40 @@ async function _startMiddle(
       );
     }
   }
-  const proxies = new MiddleProxies({
-    config,
+  const refreshNow = () =>
+    store.refresh().then((r) => {
+      for (const p of r.problems) log.warn("Telegram config refresh: {problem}", { problem: p });
+      if (r.change) log.info("Telegram config refreshed: middle-proxy list or secret changed");
+    }, (e) => log.warn("Telegram config refresh failed: {error}", { error: String(e) }));
+  const timer = setInterval(refreshNow, t.refreshIntervalMs);
+  return {
     source: store,
     externalIp,
+    refresh: refreshNow,
+    stop: () => clearInterval(timer),
+  };
+}
+
+/** Whether a server with `config` talks to Telegram's middle proxies (and needs their config). */
+export function needsMiddleProxies(config: Config): boolean {
+  if (config.role === "front") return false;
+  // A back cannot know which fronts send an ad tag: unless direct mode is forced, be ready.
+  return config.role === "back"
+    ? config.telegram.mode !== "direct"
+    : config.listeners.some((l) => usesMiddleProxies(config, l));
+}
+
+/** Middle-proxy mode: the pools, on Telegram's config from `feed` (or loaded here). */
+async function _startMiddle(
+  config: Config,
+  options: StartServerOptions,
+): Promise<_Middle> {
+  const own = options.telegram ? null : await loadTelegramConfig(config, options);
+  const feed = options.telegram ?? own!;
+  const proxies = new MiddleProxies({
+    config,
+    source: feed.source,
+    externalIp: feed.externalIp,
     events: {
       connected: (dc, conn) =>
         log.info("DC {dc}: middle proxy {address} connected (#{id})", {
@@ -243,17 +313,11 @@ async function _startMiddle(
     },
   });
   proxies.warm();
-  const refreshNow = () =>
-    store.refresh().then((r) => {
-      for (const p of r.problems) log.warn("Telegram config refresh: {problem}", { problem: p });
-      if (r.change) log.info("Telegram config refreshed: middle-proxy list or secret changed");
-    }, (e) => log.warn("Telegram config refresh failed: {error}", { error: String(e) }));
-  const refresh = setInterval(refreshNow, t.refreshIntervalMs);
   return {
     proxies,
-    refresh: refreshNow,
+    refresh: feed.refresh,
     stop() {
-      clearInterval(refresh);
+      own?.stop();
       return proxies.close();
     },
   };
@@ -341,7 +405,10 @@ function _start(
   const bound: { config: ListenerConfig; socket: Listener }[] = [];
   try {
     for (const l of config.listeners) {
-      bound.push({ config: l, socket: listenTcp(l.host, l.port) });
+      bound.push({
+        config: l,
+        socket: listenTcp(l.host, l.port, { reusePort: options.reusePort ?? false }),
+      });
     }
   } catch (e) {
     for (const b of bound) closeQuietly(b.socket);
@@ -361,13 +428,16 @@ function _start(
   const metricsText = () =>
     metrics.render({
       ..._metricsSnapshot(sessions, middle, guard.replaySize()),
+      ...(fleet
+        ? { sharedState: { up: fleet.state.available, localDecisions: fleet.localDecisions } }
+        : {}),
       ...(links ? { backs: links.stats() } : {}),
       ...(linkServer ? { fronts: linkServer.stats() } : {}),
     });
   let metricsHttp: MetricsEndpoint | null = null;
   if (config.metrics.listen) {
     try {
-      metricsHttp = _serveMetrics(config.metrics.listen, metricsText);
+      metricsHttp = serveMetrics(config.metrics.listen, metricsText);
     } catch (e) {
       for (const b of bound) closeQuietly(b.socket);
       const { host, port } = config.metrics.listen;
@@ -385,10 +455,18 @@ function _start(
   // A back: link listeners instead of client listeners (config.listeners is empty).
   let linkServer: LinkServer | null = null;
   let linkAddresses: BoundLinkListener[] = [];
-  const guardDomains = config.role === "back" ? config.linkListeners : config.listeners;
-  const guard = _guard(config, guardDomains, () => [...addresses, ...linkAddresses]);
+  // The policy's limits as last reloaded: a fleet counts against them too.
+  let policyRules = config.policy;
+  const fleet = config.sharedState ? _connectFleet(config.sharedState, () => policyRules) : null;
+  const guard = _guard(config, options, () => [...addresses, ...linkAddresses], fleet);
   if (config.role === "back") {
-    linkServer = new LinkServer({ config, telegram: local!, guard: guard.session });
+    linkServer = new LinkServer({
+      config,
+      telegram: local!,
+      guard: guard.session,
+      reusePort: options.reusePort ?? false,
+      ...(options.instance ? { instance: options.instance } : {}),
+    });
     try {
       linkAddresses = linkServer.listen();
     } catch (e) {
@@ -399,7 +477,13 @@ function _start(
     }
   }
   const sessions = new Set<Session>();
-  const policy = new ConnectionPolicy(config.policy);
+  // Workers count connections together (shared memory); alone, in this thread.
+  const counts = options.counts;
+  const policy = new ConnectionPolicy(
+    config.policy,
+    counts ? { ipCounts: counts.ips, sniCounts: counts.snis } : {},
+  );
+  const listenerCounts = counts?.listeners ?? createMemoryCounts();
   // Resolves a shutdown waiting for the last session (set only while one waits).
   let drainedNow: (() => void) | null = null;
   let accepting = true;
@@ -421,7 +505,6 @@ function _start(
   }, tickMs);
 
   async function acceptLoop(l: ListenerConfig, socket: Listener): Promise<void> {
-    let active = 0;
     const ctx: SessionContext = {
       listener: l,
       config,
@@ -432,7 +515,7 @@ function _start(
       onDone(session) {
         session.ipSlot?.release();
         sessions.delete(session);
-        active--;
+        listenerCounts.release(l.name);
         if (sessions.size === 0) drainedNow?.();
       },
     };
@@ -452,12 +535,14 @@ function _start(
       const remote = conn.remoteAddr as Deno.NetAddr;
       // Behind a balancer (proxy_protocol) the session applies the address rules to the client
       // its PROXY header names.
-      const slot = active >= config.maxConnections
+      const counted = listenerCounts.tryAcquire(l.name, config.maxConnections);
+      const slot = !counted
         ? "too_many_connections"
         : l.proxyProtocol
         ? null
         : policy.admitIp(remote.hostname);
       if (typeof slot === "string") {
+        if (counted) listenerCounts.release(l.name);
         closeQuietly(conn);
         const peer = `${remote.hostname}:${remote.port}`;
         sink.emit({ type: "rejected", listener: l.name, peer, reason: slot });
@@ -467,7 +552,6 @@ function _start(
       session.ipSlot = slot;
       sink.emit({ type: "accepted", listener: l.name, peer: session.peer });
       sessions.add(session);
-      active++;
       session.start();
     }
   }
@@ -478,18 +562,17 @@ function _start(
   const closed = new Promise<void>((r) => (resolveClosed = r));
   let shuttingDown: Promise<void> | null = null;
 
-  async function shutdown(): Promise<void> {
+  async function shutdown(graceMs: number): Promise<void> {
     accepting = false;
     for (const b of bound) closeQuietly(b.socket);
     await Promise.all(loops);
     if (sessions.size > 0) {
       log.info("Shutting down: waiting up to {ms} ms for {n} clients", {
-        ms: config.timeouts.shutdownGraceMs,
+        ms: graceMs,
         n: sessions.size,
       });
       const drained = new Promise<void>((r) => (drainedNow = r));
       let timer: ReturnType<typeof setTimeout> | undefined;
-      const graceMs = config.timeouts.shutdownGraceMs;
       await Promise.race([drained, new Promise((r) => (timer = setTimeout(r, graceMs)))]);
       clearTimeout(timer);
       for (const s of sessions) s.abort("shutdown");
@@ -497,10 +580,11 @@ function _start(
       drainedNow = null;
     }
     clearInterval(sweeper);
-    await linkServer?.shutdown(config.timeouts.shutdownGraceMs);
+    await linkServer?.shutdown(graceMs);
     await links?.close();
     await metricsHttp?.stop();
     await guard.stop();
+    await fleet?.state.close();
     await middle?.stop();
     resolveClosed();
   }
@@ -512,6 +596,7 @@ function _start(
     stats: () => ({ ...metrics.totals(), active: sessions.size }),
     updatePolicy(rules) {
       policy.update(rules);
+      policyRules = rules;
       let closed = 0;
       for (const s of sessions) {
         if (s.phase === "done") continue;
@@ -529,7 +614,8 @@ function _start(
     frontLinks: () => linkServer?.stats() ?? null,
     metricsAddress: metricsHttp?.address ?? null,
     metricsText,
-    shutdown: () => (shuttingDown ??= shutdown()),
+    shutdown: () => (shuttingDown ??= shutdown(config.timeouts.shutdownGraceMs)),
+    drain: () => (shuttingDown ??= shutdown(config.timeouts.drainMs)),
     refreshTelegramConfig: () => middle?.refresh() ?? Promise.resolve(),
     middleConnections: () => middle?.proxies.connectionCount ?? 0,
     middleStats() {
@@ -546,23 +632,41 @@ function _start(
   };
 }
 
+/** The sites whose TLS profile a server imitates: its listeners', or a back's link listeners'. */
+export function imitatedSites(config: Config): readonly { tlsDomains: readonly string[] }[] {
+  return config.role === "back" ? config.linkListeners : config.listeners;
+}
+
 /**
  * Replay cache, fronting checks and the fake-TLS answer shape shared by all sessions, plus the
- * periodic measuring of each tls_domain's real site.
+ * periodic measuring of each tls_domain's real site (unless someone else measures them).
  */
 function _guard(
   config: Config,
-  sites: readonly { tlsDomains: readonly string[] }[],
+  options: StartServerOptions,
   addresses: () => readonly { host: string; port: number }[],
+  fleet: _Fleet | null,
 ): { session: SessionGuard; replaySize(): number; stop(): Promise<void> } {
-  const replay = config.replay.maxEntries > 0
-    ? createReplayCache({ maxEntries: config.replay.maxEntries, maxAgeMs: config.replay.maxAgeMs })
-    : acceptAllReplays;
+  const sites = imitatedSites(config);
+  const replay = options.replay ??
+    (config.replay.maxEntries > 0
+      ? createReplayCache({
+        maxEntries: config.replay.maxEntries,
+        maxAgeMs: config.replay.maxAgeMs,
+      })
+      : acceptAllReplays);
   const replaySize = () => replay.size;
-  const profiles = new TlsProfileStore();
+  const profiles = options.profiles ?? new TlsProfileStore();
   const localIps = localIpAddresses();
+  const replayTtlSec = Math.max(1, Math.ceil(config.replay.maxAgeMs / 1000));
   const session: SessionGuard = {
-    seenBefore: (key) => replay.checkAndAdd(key, Date.now()),
+    seenBefore(key) {
+      // Our own memory first: a replay to this proxy costs no round trip.
+      if (replay.checkAndAdd(key, Date.now())) return true;
+      if (!fleet || config.replay.maxEntries === 0) return false;
+      return fleet.state.replaySeen(key, replayTtlSec).then((seen) => seen ?? fleet.alone(false));
+    },
+    ...(fleet ? { admitFleet: (kind, key) => fleet.admit(kind, key) } : {}),
     frontableSnis: frontableSnis(sites, config.fronting),
     isOwnAddress: (addr) => isOwnAddress(addr, addresses(), localIps),
     answerShape(sni) {
@@ -576,13 +680,23 @@ function _guard(
       };
     },
   };
+  const measuring = options.profiles ? null : measureSites(config, profiles);
+  return { session, replaySize, stop: () => measuring?.stop() ?? Promise.resolve() };
+}
 
-  // Measure the real sites our answers imitate: only where fronting points at them anyway.
+/**
+ * Measure the real sites our fake-TLS answers imitate, now and every `tls.profile_refresh`,
+ * into `profiles`: only where fronting points at them anyway. `measured` hears of each new
+ * profile (a supervisor hands them to its workers).
+ */
+export function measureSites(
+  config: Config,
+  profiles: TlsProfileStore,
+  measured?: (domain: string, profile: TlsProfile) => void,
+): { stop(): Promise<void> } {
   const mode = config.fronting.mode;
-  if (mode === "off" || config.tls.profileRefreshMs === 0) {
-    return { session, replaySize, stop: () => Promise.resolve() };
-  }
-  const domains = [...new Set(sites.flatMap((l) => l.tlsDomains))];
+  if (mode === "off" || config.tls.profileRefreshMs === 0) return { stop: () => Promise.resolve() };
+  const domains = [...new Set(imitatedSites(config).flatMap((l) => l.tlsDomains))];
   const abort = new AbortController();
   const running = new Set<Promise<unknown>>();
   const refresh = () => {
@@ -602,6 +716,7 @@ function _guard(
               sizes: p.appDataSizes.join("+"),
             },
           );
+          measured?.(domain, p);
         } else if (!abort.signal.aborted) {
           log.warn("Cannot measure {domain} ({error}); fake-TLS answers use {kind}", {
             domain,
@@ -617,12 +732,73 @@ function _guard(
   refresh();
   const timer = setInterval(refresh, config.tls.profileRefreshMs);
   return {
-    session,
-    replaySize,
     async stop() {
       clearInterval(timer);
       abort.abort();
       await Promise.all([...running]);
+    },
+  };
+}
+
+/** A fleet's shared state on Redis, as the guard uses it. */
+interface _Fleet {
+  readonly state: RedisState;
+  /** Count a decision made alone (Redis could not say) and return `answer`. */
+  alone<T>(answer: T): T;
+  readonly localDecisions: number;
+  admit(kind: "ip" | "sni", key: string): Promise<(() => void) | "limit" | null>;
+}
+
+/** Connect to the fleet's Redis (in the background; every answer is bounded by its timeout). */
+function _connectFleet(shared: SharedStateConfig, rules: () => PolicyConfig): _Fleet {
+  const fleetLog = logger("fleet");
+  const state = connectRedisState({
+    url: shared.redisUrl,
+    instanceId: shared.instance,
+    keyPrefix: shared.keyPrefix,
+    opTimeoutMs: shared.timeoutMs,
+    leaseSec: Math.max(1, Math.round(shared.leaseMs / 1000)),
+    onEvent(e) {
+      if (e.type === "available") {
+        fleetLog.info("Shared state (Redis) answering; this proxy is {instance}", e);
+      } else {
+        fleetLog.warn(
+          "Shared state (Redis) not answering ({reason}): replays and limits are checked by this proxy alone until it is back",
+          e,
+        );
+      }
+    },
+  });
+  let localDecisions = 0;
+  const alone = <T>(answer: T): T => {
+    localDecisions++;
+    return answer;
+  };
+  return {
+    state,
+    alone,
+    get localDecisions() {
+      return localDecisions;
+    },
+    async admit(kind, key) {
+      const p = rules();
+      const limit = kind === "ip" ? p.maxConnectionsPerIp : p.maxConnectionsPerSni;
+      if (limit === 0) return null;
+      let counted = key;
+      if (kind === "ip") {
+        const ip = parseIp16(key);
+        if (!ip) return null;
+        counted = ipKey(ip);
+      }
+      const ok = await state.acquire(kind, counted, limit);
+      if (ok === null) return alone(null);
+      if (!ok) return "limit";
+      let released = false;
+      return () => {
+        if (released) return;
+        released = true;
+        state.release(kind, counted);
+      };
     },
   };
 }
@@ -653,7 +829,7 @@ function _metricsSnapshot(
 }
 
 /** The metrics HTTP server. */
-interface MetricsEndpoint {
+export interface MetricsEndpoint {
   readonly address: { host: string; port: number };
   stop(): Promise<void>;
 }
@@ -662,9 +838,9 @@ interface MetricsEndpoint {
  * Serve `GET /metrics` on `listen`; every other request gets 404. Throws when the address
  * cannot be bound.
  */
-function _serveMetrics(
+export function serveMetrics(
   listen: { host: string; port: number },
-  render: () => string,
+  render: () => string | Promise<string>,
 ): MetricsEndpoint {
   const server = Deno.serve({
     hostname: listen.host,
@@ -674,13 +850,13 @@ function _serveMetrics(
       log.error("Metrics request failed: {error}", { error: String(e) });
       return new Response("internal error\n", { status: 500 });
     },
-  }, (req) => {
+  }, async (req) => {
     const path = new URL(req.url).pathname;
     if (path !== "/metrics") return new Response("not found\n", { status: 404 });
     if (req.method !== "GET" && req.method !== "HEAD") {
       return new Response("method not allowed\n", { status: 405, headers: { allow: "GET, HEAD" } });
     }
-    return new Response(req.method === "HEAD" ? null : render(), {
+    return new Response(req.method === "HEAD" ? null : await render(), {
       headers: { "content-type": "text/plain; version=0.0.4; charset=utf-8" },
     });
   });

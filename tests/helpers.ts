@@ -158,6 +158,7 @@ export function testConfig(options: TestConfigOptions = {}): Config {
     defaultTag: null,
     link: DEFAULT_LINK,
     workers: 1,
+    sharedState: null,
   };
 }
 

@@ -5,7 +5,11 @@
  * @module
  */
 import { dirname } from "node:path";
+import type { Config } from "../config/types.ts";
+import { MAX_WORKERS } from "../config/defaults.ts";
+import { reusePortUnavailable } from "../net.ts";
 import { type ServerHandle, startServer } from "../server.ts";
+import { startSupervisor, type Supervisor } from "../workers/supervisor.ts";
 import { logger, setupLogging } from "../ops/log.ts";
 import { formatAddress, formatLinkListeners, formatLinks } from "./link.ts";
 import {
@@ -21,8 +25,10 @@ export const RUN_HELP = `Usage: mtproxy [run] [options]
 
 Run the proxy: print the proxy links, listen, and relay Telegram clients until
 SIGINT or SIGTERM (live clients then get timeouts.shutdown_grace seconds to
-finish; a second signal exits at once). A back (role: back) prints its link
-listeners instead of links. Logs go to stderr.
+finish; a second signal exits at once). SIGHUP reloads the policy (and a back's
+fronts); SIGUSR2 stops accepting and lets live clients finish for timeouts.drain
+(an upgrade: start the new version first, it shares the ports). A back
+(role: back) prints its link listeners instead of links. Logs go to stderr.
 
 ${RUN_OPTIONS_HELP}`;
 
@@ -38,7 +44,7 @@ const SIGNALS: readonly Deno.Signal[] = ["SIGINT", "SIGTERM"];
  * ```
  */
 export async function runCommand(args: string[]): Promise<number> {
-  let server: ServerHandle;
+  let server: Running;
   let parsed: RunArgs;
   try {
     parsed = parseRunArgs(args);
@@ -73,7 +79,7 @@ export async function runCommand(args: string[]): Promise<number> {
 
     try {
       // Telegram's middle-proxy config is cached next to the state file.
-      server = await startServer(config, { cacheDir: dirname(resolved.statePath) });
+      server = await _start(config, dirname(resolved.statePath));
     } catch (e) {
       const message = e instanceof Error ? e.message : String(e);
       const hint = /permission denied|os error 13/i.test(message) &&
@@ -94,11 +100,11 @@ export async function runCommand(args: string[]): Promise<number> {
   const reloadPolicy = async () => {
     try {
       const { config } = await resolveRunConfig(parsed, Deno.env.toObject());
-      const closed = server.updatePolicy(config.policy);
+      const closed = await server.updatePolicy(config.policy);
       log.info("Policy reloaded from the configuration; {closed} clients closed by it", { closed });
       if (config.role === "back") {
         // A front removed from `fronts` (or given a new secret) is cut off; the others stay.
-        const cut = server.updateFronts(config.fronts);
+        const cut = await server.updateFronts(config.fronts);
         log.info("Fronts reloaded: {n} allowed, {cut} links closed", {
           n: config.fronts.length,
           cut,
@@ -116,8 +122,63 @@ export async function runCommand(args: string[]): Promise<number> {
 
 const log = logger("cli");
 
+/** A running proxy, in this thread or as workers: what the command line drives. */
+interface Running {
+  readonly addresses: readonly { name: string; host: string; port: number }[];
+  readonly linkAddresses: readonly { name: string; host: string; port: number }[];
+  readonly closed: Promise<void>;
+  updatePolicy(policy: Config["policy"]): Promise<number>;
+  updateFronts(fronts: Config["fronts"]): Promise<number>;
+  refreshTelegramConfig(): Promise<void>;
+  shutdown(): Promise<void>;
+  drain(): Promise<void>;
+}
+
+/** How many workers `workers: auto | N` means here. */
+export function resolveWorkers(workers: Config["workers"]): number {
+  if (workers !== "auto") return workers;
+  return Math.max(1, Math.min(MAX_WORKERS, navigator.hardwareConcurrency || 1));
+}
+
+/**
+ * Start the proxy: worker threads sharing the ports when `workers` is more than one and the
+ * platform allows it, else one event loop in this thread. Either way the ports are shared
+ * (SO_REUSEPORT) when possible, so that an upgrade can start the next process beside this one.
+ */
+async function _start(config: Config, cacheDir: string): Promise<Running> {
+  let workers = resolveWorkers(config.workers);
+  const unavailable = reusePortUnavailable();
+  if (workers > 1 && unavailable !== null) {
+    log.warn("workers: {n} asked, but ports cannot be shared here ({why}); running one worker", {
+      n: workers,
+      why: unavailable,
+    });
+    workers = 1;
+  }
+  if (workers > 1) return _fromSupervisor(await startSupervisor(config, { workers, cacheDir }));
+  const server = await startServer(config, { cacheDir, reusePort: unavailable === null });
+  return _fromServer(server);
+}
+
+function _fromServer(s: ServerHandle): Running {
+  return {
+    addresses: s.addresses,
+    linkAddresses: s.linkAddresses,
+    closed: s.closed,
+    updatePolicy: (p) => Promise.resolve(s.updatePolicy(p)),
+    updateFronts: (f) => Promise.resolve(s.updateFronts(f)),
+    refreshTelegramConfig: () => s.refreshTelegramConfig(),
+    shutdown: () => s.shutdown(),
+    drain: () => s.drain(),
+  };
+}
+
+function _fromSupervisor(s: Supervisor): Running {
+  return s;
+}
+
 async function _serveUntilSignal(
-  server: ServerHandle,
+  server: Running,
   reloadPolicy: () => Promise<void>,
 ): Promise<void> {
   let signals = 0;
@@ -153,9 +214,27 @@ async function _serveUntilSignal(
   } catch {
     // No SIGHUP on this platform.
   }
+  // SIGUSR2: an upgrade. The new process already listens on the same ports; stop accepting and
+  // let live clients finish for timeouts.drain. SIGINT/SIGTERM then exit at once.
+  const onUsr2 = () => {
+    if (signals > 0) return;
+    signals++;
+    log.info("SIGUSR2: no longer accepting; live clients may finish (timeouts.drain)");
+    resolve("SIGUSR2");
+  };
+  let usr2 = false;
+  try {
+    Deno.addSignalListener("SIGUSR2", onUsr2);
+    usr2 = true;
+  } catch {
+    // No SIGUSR2 on this platform.
+  }
   try {
     const signal = await Promise.race([stop, server.closed.then(() => null)]);
-    if (signal !== null) {
+    if (signal === "SIGUSR2") {
+      await server.drain();
+      log.info("Drained");
+    } else if (signal !== null) {
       log.info("{signal}: shutting down", { signal });
       await server.shutdown();
       log.info("Stopped");
@@ -163,5 +242,6 @@ async function _serveUntilSignal(
   } finally {
     for (const h of handlers) if (h) Deno.removeSignalListener(h.signal, h.handler);
     if (hup) Deno.removeSignalListener("SIGHUP", onHup);
+    if (usr2) Deno.removeSignalListener("SIGUSR2", onUsr2);
   }
 }

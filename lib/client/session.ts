@@ -76,8 +76,17 @@ import {
 
 /** Probe resistance shared by all sessions of a server. */
 export interface SessionGuard {
-  /** Whether a handshake with this key was seen before (the key is recorded either way). */
-  seenBefore(key: Uint8Array): boolean;
+  /**
+   * Whether a handshake with this key was seen before (the key is recorded either way). With a
+   * fleet's shared state it may ask Redis, within a bounded wait; it never rejects.
+   */
+  seenBefore(key: Uint8Array): boolean | Promise<boolean>;
+  /**
+   * A fleet's limit on connections per client address or per SNI (shared_state): "limit" when
+   * the fleet holds as many as allowed, else a release function, or null when nothing is
+   * counted (no fleet, no limit, or the fleet cannot say now). Never rejects.
+   */
+  admitFleet?(kind: "ip" | "sni", key: string): Promise<(() => void) | "limit" | null>;
   /** SNIs that "sni" fronting may dial. */
   readonly frontableSnis: ReadonlySet<string>;
   /** Whether an address is one of this proxy's own listeners (fronting there would loop). */
@@ -423,6 +432,8 @@ export class Session implements PumpHost, TelegramClient {
     }
     for (const c of this.#ciphers) c.close();
     this.#sniSlot?.release();
+    for (const release of this.#fleetSlots) release();
+    this.#fleetSlots = [];
     this.#ctx.onDone(this);
   }
 
@@ -693,6 +704,8 @@ export class Session implements PumpHost, TelegramClient {
   #sniSlot: PolicySlot | null = null;
   /** The slot under max_connections_per_ip; the server sets it and releases it at the end. */
   ipSlot: PolicySlot | null = null;
+  /** What this client holds under a fleet's shared limits; released at the end. */
+  #fleetSlots: (() => void)[] = [];
 
   /** Bytes received from the client so far (metrics read them while the session runs). */
   get bytesFromClient(): number {
@@ -727,6 +740,7 @@ export class Session implements PumpHost, TelegramClient {
     const hs = new HandshakeBuffer(this.conn);
     this.#hs = hs;
     if (this.#ctx.listener.proxyProtocol) await this.#readProxyHeader(hs);
+    await this.#admitFleet("ip", this.clientIp);
     await hs.fill(1);
     if (hs.bytes[0] === 0x16) await hs.fill(3);
     if (looksLikeTls(hs.view())) return await this.#authenticateTls(hs);
@@ -746,7 +760,7 @@ export class Session implements PumpHost, TelegramClient {
     if (!stream) throw new Rejection("bad_secret", notClient);
     const protocol: ClientProtocol = stream.tag === "padded" ? "dd" : "plain";
     let refusal: Rejection | null = null;
-    if (this.#ctx.guard.seenBefore(init.subarray(8, 56))) {
+    if (await this.#ctx.guard.seenBefore(init.subarray(8, 56))) {
       refusal = new Rejection("replay", notClient);
     } else if (!this.#allowed(protocol)) {
       refusal = new Rejection("protocol_disallowed", { detail: protocol });
@@ -757,6 +771,23 @@ export class Session implements PumpHost, TelegramClient {
       throw refusal;
     }
     return { protocol, stream, tls: null, leftover: hs.view().slice(INIT_LEN) };
+  }
+
+  /** Count this client under a fleet's limit, or refuse it as the local limit would. */
+  async #admitFleet(kind: "ip" | "sni", key: string): Promise<void> {
+    const guard = this.#ctx.guard;
+    if (!guard.admitFleet) return;
+    const got = await guard.admitFleet(kind, key);
+    if (got === "limit") {
+      throw new Rejection(kind === "ip" ? "ip_limit" : "sni_limit", {
+        detail: "fleet",
+        ...(kind === "sni" ? { front: { sni: key, tls: true } } : {}),
+      });
+    }
+    if (got) {
+      if (this.phase === "done") got();
+      else this.#fleetSlots.push(got);
+    }
   }
 
   /**
@@ -831,7 +862,7 @@ export class Session implements PumpHost, TelegramClient {
       const skew = Math.round(Date.now() / 1000 - check.timestamp);
       throw new Rejection("tls_bad_timestamp", { detail: `client clock off by ${skew} s`, front });
     }
-    if (this.#ctx.guard.seenBefore(hello.random)) throw new Rejection("replay", { front });
+    if (await this.#ctx.guard.seenBefore(hello.random)) throw new Rejection("replay", { front });
     // Only now, with the secret proven, may a hello count against its SNI's limit.
     const { policy } = this.#ctx;
     if (policy.checksSnis) {
@@ -840,6 +871,7 @@ export class Session implements PumpHost, TelegramClient {
         throw new Rejection(slot, { detail: JSON.stringify(sni), front });
       }
       this.#sniSlot = slot;
+      await this.#admitFleet("sni", sni);
     }
     this.#sni = sni;
     const shape = this.#ctx.guard.answerShape(sni);

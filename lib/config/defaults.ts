@@ -184,3 +184,12 @@ export const DEFAULT_LINK: LinkConfig = Object.freeze({
 
 /** Placeholder back address of `mtproxy secret --front` when --back is not given. */
 export const EXAMPLE_BACK_ADDRESS = "back.example.com:443";
+
+/** shared_state: a handshake waits at most this for Redis, then decides alone. */
+export const DEFAULT_SHARED_STATE_TIMEOUT_MS = 100;
+
+/** shared_state: a crashed proxy's counts expire after this. */
+export const DEFAULT_SHARED_STATE_LEASE_MS = 30_000;
+
+/** shared_state: the prefix of every key. */
+export const DEFAULT_SHARED_STATE_PREFIX = "mtproxy";

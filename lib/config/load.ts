@@ -67,6 +67,9 @@ import {
   DEFAULT_REPLAY_MAX_ENTRIES,
   DEFAULT_ROLE,
   DEFAULT_SERVER_ERROR_FILTER,
+  DEFAULT_SHARED_STATE_LEASE_MS,
+  DEFAULT_SHARED_STATE_PREFIX,
+  DEFAULT_SHARED_STATE_TIMEOUT_MS,
   DEFAULT_SHUTDOWN_GRACE_MS,
   DEFAULT_TELEGRAM_MODE,
   DEFAULT_TLS_DOMAIN,
@@ -285,6 +288,7 @@ export function resolveSecrets(draft: ConfigDraft, stateSecret: Uint8Array | nul
     defaultTag: draft.defaultTag?.slice() ?? null,
     link: draft.link,
     workers: draft.workers,
+    sharedState: draft.sharedState,
   };
   return _deepFreeze(config);
 }
@@ -889,6 +893,31 @@ const _url: Check<string> = (value, path, c) => {
   return c.fail(path, "must be an http:// or https:// URL", value);
 };
 
+/** A Redis URL; its password is never echoed in a problem. */
+const _redisUrl: Check<string> = (value, path, c) => {
+  const s = typeof value === "string" ? value.trim() : "";
+  try {
+    const u = new URL(s);
+    if ((u.protocol === "redis:" || u.protocol === "rediss:") && u.hostname !== "") return s;
+  } catch {
+    // Reported below.
+  }
+  // Not echoed: the URL may hold a password.
+  return c.fail(path, "must be a redis://host:port[/db] or rediss:// URL");
+};
+
+/** A key prefix: letters, digits and `._:-`. */
+const _keyPrefix: Check<string> = (value, path, c) => {
+  if (typeof value === "string" && /^[A-Za-z0-9._:-]{1,64}$/.test(value)) return value;
+  return c.fail(path, "must be 1-64 characters from A-Z a-z 0-9 . _ : -", value);
+};
+
+/** A proxy's name in a fleet. */
+const _instanceName: Check<string> = (value, path, c) => {
+  if (typeof value === "string" && /^[A-Za-z0-9._-]{1,64}$/.test(value)) return value;
+  return c.fail(path, "must be 1-64 characters from A-Z a-z 0-9 . _ -", value);
+};
+
 /** An IPv4 address literal. */
 const _ipv4: Check<string> = (value, path, c) => {
   const s = typeof value === "string" ? value.trim() : "";
@@ -1104,6 +1133,13 @@ const ROOT_SHAPE = {
   }),
   metrics: _mapping({
     listen: _bindAddress,
+  }),
+  shared_state: _mapping({
+    redis_url: _redisUrl,
+    key_prefix: _keyPrefix,
+    timeout: _seconds,
+    lease: _seconds,
+    instance: _instanceName,
   }),
   backs: _list(BACK, "backs"),
   link_listeners: _list(LINK_LISTENER, "link listeners"),
@@ -1346,6 +1382,15 @@ function _toDraft(p: Root, c: _Checker): ConfigDraft {
       denySni: p.policy?.deny_sni ?? DEFAULT_POLICY.denySni,
     },
     metrics: { listen: metricsListen },
+    sharedState: p.shared_state?.redis_url
+      ? {
+        redisUrl: p.shared_state.redis_url,
+        keyPrefix: p.shared_state.key_prefix ?? DEFAULT_SHARED_STATE_PREFIX,
+        timeoutMs: p.shared_state.timeout ?? DEFAULT_SHARED_STATE_TIMEOUT_MS,
+        leaseMs: p.shared_state.lease ?? DEFAULT_SHARED_STATE_LEASE_MS,
+        instance: p.shared_state.instance ?? _hostName(),
+      }
+      : null,
     ..._splitDraft(p, c),
     stateFile: p.state_file ?? null,
     warnings: c.warnings,
@@ -1435,6 +1480,17 @@ function _splitDraft(
       waitMs: p.link?.wait ?? DEFAULT_LINK_WAIT_MS,
     },
   };
+}
+
+/** This machine's host name as a fleet instance name (characters it may not have dropped). */
+function _hostName(): string {
+  let name = "mtproxy";
+  try {
+    name = Deno.hostname();
+  } catch {
+    // No --allow-sys: the default name.
+  }
+  return name.replace(/[^A-Za-z0-9._-]/g, "-").slice(0, 64) || "mtproxy";
 }
 
 function _formatHostPort(hp: HostPort): string {

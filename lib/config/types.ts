@@ -142,6 +142,20 @@ export interface MetricsConfig {
   readonly listen: HostPort | null;
 }
 
+/** A fleet's shared state on Redis (`shared_state`). */
+export interface SharedStateConfig {
+  /** `redis://[user:password@]host:port[/db]` (or `rediss://`). */
+  readonly redisUrl: string;
+  /** Prefix of every key, so that several fleets can share one server. */
+  readonly keyPrefix: string;
+  /** The longest a handshake waits for Redis before deciding alone. */
+  readonly timeoutMs: number;
+  /** A crashed proxy's connection counts expire after this. */
+  readonly leaseMs: number;
+  /** This proxy's name in the fleet (a random suffix is added per process). */
+  readonly instance: string;
+}
+
 /** A back as a front sees it (`backs[]`). */
 export interface BackConfig {
   /** "host:port" of the back's link listener (host name or IP literal). */
@@ -225,4 +239,6 @@ export interface Config {
   readonly link: LinkConfig;
   /** Worker threads serving the listeners; "auto": one per CPU the process may use. */
   readonly workers: number | "auto";
+  /** Replays and policy limits shared by a fleet through Redis; null: this process alone. */
+  readonly sharedState: SharedStateConfig | null;
 }

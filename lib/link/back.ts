@@ -634,7 +634,7 @@ export class LinkServer {
           front = { reason: "bad_secret", sni };
           break;
         }
-        if (this.#guard.seenBefore(hello.random)) {
+        if (await this.#guard.seenBefore(hello.random)) {
           front = { reason: "replay", sni };
           break;
         }

@@ -23,6 +23,8 @@ export interface MetricsSnapshot {
   }>;
   /** Handshakes held by the replay cache. */
   replayEntries: number;
+  /** A fleet's shared state (shared_state): whether Redis answers, and decisions made alone. */
+  sharedState?: { up: boolean; localDecisions: number };
   /** Split mode, front: the links to each back. */
   backs?: readonly {
     address: string;
@@ -342,6 +344,22 @@ export class Metrics {
       for (const [end, n] of fronts.ended) {
         put("mtproxy_link_ended_total", "counter", "Split mode: links ended, by how.", { end }, n);
       }
+    }
+    if (live.sharedState) {
+      put(
+        "mtproxy_shared_state_up",
+        "gauge",
+        "Whether the fleet's shared state (Redis) answers now.",
+        {},
+        live.sharedState.up ? 1 : 0,
+      );
+      put(
+        "mtproxy_shared_state_local_decisions_total",
+        "counter",
+        "Replay and limit checks decided by this proxy alone because Redis could not answer in time.",
+        {},
+        live.sharedState.localDecisions,
+      );
     }
     put(
       "mtproxy_replay_cache_entries",

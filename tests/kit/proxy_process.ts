@@ -68,6 +68,18 @@ export class ProxyProcess {
     }
   }
 
+  /** Wait for the process to exit by itself (killed after 30 s); its exit code. */
+  async wait(): Promise<number> {
+    const timer = setTimeout(() => this.signal("SIGKILL"), 30_000);
+    try {
+      const status = await this.#done;
+      await Promise.all(this.#pumps);
+      return status.code;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
   async stop(signal: Deno.Signal = "SIGTERM"): Promise<number> {
     try {
       this.#child.kill(signal);
