@@ -40,6 +40,8 @@ function backYaml(linkPort: number, dcPort: number): string {
 function frontYaml(port: number, linkPort: number, metricsPort: number): string {
   return [
     "role: front",
+    // One worker: two links in all (each worker keeps its own links to each back).
+    "workers: 1",
     "log_level: debug",
     "listeners:",
     "  - name: main",
