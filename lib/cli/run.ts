@@ -11,6 +11,8 @@ import { reusePortUnavailable } from "../net.ts";
 import { type ServerHandle, startServer } from "../server.ts";
 import { startSupervisor, type Supervisor } from "../workers/supervisor.ts";
 import { logger, setupLogging } from "../ops/log.ts";
+import { describeError, installLastResort } from "../ops/last_resort.ts";
+import { threadCounters } from "../ops/metrics.ts";
 import { formatAddress, formatLinkListeners, formatLinks } from "./link.ts";
 import {
   parseRunArgs,
@@ -55,6 +57,7 @@ export async function runCommand(args: string[]): Promise<number> {
     const resolved = await resolveRunConfig(parsed, Deno.env.toObject(), { createState: true });
     const { config } = resolved;
     await setupLogging(config.logLevel);
+    _installLastResort();
     for (const w of resolved.warnings) console.error(`Warning: ${w}`);
 
     if (config.role === "back") {
@@ -121,6 +124,16 @@ export async function runCommand(args: string[]): Promise<number> {
 }
 
 const log = logger("cli");
+
+/** One bug must cost one client, never the process: log and count what nothing else caught. */
+function _installLastResort(): void {
+  const unexpected = logger("unexpected");
+  installLastResort({
+    log: (message, error) =>
+      unexpected.error("{message}: {error}", { message, error: describeError(error) }),
+    onCaught: () => threadCounters.unexpectedErrors++,
+  });
+}
 
 /** A running proxy, in this thread or as workers: what the command line drives. */
 interface Running {

@@ -7,6 +7,12 @@
  */
 import type { ProxyEvent } from "../client/events.ts";
 
+/**
+ * Counters of the whole thread, kept outside any server: errors that the last resort
+ * (lib/ops/last_resort.ts) or the code that contained them reported.
+ */
+export const threadCounters: { unexpectedErrors: number } = { unexpectedErrors: 0 };
+
 /** Live figures read at scrape time (not derivable from events). */
 export interface MetricsSnapshot {
   /** Connections open now, per listener name. */
@@ -361,6 +367,13 @@ export class Metrics {
         live.sharedState.localDecisions,
       );
     }
+    put(
+      "mtproxy_unexpected_errors_total",
+      "counter",
+      "Unexpected errors (bugs) caught and contained; each cost at most one client or stream.",
+      {},
+      threadCounters.unexpectedErrors,
+    );
     put(
       "mtproxy_replay_cache_entries",
       "gauge",

@@ -40,7 +40,9 @@ export interface SharedBuffers {
 
 /** A request from the supervisor; the worker answers with a {@linkcode WorkerReply}. */
 export type WorkerRequest =
-  | { readonly type: "request"; readonly id: number; readonly op: "metrics" }
+  | { readonly type: "request"; readonly id: number; readonly op: "metrics" | "ping" }
+  /** End the worker between two tasks, as a crash would (tests). */
+  | { readonly type: "request"; readonly id: number; readonly op: "crash" }
   | { readonly type: "request"; readonly id: number; readonly op: "shutdown" | "drain" }
   | {
     readonly type: "request";

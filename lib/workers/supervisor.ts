@@ -49,6 +49,10 @@ const log = logger("workers");
 const START_TIMEOUT_MS = 30_000;
 /** A worker that does not answer a metrics scrape within this is left out of it. */
 const SCRAPE_TIMEOUT_MS = 2000;
+/** Every worker is asked how it is this often; one that misses HEARTBEAT_MISSES in a row is dead. */
+const HEARTBEAT_MS = 1000;
+const HEARTBEAT_TIMEOUT_MS = 2000;
+const HEARTBEAT_MISSES = 3;
 /** Restart delays after a worker dies: 500 ms doubling to 30 s (reset after a minute up). */
 const RESTART_MIN_MS = 500;
 const RESTART_MAX_MS = 30_000;
@@ -92,8 +96,11 @@ export interface Supervisor {
   drain(): Promise<void>;
   /** Workers and their restarts. */
   workers(): readonly WorkerInfo[];
-  /** End a worker the way a crash does (tests: it must be restarted, the others untouched). */
-  crash(id: number): void;
+  /**
+   * End worker `id` the way a crash does (tests: it must be noticed and restarted, the others
+   * untouched). Resolves once it was asked.
+   */
+  crash(id: number): Promise<void>;
 }
 
 /** A request without its envelope. */
@@ -109,6 +116,8 @@ class WorkerSlot {
   restarts = 0;
   startedAt = 0;
   nextRestartMs = RESTART_MIN_MS;
+  missed = 0;
+  pinging = false;
   readonly shared: SharedBuffers;
   readonly #pending = new Map<number, (value: string | number | null) => void>();
   #nextRequest = 1;
@@ -278,8 +287,10 @@ export async function startSupervisor(
     timers.add(timer);
   };
 
+  let stopHeartbeat = () => {};
   const stopAll = async (op: "shutdown" | "drain") => {
     stopping = true;
+    stopHeartbeat();
     for (const t of timers) clearTimeout(t);
     timers.clear();
     const graceMs = op === "drain" ? config.timeouts.drainMs : config.timeouts.shutdownGraceMs;
@@ -330,6 +341,24 @@ export async function startSupervisor(
       }
     }
     log.info("{n} workers serving", { n: count });
+    // A worker that ended without an error (or hangs) is noticed by its silence.
+    const heartbeat = setInterval(() => {
+      for (const s of slots) {
+        const worker = s.worker;
+        if (!worker || !s.up || s.pinging) continue;
+        s.pinging = true;
+        void s.request({ op: "ping" }, HEARTBEAT_TIMEOUT_MS).then((v) => {
+          s.pinging = false;
+          if (s.worker !== worker) return;
+          s.missed = v === null ? s.missed + 1 : 0;
+          if (s.missed >= HEARTBEAT_MISSES) {
+            s.missed = 0;
+            gone(s, worker, `no answer for ${HEARTBEAT_MISSES} heartbeats`);
+          }
+        });
+      }
+    }, HEARTBEAT_MS);
+    stopHeartbeat = () => clearInterval(heartbeat);
     const ready = first;
 
     let shutdown: Promise<void> | null = null;
@@ -355,9 +384,8 @@ export async function startSupervisor(
       shutdown: () => finish("shutdown"),
       drain: () => finish("drain"),
       workers: () => slots.map((s) => ({ id: s.id, up: s.up, restarts: s.restarts })),
-      crash(id) {
-        const slot = slots[id - 1];
-        if (slot?.worker) gone(slot, slot.worker, "ended by request");
+      async crash(id) {
+        await slots[id - 1]?.request({ op: "crash" }, 5000);
       },
     };
   } catch (e) {

@@ -7,8 +7,9 @@
  * @module
  */
 /// <reference lib="deno.worker" />
-import { setupLogging } from "../ops/log.ts";
-import { logger } from "../ops/log.ts";
+import { logger, setupLogging } from "../ops/log.ts";
+import { describeError, installLastResort } from "../ops/last_resort.ts";
+import { threadCounters } from "../ops/metrics.ts";
 import { type ServerHandle, startServer } from "../server.ts";
 import { TlsProfileStore } from "../guard/tls_profile.ts";
 import { bytesEqual } from "../protocol/bytes.ts";
@@ -71,6 +72,13 @@ function send(message: FromWorker): void {
 
 async function start(m: WorkerStart): Promise<void> {
   await setupLogging(m.logLevel, { tag: `w${m.id}` });
+  // A bug in one client's handling must not end this worker and all its clients.
+  const unexpected = logger("unexpected");
+  installLastResort({
+    log: (message, error) =>
+      unexpected.error("{message}: {error}", { message, error: describeError(error) }),
+    onCaught: () => threadCounters.unexpectedErrors++,
+  });
   for (const [domain, profile] of m.profiles) profiles.set(domain, profile);
   const shared = openWorkerShared(m.shared, m.config);
   telegram = m.telegram ? new RelayedTelegramConfig(m.telegram.snapshot) : null;
@@ -108,6 +116,13 @@ async function answer(r: WorkerRequest): Promise<void> {
     switch (r.op) {
       case "metrics":
         value = s.metricsText();
+        break;
+      case "ping":
+        value = 1;
+        break;
+      case "crash":
+        // Between tasks: never while holding a lock on the shared memory.
+        setTimeout(() => self.close(), 0);
         break;
       case "policy":
         value = s.updatePolicy(r.policy);
