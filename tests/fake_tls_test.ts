@@ -1,5 +1,6 @@
 import { assert, assertEquals } from "./assert.ts";
 import { bytesOf, hex, vector } from "./vectors.ts";
+import { property } from "./kit/fuzz.ts";
 import { randomBytes, sha256, x25519PublicKey } from "../lib/crypto.ts";
 import { buildClientHello } from "../lib/protocol/client_hello.ts";
 import {
@@ -97,14 +98,62 @@ Deno.test("parseClientHello asks for more bytes until the record is whole, keeps
   assertEquals(step.rest, extra);
 });
 
-Deno.test("parseClientHello refuses malformed hellos without throwing", () => {
-  const record = bytesOf(vector("tls_modern_valid"), "client_hello");
-  for (let i = 0; i < 2000; i++) {
-    const bad = record.slice();
-    const pos = 5 + Math.floor(Math.random() * (bad.length - 5));
-    bad[pos] = Math.floor(Math.random() * 256);
-    parseClientHello(bad); // any outcome but an exception
-  }
+/** Where the hello's random field hides the timestamp (record offsets 11 + 28 .. 11 + 32). */
+const TIMESTAMP_BYTES = { from: 11 + 28, to: 11 + 32 };
+
+property(
+  "parseClientHello and verifyClientHello: a hello with bytes changed never authenticates as sent",
+  (gen) => {
+    const v = vector("tls_modern_valid");
+    const record = bytesOf(v, "client_hello");
+    const secret = bytesOf(v, "secret");
+    const now = v.inputs.now as number;
+    const sentAt = v.expected.timestamp as number;
+    // The record header stays intact: the length is right, so every outcome is final.
+    const bad = gen.mutate(record, 5);
+    const changed: number[] = [];
+    for (let i = 0; i < record.length; i++) if (bad[i] !== record[i]) changed.push(i);
+    assert(changed.length > 0);
+    const step = parseClientHello(gen.embedded(bad));
+    if (step.kind === "reject") {
+      assertEquals(step.reason, "tls_malformed");
+      return;
+    }
+    assert(step.kind === "hello", `a whole record: ${step.kind}`);
+    assertEquals(step.hello.record, bad);
+    assertEquals(step.rest.length, 0);
+    if (step.hello.sni !== null) assert(!step.hello.sni.includes("\0"));
+    const check = verifyClientHello(step.hello, secret, now, 600);
+    if (changed.every((i) => i >= TIMESTAMP_BYTES.from && i < TIMESTAMP_BYTES.to)) {
+      // Only the timestamp changed: the digest holds, the time it claims does not.
+      assert(check.kind === "ok" || check.kind === "bad_timestamp", check.kind);
+      assert(check.timestamp !== sentAt, "a changed timestamp reads as the one sent");
+    } else {
+      assertEquals(check, { kind: "bad_digest" }, `bytes ${changed} changed`);
+    }
+  },
+);
+
+property(
+  "parseClientHello asks for more on every prefix of a hello, and never throws on garbage",
+  (gen) => {
+    const record = bytesOf(vector("tls_modern_valid"), "client_hello");
+    const cut = gen.int(0, record.length - 1);
+    const step = parseClientHello(gen.embedded(record.subarray(0, cut)));
+    assert(step.kind === "need", `a prefix of ${cut} bytes: ${step.kind}`);
+    assert(step.atLeast > cut && step.atLeast <= record.length, `need ${step.atLeast}`);
+
+    const garbage = gen.bytes(gen.int(5, 700));
+    garbage.set([0x16, 0x03, 0x01]);
+    if (gen.chance(0.7)) garbage.set([(garbage.length - 5) >> 8, (garbage.length - 5) & 0xff], 3);
+    const g = parseClientHello(gen.embedded(garbage));
+    if (g.kind === "need") assert(g.atLeast > garbage.length);
+    else if (g.kind === "reject") assert(["tls_malformed", "tls_too_large"].includes(g.reason));
+    else assertEquals(g.hello.record, garbage.subarray(0, g.hello.record.length));
+  },
+);
+
+Deno.test("parseClientHello refuses a record of random bytes, answered by a decode_error alert", () => {
   const garbage = randomBytes(600);
   garbage.set([0x16, 0x03, 0x01, 0x02, 0x53]);
   assertEquals(parseClientHello(garbage).kind, "reject");
