@@ -11,6 +11,7 @@ import {
   type TestClient,
 } from "./kit/test_client.ts";
 import { freePort, ProxyProcess } from "./kit/proxy_process.ts";
+import { eventually, scrapeMetric } from "./kit/scrape.ts";
 import { startRedisServer } from "./kit/redis_server.ts";
 import { randomBytes } from "../lib/crypto.ts";
 import { TEST_SECRET } from "./helpers.ts";
@@ -44,25 +45,6 @@ function yaml(port: number, dcPort: number, metricsPort: number, redisUrl: strin
   ].join("\n");
 }
 
-async function metric(port: number, name: string, labels = ""): Promise<number> {
-  const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
-  let sum = 0;
-  for (const line of text.split("\n")) {
-    if (!line.startsWith(name + "{") && !line.startsWith(name + " ")) continue;
-    if (labels && !line.includes(labels)) continue;
-    sum += Number(line.slice(line.lastIndexOf(" ") + 1));
-  }
-  return sum;
-}
-
-async function eventually(cond: () => Promise<boolean>, what: string): Promise<void> {
-  const deadline = Date.now() + 20_000;
-  while (!(await cond())) {
-    if (Date.now() > deadline) throw new Error(`Timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
-
 async function echo(client: TestClient): Promise<void> {
   const payload = randomBytes(128);
   await client.send(payload, { padding: 0 });
@@ -82,7 +64,7 @@ Deno.test("a fleet on one Redis refuses each other's replays, shares a per-IP li
   const clients: TestClient[] = [];
   try {
     for (const p of proxies) await p.waitForLog("Shared state (Redis) answering");
-    for (const m of metrics) assertEquals(await metric(m, "mtproxy_shared_state_up"), 1);
+    for (const m of metrics) assertEquals(await scrapeMetric(m, "mtproxy_shared_state_up"), 1);
 
     // A handshake accepted by proxy 0 is a replay to proxy 1.
     const init = buildObfuscatedInit(TEST_SECRET, "padded", 2);
@@ -91,7 +73,7 @@ Deno.test("a fleet on one Redis refuses each other's replays, shares a per-IP li
     const first = await openRawConnection(ports[0]!);
     await first.write(init.wire);
     await eventually(
-      async () => await metric(metrics[0]!, "mtproxy_connections_established_total") === 1,
+      async () => await scrapeMetric(metrics[0]!, "mtproxy_connections_established_total") === 1,
       "established at proxy 0",
     );
     await first.close();
@@ -99,8 +81,11 @@ Deno.test("a fleet on one Redis refuses each other's replays, shares a per-IP li
     await again.write(init.wire);
     await again.closed();
     await again.close();
-    assertEquals(await metric(metrics[1]!, "mtproxy_connections_rejected_total", "replay"), 1);
-    assertEquals(await metric(metrics[1]!, "mtproxy_connections_established_total"), 0);
+    assertEquals(
+      await scrapeMetric(metrics[1]!, "mtproxy_connections_rejected_total", "replay"),
+      1,
+    );
+    assertEquals(await scrapeMetric(metrics[1]!, "mtproxy_connections_established_total"), 0);
 
     // Four connections per IP in the whole fleet: two here, two there, then no more anywhere.
     for (const port of [ports[0]!, ports[0]!, ports[1]!, ports[1]!]) {
@@ -111,8 +96,8 @@ Deno.test("a fleet on one Redis refuses each other's replays, shares a per-IP li
       await assertRefused(port);
     }
     assertEquals(
-      (await metric(metrics[0]!, "mtproxy_connections_rejected_total", "ip_limit")) +
-        (await metric(metrics[1]!, "mtproxy_connections_rejected_total", "ip_limit")),
+      (await scrapeMetric(metrics[0]!, "mtproxy_connections_rejected_total", "ip_limit")) +
+        (await scrapeMetric(metrics[1]!, "mtproxy_connections_rejected_total", "ip_limit")),
       2,
     );
     // One leaves proxy 1: a place is free in the fleet, at proxy 0 too.
@@ -142,8 +127,8 @@ Deno.test("a fleet on one Redis refuses each other's replays, shares a per-IP li
       clients.push(c);
       await echo(c);
     }
-    assertEquals(await metric(metrics[0]!, "mtproxy_shared_state_up"), 0);
-    assert(await metric(metrics[0]!, "mtproxy_shared_state_local_decisions_total") >= 1);
+    assertEquals(await scrapeMetric(metrics[0]!, "mtproxy_shared_state_up"), 0);
+    assert(await scrapeMetric(metrics[0]!, "mtproxy_shared_state_local_decisions_total") >= 1);
 
     // Back again: shared once more.
     await redis.restart();

@@ -6,6 +6,7 @@ import { assert, assertEquals, assertStringIncludes } from "./assert.ts";
 import { startFakeDc } from "./kit/fake_dc.ts";
 import { connectTestClient, type TestClient } from "./kit/test_client.ts";
 import { freePort, ProxyProcess } from "./kit/proxy_process.ts";
+import { eventually, scrapeMetric } from "./kit/scrape.ts";
 import { randomBytes } from "../lib/crypto.ts";
 
 const CLIENT_SECRET = "0123456789abcdef0123456789abcdef";
@@ -67,25 +68,6 @@ function frontYaml(port: number, linkPort: number, metricsPort: number): string 
   ].join("\n");
 }
 
-async function metric(port: number, name: string): Promise<number> {
-  const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
-  let sum = 0;
-  for (const line of text.split("\n")) {
-    if (line.startsWith(name + "{") || line.startsWith(name + " ")) {
-      sum += Number(line.slice(line.lastIndexOf(" ") + 1));
-    }
-  }
-  return sum;
-}
-
-async function eventually(cond: () => Promise<boolean>, what: string): Promise<void> {
-  const deadline = Date.now() + 20_000;
-  while (!(await cond())) {
-    if (Date.now() > deadline) throw new Error(`Timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
-
 async function echo(client: TestClient, size: number): Promise<void> {
   const payload = randomBytes(size);
   await client.send(payload, { padding: 0 });
@@ -105,7 +87,10 @@ Deno.test("front and back as separate processes: killing the back closes the fro
   try {
     await back.waitFor(`127.0.0.1:${linkPort}`);
     await front.waitFor("listening on");
-    await eventually(async () => await metric(metricsPort, "mtproxy_link_up") === 2, "links up");
+    await eventually(
+      async () => await scrapeMetric(metricsPort, "mtproxy_link_up") === 2,
+      "links up",
+    );
     for (const kind of ["plain", "dd", "tls"] as const) {
       const client = await connectTestClient({ port, secret: CLIENT_KEY, kind, dcId: 2 });
       clients.push(client);
@@ -116,8 +101,11 @@ Deno.test("front and back as separate processes: killing the back closes the fro
     assertEquals(await back.stop("SIGKILL"), 137);
     await Promise.all(clients.map((c) => c.closed()));
     await front.waitForLog("clients closed (link_lost)");
-    await eventually(async () => await metric(metricsPort, "mtproxy_link_up") === 0, "links down");
-    assert(await metric(metricsPort, "mtproxy_link_lost_total") >= 2);
+    await eventually(
+      async () => await scrapeMetric(metricsPort, "mtproxy_link_up") === 0,
+      "links down",
+    );
+    assert(await scrapeMetric(metricsPort, "mtproxy_link_lost_total") >= 2);
     // A client that comes while no back is up waits `link.wait`, then is refused.
     const early = await connectTestClient({ port, secret: CLIENT_KEY, kind: "dd", dcId: 2 });
     clients.push(early);
@@ -125,7 +113,10 @@ Deno.test("front and back as separate processes: killing the back closes the fro
 
     back = new ProxyProcess(["--config", "back.yaml"], { cwd: dir });
     await back.waitFor(`127.0.0.1:${linkPort}`);
-    await eventually(async () => await metric(metricsPort, "mtproxy_link_up") === 2, "links again");
+    await eventually(
+      async () => await scrapeMetric(metricsPort, "mtproxy_link_up") === 2,
+      "links again",
+    );
     await front.waitForLog("(the back restarted since the last link)");
     const again = await connectTestClient({ port, secret: CLIENT_KEY, kind: "tls", dcId: 2 });
     clients.push(again);
@@ -133,7 +124,7 @@ Deno.test("front and back as separate processes: killing the back closes the fro
     await again.close();
     // Nothing is left behind on either side once the clients are gone.
     await eventually(
-      async () => await metric(metricsPort, "mtproxy_link_streams") === 0,
+      async () => await scrapeMetric(metricsPort, "mtproxy_link_streams") === 0,
       "no streams",
     );
     assertEquals(await front.stop(), 0);

@@ -12,6 +12,7 @@ import {
   type TestClient,
 } from "./kit/test_client.ts";
 import { freePort, ProxyProcess } from "./kit/proxy_process.ts";
+import { eventually, scrapeMetric } from "./kit/scrape.ts";
 import { randomBytes } from "../lib/crypto.ts";
 import { TEST_SECRET } from "./helpers.ts";
 
@@ -38,26 +39,6 @@ function yaml(port: number, dcPort: number, metricsPort: number, extra: string[]
     ...extra.filter((l) => !l.startsWith("log_level")),
     "",
   ].join("\n");
-}
-
-/** The metrics page's samples of `name`, summed (optionally only those whose labels match). */
-async function metric(port: number, name: string, labels = ""): Promise<number> {
-  const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
-  let sum = 0;
-  for (const line of text.split("\n")) {
-    if (!line.startsWith(name + "{") && !line.startsWith(name + " ")) continue;
-    if (labels && !line.includes(labels)) continue;
-    sum += Number(line.slice(line.lastIndexOf(" ") + 1));
-  }
-  return sum;
-}
-
-async function eventually(cond: () => Promise<boolean>, what: string): Promise<void> {
-  const deadline = Date.now() + 20_000;
-  while (!(await cond())) {
-    if (Date.now() > deadline) throw new Error(`Timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
 }
 
 async function echo(client: TestClient, size = 256): Promise<void> {
@@ -104,25 +85,25 @@ Deno.test("workers: connections land on both workers, and the metrics add up to 
         clients.push(await connectTestClient({ port, secret: TEST_SECRET, kind, dcId: 2 }));
       }
       await Promise.all(clients.map((c) => echo(c)));
-      const w1 = await metric(metricsPort, "mtproxy_worker_connections_active", 'worker="1"');
-      const w2 = await metric(metricsPort, "mtproxy_worker_connections_active", 'worker="2"');
+      const w1 = await scrapeMetric(metricsPort, "mtproxy_worker_connections_active", 'worker="1"');
+      const w2 = await scrapeMetric(metricsPort, "mtproxy_worker_connections_active", 'worker="2"');
       assertEquals(w1 + w2, 40);
       // The kernel spreads connections by their addresses: 40 all on one is a 1-in-2^39 chance.
       assert(w1 > 0 && w2 > 0, `worker 1: ${w1}, worker 2: ${w2}`);
-      assertEquals(await metric(metricsPort, "mtproxy_connections_active"), 40);
-      assertEquals(await metric(metricsPort, "mtproxy_workers"), 2);
+      assertEquals(await scrapeMetric(metricsPort, "mtproxy_connections_active"), 40);
+      assertEquals(await scrapeMetric(metricsPort, "mtproxy_workers"), 2);
     } finally {
       await Promise.all(clients.map((c) => c.close()));
     }
     await eventually(
-      async () => await metric(metricsPort, "mtproxy_connections_active") === 0,
+      async () => await scrapeMetric(metricsPort, "mtproxy_connections_active") === 0,
       "all closed",
     );
-    assertEquals(await metric(metricsPort, "mtproxy_connections_accepted_total"), 40);
-    assertEquals(await metric(metricsPort, "mtproxy_connections_established_total"), 40);
+    assertEquals(await scrapeMetric(metricsPort, "mtproxy_connections_accepted_total"), 40);
+    assertEquals(await scrapeMetric(metricsPort, "mtproxy_connections_established_total"), 40);
     // Each client sent and got 256 bytes of payload plus its framing, handshake included.
-    assert(await metric(metricsPort, "mtproxy_client_bytes_received_total") >= 40 * 256);
-    assert(await metric(metricsPort, "mtproxy_client_bytes_sent_total") >= 40 * 256);
+    assert(await scrapeMetric(metricsPort, "mtproxy_client_bytes_received_total") >= 40 * 256);
+    assert(await scrapeMetric(metricsPort, "mtproxy_client_bytes_sent_total") >= 40 * 256);
     // One log stream, each line tagged with its worker.
     assert(proxy.stderr.includes("] w1 ") && proxy.stderr.includes("] w2 "), proxy.stderr);
   }, ["log_level: debug"]);
@@ -139,7 +120,8 @@ Deno.test("workers: a handshake accepted by one worker is a replay to the other"
       await c.write(init.wire);
       if (i === 0) {
         await eventually(
-          async () => await metric(metricsPort, "mtproxy_connections_established_total") === 1,
+          async () =>
+            await scrapeMetric(metricsPort, "mtproxy_connections_established_total") === 1,
           "the first established",
         );
       } else {
@@ -148,11 +130,12 @@ Deno.test("workers: a handshake accepted by one worker is a replay to the other"
       await c.close();
     }
     await eventually(
-      async () => await metric(metricsPort, "mtproxy_connections_rejected_total", "replay") === 19,
+      async () =>
+        await scrapeMetric(metricsPort, "mtproxy_connections_rejected_total", "replay") === 19,
       "19 replays refused",
     );
-    assertEquals(await metric(metricsPort, "mtproxy_connections_established_total"), 1);
-    assertEquals(await metric(metricsPort, "mtproxy_replay_cache_entries"), 1);
+    assertEquals(await scrapeMetric(metricsPort, "mtproxy_connections_established_total"), 1);
+    assertEquals(await scrapeMetric(metricsPort, "mtproxy_replay_cache_entries"), 1);
   });
 });
 
@@ -170,14 +153,17 @@ Deno.test("workers: max_connections_per_ip counts both workers together", async 
         refused.push(c.closed().then(() => c.close()));
       }
       await Promise.all(refused);
-      assertEquals(await metric(metricsPort, "mtproxy_connections_rejected_total", "ip_limit"), 12);
+      assertEquals(
+        await scrapeMetric(metricsPort, "mtproxy_connections_rejected_total", "ip_limit"),
+        12,
+      );
       await Promise.all(clients.map((c) => echo(c)));
     } finally {
       await Promise.all(clients.map((c) => c.close()));
     }
     // Released everywhere: three new ones get in again.
     await eventually(
-      async () => await metric(metricsPort, "mtproxy_connections_active") === 0,
+      async () => await scrapeMetric(metricsPort, "mtproxy_connections_active") === 0,
       "all closed",
     );
     for (let i = 0; i < 3; i++) {
@@ -204,7 +190,10 @@ Deno.test("workers: SIGHUP reloads the policy in every worker", async () => {
       proxy.signal("SIGHUP");
       await proxy.waitForLog("20 clients closed by it");
       await Promise.all(clients.map((c) => c.closed()));
-      assertEquals(await metric(metricsPort, "mtproxy_connections_closed_total", "policy"), 20);
+      assertEquals(
+        await scrapeMetric(metricsPort, "mtproxy_connections_closed_total", "policy"),
+        20,
+      );
     } finally {
       await Promise.all(clients.map((c) => c.close()));
     }
@@ -251,21 +240,21 @@ Deno.test("an upgrade drops nobody: a second process shares the port, SIGUSR2 dr
     next = new ProxyProcess(["--config", "b.yaml", "--workers", "2"], { cwd: dir });
     await next.waitForLog("2 workers serving");
     await eventually(
-      async () => (await metric(metricsB, "mtproxy_connections_accepted_total")) > 0,
+      async () => (await scrapeMetric(metricsB, "mtproxy_connections_accepted_total")) > 0,
       "the new process serving",
     );
     old.signal("SIGUSR2");
     await old.waitForLog("no longer accepting");
     // The old process no longer accepts: every new client now lands on the new one.
     await eventually(async () => {
-      const before = await metric(metricsA, "mtproxy_connections_accepted_total");
+      const before = await scrapeMetric(metricsA, "mtproxy_connections_accepted_total");
       const seen = connected;
       await eventually(() => Promise.resolve(connected >= seen + 20), "20 more clients");
-      return await metric(metricsA, "mtproxy_connections_accepted_total") === before;
+      return await scrapeMetric(metricsA, "mtproxy_connections_accepted_total") === before;
     }, "the old process stopped accepting");
     // Its clients still relay while it drains.
     await Promise.all(clients.map((c) => echo(c, 4096)));
-    assertEquals(await metric(metricsA, "mtproxy_connections_active"), 10);
+    assertEquals(await scrapeMetric(metricsA, "mtproxy_connections_active"), 10);
     churning = false;
     await churn;
     assertEquals(failures, 0, `${failures} of ${connected + failures} new clients failed`);
