@@ -10,9 +10,13 @@ import {
   startFakeMiddleProxy,
 } from "./kit/fake_middle_proxy.ts";
 import { type FakeCoreApi, startFakeCoreApi } from "./kit/fake_core_api.ts";
-import { connectTestClient, type SecretKind, type TestClient } from "./kit/test_client.ts";
-import { createInit, isValidInitRandom, type TransportTag } from "../lib/protocol/obfuscated2.ts";
-import { encodeFrame } from "../lib/protocol/framing.ts";
+import {
+  connectTestClient,
+  openNonReadingClient,
+  type SecretKind,
+  type TestClient,
+} from "./kit/test_client.ts";
+import type { TransportTag } from "../lib/protocol/obfuscated2.ts";
 import { randomBytes } from "../lib/crypto.ts";
 import { reqPqMulti } from "./kit/tl.ts";
 import type { PoolConfig } from "../lib/config/types.ts";
@@ -286,14 +290,12 @@ Deno.test("a frame the proxy cannot decode closes only that middle-proxy connect
 
 Deno.test("a client that stops reading is dropped at its limit without stalling the others", async () => {
   await withMiddle(async ({ mp, proxy }) => {
-    // A raw dd client that sends one packet, then never reads again.
-    let random = randomBytes(64);
-    while (!isValidInitRandom(random)) random = randomBytes(64);
-    const init = createInit(random, "padded", 2, { secret: TEST_SECRET });
-    const stuck = await Deno.connect({ hostname: "127.0.0.1", port: proxy.port });
-    const packet = encodeFrame("padded", reqPqMulti(randomBytes(16)));
-    init.encryptor.update(packet);
-    await stuck.write(new Uint8Array([...init.wire, ...packet]));
+    const stuck = await openNonReadingClient(
+      proxy.port,
+      TEST_SECRET,
+      2,
+      reqPqMulti(randomBytes(16)),
+    );
     const first = await mp.waitFor((e) => e.type === "proxy_req");
     const stuckId = (first as Extract<FakeMiddleEvent, { type: "proxy_req" }>).connId;
     const other = await connect(proxy.port, "dd");
@@ -313,8 +315,6 @@ Deno.test("a client that stops reading is dropped at its limit without stalling 
     } finally {
       await other.close();
       stuck.close();
-      init.encryptor.close();
-      init.decryptor.close();
     }
   }, { pool: { maxClientUnackedBytes: 256 * 1024 } });
 });

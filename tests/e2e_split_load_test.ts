@@ -13,10 +13,9 @@ import {
 import { startFakeDc } from "./kit/fake_dc.ts";
 import type { FakeMiddleEvent } from "./kit/fake_middle_proxy.ts";
 import { reqPqMulti } from "./kit/tl.ts";
-import { buildObfuscatedInit, connectTestClient, type TestClient } from "./kit/test_client.ts";
+import { connectTestClient, openNonReadingClient, type TestClient } from "./kit/test_client.ts";
 import { AD_TAG, backConfig, frontConfig, LINK } from "./kit/split.ts";
 import { randomBytes } from "../lib/crypto.ts";
-import { encodeFrame } from "../lib/protocol/framing.ts";
 import type { Config } from "../lib/config/types.ts";
 import { startServer } from "../lib/server.ts";
 
@@ -102,13 +101,8 @@ Deno.test("a client that never reads holds one window on each side; the other st
   await using front = await startTestProxy({ ...f, backs: [{ ...f.backs[0]!, links: 1 }] });
   await until(() => front.server.linksUp() === 1, "the link is up");
 
-  // A raw dd client of DC 2 that sends one packet and then never reads.
-  const init = buildObfuscatedInit(TEST_SECRET, "padded", 2);
-  const stuck = await Deno.connect({ hostname: "127.0.0.1", port: front.port });
+  const stuck = await openNonReadingClient(front.port, TEST_SECRET, 2, randomBytes(64));
   try {
-    const packet = encodeFrame("padded", randomBytes(64));
-    init.encryptor.update(packet);
-    await stuck.write(new Uint8Array([...init.wire, ...packet]));
     // The flood stops once every buffer on the way is full.
     let last = -1;
     let still = 0;
@@ -150,8 +144,6 @@ Deno.test("a client that never reads holds one window on each side; the other st
     }
   } finally {
     stuck.close();
-    init.encryptor.close();
-    init.decryptor.close();
   }
   await until(() => back.frontLinks()!.streams.get("home") === 0, "the back released the streams");
 });
@@ -166,13 +158,14 @@ Deno.test("in middle mode a never-reading client is dropped at the back's pool l
   const f = frontConfig(back.linkAddresses[0]!.port);
   await using front = await startTestProxy({ ...f, backs: [{ ...f.backs[0]!, links: 1 }] });
   await until(() => front.server.linksUp() === 1, "the link is up");
-  const init = buildObfuscatedInit(TEST_SECRET, "padded", 2);
-  const stuck = await Deno.connect({ hostname: "127.0.0.1", port: front.port });
+  const stuck = await openNonReadingClient(
+    front.port,
+    TEST_SECRET,
+    2,
+    reqPqMulti(randomBytes(16)),
+  );
   const other = await connect(front.port, 1);
   try {
-    const packet = encodeFrame("padded", reqPqMulti(randomBytes(16)));
-    init.encryptor.update(packet);
-    await stuck.write(new Uint8Array([...init.wire, ...packet]));
     const first = await mp.waitFor((e) => e.type === "proxy_req");
     const stuckId = (first as Extract<FakeMiddleEvent, { type: "proxy_req" }>).connId;
     const blob = randomBytes(64 * 1024);
@@ -190,8 +183,6 @@ Deno.test("in middle mode a never-reading client is dropped at the back's pool l
   } finally {
     await other.close();
     stuck.close();
-    init.encryptor.close();
-    init.decryptor.close();
   }
 });
 

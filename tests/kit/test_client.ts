@@ -16,7 +16,7 @@ import {
   isValidInitRandom,
   type TransportTag,
 } from "../../lib/protocol/obfuscated2.ts";
-import { decodeFrame } from "../../lib/protocol/framing.ts";
+import { decodeFrame, encodeFrame } from "../../lib/protocol/framing.ts";
 import {
   encodeAppData,
   parseServerHello,
@@ -121,6 +121,36 @@ export function buildObfuscatedInit(
   let random = randomBytes(64);
   while (!isValidInitRandom(random)) random = randomBytes(64);
   return createInit(random, tag, dcId, { secret });
+}
+
+/**
+ * A raw `dd` client of DC `dcId` that sends its init and one packet, then never reads again (an
+ * app stuck on a dead network): what a proxy must not let stall its other clients.
+ */
+export async function openNonReadingClient(
+  port: number,
+  secret: Uint8Array,
+  dcId: number,
+  payload: Uint8Array,
+): Promise<{ close(): void }> {
+  const init = buildObfuscatedInit(secret, "padded", dcId);
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+  const packet = encodeFrame("padded", payload);
+  init.encryptor.update(packet);
+  init.encryptor.close();
+  try {
+    await writeAll(conn, concatBytes([init.wire, packet]));
+  } catch (e) {
+    conn.close();
+    init.decryptor.close();
+    throw e;
+  }
+  return {
+    close() {
+      closeQuietly(conn);
+      init.decryptor.close();
+    },
+  };
 }
 
 /** A signed fake-TLS ClientHello record for `secret`. */
