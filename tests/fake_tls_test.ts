@@ -238,16 +238,19 @@ function parsed(record: Uint8Array) {
   return step.hello;
 }
 
-Deno.test("buildClientHello puts the x25519PrivateKey's public key in both X25519 shares", () => {
+Deno.test("buildClientHello puts the x25519PrivateKey's public key in the X25519 share, and another in the hybrid", () => {
   const priv = randomBytes(32);
   const pub = x25519PublicKey(priv);
   const record = buildClientHello({ sni: "example.com", x25519PrivateKey: priv });
   const h = parsed(record);
   assertEquals(h.x25519Share, pub);
-  // The hybrid share ends with the same key.
+  // As in Chrome's hellos (see the tls_modern_valid vector), the hybrid's X25519 half is a key
+  // of its own: equal halves would mark the hello as ours.
   const hybridAt = hex(record).indexOf("11ec04c0") / 2;
   assert(hybridAt > 0);
-  assertEquals(record.slice(hybridAt + 4 + 1184, hybridAt + 4 + 1216), pub);
+  const hybridHalf = record.slice(hybridAt + 4 + 1184, hybridAt + 4 + 1216);
+  assertEquals(hybridHalf.length, 32);
+  assert(hex(hybridHalf) !== hex(pub), "the hybrid share reuses the X25519 key");
   const plain = parsed(
     buildClientHello({ sni: "example.com", mlkem: false, x25519PrivateKey: priv }),
   );
@@ -264,7 +267,11 @@ Deno.test("parseClientHello takes the X25519 share, else the X25519 half of X255
   const at = x25519EntryAt(record);
   const hybridOnly = record.slice();
   hybridOnly[at + 1] = 0x17;
-  assertEquals(parsed(hybridOnly).x25519Share, x25519PublicKey(priv));
+  const hybridAt = hex(record).indexOf("11ec04c0") / 2;
+  assertEquals(
+    parsed(hybridOnly).x25519Share,
+    record.slice(hybridAt + 4 + 1184, hybridAt + 4 + 1216),
+  );
   const plain = buildClientHello({ sni: "example.com", mlkem: false });
   const none = plain.slice();
   none[x25519EntryAt(plain) + 1] = 0x17;

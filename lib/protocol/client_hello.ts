@@ -34,9 +34,10 @@ export interface ClientHelloOptions {
    */
   random?: Uint8Array;
   /**
-   * The X25519 private key whose public key goes in the X25519 key share and in the X25519 half
-   * of the X25519MLKEM768 share (a split-mode front's real ephemeral key). Without it each share
-   * gets a public key of a fresh random private key that nobody keeps.
+   * The X25519 private key whose public key goes in the plain X25519 key share (a split-mode
+   * front's real ephemeral key; a server reads that share first). The X25519 half of the
+   * X25519MLKEM768 share always gets its own key, as Chrome's does. Without it each share gets a
+   * public key of a fresh random private key that nobody keeps.
    * @default a random key per share
    */
   x25519PrivateKey?: Uint8Array;
@@ -179,7 +180,10 @@ export function buildClientHello(options: ClientHelloOptions): Uint8Array {
     throw new RangeError(`X25519 private key must be 32 bytes: got ${ownKey.length}`);
   }
   const ownPublic = ownKey === undefined ? null : x25519PublicKey(ownKey);
+  // Chrome (BoringSSL) makes a separate X25519 key for each share: the hybrid's X25519 half
+  // differs from the plain share. `ownKey` goes in the plain share, which a server reads first.
   const x25519Share = () => ownPublic ?? x25519PublicKey(rand(32));
+  const hybridX25519 = () => x25519PublicKey(rand(32));
   // Suite, first extension, group (also its key share), versions, last extension.
   const [gSuite, gFirst, gGroup, gVersion, gLast] = _greaseValues(5, rand) as [
     number,
@@ -197,7 +201,7 @@ export function buildClientHello(options: ClientHelloOptions): Uint8Array {
       ..._u16(0x11ec),
       ..._u16(MLKEM_EK_LEN + 32),
       ..._mlkemEncapsulationKey(rand),
-      ...x25519Share(),
+      ...hybridX25519(),
     );
   }
   shares.push(..._u16(0x001d), ..._u16(32), ...x25519Share());
