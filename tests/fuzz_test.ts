@@ -207,6 +207,20 @@ property(
   },
 );
 
+Deno.test("parseProxyHeader refuses a v1 address that is not bare: a zone, brackets, junk", () => {
+  // Found by the property above (a zone survived parseIp and became the client's address).
+  for (
+    const line of [
+      "PROXY TCP6 fe80::1%eth0 ::1 1 2",
+      "PROXY TCP6 [::1] ::1 1 2",
+      "PROXY TCP4 192.0.2.1 junk 1 2",
+      "PROXY TCP6 ::1 192.0.2.1 1 2",
+    ]
+  ) {
+    assertEquals(parseProxyHeader(latin1(`${line}\r\n`)).kind, "reject", line);
+  }
+});
+
 // ---------------------------------------------------------------------------------------------
 // PacketReader
 

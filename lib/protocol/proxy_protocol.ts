@@ -92,9 +92,11 @@ function _v1(bytes: Uint8Array): ProxyHeaderStep {
   }
   const ip = parts[2]!;
   const port = _port(parts[4]!);
-  const address = parseIp(ip);
-  const familyOk = address !== null && (parts[1] === "TCP4") === !ip.includes(":");
-  if (port === null || _port(parts[5]!) === null || !familyOk) {
+  const tcp4 = parts[1] === "TCP4";
+  if (
+    port === null || _port(parts[5]!) === null || !_v1Address(ip, tcp4) ||
+    !_v1Address(parts[3]!, tcp4)
+  ) {
     return { kind: "reject", reason: `malformed v1 header ${JSON.stringify(line)}` };
   }
   return {
@@ -102,6 +104,15 @@ function _v1(bytes: Uint8Array): ProxyHeaderStep {
     length,
     source: { ip: parts[1] === "TCP6" ? ip.toLowerCase() : ip, port },
   };
+}
+
+/**
+ * A bare address of the line's family. parseIp alone would also take a zone ("fe80::1%eth0") or
+ * brackets, which would then reach logs and the address rules as the client's address.
+ */
+function _v1Address(text: string, tcp4: boolean): boolean {
+  const shape = tcp4 ? /^\d{1,3}(\.\d{1,3}){3}$/ : /^[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*$/;
+  return shape.test(text) && parseIp(text) !== null;
 }
 
 function _port(text: string): number | null {
