@@ -5,6 +5,7 @@
  * @module
  */
 import { logger } from "./ops/log.ts";
+import { reportUnexpected } from "./ops/last_resort.ts";
 import type {
   Config,
   FrontCredential,
@@ -165,6 +166,13 @@ function _logEvent(e: ProxyEvent): void {
       log.info("{listener}: {peer} fronted to {target} ({reason})", e);
       break;
     case "closed":
+      if (e.reason === "internal_error") {
+        log.warn(
+          "{listener}: {peer} closed after an internal error ({detail}); other clients are unaffected",
+          { ...e, detail: e.detail ?? "" },
+        );
+        break;
+      }
       if (e.reason === "bad_frame") {
         log.info(
           "{listener}: {peer} closed: it sent a frame its transport does not allow ({detail})",
@@ -391,13 +399,17 @@ function _start(
   const metrics = new Metrics(config.listeners.map((l) => l.name), VERSION, Date.now());
   const sink: EventSink = {
     emit(e) {
-      metrics.observe(e);
+      // A broken counter or sink must not break sessions.
+      try {
+        metrics.observe(e);
+      } catch (err) {
+        reportUnexpected("Metrics failed to count an event", err);
+      }
       try {
         _logEvent(e);
         options.events?.emit(e);
       } catch (err) {
-        // A broken sink must not break sessions.
-        log.error("Event sink failed: {error}", { error: String(err) });
+        reportUnexpected("Event sink failed", err);
       }
     },
   };
@@ -471,8 +483,8 @@ function _start(
       linkAddresses = linkServer.listen();
     } catch (e) {
       for (const b of bound) closeQuietly(b.socket);
-      void metricsHttp?.stop();
-      void guard.stop();
+      metricsHttp?.stop().catch(() => {});
+      guard.stop().catch(() => {});
       throw e;
     }
   }
@@ -519,17 +531,7 @@ function _start(
         if (sessions.size === 0) drainedNow?.();
       },
     };
-    while (accepting) {
-      let conn: Deno.TcpConn;
-      try {
-        conn = await socket.accept();
-      } catch (e) {
-        if (!accepting || e instanceof Deno.errors.BadResource) return;
-        // Out of file descriptors and the like: log, breathe, keep serving.
-        log.error("{listener}: accept failed: {error}", { listener: l.name, error: String(e) });
-        await new Promise((r) => setTimeout(r, 100));
-        continue;
-      }
+    const admit = (conn: Deno.TcpConn) => {
       metrics.accepted(l.name);
       // The connection limit and the address rules cost nothing to check: refuse at once.
       const remote = conn.remoteAddr as Deno.NetAddr;
@@ -546,13 +548,32 @@ function _start(
         closeQuietly(conn);
         const peer = `${remote.hostname}:${remote.port}`;
         sink.emit({ type: "rejected", listener: l.name, peer, reason: slot });
-        continue;
+        return;
       }
       const session = new Session(conn, ctx);
       session.ipSlot = slot;
       sink.emit({ type: "accepted", listener: l.name, peer: session.peer });
       sessions.add(session);
       session.start();
+    };
+    while (accepting) {
+      let conn: Deno.TcpConn;
+      try {
+        conn = await socket.accept();
+      } catch (e) {
+        if (!accepting || e instanceof Deno.errors.BadResource) return;
+        // Out of file descriptors and the like: log, breathe, keep serving.
+        log.error("{listener}: accept failed: {error}", { listener: l.name, error: String(e) });
+        await new Promise((r) => setTimeout(r, 100));
+        continue;
+      }
+      try {
+        admit(conn);
+      } catch (e) {
+        // A bug in admitting one connection must not stop this listener.
+        reportUnexpected(`${l.name}: admitting a connection failed`, e);
+        closeQuietly(conn);
+      }
     }
   }
 
@@ -725,8 +746,11 @@ export function measureSites(
           });
         }
       });
-      running.add(job);
-      job.finally(() => running.delete(job));
+      const contained = job.catch((e: unknown) =>
+        reportUnexpected(`TLS profile of ${domain}: handling a measurement failed`, e)
+      );
+      running.add(contained);
+      contained.finally(() => running.delete(contained));
     }
   };
   refresh();
