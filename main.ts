@@ -9,6 +9,7 @@ import { RUN_HELP, runCommand } from "./lib/cli/run.ts";
 import { LINK_HELP, linkCommand } from "./lib/cli/link.ts";
 import { SECRET_HELP, secretCommand } from "./lib/cli/secret.ts";
 import { CHECK_CONFIG_HELP, checkConfigCommand } from "./lib/cli/check_config.ts";
+import { PING_HELP, pingCommand } from "./lib/cli/ping.ts";
 import { reportError, UsageError } from "./lib/cli/options.ts";
 import { suggest } from "./lib/config/load.ts";
 
@@ -26,6 +27,7 @@ Usage:
   mtproxy secret [--tls-domain D]  make a new random secret and print its forms
   mtproxy secret --front NAME      make a link secret for a front and a back (split mode)
   mtproxy check-config FILE        validate a configuration file
+  mtproxy ping LINK                try a proxy link from this machine, DC by DC
   mtproxy help [COMMAND]           show the help of a command
 
 Options:
@@ -41,6 +43,7 @@ const COMMANDS: Readonly<
   link: { run: linkCommand, help: LINK_HELP },
   secret: { run: secretCommand, help: SECRET_HELP },
   "check-config": { run: checkConfigCommand, help: CHECK_CONFIG_HELP },
+  ping: { run: pingCommand, help: PING_HELP },
 };
 
 /**
