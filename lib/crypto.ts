@@ -2,8 +2,10 @@
  * Ciphers and hashes. AES runs through OpenSSL's libcrypto via `Deno.dlopen`, in place, because
  * Deno's `node:crypto` AES is about ten times slower (see perf-facts.md); `node:crypto` is the
  * fallback when the library cannot be loaded. AES-256-GCM (the split-mode link's records) runs
- * the same way. Hashes, HMAC, HKDF and X25519 run at handshake time only, so `node:crypto` is
- * fine for them (X25519 still prefers OpenSSL).
+ * the same way. SHA-256, SHA-1, MD5 and HMAC-SHA256 run through OpenSSL too when it loads: at
+ * handshake time, but a fake-TLS handshake hashes several kilobytes and Deno's `node:crypto`
+ * hashes cost ~10-50 us a call (OpenSSL: ~0.2-2 us). HKDF stays on `node:crypto` (split-mode
+ * link setup only); X25519 prefers OpenSSL.
  *
  * @module
  */
@@ -79,6 +81,15 @@ const OPENSSL_SYMBOLS = {
   EVP_PKEY_derive_set_peer: { parameters: ["pointer", "pointer"], result: "i32" },
   EVP_PKEY_derive: { parameters: ["pointer", "buffer", "buffer"], result: "i32" },
   ERR_clear_error: { parameters: [], result: "void" },
+  // Digests. EVP_MD_fetch is OpenSSL 3 only (optional: a 1.1 library keeps the legacy getters).
+  EVP_MD_fetch: { parameters: ["pointer", "buffer", "pointer"], result: "pointer", optional: true },
+  EVP_sha256: { parameters: [], result: "pointer" },
+  EVP_sha1: { parameters: [], result: "pointer" },
+  EVP_md5: { parameters: [], result: "pointer" },
+  EVP_MD_CTX_new: { parameters: [], result: "pointer" },
+  EVP_DigestInit_ex: { parameters: ["pointer", "pointer", "pointer"], result: "i32" },
+  EVP_DigestUpdate: { parameters: ["pointer", "buffer", "usize"], result: "i32" },
+  EVP_DigestFinal_ex: { parameters: ["pointer", "buffer", "pointer"], result: "i32" },
 } as const;
 
 /** OpenSSL's NID / EVP_PKEY type of X25519. */
@@ -369,32 +380,173 @@ export function createAesCtr(
   return createAes("ctr", key, iv, options);
 }
 
-function _digest(algorithm: string, parts: Uint8Array[]): Uint8Array {
+/** Hash functions the proxy uses. */
+export type DigestAlgorithm = "sha256" | "sha1" | "md5";
+
+const DIGEST_LEN: Readonly<Record<DigestAlgorithm, number>> = { sha256: 32, sha1: 20, md5: 16 };
+/** SHA-256's block size: HMAC pads its key to this. */
+const SHA256_BLOCK = 64;
+
+/**
+ * OpenSSL digests: each EVP_MD looked up once (OpenSSL 3 fetches an algorithm by name on every
+ * init through a legacy EVP_sha256() handle; a fetched one skips that), one EVP_MD_CTX reused by
+ * every call (calls are synchronous, so they never overlap; each worker thread has its own).
+ */
+class _OpenSslDigests {
+  readonly #lib: OpenSsl;
+  readonly #ctx: Deno.PointerObject;
+  readonly #mds = new Map<DigestAlgorithm, Deno.PointerObject | null>();
+  readonly #pad = new Uint8Array(SHA256_BLOCK);
+  readonly #inner = new Uint8Array(32);
+
+  constructor(lib: OpenSsl, ctx: Deno.PointerObject) {
+    this.#lib = lib;
+    this.#ctx = ctx;
+  }
+
+  /** The EVP_MD of `algorithm`, or null when this OpenSSL lacks it (MD5 under FIPS). */
+  md(algorithm: DigestAlgorithm): Deno.PointerObject | null {
+    let md = this.#mds.get(algorithm);
+    if (md !== undefined) return md;
+    const lib = this.#lib;
+    const name = { sha256: "SHA256", sha1: "SHA1", md5: "MD5" }[algorithm];
+    md = lib.EVP_MD_fetch
+      ? lib.EVP_MD_fetch(null, new TextEncoder().encode(`${name}\0`), null)
+      : null;
+    if (md === null) {
+      lib.ERR_clear_error();
+      md = algorithm === "sha256"
+        ? lib.EVP_sha256()
+        : algorithm === "sha1"
+        ? lib.EVP_sha1()
+        : lib.EVP_md5();
+    }
+    this.#mds.set(algorithm, md);
+    return md;
+  }
+
+  /** Hash `parts` into `out` (its length is the digest's). */
+  digestInto(md: Deno.PointerObject, parts: readonly Uint8Array[], out: Uint8Array): void {
+    const lib = this.#lib;
+    const ctx = this.#ctx;
+    if (lib.EVP_DigestInit_ex(ctx, md, null) !== 1) {
+      throw new Error("OpenSSL EVP_DigestInit_ex failed");
+    }
+    for (const p of parts) {
+      if (p.length > 0 && lib.EVP_DigestUpdate(ctx, p, BigInt(p.length)) !== 1) {
+        throw new Error("OpenSSL EVP_DigestUpdate failed");
+      }
+    }
+    if (lib.EVP_DigestFinal_ex(ctx, out, null) !== 1) {
+      throw new Error("OpenSSL EVP_DigestFinal_ex failed");
+    }
+  }
+
+  /** HMAC-SHA256 (RFC 2104) of the concatenation of `parts`. */
+  hmacSha256(md: Deno.PointerObject, key: Uint8Array, parts: readonly Uint8Array[]): Uint8Array {
+    let k = key;
+    if (k.length > SHA256_BLOCK) {
+      k = new Uint8Array(32);
+      this.digestInto(md, [key], k);
+    }
+    const pad = this.#pad;
+    const inner = this.#inner;
+    pad.fill(0x36);
+    for (let i = 0; i < k.length; i++) pad[i]! ^= k[i]!;
+    this.digestInto(md, [pad, ...parts], inner);
+    pad.fill(0x5c);
+    for (let i = 0; i < k.length; i++) pad[i]! ^= k[i]!;
+    const out = new Uint8Array(32);
+    this.digestInto(md, [pad, inner], out);
+    pad.fill(0);
+    inner.fill(0);
+    return out;
+  }
+}
+
+let digests: _OpenSslDigests | null | undefined;
+
+function _openSslDigests(): _OpenSslDigests | null {
+  if (digests !== undefined) return digests;
+  digests = null;
+  const lib = _loadOpenSsl();
+  if (!lib) return null;
+  const ctx = lib.EVP_MD_CTX_new();
+  if (ctx !== null) digests = new _OpenSslDigests(lib, ctx);
+  return digests;
+}
+
+/**
+ * Hash the concatenation of `parts` with `algorithm`: through OpenSSL when it loads, else
+ * `node:crypto` (or as `options.backend` says).
+ *
+ * @example Usage
+ * ```ts
+ * import { digestParts } from "./crypto.ts";
+ * const enc = new TextEncoder();
+ * const d = digestParts("sha256", [enc.encode("a"), enc.encode("bc")]); // SHA-256 of "abc"
+ * console.log(d.length); // 32
+ * ```
+ */
+export function digestParts(
+  algorithm: DigestAlgorithm,
+  parts: readonly Uint8Array[],
+  options: AesOptions = {},
+): Uint8Array {
+  const d = (options.backend ?? defaultCipherBackend()) === "openssl" ? _openSslDigests() : null;
+  const md = d?.md(algorithm) ?? null;
+  if (d && md) {
+    const out = new Uint8Array(DIGEST_LEN[algorithm]);
+    d.digestInto(md, parts, out);
+    return out;
+  }
   const h = nodeCrypto.createHash(algorithm);
+  for (const p of parts) h.update(p);
+  return new Uint8Array(h.digest());
+}
+
+/**
+ * HMAC-SHA256 with `key` of the concatenation of `parts`: through OpenSSL when it loads, else
+ * `node:crypto` (or as `options.backend` says).
+ *
+ * @example Usage
+ * ```ts
+ * import { hmacSha256Parts } from "./crypto.ts";
+ * const mac = hmacSha256Parts(new Uint8Array(16), [new Uint8Array(32), new Uint8Array(8)]);
+ * console.log(mac.length); // 32
+ * ```
+ */
+export function hmacSha256Parts(
+  key: Uint8Array,
+  parts: readonly Uint8Array[],
+  options: AesOptions = {},
+): Uint8Array {
+  const d = (options.backend ?? defaultCipherBackend()) === "openssl" ? _openSslDigests() : null;
+  const md = d?.md("sha256") ?? null;
+  if (d && md) return d.hmacSha256(md, key, parts);
+  const h = nodeCrypto.createHmac("sha256", key);
   for (const p of parts) h.update(p);
   return new Uint8Array(h.digest());
 }
 
 /** SHA-256 over the concatenation of `parts`. */
 export function sha256(...parts: Uint8Array[]): Uint8Array {
-  return _digest("sha256", parts);
+  return digestParts("sha256", parts);
 }
 
 /** SHA-1 over the concatenation of `parts`. */
 export function sha1(...parts: Uint8Array[]): Uint8Array {
-  return _digest("sha1", parts);
+  return digestParts("sha1", parts);
 }
 
 /** MD5 over the concatenation of `parts`. */
 export function md5(...parts: Uint8Array[]): Uint8Array {
-  return _digest("md5", parts);
+  return digestParts("md5", parts);
 }
 
 /** HMAC-SHA256 of the concatenation of `parts`. */
 export function hmacSha256(key: Uint8Array, ...parts: Uint8Array[]): Uint8Array {
-  const h = nodeCrypto.createHmac("sha256", key);
-  for (const p of parts) h.update(p);
-  return new Uint8Array(h.digest());
+  return hmacSha256Parts(key, parts);
 }
 
 /** Cryptographically random bytes. */
