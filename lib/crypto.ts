@@ -591,15 +591,23 @@ const X25519_PKCS8_PREFIX = Uint8Array.from([
   0x20,
 ]);
 
+/** Where the 32-byte key starts in the SPKI DER of an X25519 public key. */
+const X25519_SPKI_KEY_OFF = 12;
+
 /**
  * X25519 public key of `privateKey` (random when absent): the fake-TLS ServerHello carries a
  * real curve point, so a censor that validates the key share sees nothing odd. Through OpenSSL
- * when loaded (nothing left for the GC to finalise), else `node:crypto`.
+ * when loaded (nothing left for the GC to finalise), else `node:crypto`. A fresh key (no
+ * `privateKey`, no `backend`) comes from `node:crypto`'s key generation: Deno runs it in Rust
+ * with a precomputed base-point table, about twice as fast as OpenSSL 3.0 (~25 vs ~45 us); the
+ * private half is never exposed.
  */
 export function x25519PublicKey(
-  privateKey: Uint8Array = randomBytes(32),
+  privateKey?: Uint8Array,
   options: AesOptions = {},
 ): Uint8Array {
+  if (privateKey === undefined && options.backend === undefined) return _freshX25519PublicKey();
+  privateKey ??= randomBytes(32);
   const lib = (options.backend ?? defaultCipherBackend()) === "openssl" ? _loadOpenSsl() : null;
   if (lib) {
     const pkey = lib.EVP_PKEY_new_raw_private_key(EVP_PKEY_X25519, null, privateKey, 32n);
@@ -623,6 +631,18 @@ export function x25519PublicKey(
     nodeCrypto.createPublicKey(key).export({ type: "spki", format: "der" }),
   );
   return spki.slice(spki.length - 32);
+}
+
+/** The public key of a new random X25519 key pair whose private key nobody keeps. */
+function _freshX25519PublicKey(): Uint8Array {
+  const spki = nodeCrypto.generateKeyPairSync("x25519").publicKey.export({
+    type: "spki",
+    format: "der",
+  });
+  if (spki.length !== X25519_SPKI_KEY_OFF + 32) {
+    throw new Error(`X25519 public key export has ${spki.length} bytes: expected 44`);
+  }
+  return new Uint8Array(spki.subarray(X25519_SPKI_KEY_OFF));
 }
 
 // ---------------------------------------------------------------------------------------------
