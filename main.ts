@@ -10,6 +10,7 @@ import { LINK_HELP, linkCommand } from "./lib/cli/link.ts";
 import { SECRET_HELP, secretCommand } from "./lib/cli/secret.ts";
 import { CHECK_CONFIG_HELP, checkConfigCommand } from "./lib/cli/check_config.ts";
 import { PING_HELP, pingCommand } from "./lib/cli/ping.ts";
+import { DOCTOR_HELP, doctorCommand } from "./lib/cli/doctor.ts";
 import { reportError, UsageError } from "./lib/cli/options.ts";
 import { suggest } from "./lib/config/load.ts";
 
@@ -28,6 +29,7 @@ Usage:
   mtproxy secret --front NAME      make a link secret for a front and a back (split mode)
   mtproxy check-config FILE        validate a configuration file
   mtproxy ping LINK                try a proxy link from this machine, DC by DC
+  mtproxy doctor [--config FILE]   check this machine and configuration for the proxy
   mtproxy help [COMMAND]           show the help of a command
 
 Options:
@@ -44,6 +46,7 @@ const COMMANDS: Readonly<
   secret: { run: secretCommand, help: SECRET_HELP },
   "check-config": { run: checkConfigCommand, help: CHECK_CONFIG_HELP },
   ping: { run: pingCommand, help: PING_HELP },
+  doctor: { run: doctorCommand, help: DOCTOR_HELP },
 };
 
 /**

@@ -331,14 +331,16 @@ interface _Failure {
 /** Why a connect failed, in words. */
 function _connectFailure(e: unknown, target: PingTarget, timeoutMs: number): _Failure {
   const where = formatHostPort(target.host, target.port);
-  const what = target.secret === null ? "the DC" : "the proxy";
   const text = _errorText(e);
   if (e instanceof Deno.errors.ConnectionRefused || /refused/i.test(text)) {
     return {
       outcome: "port_closed",
       result: "port closed",
-      diagnosis:
-        `port closed: nothing accepts connections on ${where} (connection refused): is ${what} running, on this port, and does a firewall reject it?`,
+      diagnosis: `port closed: nothing accepts connections on ${where} (connection refused): ${
+        target.secret === null
+          ? "a wrong address, or a firewall rejects it"
+          : "is the proxy running, on this port, and does a firewall reject it?"
+      }`,
     };
   }
   if (e instanceof Deno.errors.TimedOut || /timed out/i.test(text)) {
