@@ -5,8 +5,11 @@
  * @module
  */
 import type { Config } from "../config/types.ts";
-import { perSniSecret, proxyLinks } from "../secret.ts";
+import { perSniSecret, proxyLinks, type ProxyLinkSet } from "../secret.ts";
+import type { QrTarget } from "./qr.ts";
 import {
+  LINK_QR_OPTIONS,
+  LINK_QR_OPTIONS_HELP,
   parseCommandArgs,
   reportError,
   resolveRunConfig,
@@ -16,7 +19,11 @@ import {
   UsageError,
 } from "./options.ts";
 
-const LINK_OPTIONS = { ...RUN_OPTIONS, sni: { type: "string", multiple: true } } as const;
+const LINK_OPTIONS = {
+  ...RUN_OPTIONS,
+  ...LINK_QR_OPTIONS,
+  sni: { type: "string", multiple: true },
+} as const;
 
 /** Help screen of `mtproxy link`. */
 export const LINK_HELP = `Usage: mtproxy link [options]
@@ -28,6 +35,8 @@ A back (role: back) has no client links: run "link" with its front's configurati
 
       --sni NAME           with per_sni_secrets: the fake-TLS links of the user
                            whose SNI is NAME (their own secret); repeatable
+${LINK_QR_OPTIONS_HELP}
+
 ${RUN_OPTIONS_HELP}`;
 
 /** `host:port`, with brackets around an IPv6 literal. */
@@ -41,6 +50,20 @@ export interface FormattedLinks {
   readonly lines: readonly string[];
   /** Warnings for stderr (public_host unset). */
   readonly warnings: readonly string[];
+  /**
+   * One QR code per listener and protocol (and per-SNI user): the `https://t.me` link, which a
+   * phone's camera opens in Telegram, of the hex form for fake-TLS. Named
+   * `<listener>-<protocol>`, or `<listener>-tls-<sni>`.
+   */
+  readonly codes: readonly QrTarget[];
+}
+
+/** Options for {@linkcode formatLinks}. */
+export interface FormatLinksOptions {
+  /** With per_sni_secrets: the users (SNIs) whose fake-TLS links to show. @default [] */
+  snis?: readonly string[];
+  /** Draw a link's QR code as lines (lib/cli/qr.ts `terminalQr`), put under its code's link. */
+  qr?: (link: string) => readonly string[];
 }
 
 const WILDCARDS = new Set(["0.0.0.0", "::"]);
@@ -58,12 +81,10 @@ const WILDCARDS = new Set(["0.0.0.0", "::"]);
  * formatLinks(config).lines[0]; // "main (0.0.0.0:1443), links to proxy.example.com:1443"
  * ```
  */
-export function formatLinks(
-  config: Config,
-  options: { snis?: readonly string[] } = {},
-): FormattedLinks {
+export function formatLinks(config: Config, options: FormatLinksOptions = {}): FormattedLinks {
   const lines: string[] = [];
   const warnings: string[] = [];
+  const codes: QrTarget[] = [];
   for (const l of config.listeners) {
     const host = config.publicHost ?? l.host;
     if (config.publicHost === null) {
@@ -82,29 +103,41 @@ export function formatLinks(
       `${l.name} (${formatAddress(l.host, l.port)}), links to ${formatAddress(host, l.port)}`,
     );
     const perSni = config.perSniSecrets && l.allowedProtocols.includes("tls");
-    const sets = proxyLinks({ host, port: l.port }, l.secret, {
-      // Per-SNI: base-secret fake-TLS links are refused, so only users' own links are shown.
-      protocols: perSni ? l.allowedProtocols.filter((p) => p !== "tls") : l.allowedProtocols,
-      ...(l.tlsDomains[0] !== undefined && { tlsDomain: l.tlsDomains[0] }),
-    });
+    const sets: { link: ProxyLinkSet; sni?: string }[] = proxyLinks(
+      { host, port: l.port },
+      l.secret,
+      {
+        // Per-SNI: base-secret fake-TLS links are refused, so only users' own links are shown.
+        protocols: perSni ? l.allowedProtocols.filter((p) => p !== "tls") : l.allowedProtocols,
+        ...(l.tlsDomains[0] !== undefined && { tlsDomain: l.tlsDomains[0] }),
+      },
+    ).map((link) => ({ link }));
     if (perSni) {
-      for (const sni of options.snis ?? []) {
-        const key = perSniSecret(l.secret, sni, config.perSniSalt);
-        sets.unshift(
-          ...proxyLinks({ host, port: l.port }, key, { protocols: ["tls"], tlsDomain: sni }),
-        );
-      }
+      const users = (options.snis ?? []).flatMap((sni) =>
+        proxyLinks({ host, port: l.port }, perSniSecret(l.secret, sni, config.perSniSalt), {
+          protocols: ["tls"],
+          tlsDomain: sni,
+        }).map((link) => ({ link, sni }))
+      );
+      sets.unshift(...users);
       if ((options.snis ?? []).length === 0) {
         lines.push("  tls              per-SNI secrets: print a user's links with --sni NAME");
       }
     }
-    for (const s of sets) {
+    for (const { link: s, sni } of sets) {
       const label = s.kind === "tls" ? `tls (${s.encoding})` : s.kind;
       lines.push(`  ${label.padEnd(16)} ${s.tg}`);
       lines.push(`  ${"".padEnd(16)} ${s.https}`);
+      // One code per protocol: the fake-TLS base64url form is the same proxy as the hex one.
+      if (s.encoding !== "hex") continue;
+      codes.push({
+        name: [l.name, s.kind, ...(sni === undefined ? [] : [sni])].join("-"),
+        link: s.https,
+      });
+      if (options.qr) { for (const q of options.qr(s.https)) lines.push(`  ${q}`); }
     }
   }
-  return { lines, warnings };
+  return { lines, warnings, codes };
 }
 
 /**
@@ -161,9 +194,27 @@ export async function linkCommand(args: string[]): Promise<number> {
     if (snis.length > 0 && !config.perSniSecrets) {
       throw new UsageError("--sni needs per_sni_secrets: true in the configuration");
     }
-    const out = formatLinks(config, { snis });
+    if (values.qr && values["no-qr"]) {
+      throw new UsageError("--qr and --no-qr cannot be used together");
+    }
+    const drawQr = values.qr ?? (!values["no-qr"] && Deno.stdout.isTerminal());
+    const files = [["png", values["qr-png"]], ["svg", values["qr-svg"]]] as const;
+    // Loaded only when wanted: `run` shares this module and never draws a QR code.
+    const qr = drawQr || files.some(([, dir]) => dir !== undefined)
+      ? await import("./qr.ts")
+      : null;
+    const out = formatLinks(config, { snis, ...(drawQr && qr && { qr: qr.terminalQr }) });
     for (const w of out.warnings) console.error(w);
     for (const line of out.lines) console.log(line);
+    for (const [format, dir] of files) {
+      if (dir === undefined || qr === null) continue;
+      if (out.codes.length === 0) {
+        console.error(`Warning: no links, so no QR code written to ${dir}`);
+      }
+      for (const path of await qr.writeQrFiles(dir, out.codes, format)) {
+        console.log(`QR code: ${path}`);
+      }
+    }
     return 0;
   } catch (e) {
     return reportError("link", e);

@@ -54,6 +54,25 @@ export const RUN_OPTIONS = {
   help: { type: "boolean", short: "h" },
 } as const satisfies ParseArgsOptionsConfig;
 
+/** The flags of `link` alone that draw QR codes. */
+export const LINK_QR_OPTIONS = {
+  qr: { type: "boolean" },
+  "no-qr": { type: "boolean" },
+  "qr-png": { type: "string" },
+  "qr-svg": { type: "string" },
+} as const satisfies ParseArgsOptionsConfig;
+
+/** Help text for {@linkcode LINK_QR_OPTIONS}, for the `link` help screen. */
+export const LINK_QR_OPTIONS_HELP =
+  `      --qr                 draw a QR code under each protocol's links (the
+                           default when stdout is a terminal)
+      --no-qr              do not draw them, even in a terminal
+      --qr-png DIR         write them as PNG files to DIR, one per listener and
+                           protocol: LISTENER-PROTOCOL.png (mode 0600)
+      --qr-svg DIR         the same as SVG files: LISTENER-PROTOCOL.svg
+A code holds the https://t.me link (a phone's camera opens it in Telegram), for
+fake-TLS its hex form; a per-SNI user's file is LISTENER-tls-SNI.png.`;
+
 /** Environment variables read by `run` and `link`. */
 export const ENV = {
   config: "MTP_CONFIG",
