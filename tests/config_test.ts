@@ -223,7 +223,7 @@ workers: many
   const expected = [
     'listeners[0].host: must be an IPv4 or IPv6 address literal such as 0.0.0.0 or ::: got "localhost"',
     'listeners[0].port: must be an integer 1-65535: got "abc"',
-    'listeners[0].secret: must be 32 hex digits, "dd" + 32 hex digits, or an "ee" secret in hex or base64url: got "nothex"',
+    'listeners[0].secret: must be 32 hex digits, "dd" + 32 hex digits, or an "ee" secret in hex or base64url: got 6 characters, not all hex digits',
     "listeners[1].port: must be an integer 1-65535: got 70000",
     'listeners[1].tls_domain[0]: must be a host name of at most 182 characters: got "bad domain"',
     'allowed_protocols[1]: must be one of tls, dd, plain: got "tsl" (did you mean "tls"?)',
@@ -420,7 +420,7 @@ Deno.test("buildConfigDraft names the override behind a bad value", () => {
   assertEquals(problems, [
     'allowed_protocols[1] (from --allow): must be one of tls, dd, plain: got "udp"',
     'listeners[0].port (from MTP_PORT): must be an integer 1-65535: got "abc"',
-    'listeners[0].secret (from --secret): must be 32 hex digits, "dd" + 32 hex digits, or an "ee" secret in hex or base64url: got "short"',
+    'listeners[0].secret (from --secret): must be 32 hex digits, "dd" + 32 hex digits, or an "ee" secret in hex or base64url: got 5 characters, not all hex digits',
   ]);
 });
 
@@ -1017,7 +1017,7 @@ Deno.test("backs[] and link_listeners[] values are checked", () => {
     "link_listeners[0].tls_domain",
   ]);
   assertEquals(problemsOf(() => buildConfigDraft({ ...MINIMAL_BACK, default_tag: "abc" })), [
-    'default_tag: must be 32 hex digits (the tag from @MTProxybot; quote it): got "abc"',
+    "default_tag: must be 32 hex digits (the tag from @MTProxybot; quote it): got 3 hex digits",
   ]);
 });
 

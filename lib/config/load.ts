@@ -568,7 +568,10 @@ class _Checker {
 }
 
 function _show(v: unknown): string {
-  if (typeof v === "string") return JSON.stringify(v);
+  // A secret pasted under the wrong key (an "ee" secret as tls_domain, say) stays unshown.
+  if (typeof v === "string") {
+    return _looksSecret(v) ? "a value that may be a secret (not shown)" : JSON.stringify(v);
+  }
   if (Array.isArray(v)) return "a list";
   if (v instanceof Uint8Array) return `${v.length} bytes`;
   if (typeof v === "object" && v !== null) return "a mapping";
@@ -821,9 +824,17 @@ const _listenerName: Check<string> = (value, path, c) => {
   );
 };
 
+/**
+ * A listener secret in any client form. Problems say what is wrong with it, never what it was:
+ * a near-miss of a secret is still mostly the secret (and an `ee` form's domain is the part
+ * after the key only if the key has the right length).
+ */
 const _secret: Check<ParsedSecret> = (value, path, c) => {
   if (typeof value !== "string") {
-    return c.fail(path, "must be a string of 32 hex digits (quote it in YAML)", value);
+    return c.fail(
+      path,
+      `must be a string of 32 hex digits (quote it in YAML): got ${_kind(value)}`,
+    );
   }
   try {
     return parseSecret(value);
@@ -832,16 +843,40 @@ const _secret: Check<ParsedSecret> = (value, path, c) => {
       return c.fail(
         path,
         `has an invalid "ee" domain: it must be a host name of at most ${MAX_TLS_DOMAIN_BYTES} characters`,
-        value,
       );
     }
     return c.fail(
       path,
-      'must be 32 hex digits, "dd" + 32 hex digits, or an "ee" secret in hex or base64url',
-      value,
+      `must be 32 hex digits, "dd" + 32 hex digits, or an "ee" secret in hex or base64url: got ${
+        _describeHexish(value)
+      }`,
     );
   }
 };
+
+/** A string's length and whether it is hex, without its content: "30 hex digits". */
+function _describeHexish(value: string): string {
+  const s = value.trim();
+  if (s === "") return "an empty string";
+  if (/^[0-9a-fA-F]+$/.test(s)) return `${s.length} hex digits`;
+  return `${s.length} characters, not all hex digits`;
+}
+
+/**
+ * Whether a value is or holds something secret-like, so a problem must not echo it: a run of
+ * 32 hex digits (a key, in any form of secret), a `dd` or `ee` secret in base64url, or a URL
+ * with a password.
+ */
+function _looksSecret(s: string): boolean {
+  if (/[0-9a-fA-F]{32}/.test(s)) return true;
+  if (/^[a-z][a-z0-9+.-]*:\/\/[^/@\s]*:[^/@\s]*@/i.test(s.trim())) return true;
+  try {
+    // Not a bare 16 bytes in base64: any 22 letters would be one.
+    return parseSecret(s).kind !== "plain";
+  } catch {
+    return false;
+  }
+}
 
 const _dcId = _int(-1000, 1000);
 
@@ -849,7 +884,13 @@ const _dcId = _int(-1000, 1000);
 const _tag: Check<Uint8Array> = (value, path, c) => {
   const s = typeof value === "string" ? value.trim() : "";
   if (!/^[0-9a-fA-F]{32}$/.test(s)) {
-    return c.fail(path, "must be 32 hex digits (the tag from @MTProxybot; quote it)", value);
+    // Like a secret, never echoed: a tag is no secret, but a secret pasted here would be.
+    return c.fail(
+      path,
+      `must be 32 hex digits (the tag from @MTProxybot; quote it): got ${
+        typeof value === "string" ? _describeHexish(value) : _kind(value)
+      }`,
+    );
   }
   return Uint8Array.from(s.match(/../g)!, (h) => parseInt(h, 16));
 };

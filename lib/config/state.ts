@@ -179,13 +179,20 @@ function _parseState(path: string, text: string): ProxyState {
   try {
     data = JSON.parse(text);
   } catch (e) {
-    throw bad(`not JSON (${_why(e)})`);
+    // Not the parser's message: it quotes the text around the error, which holds the secret.
+    throw bad(`not JSON${_jsonErrorPlace(e)}`);
   }
   if (typeof data !== "object" || data === null || Array.isArray(data)) {
     throw bad("expected a JSON object");
   }
   const doc = data as Record<string, unknown>;
-  if (doc.version !== 1) throw bad(`unsupported version: got ${JSON.stringify(doc.version)}`);
+  if (doc.version !== 1) {
+    throw bad(
+      `unsupported version: got ${
+        typeof doc.version === "number" ? doc.version : _kind(doc.version)
+      }`,
+    );
+  }
   if (typeof doc.secret !== "string") throw bad('"secret" must be a string of 32 hex digits');
   let secret: Uint8Array;
   try {
@@ -193,10 +200,35 @@ function _parseState(path: string, text: string): ProxyState {
     if (parsed.kind !== "plain") throw new SecretError("bad_format", "not plain");
     secret = parsed.key;
   } catch {
-    throw bad(`"secret" must be 32 hex digits: got ${JSON.stringify(doc.secret)}`);
+    // What is wrong with it, never what it is: a near-miss of a secret is mostly the secret.
+    const s = doc.secret.trim();
+    const got = s === ""
+      ? "an empty string"
+      : /^[0-9a-fA-F]+$/.test(s)
+      ? `${s.length} hex digits`
+      : `${s.length} characters, not all hex digits`;
+    throw bad(`"secret" must be 32 hex digits: got ${got}`);
   }
   const createdAt = typeof doc.created_at === "string" ? doc.created_at : "";
   return { secret, createdAt };
+}
+
+/** Where JSON.parse stopped (" at line L column C"), or "" when its message does not say. */
+function _jsonErrorPlace(e: unknown): string {
+  const message = e instanceof Error ? e.message : "";
+  const lineCol = /line (\d+) column (\d+)/.exec(message);
+  if (lineCol) return ` at line ${lineCol[1]} column ${lineCol[2]}`;
+  const position = /at position (\d+)/.exec(message);
+  if (position) return ` at character ${Number(position[1]) + 1}`;
+  return message.includes("Unexpected end of JSON input") ? ": it ends too early" : "";
+}
+
+/** What kind of JSON value `v` is, without its content. */
+function _kind(v: unknown): string {
+  if (v === undefined) return "nothing";
+  if (v === null) return "null";
+  if (Array.isArray(v)) return "a list";
+  return typeof v === "object" ? "an object" : `a ${typeof v}`;
 }
 
 async function _writeTemp(path: string, state: ProxyState): Promise<string> {
