@@ -29,7 +29,8 @@ Deno.test("mtproxy run serves plain, dd and fake-TLS clients from a config file 
       "",
     ].join("\n"),
   );
-  const proxy = new ProxyProcess(["--config", "config.yaml"], { cwd: dir });
+  // stdout is a pipe here, so the links are printed only when asked for.
+  const proxy = new ProxyProcess(["--config", "config.yaml", "--print-links"], { cwd: dir });
   try {
     await proxy.waitFor("listening on");
     assertEquals(proxy.port(), port);
@@ -61,7 +62,7 @@ Deno.test("mtproxy run keeps its generated secret across restarts", async () => 
   try {
     // The only setting: no fronting, so nothing is dialed outside 127.0.0.1.
     await Deno.writeTextFile(`${dir}/mtproxy.yaml`, "fronting:\n  mode: off\n");
-    const args = ["--config", "mtproxy.yaml"];
+    const args = ["--config", "mtproxy.yaml", "--print-links"];
     const first = new ProxyProcess(args, { cwd: dir, env });
     await first.waitFor("listening on");
     assertEquals(await first.stop(), 0);

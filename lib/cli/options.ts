@@ -54,6 +54,19 @@ export const RUN_OPTIONS = {
   help: { type: "boolean", short: "h" },
 } as const satisfies ParseArgsOptionsConfig;
 
+/** The flags of `run` alone: whether it prints the links at start. */
+export const RUN_LINK_OPTIONS = {
+  "print-links": { type: "boolean" },
+  "quiet-links": { type: "boolean" },
+} as const satisfies ParseArgsOptionsConfig;
+
+/** Help text for {@linkcode RUN_LINK_OPTIONS}, for the `run` help screen. */
+export const RUN_LINK_OPTIONS_HELP =
+  `Links at start (they hold the secret, so by default only a terminal gets them):
+      --print-links        print them even when stdout is not a terminal (a
+                           service's stdout goes to its journal)  [MTP_LINKS=print]
+      --quiet-links        never print them; "mtproxy link" does  [MTP_LINKS=quiet]`;
+
 /** The flags of `link` alone that draw QR codes. */
 export const LINK_QR_OPTIONS = {
   qr: { type: "boolean" },
@@ -73,6 +86,51 @@ export const LINK_QR_OPTIONS_HELP =
 A code holds the https://t.me link (a phone's camera opens it in Telegram), for
 fake-TLS its hex form; a per-SNI user's file is LISTENER-tls-SNI.png.`;
 
+/** How `run` prints the links at start, and why. */
+export interface LinkPrinting {
+  /** True to print the links on stdout. */
+  readonly print: boolean;
+  /** Why the links are not printed (for the line that says so); "" when they are. */
+  readonly why: string;
+}
+
+/**
+ * Whether `run` prints the links at start: `--print-links` or `--quiet-links`, else
+ * `MTP_LINKS` (`print`, `quiet` or `auto`), else only when stdout is a terminal, since a
+ * link holds the secret and a service's stdout is kept in its journal. Throws
+ * {@linkcode UsageError} for both flags at once or a bad `MTP_LINKS`.
+ *
+ * @example Usage
+ * ```ts
+ * import { linkPrinting } from "./options.ts";
+ * linkPrinting({}, {}, false).print; // false: not a terminal
+ * linkPrinting({ "print-links": true }, {}, false).print; // true
+ * ```
+ */
+export function linkPrinting(
+  values: { readonly "print-links"?: boolean; readonly "quiet-links"?: boolean },
+  env: Env,
+  isTerminal: boolean,
+): LinkPrinting {
+  if (values["print-links"] && values["quiet-links"]) {
+    throw new UsageError("--print-links and --quiet-links cannot be used together");
+  }
+  if (values["print-links"]) return { print: true, why: "" };
+  if (values["quiet-links"]) return { print: false, why: "--quiet-links" };
+  const mode = env[ENV.links]?.trim().toLowerCase() || "auto";
+  if (mode === "print") return { print: true, why: "" };
+  if (mode === "quiet") return { print: false, why: `${ENV.links}=quiet` };
+  if (mode !== "auto") {
+    throw new UsageError(
+      `${ENV.links} must be print, quiet or auto: got ${JSON.stringify(env[ENV.links])}`,
+    );
+  }
+  return isTerminal ? { print: true, why: "" } : {
+    print: false,
+    why: `stdout is not a terminal; --print-links or ${ENV.links}=print prints them here`,
+  };
+}
+
 /** Environment variables read by `run` and `link`. */
 export const ENV = {
   config: "MTP_CONFIG",
@@ -87,6 +145,7 @@ export const ENV = {
   publicHost: "MTP_PUBLIC_HOST",
   logLevel: "MTP_LOG_LEVEL",
   metrics: "MTP_METRICS",
+  links: "MTP_LINKS",
   stateFile: STATE_FILE_ENV,
 } as const;
 

@@ -15,22 +15,30 @@ import { describeError, installLastResort } from "../ops/last_resort.ts";
 import { threadCounters } from "../ops/metrics.ts";
 import { formatAddress, formatLinkListeners, formatLinks } from "./link.ts";
 import {
-  parseRunArgs,
+  linkPrinting,
+  parseCommandArgs,
   reportError,
   resolveRunConfig,
+  RUN_LINK_OPTIONS,
+  RUN_LINK_OPTIONS_HELP,
+  RUN_OPTIONS,
   RUN_OPTIONS_HELP,
   type RunArgs,
+  runArgsFromValues,
 } from "./options.ts";
 
 /** Help screen of `mtproxy run`. */
 export const RUN_HELP = `Usage: mtproxy [run] [options]
 
-Run the proxy: print the proxy links, listen, and relay Telegram clients until
-SIGINT or SIGTERM (live clients then get timeouts.shutdown_grace seconds to
-finish; a second signal exits at once). SIGHUP reloads the policy (and a back's
-fronts); SIGUSR2 stops accepting and lets live clients finish for timeouts.drain
-(an upgrade: start the new version first, it shares the ports). A back
-(role: back) prints its link listeners instead of links. Logs go to stderr.
+Run the proxy: print the proxy links (to a terminal only, unless --print-links),
+listen, and relay Telegram clients until SIGINT or SIGTERM (live clients then
+get timeouts.shutdown_grace seconds to finish; a second signal exits at once).
+SIGHUP reloads the policy (and a back's fronts); SIGUSR2 stops accepting and
+lets live clients finish for timeouts.drain (an upgrade: start the new version
+first, it shares the ports). A back (role: back) prints its link listeners
+instead of links. Logs go to stderr.
+
+${RUN_LINK_OPTIONS_HELP}
 
 ${RUN_OPTIONS_HELP}`;
 
@@ -49,11 +57,14 @@ export async function runCommand(args: string[]): Promise<number> {
   let server: Running;
   let parsed: RunArgs;
   try {
-    parsed = parseRunArgs(args);
+    const { values } = parseCommandArgs(args, { ...RUN_OPTIONS, ...RUN_LINK_OPTIONS });
+    parsed = runArgsFromValues(values);
     if (parsed.help) {
       console.log(RUN_HELP);
       return 0;
     }
+    // Links hold the secret: not into a journal or a log file unless asked for.
+    const printing = linkPrinting(values, Deno.env.toObject(), Deno.stdout.isTerminal());
     const resolved = await resolveRunConfig(parsed, Deno.env.toObject(), { createState: true });
     const { config } = resolved;
     await setupLogging(config.logLevel);
@@ -66,7 +77,12 @@ export async function runCommand(args: string[]): Promise<number> {
     } else {
       const links = formatLinks(config);
       for (const w of links.warnings) console.error(w);
-      for (const line of links.lines) console.log(line);
+      if (printing.print) { for (const line of links.lines) console.log(line); }
+      else {
+        console.log(
+          `Links not printed (${printing.why}): "mtproxy link" with the same options prints them`,
+        );
+      }
     }
     console.log("");
     if (resolved.configPath !== null) console.log(`Config file: ${resolved.configPath}`);
