@@ -6,7 +6,7 @@
  *
  * @module
  */
-import { hmacSha256, timingSafeEqual } from "../crypto.ts";
+import { hmacSha256, hmacSha256Parts, timingSafeEqual } from "../crypto.ts";
 
 /** TLS record header length. */
 export const RECORD_HEADER_LEN = 5;
@@ -92,6 +92,9 @@ class _Cursor {
   }
 }
 
+/** Host names are ASCII; latin1 maps every byte to one character. One decoder for all calls. */
+const _LATIN1 = new TextDecoder("latin1");
+
 function _parseSni(data: Uint8Array): string | null {
   const c = new _Cursor(data, 0, data.length);
   const listEnd = 2 + c.u16();
@@ -101,7 +104,7 @@ function _parseSni(data: Uint8Array): string | null {
     const name = c.bytes(c.u16());
     if (type === 0) {
       if (name.length === 0 || name.includes(0)) throw new RangeError("bad name");
-      return new TextDecoder("latin1").decode(name);
+      return _LATIN1.decode(name);
     }
   }
   return null;
@@ -205,6 +208,9 @@ export type HelloCheck =
   | { kind: "bad_digest" }
   | { kind: "bad_timestamp"; timestamp: number };
 
+/** What the random field holds while its digest is computed. */
+const _ZERO_RANDOM = new Uint8Array(RANDOM_LEN);
+
 function _zeroedRecord(record: Uint8Array): Uint8Array {
   const zeroed = record.slice();
   zeroed.fill(0, RANDOM_OFF, RANDOM_OFF + RANDOM_LEN);
@@ -226,9 +232,18 @@ export function verifyClientHello(
   nowSec: number,
   maxSkewSec: number,
 ): HelloCheck {
-  const mac = hmacSha256(secret, _zeroedRecord(hello.record));
+  // The digest covers the record with its random field zeroed: hash around it, no copy.
+  const record = hello.record;
+  const mac = hmacSha256Parts(secret, [
+    record.subarray(0, RANDOM_OFF),
+    _ZERO_RANDOM,
+    record.subarray(RANDOM_OFF + RANDOM_LEN),
+  ]);
   for (let i = 0; i < RANDOM_LEN; i++) mac[i]! ^= hello.random[i]!;
-  if (!timingSafeEqual(mac.subarray(0, 28), new Uint8Array(28))) return { kind: "bad_digest" };
+  // Constant time: OR every byte of the 28 that must be zero.
+  let diff = 0;
+  for (let i = 0; i < 28; i++) diff |= mac[i]!;
+  if (diff !== 0) return { kind: "bad_digest" };
   const timestamp = new DataView(mac.buffer).getUint32(28, true);
   if (Math.abs(nowSec - timestamp) > maxSkewSec) return { kind: "bad_timestamp", timestamp };
   return { kind: "ok", timestamp };
