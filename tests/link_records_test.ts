@@ -447,3 +447,29 @@ Deno.test("link keys from a handshake carry records both ways", () => {
   assertEquals(downOpen.push(up.seal(Uint8Array.of(1)).slice(), text), "integrity");
   for (const c of [up, upOpen, down, downOpen]) c.close();
 });
+
+Deno.test("both ends move to the next key every keyUpdateRecords records, by HKDF, with no message", () => {
+  const every = 4;
+  const sealer = new RecordSealer(KEY, IV, { keyUpdateRecords: every });
+  const opener = new RecordOpener(KEY, IV, { keyUpdateRecords: every });
+  const stale = new RecordOpener(KEY, IV, { keyUpdateRecords: 1000 });
+  const records: Uint8Array[] = [];
+  for (let i = 0; i < 3 * every + 1; i++) records.push(sealer.seal(bytes(100, i)).slice());
+  // The same ends agree across every update.
+  for (let i = 0; i < records.length; i++) {
+    const got: number[] = [];
+    assertEquals(opener.push(records[i]!.slice(), (p) => got.push(p[0]!)), null);
+    assertEquals(got, [bytes(100, i)[0]!], `record ${i}`);
+  }
+  // An end that did not update fails at the first record of the next key, never before.
+  for (let i = 0; i < every; i++) assertEquals(stale.push(records[i]!.slice(), () => {}), null);
+  assertEquals(stale.push(records[every]!.slice(), () => {}), "integrity");
+  // Record `every` is sealed with HKDF(key, salt = iv, "mtproxy link key update") -> key', iv'.
+  const okm = hkdfSha256(KEY, IV, new TextEncoder().encode("mtproxy link key update"), 44);
+  // Its nonce continues the sequence: skip the first `every` sequence numbers by sealing them.
+  const probe = new RecordSealer(okm.slice(0, 32), okm.slice(32, 44));
+  for (let i = 0; i < every; i++) probe.seal(bytes(1, 0));
+  assertEquals(probe.seal(bytes(100, every)), records[every]);
+  for (const x of [sealer, opener, stale, probe]) x.close();
+  assertThrows(() => new RecordSealer(KEY, IV, { keyUpdateRecords: 0 }), RangeError);
+});

@@ -46,6 +46,13 @@ const HEADER = 5;
 const MAX_RECORD_LENGTH = LINK_RECORD_MAX_PLAINTEXT + LINK_RECORD_TAG;
 /** Sequence numbers are kept exact in a number; 2^53 records is far beyond any link's life. */
 const SEQUENCE_LIMIT = Number.MAX_SAFE_INTEGER;
+/**
+ * Records per key and direction before both ends move to the next key: RFC 8446 (5.5) keeps
+ * AES-GCM under 2^24.5 full records per key; a busy link passes 2^24 records (256 GiB) in days.
+ */
+export const LINK_KEY_UPDATE_RECORDS = 2 ** 24;
+/** The HKDF info label of a key update. */
+const KEY_UPDATE_LABEL = new TextEncoder().encode("mtproxy link key update");
 /** The HKDF info label; the two hello randoms follow it. */
 const KDF_LABEL = new TextEncoder().encode("mtproxy link v1");
 /** Bytes of key material: two keys and two IVs. */
@@ -260,6 +267,54 @@ function _nonce(iv: Uint8Array, seq: number, out: Uint8Array): void {
   out[11]! ^= lo & 0xff;
 }
 
+/** Options of {@linkcode RecordSealer} and {@linkcode RecordOpener}. */
+export interface RecordOptions extends AesOptions {
+  /** Records per key before the next key (both ends must agree). @default LINK_KEY_UPDATE_RECORDS */
+  keyUpdateRecords?: number;
+}
+
+/**
+ * One direction's key and IV, and the next ones every `keyUpdateRecords` records: both ends
+ * derive them the same way at the same record, so a key update needs no message on the wire.
+ */
+class _DirectionKeys {
+  aead: Aead;
+  readonly iv: Uint8Array;
+  #key: Uint8Array;
+  readonly #every: number;
+  readonly #options: AesOptions | undefined;
+
+  constructor(key: Uint8Array, iv: Uint8Array, options: RecordOptions | undefined) {
+    _checkKey(key, iv);
+    const every = options?.keyUpdateRecords ?? LINK_KEY_UPDATE_RECORDS;
+    if (!Number.isInteger(every) || every < 1) {
+      throw new RangeError(`keyUpdateRecords must be a positive integer: got ${every}`);
+    }
+    this.#every = every;
+    this.#options = options;
+    this.#key = key.slice();
+    this.iv = iv.slice();
+    this.aead = createAesGcm(this.#key, options);
+  }
+
+  /** Before using sequence number `seq`: move to the next key when its time has come. */
+  at(seq: number): void {
+    if (seq === 0 || seq % this.#every !== 0) return;
+    const okm = hkdfSha256(this.#key, this.iv, KEY_UPDATE_LABEL, 44);
+    this.#key.fill(0);
+    this.#key = okm.slice(0, 32);
+    this.iv.set(okm.subarray(32, 44));
+    okm.fill(0);
+    this.aead.close();
+    this.aead = createAesGcm(this.#key, this.#options);
+  }
+
+  close(): void {
+    this.#key.fill(0);
+    this.aead.close();
+  }
+}
+
 function _checkKey(key: Uint8Array, iv: Uint8Array): void {
   if (key.length !== 32) throw new RangeError(`Record key must be 32 bytes: got ${key.length}`);
   if (iv.length !== 12) throw new RangeError(`Record IV must be 12 bytes: got ${iv.length}`);
@@ -282,16 +337,13 @@ function _checkKey(key: Uint8Array, iv: Uint8Array): void {
  * ```
  */
 export class RecordSealer {
-  readonly #aead: Aead;
-  readonly #iv: Uint8Array;
+  readonly #keys: _DirectionKeys;
   readonly #nonce = new Uint8Array(12);
   #seq = 0;
   #out = new Uint8Array(HEADER + MAX_RECORD_LENGTH);
 
-  constructor(key: Uint8Array, iv: Uint8Array, options?: AesOptions) {
-    _checkKey(key, iv);
-    this.#aead = createAesGcm(key, options);
-    this.#iv = iv.slice();
+  constructor(key: Uint8Array, iv: Uint8Array, options?: RecordOptions) {
+    this.#keys = new _DirectionKeys(key, iv, options);
   }
 
   /** Records sealed so far (the next record's sequence number). */
@@ -330,8 +382,10 @@ export class RecordSealer {
       out[w + 4] = len & 0xff;
       const body = w + HEADER;
       out.set(plain.subarray(r, r + k), body);
-      _nonce(this.#iv, this.#seq++, nonce);
-      this.#aead.seal(
+      const keys = this.#keys;
+      keys.at(this.#seq);
+      _nonce(keys.iv, this.#seq++, nonce);
+      keys.aead.seal(
         nonce,
         out.subarray(w, body),
         out.subarray(body, body + k),
@@ -344,7 +398,7 @@ export class RecordSealer {
 
   /** Free the cipher. */
   close(): void {
-    this.#aead.close();
+    this.#keys.close();
   }
 }
 
@@ -370,8 +424,7 @@ export type RecordError = "integrity" | "bad_record" | "record_too_large" | "seq
  * ```
  */
 export class RecordOpener {
-  readonly #aead: Aead;
-  readonly #iv: Uint8Array;
+  readonly #keys: _DirectionKeys;
   readonly #nonce = new Uint8Array(12);
   #seq = 0;
   /** A record split across pushes. */
@@ -382,10 +435,8 @@ export class RecordOpener {
   #ccsSeen = false;
   #failed: RecordError | null = null;
 
-  constructor(key: Uint8Array, iv: Uint8Array, options?: AesOptions) {
-    _checkKey(key, iv);
-    this.#aead = createAesGcm(key, options);
-    this.#iv = iv.slice();
+  constructor(key: Uint8Array, iv: Uint8Array, options?: RecordOptions) {
+    this.#keys = new _DirectionKeys(key, iv, options);
   }
 
   /** Records opened so far (the next record's sequence number). */
@@ -448,7 +499,7 @@ export class RecordOpener {
 
   /** Free the cipher. */
   close(): void {
-    this.#aead.close();
+    this.#keys.close();
   }
 
   #fail(e: RecordError): RecordError {
@@ -484,11 +535,13 @@ export class RecordOpener {
       return null;
     }
     if (this.#seq >= SEQUENCE_LIMIT) return "sequence_exhausted";
-    _nonce(this.#iv, this.#seq, this.#nonce);
+    const keys = this.#keys;
+    keys.at(this.#seq);
+    _nonce(keys.iv, this.#seq, this.#nonce);
     const tagAt = o + total - LINK_RECORD_TAG;
     const data = b.subarray(o + HEADER, tagAt);
     if (
-      !this.#aead.open(this.#nonce, b.subarray(o, o + HEADER), data, b.subarray(tagAt, o + total))
+      !keys.aead.open(this.#nonce, b.subarray(o, o + HEADER), data, b.subarray(tagAt, o + total))
     ) {
       return "integrity";
     }
