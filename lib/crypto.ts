@@ -202,15 +202,19 @@ class _CtrSlots {
     return this.#free.pop()!;
   }
 
-  /** The 48 bytes of a slot (a view; callers do not keep it). */
-  view(slot: number): Uint8Array {
-    const chunk = this.#chunks[Math.floor(slot / _CtrSlots.PER_CHUNK)]!;
-    const off = (slot % _CtrSlots.PER_CHUNK) * _CtrSlots.SLOT;
-    return chunk.subarray(off, off + _CtrSlots.SLOT);
+  /** The chunk that holds a slot (its bytes start at {@linkcode offset}). */
+  chunk(slot: number): Uint8Array {
+    return this.#chunks[Math.floor(slot / _CtrSlots.PER_CHUNK)]!;
+  }
+
+  /** Where a slot's 48 bytes start in its chunk. */
+  offset(slot: number): number {
+    return (slot % _CtrSlots.PER_CHUNK) * _CtrSlots.SLOT;
   }
 
   give(slot: number): void {
-    this.view(slot).fill(0);
+    const off = this.offset(slot);
+    this.chunk(slot).fill(0, off, off + _CtrSlots.SLOT);
     this.#free.push(slot);
   }
 }
@@ -225,6 +229,13 @@ class OpenSslSharedCtr implements StreamCipher {
   static #ctx: Deno.PointerObject | null = null;
   static #scratch = new Uint8Array(16);
   static #slots = new _CtrSlots();
+  /**
+   * The running stream's key and counter block, copied here for each call: fixed views, so a
+   * call allocates nothing (a subarray per call adds up on the data path).
+   */
+  static #state = new Uint8Array(_CtrSlots.SLOT);
+  static #key = OpenSslSharedCtr.#state.subarray(0, 32);
+  static #iv = OpenSslSharedCtr.#state.subarray(32, 48);
   #lib: OpenSsl;
   #slot: number;
   #pos = 0;
@@ -239,10 +250,12 @@ class OpenSslSharedCtr implements StreamCipher {
       }
       OpenSslSharedCtr.#ctx = ctx;
     }
-    this.#slot = OpenSslSharedCtr.#slots.take();
-    const state = OpenSslSharedCtr.#slots.view(this.#slot);
-    state.set(key);
-    state.set(iv, 32);
+    const slots = OpenSslSharedCtr.#slots;
+    this.#slot = slots.take();
+    const chunk = slots.chunk(this.#slot);
+    const off = slots.offset(this.#slot);
+    chunk.set(key, off);
+    chunk.set(iv, off + 32);
   }
 
   update(data: Uint8Array): void {
@@ -250,9 +263,13 @@ class OpenSslSharedCtr implements StreamCipher {
     if (data.length === 0) return;
     const lib = this.#lib;
     const ctx = OpenSslSharedCtr.#ctx!;
-    const state = OpenSslSharedCtr.#slots.view(this.#slot);
+    const slots = OpenSslSharedCtr.#slots;
+    const chunk = slots.chunk(this.#slot);
+    const off = slots.offset(this.#slot);
+    const state = OpenSslSharedCtr.#state;
+    for (let i = 0; i < 48; i++) state[i] = chunk[off + i]!;
     if (
-      lib.EVP_CipherInit_ex(ctx, null, null, state.subarray(0, 32), state.subarray(32), 1) !== 1
+      lib.EVP_CipherInit_ex(ctx, null, null, OpenSslSharedCtr.#key, OpenSslSharedCtr.#iv, 1) !== 1
     ) {
       throw new Error("OpenSSL EVP_CipherInit_ex failed");
     }
@@ -266,9 +283,9 @@ class OpenSslSharedCtr implements StreamCipher {
     this.#pos = total % 16;
     // Add the whole blocks consumed to the 128-bit big-endian counter.
     let carry = Math.floor(total / 16);
-    for (let i = 47; i >= 32 && carry > 0; i--) {
-      const v = state[i]! + (carry % 256);
-      state[i] = v & 0xff;
+    for (let i = off + 47; i >= off + 32 && carry > 0; i--) {
+      const v = chunk[i]! + (carry % 256);
+      chunk[i] = v & 0xff;
       carry = Math.floor(carry / 256) + (v >> 8);
     }
   }
@@ -427,19 +444,9 @@ class _OpenSslDigests {
 
   /** Hash `parts` into `out` (its length is the digest's). */
   digestInto(md: Deno.PointerObject, parts: readonly Uint8Array[], out: Uint8Array): void {
-    const lib = this.#lib;
-    const ctx = this.#ctx;
-    if (lib.EVP_DigestInit_ex(ctx, md, null) !== 1) {
-      throw new Error("OpenSSL EVP_DigestInit_ex failed");
-    }
-    for (const p of parts) {
-      if (p.length > 0 && lib.EVP_DigestUpdate(ctx, p, BigInt(p.length)) !== 1) {
-        throw new Error("OpenSSL EVP_DigestUpdate failed");
-      }
-    }
-    if (lib.EVP_DigestFinal_ex(ctx, out, null) !== 1) {
-      throw new Error("OpenSSL EVP_DigestFinal_ex failed");
-    }
+    this.#init(md);
+    for (let i = 0; i < parts.length; i++) this.#update(parts[i]!);
+    this.#final(out);
   }
 
   /** HMAC-SHA256 (RFC 2104) of the concatenation of `parts`. */
@@ -453,14 +460,38 @@ class _OpenSslDigests {
     const inner = this.#inner;
     pad.fill(0x36);
     for (let i = 0; i < k.length; i++) pad[i]! ^= k[i]!;
-    this.digestInto(md, [pad, ...parts], inner);
+    this.#init(md);
+    this.#update(pad);
+    for (let i = 0; i < parts.length; i++) this.#update(parts[i]!);
+    this.#final(inner);
     pad.fill(0x5c);
     for (let i = 0; i < k.length; i++) pad[i]! ^= k[i]!;
     const out = new Uint8Array(32);
-    this.digestInto(md, [pad, inner], out);
+    this.#init(md);
+    this.#update(pad);
+    this.#update(inner);
+    this.#final(out);
     pad.fill(0);
     inner.fill(0);
     return out;
+  }
+
+  #init(md: Deno.PointerObject): void {
+    if (this.#lib.EVP_DigestInit_ex(this.#ctx, md, null) !== 1) {
+      throw new Error("OpenSSL EVP_DigestInit_ex failed");
+    }
+  }
+
+  #update(p: Uint8Array): void {
+    if (p.length > 0 && this.#lib.EVP_DigestUpdate(this.#ctx, p, BigInt(p.length)) !== 1) {
+      throw new Error("OpenSSL EVP_DigestUpdate failed");
+    }
+  }
+
+  #final(out: Uint8Array): void {
+    if (this.#lib.EVP_DigestFinal_ex(this.#ctx, out, null) !== 1) {
+      throw new Error("OpenSSL EVP_DigestFinal_ex failed");
+    }
   }
 }
 
@@ -552,6 +583,8 @@ export function hmacSha256(key: Uint8Array, ...parts: Uint8Array[]): Uint8Array 
 /** Cryptographically random bytes. */
 export function randomBytes(n: number): Uint8Array {
   const out = new Uint8Array(n);
+  // getRandomValues fills at most 64 KiB a call; a smaller array needs no view of itself.
+  if (n <= 65536) return crypto.getRandomValues(out);
   for (let off = 0; off < n; off += 65536) {
     crypto.getRandomValues(out.subarray(off, Math.min(n, off + 65536)));
   }
