@@ -90,6 +90,11 @@ class _Cursor {
     this.pos += n;
     return out;
   }
+  /** Step over `n` bytes without making a view of them. */
+  skip(n: number): void {
+    if (this.pos + n > this.end) throw new RangeError("short");
+    this.pos += n;
+  }
 }
 
 /** Host names are ASCII; latin1 maps every byte to one character. One decoder for all calls. */
@@ -174,7 +179,7 @@ export function parseClientHello(buf: Uint8Array): HelloStep {
     for (let i = 0; i < suites.length; i += 2) {
       cipherSuites.push((suites[i]! << 8) | suites[i + 1]!);
     }
-    h.bytes(h.u8()); // compression methods
+    h.skip(h.u8()); // compression methods
     let sni: string | null = null;
     const keyShareGroups: number[] = [];
     let x25519Share: Uint8Array | null = null;
@@ -183,12 +188,13 @@ export function parseClientHello(buf: Uint8Array): HelloStep {
       if (extEnd > hsEnd) return { kind: "reject", reason: "tls_malformed" };
       while (h.pos < extEnd) {
         const type = h.u16();
-        const data = h.bytes(h.u16());
-        if (type === 0x0000 && sni === null) sni = _parseSni(data);
-        if (type === 0x0033) {
-          const key = _keyShares(data, keyShareGroups);
+        const len = h.u16();
+        // Only two extensions matter: no view of the other dozen or so.
+        if (type === 0x0000 && sni === null) sni = _parseSni(h.bytes(len));
+        else if (type === 0x0033) {
+          const key = _keyShares(h.bytes(len), keyShareGroups);
           x25519Share ??= key;
-        }
+        } else h.skip(len);
       }
     }
     const record = buf.subarray(0, end);
