@@ -13,7 +13,9 @@
  * and handshakes per second.
  *
  * Usage: `deno run -A scripts/bench_handshake_cpu.ts [--trees DIR,DIR] [--repeat 5]
- * [--seconds 3] [--loops 8] [--proxy-workers 1] [--paths direct,middle] [--cpu-prof DIR]`.
+ * [--seconds 3] [--loops 8] [--proxy-workers 1] [--paths direct,middle] [--cpu-prof DIR]
+ * [--v8-flags FLAGS] [--proxy-stdout PREFIX]` (the proxy's V8 flags, default those of
+ * `deno task start`; each proxy's stdout saved to PREFIX.<n> at the end, e.g. for --trace-gc).
  * `--cpu-prof DIR` runs each proxy under `deno run --cpu-prof` (one profile per tree in
  * DIR/<n>/), for `scripts/cpu_profile_summary.ts`.
  *
@@ -182,6 +184,8 @@ async function _main(): Promise<void> {
       "proxy-workers": { type: "string", default: "1" },
       paths: { type: "string", default: "direct,middle" },
       "cpu-prof": { type: "string" },
+      "v8-flags": { type: "string" },
+      "proxy-stdout": { type: "string" },
     },
   });
   const trees = values.trees.split(",").filter(Boolean).map((t) => t.replace(/\/?$/, "/"));
@@ -222,7 +226,7 @@ async function _main(): Promise<void> {
         "run",
         "--allow-all",
         ...prof,
-        ..._startV8Flags(),
+        ...(values["v8-flags"] ? [`--v8-flags=${values["v8-flags"]}`] : _startV8Flags()),
         `${tree}main.ts`,
         "run",
         "--config",
@@ -230,7 +234,7 @@ async function _main(): Promise<void> {
       ], tree);
       all.push(child);
       for (const port of [direct, middle]) {
-        await child.waitForLine(new RegExp(`^listening on 127\\.0\\.0\\.1:${port}\\b`), 60_000);
+        await child.waitForLine(new RegExp(`listening on 127\\.0\\.0\\.1:${port}\\b`), 60_000);
       }
       proxies.push({ tree, child, ports: { direct, middle } });
     }
@@ -314,6 +318,11 @@ async function _main(): Promise<void> {
     }
   } finally {
     for (const c of all.reverse()) await c.stop();
+    if (values["proxy-stdout"]) {
+      for (const [i, c] of all.filter((c) => c.name.startsWith("proxy ")).reverse().entries()) {
+        await Deno.writeTextFile(`${values["proxy-stdout"]}.${i}`, c.lines.join("\n") + "\n");
+      }
+    }
     await Deno.remove(tmp, { recursive: true });
   }
 }
