@@ -128,6 +128,26 @@ const steps: Record<string, (i: number) => void> = {
       fillAppData: (p) => crypto.getRandomValues(p),
     }).length;
   },
+  "ServerHello as session.ts builds it (randomBytes(1088) + concat, then build)": (i) => {
+    const x25519 = secret.subarray(0, 32);
+    sink += buildServerHello(parsed[i % 512]!, secret, {
+      keyShare: concatBytes([randomBytes(1088), x25519]),
+      keyShareGroup: GROUP_X25519_MLKEM768,
+      appData: 2500 + (i % 2200),
+      fillAppData: (p) => crypto.getRandomValues(p),
+    }).length;
+  },
+  "ServerHello with the ML-KEM ciphertext filled in place (keySharePrefix)": (i) => {
+    const x25519 = secret.subarray(0, 32);
+    sink += buildServerHello(parsed[i % 512]!, secret, {
+      keyShare: x25519,
+      keySharePrefix: 1088,
+      fillKeySharePrefix: (p) => crypto.getRandomValues(p),
+      keyShareGroup: GROUP_X25519_MLKEM768,
+      appData: 2500 + (i % 2200),
+      fillAppData: (p) => crypto.getRandomValues(p),
+    }).length;
+  },
   "openClientInit (2x SHA-256, 2x AES-CTR setup)": (i) => {
     const s = openClientInit(inits[i % 512]!, secret)!;
     s.decryptor.close();

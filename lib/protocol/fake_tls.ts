@@ -262,6 +262,14 @@ export interface ServerHelloOptions {
    * ciphertext (1088 bytes) followed by an X25519 public key.
    */
   keyShare: Uint8Array;
+  /**
+   * Bytes written in front of `keyShare` in the key exchange field by `fillKeySharePrefix`, in
+   * place: for X25519MLKEM768, the ML-KEM ciphertext (1088 bytes; any bytes of that length are a
+   * well-formed one) before an X25519 `keyShare`, with no buffer of its own. @default 0
+   */
+  keySharePrefix?: number;
+  /** Fills the key share prefix (e.g. with random bytes); required when it is not empty. */
+  fillKeySharePrefix?: (prefix: Uint8Array) => void;
   /** The key share's group. @default GROUP_X25519 */
   keyShareGroup?: number;
   /** Cipher suite to answer with when the client offers it. @default the client's first TLS 1.3 suite */
@@ -298,12 +306,21 @@ export function buildServerHello(
 ): Uint8Array {
   const group = options.keyShareGroup ?? GROUP_X25519;
   const key = options.keyShare;
+  const prefix = options.keySharePrefix ?? 0;
+  const fillPrefix = options.fillKeySharePrefix;
+  if (!Number.isInteger(prefix) || prefix < 0) {
+    throw new RangeError(`Key share prefix must be a length: got ${prefix}`);
+  }
+  if (prefix > 0 && fillPrefix === undefined) {
+    throw new TypeError("A key share prefix needs fillKeySharePrefix");
+  }
+  const keyLen = prefix + key.length;
   const preferred = options.cipherSuite;
   const suite = preferred !== undefined && hello.cipherSuites.includes(preferred)
     ? preferred
     : chooseCipherSuite(hello.cipherSuites);
   const sid = hello.sessionId;
-  const keyShareLen = 8 + key.length;
+  const keyShareLen = 8 + keyLen;
   const extsLen = keyShareLen + 6;
   const bodyLen = 2 + RANDOM_LEN + 1 + sid.length + 3 + 2 + extsLen;
   const hsLen = 4 + bodyLen;
@@ -336,9 +353,13 @@ export function buildServerHello(
   u16(extsLen);
   const writeKeyShare = () => {
     u16(0x0033);
-    u16(key.length + 4);
+    u16(keyLen + 4);
     u16(group);
-    u16(key.length);
+    u16(keyLen);
+    if (prefix > 0) {
+      fillPrefix!(out.subarray(o, o + prefix));
+      o += prefix;
+    }
     out.set(key, o);
     o += key.length;
   };
