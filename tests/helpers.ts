@@ -87,6 +87,7 @@ export function testConfig(options: TestConfigOptions = {}): Config {
     allowedProtocols: allowed,
     tag: options.tag ?? null,
     proxyProtocol: false,
+    users: null,
   };
   const dcAddresses = new Map<number, HostPort>();
   for (const [id, port] of Object.entries(options.dcPorts ?? {})) {
@@ -159,6 +160,7 @@ export function testConfig(options: TestConfigOptions = {}): Config {
     link: DEFAULT_LINK,
     workers: 1,
     sharedState: null,
+    users: [],
   };
 }
 

@@ -24,6 +24,7 @@ import type {
   Role,
   ServerErrorFilter,
   TelegramConfig,
+  UserConfig,
 } from "./types.ts";
 import {
   BUILTIN_DC_IDS,
@@ -289,6 +290,11 @@ export function resolveSecrets(draft: ConfigDraft, stateSecret: Uint8Array | nul
     link: draft.link,
     workers: draft.workers,
     sharedState: draft.sharedState,
+    users: draft.users.map((u) => ({
+      ...u,
+      secret: u.secret.slice(),
+      tag: u.tag?.slice() ?? null,
+    })),
   };
   return _deepFreeze(config);
 }
@@ -959,6 +965,69 @@ const _instanceName: Check<string> = (value, path, c) => {
   return c.fail(path, "must be 1-64 characters from A-Z a-z 0-9 . _ -", value);
 };
 
+/** Bytes: a number, or a size like `512MB`, `10GB`, `1.5GiB` (k/M/G/T are powers of 1000, Ki/Mi/Gi/Ti of 1024). */
+const _size: Check<number> = (value, path, c) => {
+  if (typeof value === "number" && Number.isInteger(value) && value > 0) return value;
+  const m = typeof value === "string"
+    ? value.trim().match(/^(\d+(?:\.\d+)?)\s*([kKMGT]i?)?B?$/)
+    : null;
+  const scale = m ? _SIZE_UNITS[m[2] ?? ""] : undefined;
+  const n = m && scale !== undefined ? Math.round(Number(m[1]) * scale) : NaN;
+  if (!(n > 0) || !Number.isSafeInteger(n)) {
+    return c.fail(path, "must be a size in bytes such as 500MB, 10GB or 1.5GiB", value);
+  }
+  return n;
+};
+const _SIZE_UNITS: Readonly<Record<string, number>> = {
+  "": 1,
+  k: 1e3,
+  K: 1e3,
+  M: 1e6,
+  G: 1e9,
+  T: 1e12,
+  Ki: 2 ** 10,
+  KI: 2 ** 10,
+  Mi: 2 ** 20,
+  Gi: 2 ** 30,
+  Ti: 2 ** 40,
+};
+
+/** Bytes per second: a rate like `8Mbit`, `500kbit`, `2MB/s` (bit rates are divided by 8). */
+const _rate: Check<number> = (value, path, c) => {
+  if (typeof value === "number" && value > 0) return Math.max(1, Math.round(value));
+  const m = typeof value === "string"
+    ? value.trim().match(/^(\d+(?:\.\d+)?)\s*([kKMG]?)(bit|bps|B\/s|B)$/)
+    : null;
+  const unit = m ? _SIZE_UNITS[m[2] ?? ""] : undefined;
+  const n = m && unit !== undefined
+    ? Number(m[1]) * unit / (m[3] === "bit" || m[3] === "bps" ? 8 : 1)
+    : NaN;
+  if (!(n >= 1) || !Number.isFinite(n)) {
+    return c.fail(path, "must be a rate such as 8Mbit, 500kbit or 2MB/s", value);
+  }
+  return Math.round(n);
+};
+
+/** An ISO 8601 date or date-time (`2027-01-31`, `2027-01-31T18:00:00Z`), to Unix ms. */
+const _date: Check<number> = (value, path, c) => {
+  const s = value instanceof Date
+    ? value.toISOString()
+    : typeof value === "string"
+    ? value.trim()
+    : "";
+  const ms = /^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?)?$/.test(s)
+    ? Date.parse(s)
+    : NaN;
+  if (!Number.isFinite(ms)) {
+    return c.fail(
+      path,
+      "must be an ISO 8601 date such as 2027-01-31 or 2027-01-31T18:00:00Z",
+      value,
+    );
+  }
+  return ms;
+};
+
 /** An IPv4 address literal. */
 const _ipv4: Check<string> = (value, path, c) => {
   const s = typeof value === "string" ? value.trim() : "";
@@ -1067,6 +1136,44 @@ const PROTOCOLS: readonly ClientProtocol[] = ["tls", "dd", "plain"];
 const LOG_LEVELS: readonly LogLevel[] = ["debug", "info", "warning", "error"];
 const _protocols = _list(_choice(PROTOCOLS), "tls, dd, plain", { single: true });
 
+/** `users.NAME`: one user. */
+const USER = _record({
+  secret: _secret,
+  enabled: _bool,
+  max_connections: _int(0, 10_000_000),
+  max_unique_ips: _int(0, 1_000_000),
+  unique_ip_window: _seconds,
+  data_quota: _size,
+  quota_reset: _choice(["daily", "weekly", "monthly"] as const),
+  expires: _date,
+  rate_limit: _rate,
+  tag: _tag,
+}, { secret: 'the user\'s own secret (make one with "mtproxy secret"; quote it)' });
+
+type _UserOut = Exclude<ReturnType<typeof USER>, Invalid>;
+
+/** `users`: a mapping from user names to users. */
+const _users: Check<Map<string, _UserOut>> = (value, path, c) => {
+  if (!_isMapping(value)) return c.fail(path, "must be a mapping of user names to users");
+  const out = new Map<string, _UserOut>();
+  let ok = true;
+  for (const [name, v] of Object.entries(value)) {
+    const p = _join(path, name);
+    if (!isValidName(name)) {
+      c.fail(
+        p,
+        'a user name must be 1-64 letters, digits, ".", "_" or "-", starting with a letter or digit',
+      );
+      ok = false;
+      continue;
+    }
+    const u = USER(v, p, c);
+    if (u === INVALID) ok = false;
+    else out.set(name, u);
+  }
+  return ok ? out : INVALID;
+};
+
 const LISTENER = _mapping({
   name: _listenerName,
   host: _bindHost,
@@ -1076,6 +1183,7 @@ const LISTENER = _mapping({
   allowed_protocols: _protocols,
   tag: _tag,
   proxy_protocol: _bool,
+  users: _list(_listenerName, "user names", { single: true }),
 });
 
 const _secretHint = 'make one with "mtproxy secret --front NAME"';
@@ -1175,6 +1283,7 @@ const ROOT_SHAPE = {
   metrics: _mapping({
     listen: _bindAddress,
   }),
+  users: _users,
   shared_state: _mapping({
     redis_url: _redisUrl,
     key_prefix: _keyPrefix,
@@ -1229,6 +1338,7 @@ const NOT_FOR: Readonly<Record<Role, Readonly<Record<string, string>>>> = {
       "policy",
       "public_host",
       "max_connections",
+      "users",
     ].map((key) => [key, NO_CLIENTS]),
   ),
 };
@@ -1331,8 +1441,10 @@ function _toDraft(p: Root, c: _Checker): ConfigDraft {
       allowedProtocols: l.allowed_protocols ?? allowedProtocols,
       tag: l.tag ?? null,
       proxyProtocol: l.proxy_protocol ?? false,
+      users: l.users ?? null,
     };
   });
+  const users = _usersDraft(p, listeners, c);
 
   const dcAddresses = p.telegram?.dc_addresses ?? new Map<number, HostPort>();
   const defaultDc = p.telegram?.default_dc ?? DEFAULT_DC;
@@ -1423,6 +1535,7 @@ function _toDraft(p: Root, c: _Checker): ConfigDraft {
       denySni: p.policy?.deny_sni ?? DEFAULT_POLICY.denySni,
     },
     metrics: { listen: metricsListen },
+    users,
     sharedState: p.shared_state?.redis_url
       ? {
         redisUrl: p.shared_state.redis_url,
@@ -1521,6 +1634,61 @@ function _splitDraft(
       waitMs: p.link?.wait ?? DEFAULT_LINK_WAIT_MS,
     },
   };
+}
+
+/** Unique-IP window when `unique_ip_window` is unset: a day. */
+const DEFAULT_UNIQUE_IP_WINDOW_MS = 86_400_000;
+
+/** The users, each listener's list checked against them, and every secret unique. */
+function _usersDraft(p: Root, listeners: readonly ListenerDraft[], c: _Checker): UserConfig[] {
+  const users: UserConfig[] = [];
+  for (const [name, u] of p.users ?? new Map<string, _UserOut>()) {
+    users.push({
+      name,
+      secret: u.secret.key,
+      enabled: u.enabled ?? true,
+      maxConnections: u.max_connections ?? 0,
+      maxUniqueIps: u.max_unique_ips ?? 0,
+      uniqueIpWindowMs: u.unique_ip_window ?? DEFAULT_UNIQUE_IP_WINDOW_MS,
+      dataQuotaBytes: u.data_quota ?? null,
+      quotaReset: u.quota_reset ?? null,
+      expiresAt: u.expires ?? null,
+      rateLimitBytesPerSec: u.rate_limit ?? null,
+      tag: u.tag ?? null,
+    });
+    if (u.quota_reset !== undefined && u.data_quota === undefined) {
+      c.warn(`users.${name}.quota_reset`, "has no effect without data_quota");
+    }
+  }
+  const known = new Set(users.map((u) => u.name));
+  listeners.forEach((l, i) => {
+    l.users?.forEach((name, j) => {
+      if (!known.has(name)) {
+        const close = suggest(name, [...known]);
+        c.fail(
+          `listeners[${i}].users[${j}]`,
+          `no such user in users${
+            close === undefined ? "" : ` (did you mean ${JSON.stringify(close)}?)`
+          }`,
+          name,
+        );
+      }
+    });
+  });
+  // A user's secret names that user: no other user, and no listener, may have it too
+  // (listeners may share one between them, as before users).
+  const owners = new Map<string, string>();
+  listeners.forEach((l, i) => {
+    if (l.secret) owners.set(l.secret.join(","), `listeners[${i}]`);
+  });
+  for (const u of users) {
+    const key = u.secret.join(",");
+    const other = owners.get(key);
+    if (other !== undefined) {
+      c.fail(`users.${u.name}.secret`, `the same secret as ${other} (each user needs its own)`);
+    } else owners.set(key, `users.${u.name}`);
+  }
+  return users;
 }
 
 /** This machine's host name as a fleet instance name (characters it may not have dropped). */

@@ -37,6 +37,36 @@ export interface ListenerConfig {
   readonly tag: Uint8Array | null;
   /** Connections start with a PROXY protocol header (v1 or v2) naming the real client. */
   readonly proxyProtocol: boolean;
+  /** The users (names in `Config.users`) this listener accepts; null: every user. */
+  readonly users: readonly string[] | null;
+}
+
+/** How often a user's traffic quota starts again from zero. */
+export type QuotaReset = "daily" | "weekly" | "monthly";
+
+/** One user (`users.NAME`): their own secret, limits and quota. */
+export interface UserConfig {
+  /** Unique; shown in logs and metrics. */
+  readonly name: string;
+  /** The user's 16-byte secret. */
+  readonly secret: Uint8Array;
+  /** A disabled user is refused (and, with fake-TLS, fronted like any non-client). */
+  readonly enabled: boolean;
+  /** Connections at once; 0: no limit. */
+  readonly maxConnections: number;
+  /** Different client IP addresses within `uniqueIpWindowMs`; 0: no limit. */
+  readonly maxUniqueIps: number;
+  readonly uniqueIpWindowMs: number;
+  /** Bytes both ways before the user is refused; null: no quota. */
+  readonly dataQuotaBytes: number | null;
+  /** When the quota starts again from zero; null: never. */
+  readonly quotaReset: QuotaReset | null;
+  /** Unix time in ms after which the user is refused; null: never. */
+  readonly expiresAt: number | null;
+  /** Bytes per second each way, as a token bucket; null: no limit. */
+  readonly rateLimitBytesPerSec: number | null;
+  /** Promotion tag for this user's clients, overriding the listener's; null: the listener's. */
+  readonly tag: Uint8Array | null;
 }
 
 /** Direct-mode Telegram settings. */
@@ -241,4 +271,6 @@ export interface Config {
   readonly workers: number | "auto";
   /** Replays and policy limits shared by a fleet through Redis; null: this process alone. */
   readonly sharedState: SharedStateConfig | null;
+  /** Users with their own secrets, on the listeners that list them (or all). */
+  readonly users: readonly UserConfig[];
 }
