@@ -38,6 +38,7 @@ import { Metrics, type MetricsSnapshot, type MetricsTotals } from "./ops/metrics
 import { ConnectionPolicy, createMemoryCounts, ipKey, parseIp16 } from "./guard/policy.ts";
 import { connectRedisState, type RedisState } from "./guard/redis_state.ts";
 import type { WorkerCounts } from "./workers/shared.ts";
+import { UserDirectory } from "./guard/users.ts";
 
 /** Deadline of each download from core.telegram.org (the Erlang proxy's value). */
 const CORE_API_TIMEOUT_MS = 3000;
@@ -285,7 +286,8 @@ export function needsMiddleProxies(config: Config): boolean {
   // A back cannot know which fronts send an ad tag: unless direct mode is forced, be ready.
   return config.role === "back"
     ? config.telegram.mode !== "direct"
-    : config.listeners.some((l) => usesMiddleProxies(config, l));
+    : config.listeners.some((l) => usesMiddleProxies(config, l)) ||
+      config.users.some((u) => u.tag !== null && usesMiddleProxies(config, u));
 }
 
 /** Middle-proxy mode: the pools, on Telegram's config from `feed` (or loaded here). */
@@ -496,6 +498,9 @@ function _start(
     counts ? { ipCounts: counts.ips, sniCounts: counts.snis } : {},
   );
   const listenerCounts = counts?.listeners ?? createMemoryCounts();
+  const users = config.users.length > 0
+    ? new UserDirectory(config.users, config.listeners, counts?.users ?? createMemoryCounts())
+    : null;
   // Resolves a shutdown waiting for the last session (set only while one waits).
   let drainedNow: (() => void) | null = null;
   let accepting = true;
@@ -524,6 +529,7 @@ function _start(
       guard: guard.session,
       telegram,
       policy,
+      users,
       onDone(session) {
         session.ipSlot?.release();
         sessions.delete(session);

@@ -44,6 +44,12 @@ export type RejectReason =
   | "policy"
   /** Split mode (front): no link to a back was up within link.wait. */
   | "link_unavailable"
+  /** A user's secret matched, and the user is disabled. */
+  | "user_disabled"
+  /** A user's secret matched, and the user has expired. */
+  | "user_expired"
+  /** A user's secret matched, and the user holds max_connections connections already. */
+  | "user_limit"
   | "shutdown";
 
 /** Why an established relay ended. */
@@ -81,6 +87,8 @@ export type ProxyEvent =
     /** The DC id used (differs when the requested one was unknown). */
     dc: number;
     dcAddress: string;
+    /** The user whose secret the client used; absent for the listener's own secret. */
+    user?: string;
   }
   | {
     type: "fronted";

@@ -12,7 +12,7 @@ import {
   type StreamCipher,
   x25519PublicKey,
 } from "../crypto.ts";
-import type { ClientProtocol, Config, ListenerConfig } from "../config/types.ts";
+import type { ClientProtocol, Config, ListenerConfig, UserConfig } from "../config/types.ts";
 import {
   closeQuietly,
   type Conn,
@@ -64,6 +64,7 @@ import { type DcRoute, routeDc } from "../telegram/dc.ts";
 import { type DcConnection, openDirect } from "../telegram/direct.ts";
 import type { CloseReason, EventSink, RejectReason } from "./events.ts";
 import type { ConnectionPolicy, PolicySlot } from "../guard/policy.ts";
+import type { UserDirectory } from "../guard/users.ts";
 import { parseProxyHeader, type ProxySource } from "../protocol/proxy_protocol.ts";
 import { reportUnexpected } from "../ops/last_resort.ts";
 import {
@@ -112,6 +113,8 @@ export interface SessionContext {
   readonly telegram: TelegramSide;
   /** Address and SNI rules and limits (shared by all listeners). */
   readonly policy: ConnectionPolicy;
+  /** The users whose secrets this listener also accepts; null without users. */
+  readonly users: UserDirectory | null;
   /** Called exactly once when a session has ended and released everything. */
   readonly onDone: (session: Session) => void;
 }
@@ -462,7 +465,10 @@ export class Session implements PumpHost, TelegramClient {
     this.#ciphers.push(client.stream.decryptor, client.stream.encryptor);
     this.phase = "dialing";
     const { listener, telegram } = this.#ctx;
-    if (telegram.carries(listener) === "packets") return await this.#establishPackets(client);
+    // A user's own tag wins over the listener's.
+    if (telegram.carries({ tag: this.#adTag() }) === "packets") {
+      return await this.#establishPackets(client);
+    }
     const route = routeDc(client.stream.dcId, this.#ctx.config.telegram);
     const dc = await this.#dial(route, client);
     const inspect = this.#serverErrorFilter(client, dc);
@@ -475,6 +481,7 @@ export class Session implements PumpHost, TelegramClient {
       requestedDc: client.stream.dcId,
       dc: route.dcId,
       dcAddress: formatHostPort(route.address.host, route.address.port),
+      ...(this.#user ? { user: this.#user.name } : {}),
     });
     return {
       kind: "direct",
@@ -500,7 +507,7 @@ export class Session implements PumpHost, TelegramClient {
         tag: client.stream.tag,
         clientIp: remote.ip,
         clientPort: remote.port,
-        adTag: listener.tag,
+        adTag: this.#adTag(),
       }, this.#dialAbort.signal);
     } catch (e) {
       if (this.#abortReason) throw this.#abortRejection();
@@ -542,6 +549,7 @@ export class Session implements PumpHost, TelegramClient {
       requestedDc: client.stream.dcId,
       dc: opened.dcId,
       dcAddress: opened.where,
+      ...(this.#user ? { user: this.#user.name } : {}),
     });
     return {
       kind: "packets",
@@ -706,6 +714,8 @@ export class Session implements PumpHost, TelegramClient {
   ipSlot: PolicySlot | null = null;
   /** What this client holds under a fleet's shared limits; released at the end. */
   #fleetSlots: (() => void)[] = [];
+  /** The user whose secret matched; null for the listener's own secret. */
+  #user: UserConfig | null = null;
 
   /** Bytes received from the client so far (metrics read them while the session runs). */
   get bytesFromClient(): number {
@@ -756,7 +766,8 @@ export class Session implements PumpHost, TelegramClient {
     if (HTTP_STARTS.has(start)) throw new Rejection("http_request", notClient);
     await hs.fill(INIT_LEN);
     const init = hs.view().subarray(0, INIT_LEN);
-    const stream = openClientInit(init, this.#ctx.listener.secret);
+    const stream = openClientInit(init, this.#ctx.listener.secret) ??
+      this.#matchUser((secret) => openClientInit(init, secret));
     if (!stream) throw new Rejection("bad_secret", notClient);
     const protocol: ClientProtocol = stream.tag === "padded" ? "dd" : "plain";
     let refusal: Rejection | null = null;
@@ -764,6 +775,8 @@ export class Session implements PumpHost, TelegramClient {
       refusal = new Rejection("replay", notClient);
     } else if (!this.#allowed(protocol)) {
       refusal = new Rejection("protocol_disallowed", { detail: protocol });
+    } else {
+      refusal = this.#admitUser(notClient.front);
     }
     if (refusal) {
       stream.decryptor.close();
@@ -771,6 +784,46 @@ export class Session implements PumpHost, TelegramClient {
       throw refusal;
     }
     return { protocol, stream, tls: null, leftover: hs.view().slice(INIT_LEN) };
+  }
+
+  /**
+   * Try the users of this listener, most likely first, until `attempt` accepts a secret; the
+   * user it accepted is this client's from then on.
+   */
+  #matchUser<T>(attempt: (secret: Uint8Array) => T | null): T | null {
+    const users = this.#ctx.users;
+    if (!users) return null;
+    const name = this.#ctx.listener.name;
+    const ip = this.clientIp;
+    for (const user of users.candidates(name, ip)) {
+      const got = attempt(user.secret);
+      if (got !== null) {
+        users.matched(name, user, ip);
+        this.#user = user;
+        return got;
+      }
+    }
+    return null;
+  }
+
+  /** A matched user may connect now: count it, or say why not. */
+  #admitUser(front: { sni: string | null; tls: boolean }): Rejection | null {
+    const user = this.#user;
+    if (!user || !this.#ctx.users) return null;
+    const slot = this.#ctx.users.admit(user, Date.now());
+    if (typeof slot === "string") return new Rejection(slot, { detail: user.name, front });
+    if (this.phase === "done") slot();
+    else this.#fleetSlots.push(slot);
+    return null;
+  }
+
+  /** The user whose secret this client used; null for the listener's own secret. */
+  get user(): string | null {
+    return this.#user?.name ?? null;
+  }
+
+  #adTag(): Uint8Array | null {
+    return this.#user?.tag ?? this.#ctx.listener.tag;
   }
 
   /** Count this client under a fleet's limit, or refuse it as the local limit would. */
@@ -851,18 +904,25 @@ export class Session implements PumpHost, TelegramClient {
     } else if (!listener.tlsDomains.includes(sni)) {
       throw new Rejection("bad_sni", { detail: JSON.stringify(sni), front });
     }
-    const check = verifyClientHello(
-      hello,
-      secret,
-      Date.now() / 1000,
-      config.tls.maxClockSkewMs / 1000,
-    );
+    const nowSec = Date.now() / 1000;
+    const skewSec = config.tls.maxClockSkewMs / 1000;
+    let check = verifyClientHello(hello, secret, nowSec, skewSec);
+    if (check.kind === "bad_digest") {
+      const user = this.#matchUser((s) => {
+        const c = verifyClientHello(hello, s, nowSec, skewSec);
+        return c.kind === "bad_digest" ? null : { c, s };
+      });
+      if (user) ({ c: check, s: secret } = user);
+    }
     if (check.kind === "bad_digest") throw new Rejection("tls_bad_digest", { front });
     if (check.kind === "bad_timestamp") {
       const skew = Math.round(Date.now() / 1000 - check.timestamp);
       throw new Rejection("tls_bad_timestamp", { detail: `client clock off by ${skew} s`, front });
     }
     if (await this.#ctx.guard.seenBefore(hello.random)) throw new Rejection("replay", { front });
+    // A refused user is fronted like any stranger: probes learn nothing about who exists.
+    const refused = this.#admitUser(front);
+    if (refused) throw refused;
     // Only now, with the secret proven, may a hello count against its SNI's limit.
     const { policy } = this.#ctx;
     if (policy.checksSnis) {

@@ -1659,6 +1659,15 @@ function _usersDraft(p: Root, listeners: readonly ListenerDraft[], c: _Checker):
     if (u.quota_reset !== undefined && u.data_quota === undefined) {
       c.warn(`users.${name}.quota_reset`, "has no effect without data_quota");
     }
+    // Parsed and validated now, enforced in a coming version: say so rather than seem to work.
+    for (const key of ["max_unique_ips", "data_quota", "rate_limit"] as const) {
+      if (u[key] !== undefined) {
+        c.warn(
+          `users.${name}.${key}`,
+          "is not enforced yet by this version; the user is served without it",
+        );
+      }
+    }
   }
   const known = new Set(users.map((u) => u.name));
   listeners.forEach((l, i) => {

@@ -36,6 +36,8 @@ export interface WorkerCounts {
   readonly snis: ConnectionCounts;
   /** Per listener name, for `max_connections`. */
   readonly listeners: ConnectionCounts;
+  /** Per user name, for `users.*.max_connections`. */
+  readonly users: ConnectionCounts;
 }
 
 /** Create the shared state for `workers` workers serving `config`. */
@@ -72,12 +74,13 @@ export function openWorkerShared(
       ips: _prefixed(table, "i:"),
       snis: _prefixed(table, "s:"),
       listeners: _prefixed(table, "c:"),
+      users: _prefixed(table, "u:"),
     },
   };
 }
 
 /**
- * Keys the table may have to hold at once: one per listener, and with a per-IP or per-SNI
+ * Keys the table may have to hold at once: one per listener and per user, and with a per-IP or per-SNI
  * limit one per connection that `max_connections` lets in (each connection holds at most one of
  * each kind).
  */
@@ -87,7 +90,7 @@ function countsCapacity(config: Config): number {
   const p = config.policy;
   const perKey = (p.maxConnectionsPerIp > 0 ? connections : 0) +
     (p.maxConnectionsPerSni > 0 ? connections : 0);
-  return Math.min(2 ** 24, Math.max(16, listeners + perKey));
+  return Math.min(2 ** 24, Math.max(16, listeners + config.users.length + perKey));
 }
 
 /** One kind of key in the shared table: a prefix keeps kinds apart. */
