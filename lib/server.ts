@@ -150,19 +150,21 @@ function _logEvent(e: ProxyEvent): void {
         });
       }
       break;
-    case "established":
+    case "established": {
+      const who = e.user === undefined ? "" : ` (user ${e.user})`;
       if (e.requestedDc !== e.dc) {
         log.info(
-          "{listener}: {peer} asked for unknown DC {requestedDc}; using default DC {dc} at {dcAddress}",
-          e,
+          "{listener}: {peer}{who} asked for unknown DC {requestedDc}; using default DC {dc} at {dcAddress}",
+          { ...e, who },
         );
       } else {
         log.debug(
-          "{listener}: {peer} relayed to DC {dc} at {dcAddress} ({protocol}, {transport})",
-          e,
+          "{listener}: {peer}{who} relayed to DC {dc} at {dcAddress} ({protocol}, {transport})",
+          { ...e, who },
         );
       }
       break;
+    }
     case "fronted":
       log.info("{listener}: {peer} fronted to {target} ({reason})", e);
       break;
