@@ -132,6 +132,12 @@ Deno.test("a user's max_connections refuses exactly at its boundary, for that us
     proxy.events.filter((e) => e.type === "rejected" && e.reason === "user_limit").length,
     1,
   );
+  // Counted per user.
+  await proxy.waitForEvent((e) => e.type === "closed" && e.user === "bob");
+  const text = proxy.server.metricsText();
+  assert(text.includes('mtproxy_user_connections_established_total{user="alice"} 3'), text);
+  assert(text.includes('mtproxy_user_connections_established_total{user="bob"} 3'), text);
+  assert(/mtproxy_user_bytes_received_total\{user="alice"\} [1-9]/.test(text), text);
 });
 
 Deno.test("a disabled or expired user's fake-TLS client is fronted like any stranger; other listeners' users are unknown here", async () => {

@@ -108,6 +108,8 @@ export type ProxyEvent =
     bytesFromClient: number;
     bytesToClient: number;
     durationMs: number;
+    /** The user whose secret the client used; absent for the listener's own secret. */
+    user?: string;
   };
 
 /** Receives events. */

@@ -464,7 +464,7 @@ export class Session implements PumpHost, TelegramClient {
     const client = await this.#authenticate();
     this.#ciphers.push(client.stream.decryptor, client.stream.encryptor);
     this.phase = "dialing";
-    const { listener, telegram } = this.#ctx;
+    const { telegram } = this.#ctx;
     // A user's own tag wins over the listener's.
     if (telegram.carries({ tag: this.#adTag() }) === "packets") {
       return await this.#establishPackets(client);
@@ -1076,6 +1076,7 @@ export class Session implements PumpHost, TelegramClient {
         bytesFromClient: this.#bytesFromClient,
         bytesToClient: this.#bytesToClient,
         durationMs: Date.now() - this.startedAt,
+        ...(this.#user ? { user: this.#user.name } : {}),
       });
     } finally {
       this.#finish();

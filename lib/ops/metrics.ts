@@ -100,6 +100,10 @@ export class Metrics {
   readonly #closed = new Map<string, number>();
   readonly #bytesFromClients = new Map<string, number>();
   readonly #bytesToClients = new Map<string, number>();
+  /** Per user: connections established, and bytes of those that ended, each way. */
+  readonly #userEstablished = new Map<string, number>();
+  readonly #userBytesFrom = new Map<string, number>();
+  readonly #userBytesTo = new Map<string, number>();
 
   constructor(listeners: readonly string[], version: string, startedAtMs: number) {
     this.#listeners = listeners;
@@ -120,6 +124,7 @@ export class Metrics {
         break;
       case "established":
         _add(this.#established, `${e.listener}\0${e.protocol}`, 1);
+        if (e.user !== undefined) _add(this.#userEstablished, e.user, 1);
         break;
       case "fronted":
         _add(this.#fronted, `${e.listener}\0${e.reason}`, 1);
@@ -128,6 +133,10 @@ export class Metrics {
         _add(this.#closed, `${e.listener}\0${e.reason}`, 1);
         _add(this.#bytesFromClients, e.listener, e.bytesFromClient);
         _add(this.#bytesToClients, e.listener, e.bytesToClient);
+        if (e.user !== undefined) {
+          _add(this.#userBytesFrom, e.user, e.bytesFromClient);
+          _add(this.#userBytesTo, e.user, e.bytesToClient);
+        }
         break;
     }
   }
@@ -365,6 +374,30 @@ export class Metrics {
         "Replay and limit checks decided by this proxy alone because Redis could not answer in time.",
         {},
         live.sharedState.localDecisions,
+      );
+    }
+    for (const [user, n] of this.#userEstablished) {
+      const labels = { user };
+      put(
+        "mtproxy_user_connections_established_total",
+        "counter",
+        "Clients that got through with each user's secret.",
+        labels,
+        n,
+      );
+      put(
+        "mtproxy_user_bytes_received_total",
+        "counter",
+        "Bytes received from each user's clients (connections that ended).",
+        labels,
+        this.#userBytesFrom.get(user) ?? 0,
+      );
+      put(
+        "mtproxy_user_bytes_sent_total",
+        "counter",
+        "Bytes sent to each user's clients (connections that ended).",
+        labels,
+        this.#userBytesTo.get(user) ?? 0,
       );
     }
     put(
