@@ -12,6 +12,7 @@ import type {
   ListenerConfig,
   PolicyConfig,
   SharedStateConfig,
+  UserConfig,
 } from "./config/types.ts";
 import { closeQuietly, formatHostPort, type Listener, listenTcp } from "./net.ts";
 import type { EventSink, ProxyEvent } from "./client/events.ts";
@@ -39,6 +40,7 @@ import { ConnectionPolicy, createMemoryCounts, ipKey, parseIp16 } from "./guard/
 import { connectRedisState, type RedisState } from "./guard/redis_state.ts";
 import type { WorkerCounts } from "./workers/shared.ts";
 import { UserDirectory } from "./guard/users.ts";
+import { bytesEqual } from "./protocol/bytes.ts";
 
 /** Deadline of each download from core.telegram.org (the Erlang proxy's value). */
 const CORE_API_TIMEOUT_MS = 3000;
@@ -62,6 +64,15 @@ export interface ServerHandle {
    * Returns how many links were closed (0 in other roles).
    */
   updateFronts(fronts: readonly FrontCredential[]): number;
+  /**
+   * Swap in new users (and each listener's `users` list, by listener name); clients of users
+   * that are gone, disabled, expired, have a new secret or lost the listener are closed with
+   * reason "reloaded", the others are untouched. Returns how many were closed.
+   */
+  updateUsers(
+    users: readonly UserConfig[],
+    listenerUsers: ReadonlyMap<string, readonly string[] | null>,
+  ): number;
   /** Links up: a front's to its backs, a back's from its fronts (0 standalone). */
   linksUp(): number;
   /** A front: links per back and how they ended (empty in other roles). */
@@ -500,9 +511,10 @@ function _start(
     counts ? { ipCounts: counts.ips, sniCounts: counts.snis } : {},
   );
   const listenerCounts = counts?.listeners ?? createMemoryCounts();
-  const users = config.users.length > 0
-    ? new UserDirectory(config.users, config.listeners, counts?.users ?? createMemoryCounts())
-    : null;
+  const userCounts = counts?.users ?? createMemoryCounts();
+  const directoryOf = (list: readonly UserConfig[], listeners: readonly ListenerConfig[]) =>
+    list.length > 0 ? new UserDirectory(list, listeners, userCounts) : null;
+  let users = directoryOf(config.users, config.listeners);
   // Resolves a shutdown waiting for the last session (set only while one waits).
   let drainedNow: (() => void) | null = null;
   let accepting = true;
@@ -531,7 +543,10 @@ function _start(
       guard: guard.session,
       telegram,
       policy,
-      users,
+      // Read at each handshake: a reload swaps the directory.
+      get users() {
+        return users;
+      },
       onDone(session) {
         session.ipSlot?.release();
         sessions.delete(session);
@@ -632,6 +647,30 @@ function _start(
         const sni = s.sni;
         if (policy.deniesIp(s.clientIp) || (sni !== null && policy.deniesSni(sni))) {
           s.abort("policy");
+          closed++;
+        }
+      }
+      return closed;
+    },
+    updateUsers(list, listenerUsers) {
+      const listeners = config.listeners.map((l) => ({
+        ...l,
+        users: listenerUsers.has(l.name) ? listenerUsers.get(l.name)! : l.users,
+      }));
+      users = directoryOf(list, listeners);
+      const byName = new Map(list.map((u) => [u.name, u]));
+      const now = Date.now();
+      let closed = 0;
+      for (const s of sessions) {
+        const held = s.user;
+        if (s.phase === "done" || held === null) continue;
+        const next = byName.get(held.name);
+        const allowed = listeners.find((l) => l.name === s.listenerName)?.users;
+        const keeps = next !== undefined && next.enabled && bytesEqual(next.secret, held.secret) &&
+          (next.expiresAt === null || next.expiresAt > now) &&
+          (allowed === null || allowed === undefined || allowed.includes(next.name));
+        if (!keeps) {
+          s.abort("reloaded");
           closed++;
         }
       }

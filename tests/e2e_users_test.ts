@@ -2,7 +2,7 @@
  * Many users on one port: each connects with their own secret in every protocol, is known by
  * name from then on, and meets their own limits; a refused user's fake-TLS client is fronted.
  */
-import { assert, assertEquals } from "./assert.ts";
+import { assert, assertEquals, assertRejects } from "./assert.ts";
 import {
   startByteSink,
   startFakeTelegramMiddle,
@@ -202,4 +202,35 @@ Deno.test("a user's own ad tag takes that user through the middle proxies; the o
   assertEquals(telegram.mp.stats.adTagMismatches, 0);
   const routes = established(proxy.events).map((e) => [e.user, e.dcAddress.includes("middle")]);
   assertEquals(routes, [["promoted", true], ["plain", false]]);
+});
+
+Deno.test("a reload adds, changes and removes users while their clients relay: untouched ones see every byte", async () => {
+  const dc = await startFakeDc({ mode: "echo" });
+  await using _dc = { [Symbol.asyncDispose]: () => dc.close() };
+  const alice = user("alice"), bob = user("bob"), carol = user("carol"), dave = user("dave");
+  await using proxy = await startTestProxy(
+    withUsers(testConfig({ dcPorts: { 2: dc.port } }), [alice, bob, carol]),
+  );
+  const open = (u: UserConfig, kind: SecretKind) =>
+    connectTestClient({ port: proxy.port, secret: u.secret, kind, dcId: 2 });
+  const kept = await Promise.all(KINDS.flatMap((k) => [open(alice, k), open(alice, k)]));
+  const gone = await Promise.all([open(bob, "tls"), open(carol, "dd")]);
+  await Promise.all([...kept, ...gone].map(echo));
+  // Bob is removed, Carol gets a new secret, Dave arrives; Alice is as she was.
+  const carol2 = { ...carol, secret: randomBytes(16) };
+  const closed = proxy.server.updateUsers([alice, carol2, dave], new Map());
+  assertEquals(closed, 2);
+  await Promise.all(gone.map((c) => c.closed()));
+  const reloaded = proxy.events.filter((e) => e.type === "closed" && e.reason === "reloaded");
+  assertEquals(reloaded.map((e) => e.type === "closed" && e.user).sort(), ["bob", "carol"]);
+  // Alice's clients never noticed; every byte still arrives.
+  await Promise.all(kept.map(echo));
+  const d = await open(dave, "tls");
+  const c2 = await open(carol2, "plain");
+  await Promise.all([echo(d), echo(c2)]);
+  // The old secrets are strangers now.
+  const stale = await open(bob, "dd");
+  await assertRejects(() => echo(stale));
+  await stale.close();
+  await Promise.all([...kept, ...gone, d, c2].map((c) => c.close()));
 });

@@ -121,6 +121,15 @@ export async function runCommand(args: string[]): Promise<number> {
       const { config } = await resolveRunConfig(parsed, Deno.env.toObject());
       const closed = await server.updatePolicy(config.policy);
       log.info("Policy reloaded from the configuration; {closed} clients closed by it", { closed });
+      if (config.role !== "back") {
+        // Users added, changed, disabled or removed; untouched users' clients stay.
+        const listenerUsers = new Map(config.listeners.map((l) => [l.name, l.users]));
+        const cut = await server.updateUsers(config.users, listenerUsers);
+        log.info("Users reloaded: {n} users; {cut} clients closed (reloaded)", {
+          n: config.users.length,
+          cut,
+        });
+      }
       if (config.role === "back") {
         // A front removed from `fronts` (or given a new secret) is cut off; the others stay.
         const cut = await server.updateFronts(config.fronts);
@@ -158,6 +167,10 @@ interface Running {
   readonly closed: Promise<void>;
   updatePolicy(policy: Config["policy"]): Promise<number>;
   updateFronts(fronts: Config["fronts"]): Promise<number>;
+  updateUsers(
+    users: Config["users"],
+    listenerUsers: ReadonlyMap<string, readonly string[] | null>,
+  ): Promise<number>;
   refreshTelegramConfig(): Promise<void>;
   shutdown(): Promise<void>;
   drain(): Promise<void>;
@@ -196,6 +209,7 @@ function _fromServer(s: ServerHandle): Running {
     closed: s.closed,
     updatePolicy: (p) => Promise.resolve(s.updatePolicy(p)),
     updateFronts: (f) => Promise.resolve(s.updateFronts(f)),
+    updateUsers: (u, l) => Promise.resolve(s.updateUsers(u, l)),
     refreshTelegramConfig: () => s.refreshTelegramConfig(),
     shutdown: () => s.shutdown(),
     drain: () => s.drain(),

@@ -42,6 +42,8 @@ export type RejectReason =
   | "sni_limit"
   /** The policy was reloaded during the handshake and refuses this client now. */
   | "policy"
+  /** The configuration was reloaded during the handshake and refuses this client's user now. */
+  | "reloaded"
   /** Split mode (front): no link to a back was up within link.wait. */
   | "link_unavailable"
   /** A user's secret matched, and the user is disabled. */
@@ -66,6 +68,8 @@ export type CloseReason =
   | "bad_frame"
   /** The policy was reloaded and refuses this client now (deny_ips, deny_sni, ...). */
   | "policy"
+  /** The configuration was reloaded and no longer lets this client's user in. */
+  | "reloaded"
   /** Split mode (front): the link that carried this client to its back was lost. */
   | "link_lost"
   /** Something threw while serving this client (a bug): it alone was closed; `detail` says what. */

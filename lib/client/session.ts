@@ -120,7 +120,7 @@ export interface SessionContext {
 }
 
 /** Why the server stops a session from outside ("policy": reloaded rules refuse it now). */
-export type AbortReason = "timeout" | "idle" | "shutdown" | "policy";
+export type AbortReason = "timeout" | "idle" | "shutdown" | "policy" | "reloaded";
 
 /** Options of a {@linkcode Rejection}. */
 interface RejectionOptions {
@@ -416,7 +416,7 @@ export class Session implements PumpHost, TelegramClient {
   /** The refusal an abort during the handshake or the dial stands for. */
   #abortRejection(): Rejection {
     const r = this.#abortReason;
-    return new Rejection(r === "shutdown" || r === "policy" ? r : "timeout");
+    return new Rejection(r === "shutdown" || r === "policy" || r === "reloaded" ? r : "timeout");
   }
 
   /** Release everything and tell the server. */
@@ -818,8 +818,8 @@ export class Session implements PumpHost, TelegramClient {
   }
 
   /** The user whose secret this client used; null for the listener's own secret. */
-  get user(): string | null {
-    return this.#user?.name ?? null;
+  get user(): UserConfig | null {
+    return this.#user;
   }
 
   #adTag(): Uint8Array | null {
@@ -1047,7 +1047,7 @@ export class Session implements PumpHost, TelegramClient {
     let reason: CloseReason;
     if (
       this.#abortReason === "idle" || this.#abortReason === "shutdown" ||
-      this.#abortReason === "policy"
+      this.#abortReason === "policy" || this.#abortReason === "reloaded"
     ) {
       reason = this.#abortReason;
     } else if (this.#fronted) {

@@ -5,7 +5,7 @@
  *
  * @module
  */
-import type { Config, FrontCredential, PolicyConfig } from "../config/types.ts";
+import type { Config, FrontCredential, PolicyConfig, UserConfig } from "../config/types.ts";
 import type { TlsProfile } from "../guard/tls_profile.ts";
 import type { TelegramConfigSnapshot } from "../telegram/proxy_config.ts";
 import type { LogLevel } from "../config/types.ts";
@@ -55,6 +55,13 @@ export type WorkerRequest =
     readonly id: number;
     readonly op: "fronts";
     readonly fronts: readonly FrontCredential[];
+  }
+  | {
+    readonly type: "request";
+    readonly id: number;
+    readonly op: "users";
+    readonly users: readonly UserConfig[];
+    readonly listenerUsers: ReadonlyMap<string, readonly string[] | null>;
   };
 
 /** News the supervisor pushes to every worker. */

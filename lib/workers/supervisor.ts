@@ -12,7 +12,7 @@
  *
  * @module
  */
-import type { Config, FrontCredential, PolicyConfig } from "../config/types.ts";
+import type { Config, FrontCredential, PolicyConfig, UserConfig } from "../config/types.ts";
 import { logger } from "../ops/log.ts";
 import {
   imitatedSites,
@@ -88,6 +88,11 @@ export interface Supervisor {
   updatePolicy(policy: PolicyConfig): Promise<number>;
   /** A back: the fronts allowed from now on, in every worker; resolves with links closed. */
   updateFronts(fronts: readonly FrontCredential[]): Promise<number>;
+  /** New users in every worker (see ServerHandle.updateUsers); resolves with clients closed. */
+  updateUsers(
+    users: readonly UserConfig[],
+    listenerUsers: ReadonlyMap<string, readonly string[] | null>,
+  ): Promise<number>;
   /** Fetch Telegram's config now and hand it to the workers. */
   refreshTelegramConfig(): Promise<void>;
   /** Stop accepting everywhere; live clients get `timeouts.shutdown_grace`. */
@@ -374,6 +379,12 @@ export async function startSupervisor(
       metricsText,
       async updatePolicy(policy) {
         const n = await Promise.all(slots.map((s) => s.request({ op: "policy", policy }, 10_000)));
+        return n.reduce<number>((a, b) => a + (typeof b === "number" ? b : 0), 0);
+      },
+      async updateUsers(users, listenerUsers) {
+        const n = await Promise.all(
+          slots.map((s) => s.request({ op: "users", users, listenerUsers }, 10_000)),
+        );
         return n.reduce<number>((a, b) => a + (typeof b === "number" ? b : 0), 0);
       },
       async updateFronts(fronts) {

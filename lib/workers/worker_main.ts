@@ -130,6 +130,9 @@ async function answer(r: WorkerRequest): Promise<void> {
       case "fronts":
         value = s.updateFronts(r.fronts);
         break;
+      case "users":
+        value = s.updateUsers(r.users, r.listenerUsers);
+        break;
       case "shutdown":
         await s.shutdown();
         break;
