@@ -74,28 +74,26 @@ interface _Accepted {
   readonly rest: Uint8Array;
 }
 
-/** Answers that wait for the front's window. */
-interface _Queued {
-  data: Uint8Array;
-}
-
 /** One client stream of a front, served by the local Telegram side. */
 class BackStream implements TelegramClient {
   readonly id: number;
   readonly #link: BackLink;
   local: TelegramStream | null = null;
-  readonly abort = new AbortController();
+  /** Aborts the open; dropped once the stream is open (an idle stream keeps no signal). */
+  #abort: AbortController | null = new AbortController();
   closed = false;
   /** Client packets received before the stream opened, or while a send is in flight. */
-  pending: Packet[] = [];
+  pending: Packet[] | null = null;
   pendingBytes = 0;
   sending = false;
   #scheduled = false;
   /** Answer bytes sent to the front and not yet acknowledged, and their sizes in order. */
   inFlight = 0;
-  #sizes: number[] = [];
+  #sizes: number[] | null = null;
   #sizesHead = 0;
-  #queued: _Queued[] = [];
+  /** Answers that wait for the front's window (copies), from `#queuedHead` on. */
+  #queued: Uint8Array[] | null = null;
+  #queuedHead = 0;
   queuedBytes = 0;
 
   constructor(link: BackLink, id: number) {
@@ -103,14 +101,26 @@ class BackStream implements TelegramClient {
     this.id = id;
   }
 
+  /** Aborted when the stream is released before it opened. */
+  get signal(): AbortSignal {
+    return this.#abort!.signal;
+  }
+
+  /** Telegram's side is open: packets go to `stream` from now on. */
+  opened(stream: TelegramStream): void {
+    this.local = stream;
+    this.#abort = null;
+    this.pump();
+  }
+
   // TelegramClient: what Telegram sends this client.
 
   onPacket(data: Uint8Array): void {
     if (this.closed) return;
-    if (this.inFlight < this.#link.peerWindow && this.#queued.length === 0) {
+    if (this.inFlight < this.#link.peerWindow && this.#queued === null) {
       this.#sendAnswer(data);
     } else {
-      this.#queued.push({ data: data.slice() });
+      (this.#queued ??= []).push(data.slice());
       this.queuedBytes += data.length;
     }
   }
@@ -135,7 +145,7 @@ class BackStream implements TelegramClient {
 
   /** A client packet (a view valid during the call). */
   data(payload: Uint8Array, quickAck: boolean): void {
-    this.pending.push({ payload: payload.slice(), quickAck });
+    (this.pending ??= []).push({ payload: payload.slice(), quickAck });
     this.pendingBytes += payload.length;
     if (this.#scheduled) return;
     this.#scheduled = true;
@@ -153,10 +163,10 @@ class BackStream implements TelegramClient {
   /** Hand pending packets to Telegram; acknowledge them to the front once taken. */
   pump(): void {
     const local = this.local;
-    if (!local || this.sending || this.closed || this.pending.length === 0) return;
     const batch = this.pending;
+    if (!local || this.sending || this.closed || batch === null) return;
     const bytes = this.pendingBytes;
-    this.pending = [];
+    this.pending = null;
     this.pendingBytes = 0;
     this.sending = true;
     local.send(batch).then(() => {
@@ -177,31 +187,46 @@ class BackStream implements TelegramClient {
     bytes = Math.min(bytes, this.inFlight);
     this.inFlight -= bytes;
     let packets = 0;
-    let left = bytes;
     const sizes = this.#sizes;
-    while (left > 0 && this.#sizesHead < sizes.length) {
-      left -= sizes[this.#sizesHead++]!;
-      packets++;
-    }
-    if (this.#sizesHead > 1024 || this.#sizesHead === sizes.length) {
-      sizes.splice(0, this.#sizesHead);
-      this.#sizesHead = 0;
+    if (sizes !== null) {
+      let left = bytes;
+      while (left > 0 && this.#sizesHead < sizes.length) {
+        left -= sizes[this.#sizesHead++]!;
+        packets++;
+      }
+      if (this.#sizesHead === sizes.length) {
+        this.#sizes = null;
+        this.#sizesHead = 0;
+      } else if (this.#sizesHead > 1024) {
+        sizes.splice(0, this.#sizesHead);
+        this.#sizesHead = 0;
+      }
     }
     if (bytes > 0) this.local?.ack(bytes, packets);
-    while (this.#queued.length > 0 && this.inFlight < this.#link.peerWindow && !this.closed) {
-      const data = this.#queued.shift()!.data;
+    const queued = this.#queued;
+    if (queued === null) return;
+    while (this.#queuedHead < queued.length && this.inFlight < this.#link.peerWindow) {
+      if (this.closed) return;
+      const data = queued[this.#queuedHead++]!;
       this.queuedBytes -= data.length;
       this.#sendAnswer(data);
+    }
+    if (this.#queuedHead === queued.length) {
+      this.#queued = null;
+      this.#queuedHead = 0;
     }
   }
 
   /** Release the Telegram side (idempotent). */
   release(): void {
     this.closed = true;
-    this.abort.abort();
-    this.pending = [];
-    this.#queued = [];
+    this.#abort?.abort();
+    this.#abort = null;
+    this.pending = null;
+    this.#queued = null;
+    this.#queuedHead = 0;
     this.queuedBytes = 0;
+    this.#sizes = null;
     const local = this.local;
     this.local = null;
     local?.release();
@@ -210,7 +235,7 @@ class BackStream implements TelegramClient {
   #sendAnswer(data: Uint8Array): void {
     this.#link.conn.writer.answer(this.id, data);
     this.inFlight += data.length;
-    this.#sizes.push(data.length);
+    (this.#sizes ??= []).push(data.length);
     this.#link.conn.flushSoon();
   }
 }
@@ -284,19 +309,18 @@ class BackLink implements LinkHost {
       clientPort: f.clientPort,
       adTag: f.adTag ?? this.#server.defaultTag,
     };
-    this.#server.telegram.open(s, target, s.abort.signal).then((opened) => {
+    this.#server.telegram.open(s, target, s.signal).then((opened) => {
       if (s.closed || this.conn.closed) {
         opened.stream.release();
         return;
       }
-      s.local = opened.stream;
       this.conn.writer.opened(id, {
         dcId: opened.dcId,
         via: opened.where.startsWith("middle") ? "middle" : "direct",
         where: opened.where.slice(0, 200),
       });
       this.conn.flushSoon();
-      s.pump();
+      s.opened(opened.stream);
     }, (e: unknown) => {
       if (s.closed) return;
       const kind = (e as TelegramOpenError).kind;

@@ -112,8 +112,14 @@ function _message(e: unknown): string {
 
 const _log = logger("telegram");
 
-/** Read buffer sizes: idle, active, bulk (an idle stream's pending read pins its buffer). */
-const _READ_SIZES = [2048, 16384, 65536] as const;
+/**
+ * Read buffer sizes: idle, active, bulk (an idle stream's pending read pins its buffer). An idle
+ * stream reads into a small slot of a shared slab (no buffer object of its own); a full read
+ * moves it up to the pooled buffers, a sparse one back.
+ */
+const _READ_SIZES = [256, 16384, 65536] as const;
+/** A read this short at a larger size goes back to the idle slot. */
+const _SPARSE_READ = 1024;
 /** Free read buffers of the larger sizes, shared by every stream (reads never overlap a use). */
 const _freeReadBuffers: Uint8Array[][] = [[], [], []];
 const _FREE_READ_BUFFERS_MAX = [0, 256, 64] as const;
@@ -125,6 +131,20 @@ function _takeReadBuffer(level: number): Uint8Array {
 function _giveReadBuffer(level: number, buf: Uint8Array): void {
   const free = _freeReadBuffers[level]!;
   if (free.length < _FREE_READ_BUFFERS_MAX[level]!) free.push(buf);
+}
+
+/** Idle read slots: views into shared slabs, one per stream while its read loop runs. */
+const _SLOTS_PER_SLAB = 256;
+const _freeSlots: Uint8Array[] = [];
+
+function _takeSlot(): Uint8Array {
+  if (_freeSlots.length === 0) {
+    const slab = new Uint8Array(_READ_SIZES[0] * _SLOTS_PER_SLAB);
+    for (let i = _SLOTS_PER_SLAB - 1; i >= 0; i--) {
+      _freeSlots.push(slab.subarray(i * _READ_SIZES[0], (i + 1) * _READ_SIZES[0]));
+    }
+  }
+  return _freeSlots.pop()!;
 }
 
 class _DirectStream implements DirectStream {
@@ -271,8 +291,9 @@ class _DirectStream implements DirectStream {
   }
 
   async #readLoop(): Promise<void> {
+    const slot = _takeSlot();
     let level = 0;
-    let buf = _takeReadBuffer(level);
+    let buf = slot;
     let reason: TelegramCloseReason = "close_ext";
     let why = "the DC closed the connection";
     try {
@@ -309,14 +330,14 @@ class _DirectStream implements DirectStream {
           reportUnexpected("Direct DC stream: a client callback threw; the stream was closed", e);
           break;
         }
-        // Follow the traffic: a bigger buffer after a full read, the small one when sparse.
+        // Follow the traffic: a bigger buffer after a full read, the idle slot when sparse.
         if (n === buf.length && level < _READ_SIZES.length - 1) {
           if (level > 0) _giveReadBuffer(level, buf);
           buf = _takeReadBuffer(++level);
-        } else if (n < _READ_SIZES[0] / 2 && level > 0) {
+        } else if (n < _SPARSE_READ && level > 0) {
           _giveReadBuffer(level, buf);
           level = 0;
-          buf = _takeReadBuffer(level);
+          buf = slot;
         }
       }
     } catch (e) {
@@ -324,6 +345,7 @@ class _DirectStream implements DirectStream {
       why = _message(e);
     } finally {
       if (level > 0) _giveReadBuffer(level, buf);
+      _freeSlots.push(slot);
       this.#decryptor.close();
       this.#shutdown(reason, why);
     }
