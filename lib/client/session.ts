@@ -44,7 +44,6 @@ import {
   type TelegramSide,
   type TelegramStream,
 } from "../telegram/side.ts";
-import { concatBytes } from "../protocol/bytes.ts";
 import { PacketReader } from "../protocol/packet_reader.ts";
 import {
   frameLength,
@@ -939,12 +938,15 @@ export class Session implements PumpHost, TelegramClient {
     // ServerHello ~1.2 KB, and a 127-byte one would stand out.
     const mlkem = shape.keyShareGroup === GROUP_X25519_MLKEM768 &&
       hello.keyShareGroups.includes(GROUP_X25519_MLKEM768);
-    const x25519 = x25519PublicKey();
     const answer = buildServerHello(hello, secret, {
-      keyShare: mlkem ? concatBytes([randomBytes(MLKEM768_CIPHERTEXT_LEN), x25519]) : x25519,
+      keyShare: x25519PublicKey(),
+      // The ML-KEM ciphertext is random bytes written in place in front of the X25519 key.
+      ...(mlkem
+        ? { keySharePrefix: MLKEM768_CIPHERTEXT_LEN, fillKeySharePrefix: _fillRandom }
+        : {}),
       keyShareGroup: mlkem ? GROUP_X25519_MLKEM768 : GROUP_X25519,
       appData: shape.appDataLength,
-      fillAppData: (payload) => crypto.getRandomValues(payload),
+      fillAppData: _fillRandom,
       extensionOrder: shape.extensionOrder,
       ...(shape.cipherSuite !== undefined ? { cipherSuite: shape.cipherSuite } : {}),
     });
@@ -1189,6 +1191,11 @@ function _room(m: _PacketState, len: number): _OutBuffer {
 }
 
 /** Give a pooled buffer back (each once). */
+/** Fill bytes of a fake-TLS answer with random ones. */
+function _fillRandom(bytes: Uint8Array): void {
+  crypto.getRandomValues(bytes);
+}
+
 function _releaseOut(o: _OutBuffer): void {
   const buf = o.buf;
   if (buf.length === _SMALL_OUT) {
