@@ -26,6 +26,7 @@ import { answerLinkHello, type LinkKeys } from "../protocol/link_records.ts";
 import { openFronting } from "../guard/fronting_dial.ts";
 import { type PumpEnd, type PumpHost, startPump } from "../client/relay.ts";
 import type { SessionGuard } from "../client/session.ts";
+import type { PacketWriter } from "../telegram/direct_stream.ts";
 import type { LocalTelegram } from "../telegram/local.ts";
 import type {
   TelegramClient,
@@ -74,11 +75,19 @@ interface _Accepted {
   readonly rest: Uint8Array;
 }
 
+/** Client packet bytes handed to the DC in one write, acknowledged to the front once written. */
+interface _Write {
+  readonly promise: Promise<void>;
+  bytes: number;
+}
+
 /** One client stream of a front, served by the local Telegram side. */
 class BackStream implements TelegramClient {
   readonly id: number;
   readonly #link: BackLink;
   local: TelegramStream | null = null;
+  /** `local` when it frames packets as they come (a direct DC stream): nothing to copy. */
+  #writer: PacketWriter | null = null;
   /** Aborts the open; dropped once the stream is open (an idle stream keeps no signal). */
   #abort: AbortController | null = new AbortController();
   closed = false;
@@ -87,6 +96,8 @@ class BackStream implements TelegramClient {
   pendingBytes = 0;
   sending = false;
   #scheduled = false;
+  /** The write the packets from the front go into now (direct DC streams). */
+  #write: _Write | null = null;
   /** Answer bytes sent to the front and not yet acknowledged, and their sizes in order. */
   inFlight = 0;
   #sizes: number[] | null = null;
@@ -110,6 +121,8 @@ class BackStream implements TelegramClient {
   opened(stream: TelegramStream): void {
     this.local = stream;
     this.#abort = null;
+    const writer = stream as Partial<PacketWriter>;
+    if (typeof writer.sendPacket === "function") this.#writer = stream as unknown as PacketWriter;
     this.pump();
   }
 
@@ -134,6 +147,7 @@ class BackStream implements TelegramClient {
   onClose(reason: TelegramCloseReason): void {
     if (this.closed) return;
     this.local = null;
+    this.#writer = null;
     this.#link.endStream(
       this,
       reason === "link_lost" || reason === "internal_error" ? "connection_lost" : reason,
@@ -145,6 +159,12 @@ class BackStream implements TelegramClient {
 
   /** A client packet (a view valid during the call). */
   data(payload: Uint8Array, quickAck: boolean): void {
+    const writer = this.#writer;
+    if (writer !== null && this.pending === null) {
+      // Framed into the DC's next write at once: one write per turn, nothing copied.
+      this.#sendPacket(writer, payload, quickAck);
+      return;
+    }
     (this.pending ??= []).push({ payload: payload.slice(), quickAck });
     this.pendingBytes += payload.length;
     if (this.#scheduled) return;
@@ -168,6 +188,11 @@ class BackStream implements TelegramClient {
     const bytes = this.pendingBytes;
     this.pending = null;
     this.pendingBytes = 0;
+    const writer = this.#writer;
+    if (writer !== null) {
+      for (const p of batch) this.#sendPacket(writer, p.payload, p.quickAck);
+      return;
+    }
     this.sending = true;
     local.send(batch).then(() => {
       this.sending = false;
@@ -227,9 +252,31 @@ class BackStream implements TelegramClient {
     this.#queuedHead = 0;
     this.queuedBytes = 0;
     this.#sizes = null;
+    this.#write = null;
     const local = this.local;
     this.local = null;
+    this.#writer = null;
     local?.release();
+  }
+
+  #sendPacket(writer: PacketWriter, payload: Uint8Array, quickAck: boolean): void {
+    const promise = writer.sendPacket(payload, quickAck);
+    let w = this.#write;
+    if (w === null || w.promise !== promise) {
+      // A new write: acknowledge its bytes once it is on the DC's socket.
+      const write: _Write = { promise, bytes: 0 };
+      this.#write = w = write;
+      promise.then(() => {
+        if (this.#write === write) this.#write = null;
+        if (this.closed) return;
+        this.#link.conn.writer.ack(this.id, write.bytes);
+        this.#link.conn.flushSoon();
+      }, (e) => {
+        if (this.closed) return;
+        this.#link.endStream(this, "connection_lost", e instanceof Error ? e.message : String(e));
+      }).catch((e: unknown) => this.#link.streamFailed(this, e));
+    }
+    w.bytes += payload.length;
   }
 
   #sendAnswer(data: Uint8Array): void {

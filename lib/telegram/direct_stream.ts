@@ -7,7 +7,7 @@
  *
  * @module
  */
-import { randomBytes, type StreamCipher } from "../crypto.ts";
+import type { StreamCipher } from "../crypto.ts";
 import { closeQuietly, type Conn, DialTimeoutError, formatHostPort, writeAll } from "../net.ts";
 import { logger } from "../ops/log.ts";
 import { reportUnexpected } from "../ops/last_resort.ts";
@@ -37,8 +37,21 @@ export interface DirectStreamOptions {
   readonly windowBytes: number;
 }
 
+/**
+ * A stream that frames each packet as it is handed over, so the caller may reuse the payload's
+ * bytes as soon as the call returns (no copy to keep them).
+ */
+export interface PacketWriter {
+  /**
+   * Frame one packet into the next write (sent with everything else queued in the same turn of
+   * the event loop). Resolves once that write is on the socket; packets of one write share one
+   * promise, so a caller can tell a new write by a new promise.
+   */
+  sendPacket(payload: Uint8Array, quickAck: boolean): Promise<void>;
+}
+
 /** A direct DC stream; `finished` lets a caller (a test) wait for the very end. */
-export interface DirectStream extends TelegramStream {
+export interface DirectStream extends TelegramStream, PacketWriter {
   /** Resolves once the socket is closed, the read loop has stopped and both ciphers are freed. */
   readonly finished: Promise<void>;
 }
@@ -147,6 +160,55 @@ function _takeSlot(): Uint8Array {
   return _freeSlots.pop()!;
 }
 
+/**
+ * Write buffers: a batch of framed packets is built in one of these (pooled, shared by every
+ * stream: a small one for the usual few packets, a large one for bulk) and goes back once
+ * written; a batch that outgrows the large size gets a buffer of its own.
+ */
+const _SMALL_WRITE = 2048;
+const _LARGE_WRITE = 65536;
+const _freeSmallWrites: Uint8Array[] = [];
+const _freeLargeWrites: Uint8Array[] = [];
+const _FREE_SMALL_WRITES_MAX = 256;
+const _FREE_LARGE_WRITES_MAX = 64;
+
+/** A write buffer of at least `size` bytes. */
+function _takeWriteBuffer(size: number): Uint8Array {
+  if (size <= _SMALL_WRITE) return _freeSmallWrites.pop() ?? new Uint8Array(_SMALL_WRITE);
+  if (size <= _LARGE_WRITE) return _freeLargeWrites.pop() ?? new Uint8Array(_LARGE_WRITE);
+  return new Uint8Array(size);
+}
+
+function _giveWriteBuffer(buf: Uint8Array): void {
+  if (buf.length === _SMALL_WRITE) {
+    if (_freeSmallWrites.length < _FREE_SMALL_WRITES_MAX) _freeSmallWrites.push(buf);
+  } else if (buf.length === _LARGE_WRITE) {
+    if (_freeLargeWrites.length < _FREE_LARGE_WRITES_MAX) _freeLargeWrites.push(buf);
+  }
+}
+
+/** Random bytes for padding, drawn from the CSPRNG a few KiB at a time. */
+const _random = new Uint8Array(4096);
+let _randomAt = _random.length;
+
+/** `n` (at most 4096) fresh random bytes: a view valid until the next call. */
+function _randomBytes(n: number): Uint8Array {
+  if (_randomAt + n > _random.length) {
+    crypto.getRandomValues(_random);
+    _randomAt = 0;
+  }
+  const out = _random.subarray(_randomAt, _randomAt + n);
+  _randomAt += n;
+  return out;
+}
+
+/** Framed packets waiting for one write (or in it), and the promise their senders hold. */
+interface _Batch {
+  buf: Uint8Array;
+  len: number;
+  readonly done: PromiseWithResolvers<void>;
+}
+
 class _DirectStream implements DirectStream {
   readonly #conn: Conn;
   readonly #encryptor: StreamCipher;
@@ -162,9 +224,8 @@ class _DirectStream implements DirectStream {
   /** The socket is closed (released, or the stream ended). */
   #closed = false;
   #released = false;
-  /** Packets waiting for the next write, and who waits for them. */
-  #queue: Packet[] = [];
-  #waiters: { done: () => void; fail: (e: unknown) => void }[] = [];
+  /** Framed packets for the next write (null: none). */
+  #batch: _Batch | null = null;
   #flushing = false;
   #encryptorClosed = false;
   readonly finished: Promise<void>;
@@ -188,31 +249,27 @@ class _DirectStream implements DirectStream {
   }
 
   /**
-   * Queue packets; they are framed and written with whatever else is queued in the same turn
-   * of the event loop, in one encrypted write. Resolves once they are on the DC's socket.
+   * Frame packets into the next write, with whatever else is queued in the same turn of the
+   * event loop, in one encrypted write. Resolves once they are on the DC's socket. The packets
+   * are framed before this returns: their bytes may be reused at once.
    */
   send(packets: readonly Packet[]): Promise<void> {
     if (this.#closed) return Promise.reject(new Error("Direct DC stream is closed"));
     if (packets.length === 0) return Promise.resolve();
     if (this.#tag === "abridged") {
       for (const p of packets) {
-        if (p.payload.length % 4 !== 0) {
-          return Promise.reject(
-            new RangeError(
-              `Abridged payload must be a multiple of 4 bytes: got ${p.payload.length}`,
-            ),
-          );
-        }
+        if (p.payload.length % 4 !== 0) return _misaligned(p.payload.length);
       }
     }
-    for (const p of packets) this.#queue.push(p);
-    return new Promise((done, fail) => {
-      this.#waiters.push({ done, fail });
-      if (!this.#flushing) {
-        this.#flushing = true;
-        queueMicrotask(() => this.#flush());
-      }
-    });
+    for (const p of packets) this.#put(p.payload, p.quickAck);
+    return this.#schedule();
+  }
+
+  sendPacket(payload: Uint8Array, quickAck: boolean): Promise<void> {
+    if (this.#closed) return Promise.reject(new Error("Direct DC stream is closed"));
+    if (this.#tag === "abridged" && payload.length % 4 !== 0) return _misaligned(payload.length);
+    this.#put(payload, quickAck);
+    return this.#schedule();
   }
 
   ack(bytes: number, _packets: number): void {
@@ -230,23 +287,69 @@ class _DirectStream implements DirectStream {
     this.#shutdown(null, "released");
   }
 
+  /** The current batch's promise; its write starts in a microtask. */
+  #schedule(): Promise<void> {
+    if (!this.#flushing) {
+      this.#flushing = true;
+      queueMicrotask(() => this.#flush());
+    }
+    return this.#batch!.done.promise;
+  }
+
+  /**
+   * Frame one packet into the current batch (padded: a random length 0..15 and random padding
+   * bytes, never taking a frame past the 1 MiB that receivers accept).
+   */
+  #put(payload: Uint8Array, quickAck: boolean): void {
+    const tag = this.#tag;
+    const len = payload.length;
+    let pad = 0;
+    if (tag === "padded") {
+      pad = Math.min(_randomBytes(1)[0]! & 15, Math.max(0, MAX_FRAME_BYTES - len));
+    }
+    const size = frameLength(tag, len, pad);
+    const batch = this.#room(size);
+    const off = batch.len;
+    writeFrame(tag, payload, pad > 0 ? _randomBytes(pad) : _NO_PADDING, batch.buf, off);
+    if (quickAck) {
+      // Abridged: bit 7 of the first length byte; intermediate/padded: bit 31 of the u32 LE.
+      if (tag === "abridged") batch.buf[off]! |= 0x80;
+      else batch.buf[off + 3]! |= 0x80;
+    }
+    batch.len = off + size;
+  }
+
+  /** The current batch, with room for `size` more bytes. */
+  #room(size: number): _Batch {
+    let batch = this.#batch;
+    if (batch === null) {
+      batch = { buf: _takeWriteBuffer(size), len: 0, done: Promise.withResolvers<void>() };
+      this.#batch = batch;
+    } else if (batch.len + size > batch.buf.length) {
+      const bigger = _takeWriteBuffer(Math.max(batch.len + size, 2 * batch.buf.length));
+      bigger.set(batch.buf.subarray(0, batch.len));
+      _giveWriteBuffer(batch.buf);
+      batch.buf = bigger;
+    }
+    return batch;
+  }
+
   async #flush(): Promise<void> {
     try {
-      while (this.#queue.length > 0 && !this.#closed) {
-        const batch = this.#queue;
-        const waiters = this.#waiters;
-        this.#queue = [];
-        this.#waiters = [];
+      while (this.#batch !== null && !this.#closed) {
+        const batch = this.#batch;
+        this.#batch = null;
+        const bytes = batch.buf.subarray(0, batch.len);
         try {
-          const bytes = this.#encode(batch);
           this.#encryptor.update(bytes);
           await writeAll(this.#conn, bytes);
         } catch (e) {
-          for (const w of waiters) w.fail(e);
+          batch.done.reject(e);
           this.#shutdown("connection_lost", `write failed: ${_message(e)}`);
           return;
         }
-        for (const w of waiters) w.done();
+        _giveWriteBuffer(batch.buf);
+        batch.done.resolve();
       }
     } finally {
       this.#flushing = false;
@@ -255,39 +358,6 @@ class _DirectStream implements DirectStream {
         this.#closeEncryptor();
       }
     }
-  }
-
-  /** Frame a batch into one new buffer (the caller's views stay untouched). */
-  #encode(batch: readonly Packet[]): Uint8Array {
-    const tag = this.#tag;
-    // Padded: a random length 0..15 per frame (one random byte each) and random padding bytes,
-    // never taking a frame past the 1 MiB that receivers accept.
-    const random = tag === "padded" ? randomBytes(batch.length + 15) : null;
-    const padding = random ? random.subarray(batch.length) : _NO_PADDING;
-    let total = 0;
-    for (let i = 0; i < batch.length; i++) {
-      const len = batch[i]!.payload.length;
-      let pad = 0;
-      if (random) {
-        pad = Math.min(random[i]! & 15, Math.max(0, MAX_FRAME_BYTES - len));
-        random[i] = pad;
-      }
-      total += frameLength(tag, len, pad);
-    }
-    const out = new Uint8Array(total);
-    let off = 0;
-    for (let i = 0; i < batch.length; i++) {
-      const p = batch[i]!;
-      const pad = random ? random[i]! : 0;
-      writeFrame(tag, p.payload, padding.subarray(0, pad), out, off);
-      if (p.quickAck) {
-        // Abridged: bit 7 of the first length byte; intermediate/padded: bit 31 of the u32 LE.
-        if (tag === "abridged") out[off]! |= 0x80;
-        else out[off + 3]! |= 0x80;
-      }
-      off += frameLength(tag, p.payload.length, pad);
-    }
-    return out;
   }
 
   async #readLoop(): Promise<void> {
@@ -373,10 +443,9 @@ class _DirectStream implements DirectStream {
   }
 
   #failQueued(): void {
-    const waiters = this.#waiters;
-    this.#queue = [];
-    this.#waiters = [];
-    for (const w of waiters) w.fail(new Error("Direct DC stream is closed"));
+    const batch = this.#batch;
+    this.#batch = null;
+    batch?.done.reject(new Error("Direct DC stream is closed"));
   }
 
   #closeEncryptor(): void {
@@ -387,3 +456,9 @@ class _DirectStream implements DirectStream {
 }
 
 const _NO_PADDING = new Uint8Array(0);
+
+function _misaligned(length: number): Promise<never> {
+  return Promise.reject(
+    new RangeError(`Abridged payload must be a multiple of 4 bytes: got ${length}`),
+  );
+}
