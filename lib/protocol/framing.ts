@@ -225,8 +225,8 @@ export function writeFrame(
     }
     return;
   }
-  const pad = tag === "padded" ? padding : padding.subarray(0, 0);
-  writeU32(out, off, payload.length + pad.length);
+  const padLen = tag === "padded" ? padding.length : 0;
+  writeU32(out, off, payload.length + padLen);
   out.set(payload, off + 4);
-  out.set(pad, off + 4 + payload.length);
+  if (padLen > 0) out.set(padding, off + 4 + payload.length);
 }

@@ -49,6 +49,14 @@ export interface FullDecodeResult {
   reject: FullRejectReason | null;
 }
 
+/**
+ * Receives decoded bodies without an array or a view per frame: body `i` is
+ * `buf[start, end)`, valid as long as a body from {@linkcode FullDecoder.push} would be.
+ */
+export interface FullFrameSink {
+  frame(buf: Uint8Array, start: number, end: number): void;
+}
+
 /** Bytes of `len`, `seq` and `crc` around a body. */
 export const FULL_OVERHEAD = 12;
 /** Largest `len` a frame may declare (2^24). */
@@ -197,6 +205,28 @@ function _writeFrame(
   return end;
 }
 
+/** `_writeFrame` for a body given as two parts (header and payload): no array per frame. */
+function _writePair(
+  out: Uint8Array,
+  off: number,
+  head: Uint8Array,
+  tail: Uint8Array,
+  seq: number,
+  pad: boolean,
+): number {
+  const bodyLen = head.length + tail.length;
+  const len = bodyLen + FULL_OVERHEAD;
+  writeU32(out, off, len);
+  writeU32(out, off + 4, seq);
+  out.set(head, off + 8);
+  if (tail.length > 0) out.set(tail, off + 8 + head.length);
+  const crcAt = off + len - 4;
+  writeU32(out, crcAt, crc32(out.subarray(off, crcAt)));
+  const end = off + fullFrameLength(bodyLen, pad);
+  for (let at = off + len; at < end; at += 4) writeU32(out, at, 4); // 04 00 00 00
+  return end;
+}
+
 /**
  * Encode one frame with sequence number `seq`. A body given in parts is copied once, straight
  * into the frame. With `pad`, `04 00 00 00` words follow until the length is a multiple of 16.
@@ -274,6 +304,38 @@ export class FullEncoder {
     let off = 0;
     for (let i = 0; i < bodies.length; i++) {
       off = _writeFrame(out, off, bodies[i]!, lengths[i]!, this.#seq, pad);
+      this.#seq = (this.#seq + 1) | 0;
+    }
+    return out;
+  }
+
+  /**
+   * {@linkcode FullEncoder.encodeMany} for bodies given as pairs: body `i` is
+   * `parts[2i] ++ parts[2i+1]` (an RPC header and a client's packet, say). Nothing is allocated
+   * per frame.
+   */
+  encodePairs(
+    parts: readonly Uint8Array[],
+    pad = false,
+    alloc: (total: number) => Uint8Array = _alloc,
+  ): Uint8Array {
+    if (parts.length % 2 !== 0) {
+      throw new RangeError(`Parts must come in pairs: got ${parts.length}`);
+    }
+    let total = 0;
+    for (let i = 0; i < parts.length; i += 2) {
+      const n = parts[i]!.length + parts[i + 1]!.length;
+      _checkBody(n);
+      total += fullFrameLength(n, pad);
+    }
+    const buf = alloc(total);
+    if (buf.length < total) {
+      throw new RangeError(`Batch buffer too small: ${buf.length} < ${total}`);
+    }
+    const out = buf.length === total ? buf : buf.subarray(0, total);
+    let off = 0;
+    for (let i = 0; i < parts.length; i += 2) {
+      off = _writePair(out, off, parts[i]!, parts[i + 1]!, this.#seq, pad);
       this.#seq = (this.#seq + 1) | 0;
     }
     return out;
@@ -359,7 +421,21 @@ export class FullDecoder {
    * After a refusal every later call returns the same refusal and no frames.
    */
   push(chunk: Uint8Array, frames: Uint8Array[] = []): FullDecodeResult {
-    if (this.#reject !== null) return { frames, reject: this.#reject };
+    const collect = _collector;
+    collect.frames = frames;
+    try {
+      return { frames, reject: this.pushTo(chunk, collect) };
+    } finally {
+      collect.frames = _NO_FRAMES;
+    }
+  }
+
+  /**
+   * Like {@linkcode FullDecoder.push}, handing each body to `sink` as offsets (no array and no
+   * view per frame). Returns the refusal, or null.
+   */
+  pushTo(chunk: Uint8Array, sink: FullFrameSink): FullRejectReason | null {
+    if (this.#reject !== null) return this.#reject;
     if (this.#handedOut !== null) {
       // The caller is done with the bodies of the previous push.
       if (this.#handedOut.length <= MAX_SPARE) this.#spare = this.#handedOut;
@@ -372,9 +448,9 @@ export class FullDecoder {
       pending.set(chunk.subarray(off, off + take), this.#pendingLen);
       this.#pendingLen += take;
       off += take;
-      if (this.#pendingLen < this.#pendingNeed) return { frames, reject: null };
+      if (this.#pendingLen < this.#pendingNeed) return null;
       const r = _scan(pending, 0, this.#pendingLen, this.#seq, this.#checkCrc);
-      if (r === SCAN_REJECT) return this.#fail(_reason, frames);
+      if (r === SCAN_REJECT) return this.#fail(_reason);
       if (r === SCAN_NEED) {
         if (_end > pending.length) {
           const spare = this.#spare;
@@ -387,23 +463,28 @@ export class FullDecoder {
         continue;
       }
       // The pending bytes end exactly where the frame ends (`need` sizes are exact).
-      frames.push(pending.subarray(_start + 8, _end - 4));
+      const start = _start + 8;
+      const end = _end - 4;
       this.#seq = (this.#seq + 1) | 0;
       if (this.#reuse) this.#handedOut = pending;
+      const whole = pending;
       pending = this.#pending = null;
       this.#pendingLen = 0;
       this.#pendingNeed = 0;
+      sink.frame(whole, start, end);
     }
     const limit = chunk.length;
     while (off < limit) {
       const r = _scan(chunk, off, limit, this.#seq, this.#checkCrc);
       if (r === SCAN_FRAME) {
-        frames.push(chunk.subarray(_start + 8, _end - 4));
+        const start = _start + 8;
+        const end = _end - 4;
         this.#seq = (this.#seq + 1) | 0;
         off = _end;
+        sink.frame(chunk, start, end);
         continue;
       }
-      if (r === SCAN_REJECT) return this.#fail(_reason, frames);
+      if (r === SCAN_REJECT) return this.#fail(_reason);
       const need = _end;
       // Drop whole padding words now rather than hold them: senders pad nearly every frame.
       while (limit - off >= 4 && _isPadWord(chunk, off)) off += 4;
@@ -418,16 +499,26 @@ export class FullDecoder {
       this.#pendingNeed = need - off;
       break;
     }
-    return { frames, reject: null };
+    return null;
   }
 
-  #fail(reason: FullRejectReason, frames: Uint8Array[]): FullDecodeResult {
+  #fail(reason: FullRejectReason): FullRejectReason {
     this.#reject = reason;
     this.#pending = null;
     this.#pendingLen = 0;
-    return { frames, reject: reason };
+    return reason;
   }
 }
+
+const _NO_FRAMES: Uint8Array[] = [];
+
+/** The sink behind {@linkcode FullDecoder.push}: views into an array (calls never overlap). */
+const _collector = {
+  frames: _NO_FRAMES,
+  frame(buf: Uint8Array, start: number, end: number): void {
+    this.frames.push(buf.subarray(start, end));
+  },
+};
 
 /** Options for {@linkcode FullCodec}. */
 export interface FullCodecOptions {
@@ -548,6 +639,34 @@ export class FullCodec {
     return out;
   }
 
+  /**
+   * Frame, pad and encrypt bodies given as pairs into one buffer (see
+   * {@linkcode FullEncoder.encodePairs}; `alloc` as for {@linkcode FullCodec.encodeMany}).
+   */
+  encodePairs(parts: readonly Uint8Array[], alloc?: (total: number) => Uint8Array): Uint8Array {
+    const enc = this.#encryptor;
+    const out = this.#encoder.encodePairs(parts, enc !== null || this.#padPlaintext, alloc);
+    enc?.update(out);
+    return out;
+  }
+
+  /**
+   * Like {@linkcode FullCodec.decode}, handing each body to `sink` as offsets instead of
+   * returning views in an array. Returns the refusal, or null.
+   */
+  decodeTo(chunk: Uint8Array, sink: FullFrameSink): FullRejectReason | null {
+    if (
+      this.#reject !== null || this.#decryptor === null || this.#held !== null ||
+      this.#skipAlignPad
+    ) {
+      // The plaintext phase and its leftovers: rare, through the array form.
+      const r = this.decode(chunk);
+      for (const body of r.frames) sink.frame(body, 0, body.length);
+      return r.reject;
+    }
+    return this.#decodeCipher(chunk, sink);
+  }
+
   /** Decrypt and decode `chunk` (see the class notes on plaintext and ownership). */
   decode(chunk: Uint8Array): FullDecodeResult {
     if (this.#reject !== null) return { frames: [], reject: this.#reject };
@@ -569,7 +688,14 @@ export class FullCodec {
       }
       this.#skipAlignPad = false;
     }
-    return this.#decodeCipher(data);
+    const frames: Uint8Array[] = [];
+    const collect = _collector;
+    collect.frames = frames;
+    try {
+      return { frames, reject: this.#decodeCipher(data, collect) };
+    } finally {
+      collect.frames = _NO_FRAMES;
+    }
   }
 
   /** Close both ciphers. Safe to call more than once. */
@@ -594,39 +720,38 @@ export class FullCodec {
     return { frames: [step.frame.body], reject: null };
   }
 
-  #decodeCipher(data: Uint8Array): FullDecodeResult {
+  #decodeCipher(data: Uint8Array, sink: FullFrameSink): FullRejectReason | null {
     const decoder = this.#decoder!;
     const decryptor = this.#decryptor!;
-    const frames: Uint8Array[] = [];
     let off = 0;
     if (this.#blockLen > 0) {
       off = Math.min(16 - this.#blockLen, data.length);
       this.#block.set(data.subarray(0, off), this.#blockLen);
       this.#blockLen += off;
-      if (this.#blockLen < 16) return { frames, reject: null };
+      if (this.#blockLen < 16) return null;
       // The decoder may return views into this block: hand it over and start a new one.
       const block = this.#block;
       this.#block = new Uint8Array(16);
       this.#blockLen = 0;
       decryptor.update(block);
-      if (decoder.push(block, frames).reject !== null) return this.#fail(decoder, frames);
+      if (decoder.pushTo(block, sink) !== null) return this.#fail(decoder);
     }
     const whole = (data.length - off) & ~15;
     if (whole > 0) {
-      const mid = data.subarray(off, off + whole);
+      const mid = off === 0 && whole === data.length ? data : data.subarray(off, off + whole);
       decryptor.update(mid);
-      if (decoder.push(mid, frames).reject !== null) return this.#fail(decoder, frames);
+      if (decoder.pushTo(mid, sink) !== null) return this.#fail(decoder);
     }
     const tail = data.length - off - whole;
     if (tail > 0) {
       this.#block.set(data.subarray(data.length - tail));
       this.#blockLen = tail;
     }
-    return { frames, reject: null };
+    return null;
   }
 
-  #fail(decoder: FullDecoder, frames: Uint8Array[]): FullDecodeResult {
+  #fail(decoder: FullDecoder): FullRejectReason | null {
     this.#reject = decoder.rejected;
-    return { frames, reject: this.#reject };
+    return this.#reject;
   }
 }

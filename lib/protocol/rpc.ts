@@ -227,8 +227,14 @@ export function formatIp(bytes: Uint8Array): string {
 // ---------------------------------------------------------------------------------------------
 // Byte helpers
 
+/** Scratch for reading i64s: a DataView per read would be garbage on every message. */
+const _I64 = new Uint8Array(8);
+const _I64_VIEW = new DataView(_I64.buffer);
+
 function _i64(buf: Uint8Array, off: number): bigint {
-  return new DataView(buf.buffer, buf.byteOffset + off, 8).getBigInt64(0, true);
+  const s = _I64;
+  for (let i = 0; i < 8; i++) s[i] = buf[off + i]!;
+  return _I64_VIEW.getBigInt64(0, true);
 }
 
 function _setI64(buf: Uint8Array, off: number, v: bigint): void {

@@ -10,7 +10,8 @@ import { randomBytes } from "../crypto.ts";
 import type { HostPort, PoolConfig } from "../config/types.ts";
 import { closeQuietly, type Conn, dialTcp, formatHostPort, writeAll } from "../net.ts";
 import { reportUnexpected } from "../ops/last_resort.ts";
-import type { FullBody, FullCodec } from "../protocol/full.ts";
+import { readU32 } from "../protocol/bytes.ts";
+import { type FullCodec, fullFrameLength, type FullFrameSink } from "../protocol/full.ts";
 import { MiddleClientHandshake } from "../protocol/middle_handshake.ts";
 import {
   decodeRpc,
@@ -18,6 +19,7 @@ import {
   encodePing,
   encodePong,
   ProxyReqHeader,
+  RPC_PROXY_ANS,
 } from "../protocol/rpc.ts";
 import type { Packet } from "../protocol/framing.ts";
 import type { TransportTag } from "../protocol/obfuscated2.ts";
@@ -77,6 +79,10 @@ export class MiddleConnectError extends Error {
 /** One client on one connection. */
 export class MiddleSlot {
   readonly connId: bigint;
+  /** The connection's map key (30 bits of the id) and the id's two halves, as int32s. */
+  readonly key: number;
+  readonly idLo: number;
+  readonly idHi: number;
   readonly client: MiddleClient;
   readonly #header: ProxyReqHeader;
   readonly #conn: MiddleConnection;
@@ -94,6 +100,9 @@ export class MiddleSlot {
   ) {
     this.#conn = conn;
     this.connId = connId;
+    this.idLo = Number(BigInt.asUintN(32, connId)) | 0;
+    this.idHi = Number(BigInt.asUintN(32, connId >> 32n)) | 0;
+    this.key = _keyOf(this.idLo);
     this.client = client;
     this.#header = header;
   }
@@ -112,9 +121,7 @@ export class MiddleSlot {
     if (packets.length === 0) return;
     this.busy++;
     try {
-      const bodies: FullBody[] = [];
-      for (const p of packets) bodies.push([this.#header.header(p.payload, p.quickAck), p.payload]);
-      await this.#conn.enqueueMany(bodies);
+      await this.#conn.enqueuePackets(this.#header, packets);
     } finally {
       this.busy--;
     }
@@ -135,13 +142,17 @@ export class MiddleConnection {
   readonly #conn: Conn;
   readonly #codec: FullCodec;
   readonly #options: MiddleConnectOptions;
-  readonly #slots = new Map<bigint, MiddleSlot>();
+  /** By {@linkcode MiddleSlot.key}: a number, so that routing an answer makes no BigInt. */
+  readonly #slots = new Map<number, MiddleSlot>();
   readonly #ourIp: string;
   readonly #ourPort: number;
-  /** Bodies waiting for the next write, and who waits for them. */
-  #queue: FullBody[] = [];
-  #waiters: { done: () => void; fail: (e: unknown) => void }[] = [];
+  /** Batches waiting for a write, oldest first (the last one takes what is queued next). */
+  #batches: _Batch[] = [];
+  /** Written batches, for reuse (their arrays stay allocated). */
+  #spareBatches: _Batch[] = [];
   #flushing = false;
+  /** Where decoded frames go (routes them as they are found: no array of bodies). */
+  readonly #sink: FullFrameSink = { frame: (buf, start, end) => this.#route(buf, start, end) };
   #unackedBytes = 0;
   #unackedPackets = 0;
   #resume: (() => void) | null = null;
@@ -169,7 +180,7 @@ export class MiddleConnection {
     this.#options = options;
     this.#ourIp = ours.ip;
     this.#ourPort = ours.port;
-    for (const body of early) this.#dispatch(body);
+    for (const body of early) this.#route(body, 0, body.length);
     // Bodies are used up by #dispatch before the next read.
     codec.reuseBuffers();
     const keepaliveMs = options.keepaliveMs ?? 30_000;
@@ -258,7 +269,7 @@ export class MiddleConnection {
   /** Attach a client under a fresh connection id. */
   attach(client: MiddleClient, info: MiddleClientInfo): MiddleSlot {
     let connId: bigint;
-    do connId = BigInt.asIntN(64, _randomU64()); while (this.#slots.has(connId));
+    do connId = BigInt.asIntN(64, _randomU64()); while (this.#slots.has(_keyOfId(connId)));
     const header = new ProxyReqHeader({
       connId,
       tag: info.tag,
@@ -269,7 +280,7 @@ export class MiddleConnection {
       adTag: info.adTag,
     });
     const slot = new MiddleSlot(this, connId, client, header);
-    this.#slots.set(connId, slot);
+    this.#slots.set(slot.key, slot);
     return slot;
   }
 
@@ -277,7 +288,7 @@ export class MiddleConnection {
   detach(slot: MiddleSlot, tellTelegram: boolean): void {
     if (slot.detached) return;
     slot.detached = true;
-    this.#slots.delete(slot.connId);
+    this.#slots.delete(slot.key);
     this.#forget(slot);
     if (tellTelegram && !this.#closed) this.enqueue(encodeCloseConn(slot.connId)).catch(() => {});
   }
@@ -296,58 +307,93 @@ export class MiddleConnection {
   }
 
   /** Queue an RPC body; written with whatever else is queued in one encrypted batch. */
-  enqueue(body: FullBody): Promise<void> {
-    return this.enqueueMany([body]);
+  enqueue(body: Uint8Array): Promise<void> {
+    if (this.#closed) return Promise.reject(new Error("Middle-proxy connection is closed"));
+    const batch = this.#openBatch();
+    batch.parts.push(body, _EMPTY);
+    batch.bytes += fullFrameLength(body.length, true);
+    return batch.written.promise;
   }
 
   /**
-   * Queue RPC bodies, in order. The write starts in a microtask, so that what other clients
-   * queue in the same turn of the event loop goes out in the same system call.
+   * Queue one client's packets as RPC_PROXY_REQs (`header` in front of each), in order. The
+   * write starts in a microtask, so that what other clients queue in the same turn of the event
+   * loop goes out in the same system call; everyone in a batch waits on one promise.
    */
-  enqueueMany(bodies: readonly FullBody[]): Promise<void> {
+  enqueuePackets(header: ProxyReqHeader, packets: readonly Packet[]): Promise<void> {
     if (this.#closed) return Promise.reject(new Error("Middle-proxy connection is closed"));
-    if (bodies.length === 0) return Promise.resolve();
-    for (const body of bodies) this.#queue.push(body);
-    return new Promise((done, fail) => {
-      this.#waiters.push({ done, fail });
-      if (!this.#flushing) {
-        this.#flushing = true;
-        queueMicrotask(() => this.#flush());
-      }
-    });
+    const batch = this.#openBatch();
+    const parts = batch.parts;
+    let bytes = batch.bytes;
+    for (let i = 0; i < packets.length; i++) {
+      const p = packets[i]!;
+      const h = header.header(p.payload, p.quickAck);
+      parts.push(h, p.payload);
+      bytes += fullFrameLength(h.length + p.payload.length, true);
+    }
+    batch.bytes = bytes;
+    return batch.written.promise;
   }
+
+  /** The batch new bodies join (a fresh one once the last is full), and a flush scheduled. */
+  #openBatch(): _Batch {
+    const batches = this.#batches;
+    let batch = batches.length > 0 ? batches[batches.length - 1]! : null;
+    if (batch === null || batch.bytes >= _BATCH_BYTES) {
+      batch = this.#spareBatches.pop() ?? { parts: [], bytes: 0, written: _resolvers() };
+      batches.push(batch);
+    }
+    if (!this.#flushing) {
+      this.#flushing = true;
+      queueMicrotask(this.#startFlush);
+    }
+    return batch;
+  }
+
+  #startFlush = (): void => {
+    this.#flush();
+  };
 
   async #flush(): Promise<void> {
     try {
-      while (this.#queue.length > 0 && !this.#closed) {
-        const batch = this.#queue;
-        const waiters = this.#waiters;
-        this.#queue = [];
-        this.#waiters = [];
+      while (this.#batches.length > 0 && !this.#closed) {
+        const batch = this.#batches.shift()!;
         let pooled: Uint8Array | null = null;
         try {
-          const bytes = this.#codec.encodeMany(batch, (total) => {
+          const bytes = this.#codec.encodePairs(batch.parts, (total) => {
             pooled = _takeEncodeBuffer(total);
             return pooled ?? new Uint8Array(total);
           });
+          // The packets are copied out: their senders may reuse them once told.
+          batch.parts.length = 0;
           this.#writingSince = Date.now();
           await writeAll(this.#conn, bytes);
           this.#writingSince = 0;
           this.#lastTraffic = Date.now();
-          for (const w of waiters) w.done();
+          batch.written.resolve();
         } catch (e) {
-          for (const w of [...waiters, ...this.#waiters]) w.fail(e);
-          this.#queue = [];
-          this.#waiters = [];
+          batch.parts.length = 0;
+          batch.written.reject(e);
+          this.#failBatches(e);
           this.#shutdown("write failed");
           return;
         } finally {
           if (pooled) _giveEncodeBuffer(pooled);
         }
+        batch.bytes = 0;
+        batch.written = _resolvers();
+        if (this.#spareBatches.length < 2) this.#spareBatches.push(batch);
       }
     } finally {
       this.#flushing = false;
     }
+  }
+
+  /** Fail every batch still queued. */
+  #failBatches(e: unknown): void {
+    const batches = this.#batches;
+    this.#batches = [];
+    for (const b of batches) b.written.reject(e);
   }
 
   /** A client wrote delivered packets: lift backpressure when under the limits. */
@@ -397,9 +443,7 @@ export class MiddleConnection {
     const resume = this.#resume;
     this.#resume = null;
     resume?.();
-    for (const w of this.#waiters) w.fail(new Error("Middle-proxy connection closed"));
-    this.#queue = [];
-    this.#waiters = [];
+    this.#failBatches(new Error("Middle-proxy connection closed"));
     try {
       this.onDead?.(this, error);
     } catch (e) {
@@ -409,7 +453,11 @@ export class MiddleConnection {
   }
 
   async #readLoop(): Promise<void> {
-    const buf = new Uint8Array(65536);
+    // Starts at 64 KiB and grows while reads fill it: a larger read hands each client more
+    // packets per turn, so fewer and larger writes to the clients.
+    let buf = new Uint8Array(_READ_MIN);
+    /** Reads in a row that used little of a grown buffer. */
+    let small = 0;
     let error: string | null = null;
     try {
       while (!this.#closed) {
@@ -422,11 +470,20 @@ export class MiddleConnection {
         if (n === null) break;
         this.#lastTraffic = Date.now();
         // Decrypted in place; bodies are views that are used up before the next read.
-        const r = this.#codec.decode(buf.subarray(0, n));
-        for (const body of r.frames) this.#dispatch(body);
-        if (r.reject !== null) {
-          error = `bad frame from the middle proxy: ${r.reject}`;
+        const reject = this.#codec.decodeTo(
+          n === buf.length ? buf : buf.subarray(0, n),
+          this.#sink,
+        );
+        if (reject !== null) {
+          error = `bad frame from the middle proxy: ${reject}`;
           break;
+        }
+        if (n === buf.length) {
+          small = 0;
+          if (buf.length < _READ_MAX) buf = new Uint8Array(_READ_MAX);
+        } else if (buf.length > _READ_MIN && n < _READ_MIN / 2 && ++small >= _READ_SHRINK_AFTER) {
+          small = 0;
+          buf = new Uint8Array(_READ_MIN);
         }
       }
     } catch (e) {
@@ -437,33 +494,52 @@ export class MiddleConnection {
     }
   }
 
+  /** One RPC body, `buf[start, end)`: a PROXY_ANS goes straight to its client. */
+  #route(buf: Uint8Array, start: number, end: number): void {
+    if (end - start < 16 || readU32(buf, start) !== RPC_PROXY_ANS) {
+      return this.#dispatch(buf.subarray(start, end));
+    }
+    const slot = this.#slotAt(buf, start + 8);
+    if (!slot) return; // A client that just left; Telegram learns it from CLOSE_CONN.
+    const size = end - start - 16;
+    slot.unackedBytes += size;
+    slot.unackedPackets++;
+    this.#unackedBytes += size;
+    this.#unackedPackets++;
+    if (slot.unackedBytes > this.#options.pool.maxClientUnackedBytes) {
+      // A client this far behind would stall everyone on this connection: drop it.
+      this.detach(slot, true);
+      this.#tellClosed(slot, "backpressure");
+      return;
+    }
+    // One client's failure must not end the read loop that serves all the others.
+    try {
+      slot.client.onPacket(buf.subarray(start + 16, end));
+    } catch (e) {
+      this.#clientFailed(slot, e);
+    }
+  }
+
+  /** The slot whose connection id is the i64 at `buf[off]`. */
+  #slotAt(buf: Uint8Array, off: number): MiddleSlot | undefined {
+    const lo = readU32(buf, off) | 0;
+    const slot = this.#slots.get(_keyOf(lo));
+    return slot !== undefined && slot.idLo === lo && slot.idHi === (readU32(buf, off + 4) | 0)
+      ? slot
+      : undefined;
+  }
+
+  #slotOf(connId: bigint): MiddleSlot | undefined {
+    const slot = this.#slots.get(_keyOfId(connId));
+    return slot !== undefined && slot.connId === connId ? slot : undefined;
+  }
+
+  /** Every other message (and a PROXY_ANS too short to route). */
   #dispatch(body: Uint8Array): void {
     const msg = decodeRpc(body);
     switch (msg.type) {
-      case "proxy_ans": {
-        const slot = this.#slots.get(msg.connId);
-        if (!slot) return; // A client that just left; Telegram learns it from CLOSE_CONN.
-        const size = msg.data.length;
-        slot.unackedBytes += size;
-        slot.unackedPackets++;
-        this.#unackedBytes += size;
-        this.#unackedPackets++;
-        if (slot.unackedBytes > this.#options.pool.maxClientUnackedBytes) {
-          // A client this far behind would stall everyone on this connection: drop it.
-          this.detach(slot, true);
-          this.#tellClosed(slot, "backpressure");
-          return;
-        }
-        // One client's failure must not end the read loop that serves all the others.
-        try {
-          slot.client.onPacket(msg.data);
-        } catch (e) {
-          this.#clientFailed(slot, e);
-        }
-        return;
-      }
       case "simple_ack": {
-        const slot = this.#slots.get(msg.connId);
+        const slot = this.#slotOf(msg.connId);
         if (!slot) return;
         try {
           slot.client.onQuickAck(msg.confirm);
@@ -473,7 +549,7 @@ export class MiddleConnection {
         return;
       }
       case "close_ext": {
-        const slot = this.#slots.get(msg.connId);
+        const slot = this.#slotOf(msg.connId);
         if (!slot) return;
         this.detach(slot, false);
         this.#tellClosed(slot, "close_ext");
@@ -508,13 +584,47 @@ export class MiddleConnection {
   }
 }
 
+/** RPC bodies for one write, as header / packet pairs, and who waits for them. */
+interface _Batch {
+  readonly parts: Uint8Array[];
+  /** Bytes the frames take on the wire. */
+  bytes: number;
+  written: PromiseWithResolvers<void>;
+}
+
+/**
+ * A batch takes new bodies until its frames reach this size; later ones go in the next write
+ * (which starts as soon as this one is on the socket). Keeps batches in the pooled buffers.
+ */
+const _BATCH_BYTES = 256 * 1024;
+
+/** The middle proxy's read buffer: this size at first and when traffic is light, up to the max. */
+const _READ_MIN = 64 * 1024;
+const _READ_MAX = 256 * 1024;
+const _READ_SHRINK_AFTER = 256;
+
+const _EMPTY = new Uint8Array(0);
+
+function _resolvers(): PromiseWithResolvers<void> {
+  return Promise.withResolvers<void>();
+}
+
+/** A slot's map key: 30 bits of the id's low half (a small integer for V8). */
+function _keyOf(lo: number): number {
+  return lo & 0x3fff_ffff;
+}
+
+function _keyOfId(connId: bigint): number {
+  return _keyOf(Number(BigInt.asUintN(32, connId)) | 0);
+}
+
 /**
  * Reusable buffers for encoding a batch of RPC messages, in two sizes (each batch is written
  * before the next is encoded, so a connection needs one at a time). A batch larger than the
  * large size gets a buffer of its own.
  */
 const _SMALL_BATCH = 16 * 1024;
-const _LARGE_BATCH = 256 * 1024;
+const _LARGE_BATCH = 512 * 1024;
 const _smallBatchBuffers: Uint8Array[] = [];
 const _largeBatchBuffers: Uint8Array[] = [];
 const _SMALL_BATCH_BUFFERS_MAX = 32;

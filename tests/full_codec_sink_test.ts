@@ -1,0 +1,148 @@
+/**
+ * The allocation-free entry points of the full codec (lib/protocol/full.ts) that middle-proxy
+ * connections use on every packet: bodies as header / payload pairs on the way out, bodies as
+ * offsets handed to a sink on the way in. Each must match the array forms byte for byte.
+ */
+import { concatBytes } from "../lib/protocol/bytes.ts";
+import { assertEquals, assertThrows } from "./assert.ts";
+import { createAes, randomBytes } from "../lib/crypto.ts";
+import {
+  FullCodec,
+  FullDecoder,
+  FullEncoder,
+  type FullFrameSink,
+  type FullRejectReason,
+} from "../lib/protocol/full.ts";
+
+/** A sink that copies what it is handed. */
+class Copier implements FullFrameSink {
+  bodies: Uint8Array[] = [];
+  frame(buf: Uint8Array, start: number, end: number): void {
+    this.bodies.push(buf.slice(start, end));
+  }
+}
+
+/** `wire` cut into random chunks (some of one byte), the same cuts for the same seed. */
+function chunks(wire: Uint8Array, seed: number): Uint8Array[] {
+  const out: Uint8Array[] = [];
+  let s = seed;
+  let prev = 0;
+  for (let i = 1; i < wire.length; i++) {
+    s = (s * 1103515245 + 12345) & 0x7fffffff;
+    if (s % 7 === 0) {
+      out.push(wire.slice(prev, i));
+      prev = i;
+    }
+  }
+  out.push(wire.slice(prev));
+  return out;
+}
+
+const KEY_A = randomBytes(32);
+const IV_A = randomBytes(16);
+const KEY_B = randomBytes(32);
+const IV_B = randomBytes(16);
+
+/** Two codecs past a plaintext nonce each way: `a` sends to `b` encrypted. */
+function pair(): { a: FullCodec; b: FullCodec } {
+  const a = new FullCodec();
+  const b = new FullCodec();
+  b.decode(a.encode(new Uint8Array(32)));
+  a.decode(b.encode(new Uint8Array(32)));
+  a.startEncryption(createAes("cbc-encrypt", KEY_A, IV_A), createAes("cbc-decrypt", KEY_B, IV_B));
+  b.startEncryption(createAes("cbc-encrypt", KEY_B, IV_B), createAes("cbc-decrypt", KEY_A, IV_A));
+  return { a, b };
+}
+
+const PARTS = [
+  randomBytes(56),
+  randomBytes(1024),
+  randomBytes(80),
+  new Uint8Array(0),
+  randomBytes(12),
+  randomBytes(4),
+  randomBytes(80),
+  randomBytes(16384),
+];
+const BODIES = [0, 2, 4, 6].map((i) => concatBytes([PARTS[i]!, PARTS[i + 1]!]));
+
+Deno.test("encodePairs writes the same frames as encodeMany of the joined bodies", () => {
+  const pairs = new FullEncoder();
+  const many = new FullEncoder();
+  for (const pad of [false, true]) {
+    assertEquals(pairs.encodePairs(PARTS, pad), many.encodeMany(BODIES, pad));
+  }
+  assertEquals(pairs.nextSeq, many.nextSeq);
+  assertThrows(() => pairs.encodePairs(PARTS.slice(1)), RangeError);
+  assertThrows(() => pairs.encodePairs([new Uint8Array(4), new Uint8Array(3)]), RangeError);
+  assertEquals(pairs.nextSeq, many.nextSeq, "a refused batch numbers nothing");
+
+  const one = pair();
+  const other = pair();
+  const dirty = new Uint8Array(64 * 1024).fill(0xee);
+  const reused = one.a.encodePairs(PARTS, () => dirty);
+  assertEquals(reused.buffer, dirty.buffer);
+  assertEquals(reused, other.a.encodeMany(BODIES));
+  for (const c of [one.a, one.b, other.a, other.b]) c.close();
+});
+
+Deno.test("FullDecoder.pushTo hands out the bodies push returns, for any chunking", () => {
+  const wire = new FullEncoder().encodeMany(BODIES, true);
+  for (let seed = 1; seed <= 20; seed++) {
+    for (const reuse of [false, true]) {
+      const viaPush = new FullDecoder();
+      const viaSink = new FullDecoder();
+      if (reuse) {
+        viaPush.reuseBuffers();
+        viaSink.reuseBuffers();
+      }
+      const pushed: Uint8Array[] = [];
+      const sink = new Copier();
+      for (const chunk of chunks(wire, seed)) {
+        for (const body of viaPush.push(chunk.slice()).frames) pushed.push(body.slice());
+        assertEquals(viaSink.pushTo(chunk.slice(), sink), null);
+      }
+      assertEquals(sink.bodies, pushed);
+      assertEquals(sink.bodies, BODIES);
+    }
+  }
+});
+
+Deno.test("FullDecoder.pushTo reports a refusal and keeps refusing", () => {
+  const wire = new FullEncoder().encodeMany(BODIES, true);
+  wire[20] = wire[20]! ^ 1; // inside the first body: its CRC no longer matches
+  const d = new FullDecoder();
+  const sink = new Copier();
+  assertEquals(d.pushTo(wire, sink), "bad_crc" satisfies FullRejectReason);
+  assertEquals(d.pushTo(new Uint8Array(16), sink), "bad_crc");
+  assertEquals(sink.bodies.length, 0);
+});
+
+Deno.test("FullCodec.decodeTo yields what decode does, plaintext frame and CBC included", () => {
+  for (let seed = 1; seed <= 10; seed++) {
+    const tx = pair();
+    const rxArray = pair();
+    const rxSink = pair();
+    const wire = tx.a.encodePairs(PARTS);
+    const viaDecode: Uint8Array[] = [];
+    const sink = new Copier();
+    for (const chunk of chunks(wire, seed)) {
+      const r = rxArray.b.decode(chunk.slice());
+      assertEquals(r.reject, null);
+      for (const body of r.frames) viaDecode.push(body.slice());
+      assertEquals(rxSink.b.decodeTo(chunk.slice(), sink), null);
+    }
+    assertEquals(sink.bodies, viaDecode);
+    assertEquals(sink.bodies, BODIES);
+    for (const c of [tx.a, tx.b, rxArray.a, rxArray.b, rxSink.a, rxSink.b]) c.close();
+  }
+  // Before encryption is on, the one plaintext frame comes out through the sink too.
+  const a = new FullCodec();
+  const b = new FullCodec();
+  const sink = new Copier();
+  const nonce = randomBytes(32);
+  assertEquals(b.decodeTo(a.encode(nonce), sink), null);
+  assertEquals(sink.bodies, [nonce]);
+  a.close();
+  b.close();
+});
