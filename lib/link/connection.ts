@@ -54,6 +54,13 @@ export interface LinkHost extends LinkFrameSink {
 }
 
 const _READ_BUFFER = 64 * 1024;
+/**
+ * Plaintext sealed per write. Frames wait for the end of the turn of the event loop to go out
+ * together, but once this much is waiting it goes at once: the peer starts on it while this end
+ * is still busy (a turn with many streams' reads would otherwise build one huge write), and a
+ * write never needs a sealed buffer larger than this.
+ */
+const _WRITE_CHUNK = 256 * 1024;
 
 /** An established link. */
 export class LinkConnection {
@@ -66,6 +73,9 @@ export class LinkConnection {
   /** Frames are written here and sealed at the next flush. */
   readonly writer = new LinkFrameWriter();
   #prefix: Uint8Array | null;
+  /** A flush is waiting for the end of the turn. */
+  #scheduled = false;
+  /** The flush loop runs (sealing, or waiting for a write). */
   #flushing = false;
   #closed = false;
   #lastSent = Date.now();
@@ -103,13 +113,27 @@ export class LinkConnection {
     return this.#conn.remoteAddr as Deno.NetAddr;
   }
 
-  /** Write what `writer` holds soon (in a microtask, so that a whole turn's frames go together). */
+  /**
+   * Write what `writer` holds soon: in a microtask, so that a whole turn's frames go together,
+   * or at once when a full write's worth is waiting.
+   */
   flushSoon(): void {
     if (this.#flushing || this.#closed) return;
-    this.#flushing = true;
+    if (this.writer.length >= _WRITE_CHUNK) {
+      this.#startFlush();
+      return;
+    }
+    if (this.#scheduled) return;
+    this.#scheduled = true;
     queueMicrotask(() => {
-      this.#flush().catch((e: unknown) => reportUnexpected("Link: a write failed to finish", e));
+      this.#scheduled = false;
+      if (!this.#flushing && !this.#closed) this.#startFlush();
     });
+  }
+
+  #startFlush(): void {
+    this.#flushing = true;
+    this.#flush().catch((e: unknown) => reportUnexpected("Link: a write failed to finish", e));
   }
 
   /** End the link: close the socket; the host hears `linkEnded` once. */
@@ -132,17 +156,20 @@ export class LinkConnection {
   async #flush(): Promise<void> {
     try {
       while (!this.#closed && this.writer.length > 0) {
-        const plain = this.writer.take();
-        let wire = this.#sealer.seal(plain);
-        if (this.#prefix) {
-          const joined = new Uint8Array(this.#prefix.length + wire.length);
-          joined.set(this.#prefix);
-          joined.set(wire, this.#prefix.length);
-          wire = joined;
-          this.#prefix = null;
+        // Frames written meanwhile go to the writer's other buffer.
+        const plain = this.writer.swap();
+        for (let off = 0; off < plain.length && !this.#closed; off += _WRITE_CHUNK) {
+          let wire = this.#sealer.seal(plain.subarray(off, off + _WRITE_CHUNK));
+          if (this.#prefix) {
+            const joined = new Uint8Array(this.#prefix.length + wire.length);
+            joined.set(this.#prefix);
+            joined.set(wire, this.#prefix.length);
+            wire = joined;
+            this.#prefix = null;
+          }
+          this.#lastSent = Date.now();
+          await writeAll(this.#conn, wire);
         }
-        this.#lastSent = Date.now();
-        await writeAll(this.#conn, wire);
       }
     } catch (e) {
       this.#flushing = false;

@@ -130,6 +130,11 @@ const OPEN_LEN = 2 + 1 + 16 + 2;
 const AD_TAG_LEN = 16;
 const EMPTY = new Uint8Array(0);
 
+/** swap() keeps buffers up to this size whatever their use. */
+const _KEEP_BUFFER = 1 << 20;
+/** A larger one is sized down when it stayed under a quarter full over this many swaps. */
+const _SHRINK_AFTER = 64;
+
 const utf8 = new TextDecoder("utf-8", { fatal: true });
 const encoder = new TextEncoder();
 
@@ -415,8 +420,13 @@ export class LinkFrameWriter {
   #len = 0;
   /** Set by take(): the next write starts over at offset 0. */
   #taken = false;
+  /** The other buffer of swap(), and the most bytes held since each buffer was last sized. */
+  #spare: Uint8Array<ArrayBuffer> | null = null;
+  #peak = 0;
+  #sparePeak = 0;
+  #swaps = 0;
 
-  /** Bytes written since the last take(). */
+  /** Bytes written since the last take() or swap(). */
   get length(): number {
     return this.#taken ? 0 : this.#len;
   }
@@ -426,6 +436,49 @@ export class LinkFrameWriter {
     if (this.#taken) return EMPTY;
     this.#taken = true;
     return this.#buf.subarray(0, this.#len);
+  }
+
+  /**
+   * The frames written since the last take() or swap(), as one view that stays valid until the
+   * next swap(): new frames go to a second buffer meanwhile, so a caller can write the view out
+   * piece by piece while frames keep coming (no copy either way).
+   */
+  swap(): Uint8Array {
+    const n = this.length;
+    if (n === 0) return EMPTY;
+    const out = this.#buf.subarray(0, n);
+    const spare = this.#spare ?? new Uint8Array(this.#buf.length);
+    this.#spare = this.#buf;
+    this.#buf = spare;
+    const peak = this.#peak;
+    this.#peak = this.#sparePeak;
+    this.#sparePeak = peak;
+    this.#len = 0;
+    this.#taken = false;
+    if (++this.#swaps >= _SHRINK_AFTER) this.#shrink();
+    return out;
+  }
+
+  /**
+   * Every so many swaps: a buffer larger than it needs to be (under a quarter full all the
+   * while) is sized down, so one burst's buffers are not kept for ever.
+   */
+  #shrink(): void {
+    this.#swaps = 0;
+    const size = (peak: number) => {
+      let s = _KEEP_BUFFER;
+      while (s < 2 * peak) s *= 2;
+      return s;
+    };
+    if (this.#buf.length > _KEEP_BUFFER && this.#peak < this.#buf.length / 4) {
+      this.#buf = new Uint8Array(size(this.#peak));
+    }
+    const spare = this.#spare;
+    if (spare && spare.length > _KEEP_BUFFER && this.#sparePeak < spare.length / 4) {
+      this.#spare = new Uint8Array(size(this.#sparePeak));
+    }
+    this.#peak = 0;
+    this.#sparePeak = 0;
   }
 
   /** HELLO on stream 0. */
@@ -587,6 +640,7 @@ export class LinkFrameWriter {
     this.#put32(o + 2, stream);
     this.#put32(o + 6, len);
     this.#len = need;
+    if (need > this.#peak) this.#peak = need;
     return o + LINK_FRAME_HEADER;
   }
 
