@@ -26,7 +26,7 @@ import { answerLinkHello, type LinkKeys } from "../protocol/link_records.ts";
 import { openFronting } from "../guard/fronting_dial.ts";
 import { type PumpEnd, type PumpHost, startPump } from "../client/relay.ts";
 import type { SessionGuard } from "../client/session.ts";
-import type { PacketWriter } from "../telegram/direct_stream.ts";
+import type { PacketWriter, ReadPausable } from "../telegram/direct_stream.ts";
 import type { LocalTelegram } from "../telegram/local.ts";
 import type {
   TelegramClient,
@@ -88,6 +88,9 @@ class BackStream implements TelegramClient {
   local: TelegramStream | null = null;
   /** `local` when it frames packets as they come (a direct DC stream): nothing to copy. */
   #writer: PacketWriter | null = null;
+  /** `local` when its reading can be held back (a direct DC stream), and whether it is. */
+  #pausable: ReadPausable | null = null;
+  #paused = false;
   /** Aborts the open; dropped once the stream is open (an idle stream keeps no signal). */
   #abort: AbortController | null = new AbortController();
   closed = false;
@@ -123,6 +126,10 @@ class BackStream implements TelegramClient {
     this.#abort = null;
     const writer = stream as Partial<PacketWriter>;
     if (typeof writer.sendPacket === "function") this.#writer = stream as unknown as PacketWriter;
+    const pausable = stream as Partial<ReadPausable>;
+    if (typeof pausable.pause === "function" && typeof pausable.resume === "function") {
+      this.#pausable = stream as unknown as ReadPausable;
+    }
     this.pump();
   }
 
@@ -148,6 +155,7 @@ class BackStream implements TelegramClient {
     if (this.closed) return;
     this.local = null;
     this.#writer = null;
+    this.#pausable = null;
     this.#link.endStream(
       this,
       reason === "link_lost" || reason === "internal_error" ? "connection_lost" : reason,
@@ -256,6 +264,7 @@ class BackStream implements TelegramClient {
     const local = this.local;
     this.local = null;
     this.#writer = null;
+    this.#pausable = null;
     local?.release();
   }
 
@@ -280,10 +289,25 @@ class BackStream implements TelegramClient {
   }
 
   #sendAnswer(data: Uint8Array): void {
-    this.#link.conn.writer.answer(this.id, data);
+    const conn = this.#link.conn;
+    conn.writer.answer(this.id, data);
     this.inFlight += data.length;
     (this.#sizes ??= []).push(data.length);
-    this.#link.conn.flushSoon();
+    conn.flushSoon();
+    if (this.#pausable !== null && !this.#paused) {
+      // A link with a long queue takes no more for now: the DC's bytes wait in its socket.
+      const room = conn.room();
+      if (room !== null) this.#holdUntil(room, this.#pausable);
+    }
+  }
+
+  #holdUntil(room: Promise<void>, pausable: ReadPausable): void {
+    this.#paused = true;
+    pausable.pause();
+    room.then(() => {
+      this.#paused = false;
+      if (!this.closed) pausable.resume();
+    }).catch((e: unknown) => this.#link.streamFailed(this, e));
   }
 }
 

@@ -61,6 +61,15 @@ const _READ_BUFFER = 64 * 1024;
  * write never needs a sealed buffer larger than this.
  */
 const _WRITE_CHUNK = 256 * 1024;
+/**
+ * Unsent bytes (queued frames and the part of a write not on the socket yet) above which the
+ * link asks its producers to wait ({@linkcode LinkConnection.room}), and below which they go
+ * on. Every stream's window together can be far more than a link can usefully hold (256
+ * streams of 256 KiB are 64 MiB): past this, more would only sit in memory, late; it waits in
+ * the sources' sockets instead.
+ */
+const _BACKLOG_HIGH = 1 << 20;
+const _BACKLOG_LOW = 512 * 1024;
 
 /** An established link. */
 export class LinkConnection {
@@ -77,6 +86,10 @@ export class LinkConnection {
   #scheduled = false;
   /** The flush loop runs (sealing, or waiting for a write). */
   #flushing = false;
+  /** Bytes of the buffer being written that are not on the socket yet. */
+  #unsent = 0;
+  /** Resolved once the backlog is under the low mark again (null: nobody waits). */
+  #room: PromiseWithResolvers<void> | null = null;
   #closed = false;
   #lastSent = Date.now();
   #lastReceived = Date.now();
@@ -113,6 +126,20 @@ export class LinkConnection {
     return this.#conn.remoteAddr as Deno.NetAddr;
   }
 
+  /** Bytes queued for the socket and not on it yet. */
+  get backlog(): number {
+    return this.writer.length + this.#unsent;
+  }
+
+  /**
+   * Null while the link can take more, else a promise that resolves once its backlog is down to
+   * half the limit again (or the link ended): producers wait for it before reading more.
+   */
+  room(): Promise<void> | null {
+    if (this.#closed || this.backlog < _BACKLOG_HIGH) return null;
+    return (this.#room ??= Promise.withResolvers<void>()).promise;
+  }
+
   /**
    * Write what `writer` holds soon: in a microtask, so that a whole turn's frames go together,
    * or at once when a full write's worth is waiting.
@@ -141,6 +168,8 @@ export class LinkConnection {
     if (this.#closed) return;
     this.#closed = true;
     clearInterval(this.#timer);
+    this.#unsent = 0;
+    this.#roomAgain();
     closeQuietly(this.#conn);
     try {
       this.#host.linkEnded(end, detail);
@@ -158,8 +187,10 @@ export class LinkConnection {
       while (!this.#closed && this.writer.length > 0) {
         // Frames written meanwhile go to the writer's other buffer.
         const plain = this.writer.swap();
+        this.#unsent = plain.length;
         for (let off = 0; off < plain.length && !this.#closed; off += _WRITE_CHUNK) {
-          let wire = this.#sealer.seal(plain.subarray(off, off + _WRITE_CHUNK));
+          const piece = plain.subarray(off, off + _WRITE_CHUNK);
+          let wire = this.#sealer.seal(piece);
           if (this.#prefix) {
             const joined = new Uint8Array(this.#prefix.length + wire.length);
             joined.set(this.#prefix);
@@ -169,7 +200,10 @@ export class LinkConnection {
           }
           this.#lastSent = Date.now();
           await writeAll(this.#conn, wire);
+          this.#unsent -= piece.length;
+          if (this.#room !== null && this.backlog < _BACKLOG_LOW) this.#roomAgain();
         }
+        this.#unsent = 0;
       }
     } catch (e) {
       this.#flushing = false;
@@ -182,6 +216,12 @@ export class LinkConnection {
       return;
     }
     this.#host.drained?.();
+  }
+
+  #roomAgain(): void {
+    const room = this.#room;
+    this.#room = null;
+    room?.resolve();
   }
 
   #tick(): void {

@@ -141,7 +141,10 @@ class FrontStream implements TelegramStream {
       this.inFlight += p.payload.length;
     }
     conn.flushSoon();
-    if (this.inFlight < this.#link.peerWindow) return Promise.resolve();
+    if (this.inFlight < this.#link.peerWindow) {
+      // A link with a long queue takes no more for now: the client's bytes wait in its socket.
+      return conn.room() ?? Promise.resolve();
+    }
     this.#credit ??= Promise.withResolvers<void>();
     return this.#credit.promise;
   }

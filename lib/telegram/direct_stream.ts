@@ -50,8 +50,16 @@ export interface PacketWriter {
   sendPacket(payload: Uint8Array, quickAck: boolean): Promise<void>;
 }
 
+/** A stream whose reading its client can hold back for a while. */
+export interface ReadPausable {
+  /** Read no more (after a read under way) until resume(): what comes waits in the socket. */
+  pause(): void;
+  /** Read again (unless the window or another reason still holds the reader back). */
+  resume(): void;
+}
+
 /** A direct DC stream; `finished` lets a caller (a test) wait for the very end. */
-export interface DirectStream extends TelegramStream, PacketWriter {
+export interface DirectStream extends TelegramStream, PacketWriter, ReadPausable {
   /** Resolves once the socket is closed, the read loop has stopped and both ciphers are freed. */
   readonly finished: Promise<void>;
 }
@@ -219,8 +227,10 @@ class _DirectStream implements DirectStream {
   readonly #reader: ServerFrameReader;
   /** Answer payload bytes handed to the client and not acknowledged yet. */
   #unacked = 0;
-  /** Set while the read loop waits for acks. */
+  /** Set while the read loop waits for acks (or for resume()). */
   #resume: (() => void) | null = null;
+  /** pause() holds the reader back. */
+  #paused = false;
   /** The socket is closed (released, or the stream ended). */
   #closed = false;
   #released = false;
@@ -275,7 +285,21 @@ class _DirectStream implements DirectStream {
   ack(bytes: number, _packets: number): void {
     if (!(bytes > 0) || this.#unacked === 0) return;
     this.#unacked = Math.max(0, this.#unacked - bytes);
-    if (this.#resume !== null && this.#unacked < this.#window) {
+    this.#wake();
+  }
+
+  pause(): void {
+    this.#paused = true;
+  }
+
+  resume(): void {
+    this.#paused = false;
+    this.#wake();
+  }
+
+  /** Let a waiting reader go on, if nothing holds it back any more. */
+  #wake(): void {
+    if (this.#resume !== null && this.#unacked < this.#window && !this.#paused) {
       const resume = this.#resume;
       this.#resume = null;
       resume();
@@ -368,8 +392,9 @@ class _DirectStream implements DirectStream {
     let why = "the DC closed the connection";
     try {
       while (!this.#closed) {
-        if (this.#unacked >= this.#window) {
-          // Backpressure: the client has not written out what it was given yet.
+        if (this.#unacked >= this.#window || this.#paused) {
+          // Backpressure: the client has not written out what it was given yet, or cannot
+          // take more now.
           await new Promise<void>((r) => (this.#resume = r));
           continue;
         }
