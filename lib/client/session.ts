@@ -5,13 +5,7 @@
  *
  * @module
  */
-import {
-  createAesCtr,
-  randomBytes,
-  randomInt,
-  type StreamCipher,
-  x25519PublicKey,
-} from "../crypto.ts";
+import { createAesCtr, randomBytes, type StreamCipher, x25519PublicKey } from "../crypto.ts";
 import type { ClientProtocol, Config, ListenerConfig, UserConfig } from "../config/types.ts";
 import {
   closeQuietly,
@@ -607,7 +601,7 @@ export class Session implements PumpHost, TelegramClient {
       return;
     }
     m.answered = true;
-    const padding = m.tag === "padded" ? _PADDINGS[randomInt(0, 3)]! : _NO_PADDING;
+    const padding = m.tag === "padded" ? _PADDINGS[_paddingLength()]! : _NO_PADDING;
     const len = frameLength(m.tag, data.length, padding.length);
     const o = _room(m, len);
     writeFrame(m.tag, data, padding, o.buf, o.end);
@@ -1116,6 +1110,22 @@ function _isTransportError(data: Uint8Array): boolean {
 const _PADDINGS = [0, 1, 2, 3].map((n) => randomBytes(n));
 const _NO_PADDING = new Uint8Array(0);
 
+/** Random padding lengths (0-2, as `randomInt(0, 3)` gave), from a pooled random buffer. */
+let _padRandom: Uint8Array = new Uint8Array(0);
+let _padNext = 0;
+
+function _paddingLength(): number {
+  for (;;) {
+    if (_padNext >= _padRandom.length) {
+      _padRandom = randomBytes(256);
+      _padNext = 0;
+    }
+    // 255 is skipped, so that the three lengths stay equally likely.
+    const b = _padRandom[_padNext++]!;
+    if (b < 255) return b % 3;
+  }
+}
+
 /** What a packet-mode session keeps: its Telegram stream, how answers are framed, the write queue. */
 interface _PacketState {
   readonly stream: TelegramStream;
@@ -1158,7 +1168,7 @@ const _LARGE_OUT = 96 * 1024;
 const _smallOut: Uint8Array[] = [];
 const _largeOut: Uint8Array[] = [];
 const _SMALL_OUT_MAX = 256;
-const _LARGE_OUT_MAX = 16;
+const _LARGE_OUT_MAX = 64;
 
 /** Room for TLS record headers in front of the answers in `size` bytes. */
 function _headroom(size: number): number {
