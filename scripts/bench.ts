@@ -20,41 +20,60 @@
  * The `split` part (scripts/bench_split.ts) measures split mode: a front and a back (direct mode,
  * to the echo DC) next to a standalone proxy, under the same framed workload.
  *
+ * The `workers` part (scripts/bench_workers.ts) runs the same proxy with 1, 2 and `auto` worker
+ * threads: direct-mode throughput, CPU per GB, fake-TLS handshakes, a CPU-bound scenario where
+ * the proxy is the limit, and memory per idle client, as ratios to 1 worker. Every other part
+ * runs the proxy with one worker (`workers: 1` in its config, `--workers 1` on its command
+ * line), as the figures were measured before the default became `auto`.
+ *
  * Prints one table (proxy figure, relay figure, ratio proxy/relay), one for middle mode (middle
  * figure, direct figure, ratio middle/direct), one for split mode (split figure, standalone
  * figure), a PASS/MISS line per target, and one `BENCH_JSON {...}` line. Exits 0 unless the
  * bench itself broke.
  *
- * Usage: `deno task bench [--quick] [--only throughput,latency,handshakes,memory,middle,split]
- * [--repeat N] [--proxy cli|inproc] [--v8-flags FLAGS]`.
+ * Usage: `deno task bench [--quick]
+ * [--only throughput,latency,handshakes,memory,middle,split,workers] [--repeat N]
+ * [--proxy cli|inproc] [--v8-flags FLAGS]`.
  *
  * @module
  */
 import { parseArgs } from "node:util";
 import { createAes, randomBytes } from "../lib/crypto.ts";
 import { runSplit, type SplitResults, splitTable, splitTargets } from "./bench_split.ts";
+import { runWorkers, type WorkersResults, workersTable, workersTargets } from "./bench_workers.ts";
 
 const HELP = `Usage: deno task bench [options]
 
 Options:
   --quick            shorter runs (about a third of the time)
   --only PARTS       comma-separated subset of:
-                     ${"throughput,latency,handshakes,memory,middle,split"}
+                     ${"throughput,latency,handshakes,memory,middle,split,workers"}
                      (middle: middle-proxy mode's throughput, latency, memory and
                      Telegram-side connections, next to direct mode; split: a front and
                      a back vs a standalone proxy: throughput, CPU per GB of each,
                      latency added by the link, memory per idle client and per back
-                     stream, link connections)
+                     stream, link connections; workers: the proxy with 1, 2 and auto
+                     worker threads: dd throughput, CPU per GB, ee handshakes/s, a
+                     CPU-bound handshake scenario, memory per idle client, each as a
+                     ratio to 1 worker. The other parts run the proxy with 1 worker)
   --repeat N         run each throughput measurement N times and keep the median
                      (default 3, middle and split modes 2; with --quick 1)
   --proxy KIND       cli: main.ts run --config FILE (default); inproc: scripts/bench_proxy.ts,
-                     which also reports the proxy's V8 heap per idle client (not for split,
-                     whose processes always run the CLI)
+                     which also reports the proxy's V8 heap per idle client (not for split
+                     and workers, whose processes always run the CLI)
   --v8-flags FLAGS   V8 flags for both the proxy and the relay (default: the ones
                      \`deno task start\` uses, read from deno.json; "none" for none)
   -h, --help         show this help`;
 
-const PARTS = ["throughput", "latency", "handshakes", "memory", "middle", "split"] as const;
+const PARTS = [
+  "throughput",
+  "latency",
+  "handshakes",
+  "memory",
+  "middle",
+  "split",
+  "workers",
+] as const;
 type Part = typeof PARTS[number];
 const STREAMS = [1, 16, 256] as const;
 const PROXY_MODES = ["dd", "ee"] as const;
@@ -347,6 +366,7 @@ function _freePort(): number {
 
 function _configYaml(dcPort: number, port: number): string {
   return `# Written by scripts/bench.ts.
+workers: 1
 listeners:
   - name: bench
     host: 127.0.0.1
@@ -474,6 +494,8 @@ interface Results {
   middle?: MiddleResults;
   /** The `split` part. */
   split?: SplitResults;
+  /** The `workers` part. */
+  workers?: WorkersResults;
   errors: number;
   error_samples: string[];
   detail: Record<string, unknown>;
@@ -774,6 +796,7 @@ function _middleConfigYaml(
   coreOrigin: string,
 ): string {
   return `# Written by scripts/bench.ts (middle part).
+workers: 1
 listeners:
   - name: direct
     host: 127.0.0.1
@@ -1126,6 +1149,32 @@ async function _split(env: Env): Promise<void> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Worker threads (scripts/bench_workers.ts)
+
+async function _workers(env: Env): Promise<void> {
+  const detail: Record<string, unknown> = {};
+  env.results.detail.workers = detail;
+  // Worker threads exist only in the CLI: always the CLI.
+  const cliEnv: Env = { ...env, proxyKind: "cli" };
+  env.results.workers = await runWorkers({
+    settings: env.settings,
+    tmp: env.tmp,
+    configYaml: (port) => _configYaml(env.dc.port, port),
+    spawnProxy: (name, configPath, ports, workers) =>
+      _spawnProxy(cliEnv, name, configPath, ports, workers),
+    load: (scenario, mode, target, flags, timeoutS) =>
+      _load(scenario, mode, target, env.dc, flags, timeoutS),
+    noteErrors: (r) => _noteErrors(env.results, r),
+    freePort: _freePort,
+    progress: (line) => console.error(line),
+    fail: (what, message) => {
+      env.failures.push(`workers ${what}: ${message}`);
+      console.error(`bench: workers ${what} failed: ${message}`);
+    },
+  }, detail);
+}
+
+// ---------------------------------------------------------------------------------------------
 // Output
 
 function _round(x: number, digits: number): number {
@@ -1472,14 +1521,16 @@ async function _machineBusy(ms: number): Promise<number | null> {
 
 /** `deno run` should be the process itself; a child would escape the CPU and RSS readings. */
 /**
- * Start the proxy on `configPath`: `mtproxy run` (proxyKind "cli") or the in-process wrapper,
- * and wait until every port in `ports` listens.
+ * Start the proxy on `configPath`: `mtproxy run --workers N` (proxyKind "cli"; one worker
+ * thread unless `workers` says otherwise, whatever the config or MTP_WORKERS say) or the
+ * in-process wrapper (one thread), and wait until every port in `ports` listens.
  */
 async function _spawnProxy(
   env: Env,
   name: string,
   configPath: string,
   ports: readonly number[],
+  workers = "1",
 ): Promise<Child> {
   if (env.proxyKind === "cli") {
     const child = new Child(name, [
@@ -1490,6 +1541,8 @@ async function _spawnProxy(
       "run",
       "--config",
       configPath,
+      "--workers",
+      workers,
     ]);
     for (const port of ports) {
       await child.waitForLine(new RegExp(`^listening on 127\\.0\\.0\\.1:${port}\\b`), 60_000);
@@ -1629,6 +1682,7 @@ async function _main(): Promise<number> {
       memory: _memory,
       middle: _middle,
       split: _split,
+      workers: _workers,
     };
     for (const part of PARTS) {
       if (!parts.has(part)) continue;
@@ -1658,9 +1712,10 @@ async function _main(): Promise<number> {
   const targets = [
     ..._targets(results, settings),
     ...(results.split ? splitTargets(results.split) : []),
+    ...(results.workers ? workersTargets(results.workers) : []),
   ];
   const seconds = (performance.now() - started) / 1000;
-  const mainParts = [...parts].some((p) => p !== "middle" && p !== "split");
+  const mainParts = [...parts].some((p) => p !== "middle" && p !== "split" && p !== "workers");
   if (mainParts) console.log(_table(results, settings));
   if (results.middle) {
     if (mainParts) console.log("");
@@ -1679,6 +1734,10 @@ async function _main(): Promise<number> {
   if (results.split) {
     if (mainParts || results.middle) console.log("");
     console.log(splitTable(results.split, settings));
+  }
+  if (results.workers) {
+    if (mainParts || results.middle || results.split) console.log("");
+    console.log(workersTable(results.workers, settings));
   }
   if (results.idle_memory_breakdown) {
     for (const [mode, b] of Object.entries(results.idle_memory_breakdown)) {

@@ -32,6 +32,20 @@
  *   the memory of `--pids`, ping every one again, close them all. With `--mem-signal <pid>`,
  *   send that process SIGUSR1 after each memory reading (scripts/bench_proxy.ts then prints its
  *   V8 heap figures).
+ * - `prepared-handshakes`: as `handshakes`, but every byte the clients send is computed before
+ *   the clock starts (`--prepared` connections: distinct signed ClientHellos, obfuscated2 inits
+ *   with the first packet encrypted, and the echo each one must get back as it will arrive), so
+ *   that a handshake costs this process only its socket calls and a byte comparison, and the
+ *   process under test is what limits the rate. The ServerHello is read by its record lengths,
+ *   not verified. `--stop-after hello` (`ee` only) closes each connection once the ServerHello
+ *   arrived (fake-TLS handshakes alone, no DC connection); `--stop-after ping` (default) sends
+ *   the init and a 100-byte packet and checks its echo. After `--warmup` seconds, counts
+ *   handshakes and the CPU time of `--pids` over `--seconds`, or until the prepared connections
+ *   run out (`exhausted` in the result).
+ *
+ * `throughput`, `handshakes` and `prepared-handshakes` also report `machine_cpu_s`: the CPU
+ * seconds all processes on the machine used over the counted window (from /proc/stat), so that
+ * CPU taken by anything besides `--pids` and this process shows.
  *
  * @module
  */
@@ -48,6 +62,7 @@ import {
 import { createInit, isValidInitRandom } from "../lib/protocol/obfuscated2.ts";
 import { buildClientHello } from "../tests/kit/client_hello.ts";
 import {
+  CLOCK_TICKS_PER_SECOND,
   closeQuietly,
   cpuSeconds,
   delay,
@@ -524,6 +539,23 @@ function _cpuOf(pids: Record<string, number>): Record<string, number> {
   return out;
 }
 
+/** Busy CPU seconds of the whole machine so far (all CPUs, /proc/stat); null off Linux. */
+function _machineCpuSeconds(): number | null {
+  try {
+    const f = Deno.readTextFileSync("/proc/stat").split("\n")[0]!.trim().split(/\s+/).slice(1)
+      .map(Number);
+    // user nice system idle iowait irq softirq steal: all but idle and iowait.
+    const busy = f.slice(0, 8).reduce((a, b) => a + b, 0) - f[3]! - (f[4] ?? 0);
+    return busy / CLOCK_TICKS_PER_SECOND;
+  } catch {
+    return null;
+  }
+}
+
+function _machineDelta(a: number | null, b: number | null): { machine_cpu_s?: number } {
+  return a === null || b === null ? {} : { machine_cpu_s: b - a };
+}
+
 function _memOf(pids: Record<string, number>): Record<string, MemoryInfo> {
   const out: Record<string, MemoryInfo> = {};
   for (const [name, pid] of Object.entries(pids)) out[name] = memoryInfo(pid);
@@ -616,11 +648,13 @@ async function _throughput(
   await delay(options.warmupS * 1000);
   const t0 = performance.now();
   const cpu0 = _cpuOf(pids);
+  const machine0 = _machineCpuSeconds();
   const sent0 = sent;
   const received0 = received;
   await delay(options.seconds * 1000);
   const t1 = performance.now();
   const cpu1 = _cpuOf(pids);
+  const machine1 = _machineCpuSeconds();
   const sent1 = sent;
   const received1 = received;
   const mpConnections = _mpConnections(options.mpPort, options.pids);
@@ -640,6 +674,7 @@ async function _throughput(
     bytes_down: received1 - received0,
     echo_mb_s: (received1 - received0) / 1e6 / seconds,
     cpu_s: cpu,
+    ..._machineDelta(machine0, machine1),
     ...(target.framed ? { frames_down: frames } : {}),
     ...(mpConnections === null ? {} : { mp_connections: mpConnections }),
     ...errors.toJSON(),
@@ -687,6 +722,7 @@ async function _handshakes(
   let done = 0;
   const pids = { ...options.pids, load: Deno.pid };
   const cpu0 = _cpuOf(pids);
+  const machine0 = _machineCpuSeconds();
   const t0 = performance.now();
   const deadline = t0 + options.seconds * 1000;
   await Promise.all(Array.from({ length: options.workers }, async () => {
@@ -703,6 +739,7 @@ async function _handshakes(
   }));
   const seconds = (performance.now() - t0) / 1000;
   const cpu1 = _cpuOf(pids);
+  const machine1 = _machineCpuSeconds();
   const cpu: Record<string, number> = {};
   for (const name of Object.keys(pids)) cpu[name] = cpu1[name]! - cpu0[name]!;
   return {
@@ -710,6 +747,202 @@ async function _handshakes(
     seconds,
     per_second: done / seconds,
     cpu_s: cpu,
+    ..._machineDelta(machine0, machine1),
+    ...errors.toJSON(),
+  };
+}
+
+/** What `prepared-handshakes` sends on one connection, and the echo it expects. */
+interface Prepared {
+  /** A signed ClientHello (`ee`), or null. */
+  hello: Uint8Array | null;
+  /** The init with the first packet encrypted behind it (in a CCS + record for `ee`), or null. */
+  flight: Uint8Array | null;
+  /** The first packet's echo as the proxy will send it (encrypted; record payload for `ee`). */
+  echo: Uint8Array | null;
+}
+
+/** One connection's bytes for `prepared-handshakes`, computed with the ciphers now. */
+function _prepare(target: Target, stopAfter: "hello" | "ping"): Prepared {
+  const tls = target.mode === "ee";
+  const hello = tls ? _clientHello(target) : null;
+  if (stopAfter === "hello") return { hello, flight: null, echo: null };
+  const secret = target.mode === "relay" ? null : target.secret;
+  const { wire, encryptor, decryptor } = createInit(_initRandom(), "padded", DC_ID, { secret });
+  try {
+    const ping = randomBytes(PING_LEN);
+    const packet = target.framed ? _frame(ping) : ping;
+    const body = new Uint8Array(wire.length + packet.length);
+    body.set(wire);
+    body.set(packet, wire.length);
+    encryptor.update(body.subarray(wire.length));
+    let flight = body;
+    if (tls) {
+      flight = new Uint8Array(CCS.length + RECORD_HEADER_LEN + body.length);
+      flight.set(CCS);
+      writeAppDataHeader(flight, CCS.length, body.length);
+      flight.set(body, CCS.length + RECORD_HEADER_LEN);
+    }
+    // CTR: the key stream the proxy encrypts the echo with is the one the decryptor XORs.
+    const echo = packet.slice();
+    decryptor.update(echo);
+    return { hello, flight, echo };
+  } finally {
+    encryptor.close();
+    decryptor.close();
+  }
+}
+
+/** Total length of the ServerHello flight at the start of `buf[0..have)`, or 0 if not yet known. */
+function _serverHelloEnd(buf: Uint8Array, have: number): number {
+  if (have < RECORD_HEADER_LEN) return 0;
+  if (buf[0] !== 0x16) throw new Error("Bad ServerHello: not a handshake record");
+  const ccsEnd = RECORD_HEADER_LEN + ((buf[3]! << 8) | buf[4]!) + CCS.length;
+  if (have < ccsEnd + RECORD_HEADER_LEN) return 0;
+  if (buf[ccsEnd] !== 0x17) throw new Error("Bad ServerHello: no ApplicationData record");
+  return ccsEnd + RECORD_HEADER_LEN + ((buf[ccsEnd + 3]! << 8) | buf[ccsEnd + 4]!);
+}
+
+/** One prepared connection: connect, send what was prepared, check what comes back, close. */
+async function _runPrepared(
+  target: Target,
+  p: Prepared,
+  buf: Uint8Array,
+  watch: { conn: Deno.TcpConn | null; since: number },
+): Promise<void> {
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port: target.port });
+  watch.conn = conn;
+  watch.since = performance.now();
+  try {
+    conn.setNoDelay(true);
+    if (p.hello) {
+      await writeAll(conn, p.hello);
+      let have = 0;
+      let end = 0;
+      while (end === 0 || have < end) {
+        const n = await conn.read(buf.subarray(have));
+        if (n === null) {
+          throw new Error(`Proxy closed during the TLS handshake after ${have} bytes`);
+        }
+        have += n;
+        if (end === 0) end = _serverHelloEnd(buf, have);
+        if (end > buf.length) throw new Error(`ServerHello of ${end} bytes`);
+      }
+      if (have !== end) throw new Error("Unexpected bytes after the ServerHello");
+    }
+    if (p.flight && p.echo) {
+      await writeAll(conn, p.flight);
+      const reader = p.hello ? new TlsRecordReader() : null;
+      let have = 0;
+      while (have < p.echo.length) {
+        const n = await conn.read(buf.subarray(have));
+        if (n === null) throw new Error(`Connection closed after ${have} bytes of the echo`);
+        let len = n;
+        if (reader) {
+          const r = reader.unwrap(buf.subarray(have, have + n));
+          if (typeof r === "string") throw new Error(`Bad TLS record from the proxy: ${r}`);
+          len = r;
+        }
+        have += len;
+      }
+      if (have !== p.echo.length || !p.echo.every((b, i) => b === buf[i])) {
+        throw new Error("Echo differs from the ping");
+      }
+    }
+  } finally {
+    watch.conn = null;
+    closeQuietly(conn);
+  }
+}
+
+async function _preparedHandshakes(
+  target: Target,
+  options: {
+    workers: number;
+    warmupS: number;
+    seconds: number;
+    prepared: number;
+    stopAfter: "hello" | "ping";
+    pids: Record<string, number>;
+  },
+) {
+  if (options.stopAfter === "hello" && target.mode !== "ee") {
+    throw new RangeError("--stop-after hello needs --mode ee");
+  }
+  const errors = new Errors();
+  const tPrepare = performance.now();
+  const pool: (Prepared | undefined)[] = Array.from(
+    { length: options.prepared },
+    () => _prepare(target, options.stopAfter),
+  );
+  const prepareS = (performance.now() - tPrepare) / 1000;
+  const pids = { ...options.pids, load: Deno.pid };
+  let next = 0;
+  let exhausted = false;
+  let counting = false;
+  let done = 0;
+  let cpu0: Record<string, number> = {};
+  let machine0: number | null = null;
+  let t0 = 0;
+  const start = performance.now();
+  const deadline = start + (options.warmupS + options.seconds) * 1000;
+  const warm = setTimeout(() => {
+    cpu0 = _cpuOf(pids);
+    machine0 = _machineCpuSeconds();
+    t0 = performance.now();
+    counting = true;
+  }, options.warmupS * 1000);
+  // One watchdog instead of a timer per handshake: a connection stuck for OP_TIMEOUT_MS is closed.
+  const watches = Array.from({ length: options.workers }, () => ({
+    conn: null as Deno.TcpConn | null,
+    since: 0,
+  }));
+  const watchdog = setInterval(() => {
+    const now = performance.now();
+    for (const w of watches) {
+      if (w.conn && now - w.since > OP_TIMEOUT_MS) {
+        errors.add(new Error(`Timed out after ${OP_TIMEOUT_MS} ms: prepared handshake`));
+        closeQuietly(w.conn);
+        w.conn = null;
+      }
+    }
+  }, 1000);
+  await Promise.all(watches.map(async (watch) => {
+    const buf = new Uint8Array(16384);
+    while (performance.now() < deadline) {
+      const p = pool[next];
+      if (!p) {
+        exhausted = true;
+        return;
+      }
+      pool[next++] = undefined;
+      try {
+        await _runPrepared(target, p, buf, watch);
+        if (counting) done++;
+      } catch (e) {
+        errors.add(e);
+        if (errors.count > 100) return;
+      }
+    }
+  }));
+  clearTimeout(warm);
+  clearInterval(watchdog);
+  if (!counting) throw new Error("The prepared connections ran out during the warmup");
+  const seconds = (performance.now() - t0) / 1000;
+  const cpu1 = _cpuOf(pids);
+  const machine1 = _machineCpuSeconds();
+  const cpu: Record<string, number> = {};
+  for (const name of Object.keys(pids)) cpu[name] = cpu1[name]! - cpu0[name]!;
+  return {
+    handshakes: done,
+    seconds,
+    per_second: done / seconds,
+    cpu_s: cpu,
+    ..._machineDelta(machine0, machine1),
+    stop_after: options.stopAfter,
+    prepared: options.prepared,
+    prepare_s: prepareS,
+    exhausted,
     ...errors.toJSON(),
   };
 }
@@ -832,6 +1065,8 @@ async function _main(): Promise<void> {
       "mp-port": { type: "string" },
       packet: { type: "string", default: "16384" },
       "max-padding": { type: "string", default: "3" },
+      prepared: { type: "string", default: "20000" },
+      "stop-after": { type: "string", default: "ping" },
     },
   });
   // Framed bulk writes: packets of this many bytes, as many as make about 64 KiB per write.
@@ -877,6 +1112,25 @@ async function _main(): Promise<void> {
         pids,
       });
       break;
+    case "prepared-handshakes": {
+      const stopAfter = values["stop-after"];
+      if (stopAfter !== "hello" && stopAfter !== "ping") {
+        throw new RangeError(`Invalid --stop-after: "${stopAfter}" (hello or ping)`);
+      }
+      const prepared = Number(values.prepared);
+      if (!Number.isInteger(prepared) || prepared < 1) {
+        throw new RangeError(`Invalid --prepared: "${values.prepared}"`);
+      }
+      result = await _preparedHandshakes(target, {
+        workers: Number(values.workers),
+        warmupS: Number(values.warmup),
+        seconds: Number(values.seconds),
+        prepared,
+        stopAfter,
+        pids,
+      });
+      break;
+    }
     case "idle":
       result = await _idle(target, {
         clients: Number(values.clients),
