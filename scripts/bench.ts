@@ -485,6 +485,8 @@ interface Results {
   cpu_s_per_gb: Partial<Record<ProxyMode, Pair>>;
   latency_us: Partial<Record<ProxyMode, { p50: Pair; p99: Pair }>>;
   handshakes_per_s: Partial<Record<ProxyMode, Pair>>;
+  /** CPU ms of the proxy (relay) per handshake in the handshakes part. */
+  handshake_cpu_ms: Partial<Record<ProxyMode, Pair>>;
   idle_rss_kib_per_client: Partial<Record<ProxyMode, Pair>>;
   /** The anonymous part of that RSS (heap, buffers; not the binary's pages). */
   idle_anon_kib_per_client: Partial<Record<ProxyMode, Pair>>;
@@ -671,8 +673,12 @@ async function _handshakes(env: Env): Promise<void> {
     _noteErrors(env.results, p);
     detail[mode] = p;
     env.results.handshakes_per_s[mode] = _pair(p.per_second, r.per_second);
+    // CPU of the process in the middle per handshake (the relay's: a plain TCP hop).
+    const cpuMs = (x: LoadResult) => x.handshakes > 0 ? (x.cpu_s.mid * 1000) / x.handshakes : null;
+    env.results.handshake_cpu_ms[mode] = _pair(cpuMs(p), cpuMs(r));
     console.error(
-      `  handshakes ${mode}: ${p.per_second.toFixed(0)}/s (relay ${r.per_second.toFixed(0)}/s)`,
+      `  handshakes ${mode}: ${p.per_second.toFixed(0)}/s (relay ${r.per_second.toFixed(0)}/s),` +
+        ` ${cpuMs(p)?.toFixed(3)} ms proxy CPU each (relay ${cpuMs(r)?.toFixed(3)})`,
     );
   }
   env.results.detail.handshakes = detail;
@@ -1223,6 +1229,8 @@ function _table(results: Results, settings: Settings): string {
   for (const mode of ["ee", "dd"] as const) {
     const h = results.handshakes_per_s[mode];
     if (h) rows.push({ label: `handshakes/s, ${mode} (1)`, pair: h, digits: 0 });
+    const hc = results.handshake_cpu_ms[mode];
+    if (hc) rows.push({ label: `CPU ms per handshake, ${mode} (1)`, pair: hc, digits: 3 });
   }
   for (const mode of ["ee", "dd"] as const) {
     const m = results.idle_rss_kib_per_client[mode];
@@ -1654,6 +1662,7 @@ async function _main(): Promise<number> {
     cpu_s_per_gb: {},
     latency_us: {},
     handshakes_per_s: {},
+    handshake_cpu_ms: {},
     idle_rss_kib_per_client: {},
     idle_anon_kib_per_client: {},
     idle_errors: {},
