@@ -234,8 +234,9 @@ class _DirectStream implements DirectStream {
   /** The socket is closed (released, or the stream ended). */
   #closed = false;
   #released = false;
-  /** Framed packets for the next write (null: none). */
+  /** Framed packets for the next write (null: none), and full batches before it, in order. */
   #batch: _Batch | null = null;
+  #full: _Batch[] | null = null;
   #flushing = false;
   #encryptorClosed = false;
   readonly finished: Promise<void>;
@@ -343,26 +344,59 @@ class _DirectStream implements DirectStream {
     batch.len = off + size;
   }
 
-  /** The current batch, with room for `size` more bytes. */
+  /**
+   * The current batch, with room for `size` more bytes. A full batch goes to the queue as it is
+   * (no regrowth copy) when the packet fits a pooled buffer: the next write takes it, the one
+   * after that the new batch.
+   */
   #room(size: number): _Batch {
-    let batch = this.#batch;
-    if (batch === null) {
-      batch = { buf: _takeWriteBuffer(size), len: 0, done: Promise.withResolvers<void>() };
-      this.#batch = batch;
-    } else if (batch.len + size > batch.buf.length) {
-      const bigger = _takeWriteBuffer(Math.max(batch.len + size, 2 * batch.buf.length));
-      bigger.set(batch.buf.subarray(0, batch.len));
-      _giveWriteBuffer(batch.buf);
-      batch.buf = bigger;
+    const batch = this.#batch;
+    if (batch !== null && batch.len + size <= batch.buf.length) return batch;
+    if (batch !== null) {
+      if (batch.buf.length === _SMALL_WRITE && batch.len + size <= _LARGE_WRITE) {
+        // A few small packets, then a large one: move to a large buffer (a small copy).
+        const large = _takeWriteBuffer(_LARGE_WRITE);
+        large.set(batch.buf.subarray(0, batch.len));
+        _giveWriteBuffer(batch.buf);
+        batch.buf = large;
+        return batch;
+      }
+      if (size > _LARGE_WRITE) {
+        // A packet too large for a pooled buffer goes in this write, in a buffer of its own.
+        const bigger = _takeWriteBuffer(batch.len + size);
+        bigger.set(batch.buf.subarray(0, batch.len));
+        _giveWriteBuffer(batch.buf);
+        batch.buf = bigger;
+        return batch;
+      }
+      (this.#full ??= []).push(batch);
     }
+    const next = { buf: _takeWriteBuffer(size), len: 0, done: Promise.withResolvers<void>() };
+    // One send() may fill several batches and return the last one's promise: a failure of the
+    // others is seen there too (they are written first), so theirs need no handler.
+    next.done.promise.catch(() => {});
+    this.#batch = next;
+    return next;
+  }
+
+  /** The next batch to write: a full one in order, else the current one. */
+  #nextBatch(): _Batch | null {
+    const full = this.#full;
+    if (full !== null) {
+      const batch = full.shift()!;
+      if (full.length === 0) this.#full = null;
+      return batch;
+    }
+    const batch = this.#batch;
+    this.#batch = null;
     return batch;
   }
 
   async #flush(): Promise<void> {
     try {
-      while (this.#batch !== null && !this.#closed) {
-        const batch = this.#batch;
-        this.#batch = null;
+      while (!this.#closed) {
+        const batch = this.#nextBatch();
+        if (batch === null) break;
         const bytes = batch.buf.subarray(0, batch.len);
         try {
           this.#encryptor.update(bytes);
@@ -468,9 +502,9 @@ class _DirectStream implements DirectStream {
   }
 
   #failQueued(): void {
-    const batch = this.#batch;
-    this.#batch = null;
-    batch?.done.reject(new Error("Direct DC stream is closed"));
+    for (let batch = this.#nextBatch(); batch !== null; batch = this.#nextBatch()) {
+      batch.done.reject(new Error("Direct DC stream is closed"));
+    }
   }
 
   #closeEncryptor(): void {
