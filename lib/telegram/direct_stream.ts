@@ -224,7 +224,6 @@ class _DirectStream implements DirectStream {
   readonly #client: TelegramClient;
   readonly #tag: TransportTag;
   readonly #window: number;
-  readonly #reader: ServerFrameReader;
   /** Answer payload bytes handed to the client and not acknowledged yet. */
   #unacked = 0;
   /** Set while the read loop waits for acks (or for resume()). */
@@ -255,7 +254,6 @@ class _DirectStream implements DirectStream {
     this.#client = client;
     this.#tag = tag;
     this.#window = windowBytes;
-    this.#reader = new ServerFrameReader(tag);
     this.finished = this.#readLoop();
   }
 
@@ -422,6 +420,7 @@ class _DirectStream implements DirectStream {
     const slot = _takeSlot();
     let level = 0;
     let buf = slot;
+    let reader: ServerFrameReader | null = null;
     let reason: TelegramCloseReason = "close_ext";
     let why = "the DC closed the connection";
     try {
@@ -435,30 +434,25 @@ class _DirectStream implements DirectStream {
         const n = await this.#conn.read(buf);
         if (n === null) break;
         if (this.#closed) break;
-        const chunk = buf.subarray(0, n);
-        this.#decryptor.update(chunk);
-        const items = this.#reader.push(chunk);
-        if (typeof items === "string") {
-          reason = "connection_lost";
-          why = `bad frame from the DC: ${items}`;
-          break;
-        }
+        this.#decrypt(buf, n);
+        reader ??= new ServerFrameReader(this.#tag);
+        let bad: string | null;
         try {
-          for (const item of items) {
-            if (this.#closed) break;
-            if (item.kind === "packet") {
-              this.#unacked += item.data.length;
-              this.#client.onPacket(item.data);
-            } else {
-              this.#client.onQuickAck(item.confirm);
-            }
-          }
+          bad = this.#deliver(reader, buf, n);
         } catch (e) {
           reason = "connection_lost";
           why = `client callback threw: ${_message(e)}`;
           reportUnexpected("Direct DC stream: a client callback threw; the stream was closed", e);
           break;
         }
+        if (bad !== null) {
+          reason = "connection_lost";
+          why = `bad frame from the DC: ${bad}`;
+          break;
+        }
+        // A reader with no split item to carry is let go (an idle stream keeps none, nor the
+        // carry-over buffer of its last large packet); the next read gets a fresh one.
+        if (reader.buffered === 0) reader = null;
         // Follow the traffic: a bigger buffer after a full read, the idle slot when sparse.
         if (n === buf.length && level < _READ_SIZES.length - 1) {
           if (level > 0) _giveReadBuffer(level, buf);
@@ -478,6 +472,31 @@ class _DirectStream implements DirectStream {
       this.#decryptor.close();
       this.#shutdown(reason, why);
     }
+  }
+
+  #decrypt(buf: Uint8Array, n: number): void {
+    this.#decryptor.update(buf.subarray(0, n));
+  }
+
+  /**
+   * Unframe the `n` bytes read (and decrypted) into `buf` and hand them to the client; returns
+   * why the framing is broken, or null (a throwing callback throws). Its own frame, so that
+   * nothing of it (views, items) stays referenced while the read loop waits.
+   */
+  #deliver(reader: ServerFrameReader, buf: Uint8Array, n: number): string | null {
+    const chunk = buf.subarray(0, n);
+    const items = reader.push(chunk);
+    if (typeof items === "string") return items;
+    for (const item of items) {
+      if (this.#closed) break;
+      if (item.kind === "packet") {
+        this.#unacked += item.data.length;
+        this.#client.onPacket(item.data);
+      } else {
+        this.#client.onQuickAck(item.confirm);
+      }
+    }
+    return null;
   }
 
   /** Close the socket once; tell the client `reason` unless it released the stream. */
