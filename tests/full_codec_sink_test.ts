@@ -14,11 +14,14 @@ import {
   type FullRejectReason,
 } from "../lib/protocol/full.ts";
 
-/** A sink that copies what it is handed. */
+/** A sink that copies what it is handed, and checks its tail view. */
 class Copier implements FullFrameSink {
   bodies: Uint8Array[] = [];
-  frame(buf: Uint8Array, start: number, end: number): void {
-    this.bodies.push(buf.slice(start, end));
+  constructor(readonly skip = 0) {}
+  frame(buf: Uint8Array, start: number, end: number, tail: Uint8Array): void {
+    const body = buf.slice(start, end);
+    assertEquals(tail, body.subarray(Math.min(this.skip, body.length)));
+    this.bodies.push(body);
   }
 }
 
@@ -97,7 +100,7 @@ Deno.test("FullDecoder.pushTo hands out the bodies push returns, for any chunkin
         viaSink.reuseBuffers();
       }
       const pushed: Uint8Array[] = [];
-      const sink = new Copier();
+      const sink = new Copier(seed % 2 === 0 ? 16 : 0);
       for (const chunk of chunks(wire, seed)) {
         for (const body of viaPush.push(chunk.slice()).frames) pushed.push(body.slice());
         assertEquals(viaSink.pushTo(chunk.slice(), sink), null);
@@ -108,14 +111,29 @@ Deno.test("FullDecoder.pushTo hands out the bodies push returns, for any chunkin
   }
 });
 
-Deno.test("FullDecoder.pushTo reports a refusal and keeps refusing", () => {
+Deno.test("FullDecoder.pushTo refuses a flipped bit anywhere in a frame, and keeps refusing", () => {
   const wire = new FullEncoder().encodeMany(BODIES, true);
-  wire[20] = wire[20]! ^ 1; // inside the first body: its CRC no longer matches
-  const d = new FullDecoder();
-  const sink = new Copier();
-  assertEquals(d.pushTo(wire, sink), "bad_crc" satisfies FullRejectReason);
-  assertEquals(d.pushTo(new Uint8Array(16), sink), "bad_crc");
-  assertEquals(sink.bodies.length, 0);
+  // In len's high byte, seq, the skipped head, the tail, the CRC: whole or split in two.
+  for (const at of [3, 5, 8 + 3, 8 + 15, 8 + 16, 8 + 40, 8 + 56 + 1024 - 1, 8 + 56 + 1024 + 2]) {
+    for (const skip of [0, 16]) {
+      for (const split of [0, 30]) {
+        const bad = wire.slice();
+        bad[at] = bad[at]! ^ 1;
+        const d = new FullDecoder();
+        const sink = new Copier(skip);
+        const r = split === 0 ? d.pushTo(bad, sink) : (d.pushTo(bad.subarray(0, split), sink) ??
+          d.pushTo(bad.subarray(split), sink));
+        // The CRC is checked before the seq, as it always was.
+        const expected: FullRejectReason = at === 3 ? "bad_length" : "bad_crc";
+        assertEquals(r, expected, `byte ${at}, skip ${skip}`);
+        assertEquals(d.pushTo(new Uint8Array(16), sink), r);
+        assertEquals(sink.bodies.length, 0);
+      }
+    }
+  }
+  // A good CRC with the wrong seq is a bad_seq.
+  const d = new FullDecoder({ firstSeq: 5 });
+  assertEquals(d.pushTo(wire, new Copier(16)), "bad_seq");
 });
 
 Deno.test("FullCodec.decodeTo yields what decode does, plaintext frame and CBC included", () => {

@@ -170,6 +170,8 @@ class _Pump {
   readonly #maxLevel: number;
   #level = 0;
   #buf: Uint8Array | null;
+  /** What reads go into: the buffer after the headroom (made once per buffer, not per read). */
+  #readView: Uint8Array | null = null;
   /** Bytes requested by the pending read, and bytes it returned. */
   #room = 0;
   #got = 0;
@@ -196,8 +198,9 @@ class _Pump {
     const buf = this.#buf!;
     const headroom = this.#headroom;
     this.#room = buf.length - headroom;
+    const view = headroom === 0 ? buf : (this.#readView ??= buf.subarray(headroom));
     try {
-      this.#src.read(buf.subarray(headroom, headroom + this.#room)).then(
+      this.#src.read(view).then(
         this.#onRead,
         this.#onFail,
       );
@@ -273,10 +276,12 @@ class _Pump {
     if (n === this.#room && this.#level < this.#maxLevel) {
       relayBuffers.put(this.#level, this.#buf!);
       this.#buf = relayBuffers.get(++this.#level);
+      this.#readView = null;
     } else if (n < LEVEL_SIZES[0] / 2 && this.#level > 0) {
       relayBuffers.put(this.#level, this.#buf!);
       this.#level = 0;
       this.#buf = relayBuffers.get(0);
+      this.#readView = null;
     }
     this.read();
   }
@@ -308,6 +313,7 @@ class _Pump {
     this.#inspect = undefined;
     relayBuffers.put(this.#level, this.#buf);
     this.#buf = null;
+    this.#readView = null;
     try {
       inspect?.close();
     } finally {

@@ -14,7 +14,7 @@
  */
 import { concatBytes, readU32, writeU32 } from "./bytes.ts";
 import type { StreamCipher } from "../crypto.ts";
-import { crc32 } from "./crc32.ts";
+import { crc32, crc32Js } from "./crc32.ts";
 
 /** Why the full decoder refused its input. */
 export type FullRejectReason = "bad_length" | "bad_crc" | "bad_seq";
@@ -50,11 +50,16 @@ export interface FullDecodeResult {
 }
 
 /**
- * Receives decoded bodies without an array or a view per frame: body `i` is
- * `buf[start, end)`, valid as long as a body from {@linkcode FullDecoder.push} would be.
+ * Receives decoded bodies without an array of them: body `i` is `buf[start, end)`, valid as
+ * long as a body from {@linkcode FullDecoder.push} would be. The decoder makes one view per
+ * frame, of the body past its first `skip` bytes (an RPC answer's type, flags and connection
+ * id, say), and checks the CRC over it, so that neither side needs another.
  */
 export interface FullFrameSink {
-  frame(buf: Uint8Array, start: number, end: number): void;
+  /** Bytes at the front of each body that `tail` leaves out. */
+  readonly skip: number;
+  /** `tail` is `buf[min(start + skip, end), end)`. */
+  frame(buf: Uint8Array, start: number, end: number, tail: Uint8Array): void;
 }
 
 /** Bytes of `len`, `seq` and `crc` around a body. */
@@ -80,6 +85,44 @@ let _start = 0;
 let _end = 0;
 let _seq = 0;
 let _reason: FullRejectReason = "bad_length";
+
+/** CRC-32 byte table (the same polynomial as crc32.ts), for the few bytes before a view. */
+const _CRC_TABLE: Int32Array = (() => {
+  const t = new Int32Array(256);
+  for (let n = 0; n < 256; n++) {
+    let c = n;
+    for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+    t[n] = c;
+  }
+  return t;
+})();
+
+/** CRC-32 of `buf[from, to)` continuing `previous` (as crc32), without a view of it. */
+function _crcRange(buf: Uint8Array, from: number, to: number, previous: number): number {
+  const t = _CRC_TABLE;
+  let c = ~previous;
+  for (let i = from; i < to; i++) c = t[(c ^ buf[i]!) & 0xff]! ^ (c >>> 8);
+  return ~c >>> 0;
+}
+
+/** CRC-32 of the 8 bytes `u32 LE a | u32 LE b`. */
+function _crcWords(a: number, b: number): number {
+  const t = _CRC_TABLE;
+  let c = -1;
+  for (let k = 0; k < 4; k++) c = t[(c ^ (a >>> (8 * k))) & 0xff]! ^ (c >>> 8);
+  for (let k = 0; k < 4; k++) c = t[(c ^ (b >>> (8 * k))) & 0xff]! ^ (c >>> 8);
+  return ~c >>> 0;
+}
+
+/**
+ * Whether the frame at `buf[off]` ending at `end` (its CRC in the last 4 bytes) checks out,
+ * `tail` being a view of its last bytes before the CRC: the bytes in front of it are summed
+ * in place, the view by crc32.
+ */
+function _crcOk(buf: Uint8Array, off: number, end: number, tail: Uint8Array): boolean {
+  const tailAt = end - 4 - tail.length;
+  return crc32(tail, _crcRange(buf, off, tailAt, 0)) === readU32(buf, end - 4);
+}
 
 /** Look for one frame in `buf[from:limit]`, skipping padding words. Offsets are absolute. */
 function _scan(
@@ -189,17 +232,21 @@ function _writeFrame(
   const len = bodyLen + FULL_OVERHEAD;
   writeU32(out, off, len);
   writeU32(out, off + 4, seq);
+  // The CRC over the parts as given: no view of the frame per frame.
+  let c = _crcWords(len, seq);
   if (body instanceof Uint8Array) {
     out.set(body, off + 8);
+    c = crc32(body, c);
   } else {
     let at = off + 8;
     for (const part of body) {
       out.set(part, at);
       at += part.length;
+      c = crc32(part, c);
     }
   }
   const crcAt = off + len - 4;
-  writeU32(out, crcAt, crc32(out.subarray(off, crcAt)));
+  writeU32(out, crcAt, c);
   const end = off + fullFrameLength(bodyLen, pad);
   for (let at = off + len; at < end; at += 4) writeU32(out, at, 4); // 04 00 00 00
   return end;
@@ -221,7 +268,10 @@ function _writePair(
   out.set(head, off + 8);
   if (tail.length > 0) out.set(tail, off + 8 + head.length);
   const crcAt = off + len - 4;
-  writeU32(out, crcAt, crc32(out.subarray(off, crcAt)));
+  // Over the parts as given (no view of the frame): len and seq, the head, the tail.
+  const c = _crcWords(len, seq);
+  const withHead = head.length <= 128 ? crc32Js(head, c) : crc32(head, c);
+  writeU32(out, crcAt, crc32(tail, withHead));
   const end = off + fullFrameLength(bodyLen, pad);
   for (let at = off + len; at < end; at += 4) writeU32(out, at, 4); // 04 00 00 00
   return end;
@@ -449,7 +499,7 @@ export class FullDecoder {
       this.#pendingLen += take;
       off += take;
       if (this.#pendingLen < this.#pendingNeed) return null;
-      const r = _scan(pending, 0, this.#pendingLen, this.#seq, this.#checkCrc);
+      const r = _scan(pending, 0, this.#pendingLen, null, false);
       if (r === SCAN_REJECT) return this.#fail(_reason);
       if (r === SCAN_NEED) {
         if (_end > pending.length) {
@@ -463,25 +513,29 @@ export class FullDecoder {
         continue;
       }
       // The pending bytes end exactly where the frame ends (`need` sizes are exact).
+      const whole = pending;
+      const tail = this.#check(whole, sink.skip);
+      if (tail === null) return this.#reject!;
       const start = _start + 8;
       const end = _end - 4;
       this.#seq = (this.#seq + 1) | 0;
       if (this.#reuse) this.#handedOut = pending;
-      const whole = pending;
       pending = this.#pending = null;
       this.#pendingLen = 0;
       this.#pendingNeed = 0;
-      sink.frame(whole, start, end);
+      sink.frame(whole, start, end, tail);
     }
     const limit = chunk.length;
     while (off < limit) {
-      const r = _scan(chunk, off, limit, this.#seq, this.#checkCrc);
+      const r = _scan(chunk, off, limit, null, false);
       if (r === SCAN_FRAME) {
+        const tail = this.#check(chunk, sink.skip);
+        if (tail === null) return this.#reject!;
         const start = _start + 8;
         const end = _end - 4;
         this.#seq = (this.#seq + 1) | 0;
         off = _end;
-        sink.frame(chunk, start, end);
+        sink.frame(chunk, start, end, tail);
         continue;
       }
       if (r === SCAN_REJECT) return this.#fail(_reason);
@@ -502,6 +556,26 @@ export class FullDecoder {
     return null;
   }
 
+  /**
+   * The frame `_scan` just found in `buf`: its tail view (body past `skip` bytes) once its CRC
+   * and seq check out, or null after failing the stream (as `_scan` would have: CRC first).
+   */
+  #check(buf: Uint8Array, skip: number): Uint8Array | null {
+    const frameAt = _start;
+    const frameEnd = _end;
+    const bodyEnd = frameEnd - 4;
+    const tail = buf.subarray(Math.min(frameAt + 8 + skip, bodyEnd), bodyEnd);
+    if (this.#checkCrc && !_crcOk(buf, frameAt, frameEnd, tail)) {
+      this.#fail("bad_crc");
+      return null;
+    }
+    if ((readU32(buf, frameAt + 4) | 0) !== this.#seq) {
+      this.#fail("bad_seq");
+      return null;
+    }
+    return tail;
+  }
+
   #fail(reason: FullRejectReason): FullRejectReason {
     this.#reject = reason;
     this.#pending = null;
@@ -515,8 +589,9 @@ const _NO_FRAMES: Uint8Array[] = [];
 /** The sink behind {@linkcode FullDecoder.push}: views into an array (calls never overlap). */
 const _collector = {
   frames: _NO_FRAMES,
-  frame(buf: Uint8Array, start: number, end: number): void {
-    this.frames.push(buf.subarray(start, end));
+  skip: 0,
+  frame(_buf: Uint8Array, _start: number, _end: number, body: Uint8Array): void {
+    this.frames.push(body);
   },
 };
 
@@ -576,6 +651,8 @@ export class FullCodec {
   /** Ciphertext of an incomplete 16-byte block. */
   #block = new Uint8Array(16);
   #blockLen = 0;
+  /** Reuse mode: decodeTo keeps one block buffer (its bodies are used up during the call). */
+  #reuse = false;
 
   constructor(options: FullCodecOptions = {}) {
     this.#padPlaintext = options.padPlaintext ?? true;
@@ -589,6 +666,7 @@ export class FullCodec {
   reuseBuffers(): void {
     if (this.#decoder === null) throw new Error("Encryption is not on yet");
     this.#decoder.reuseBuffers();
+    this.#reuse = true;
   }
 
   /** True once {@linkcode FullCodec.startEncryption} ran. */
@@ -652,7 +730,8 @@ export class FullCodec {
 
   /**
    * Like {@linkcode FullCodec.decode}, handing each body to `sink` as offsets instead of
-   * returning views in an array. Returns the refusal, or null.
+   * returning views in an array. Returns the refusal, or null. After
+   * {@linkcode FullCodec.reuseBuffers}, a body is valid only while the sink handles it.
    */
   decodeTo(chunk: Uint8Array, sink: FullFrameSink): FullRejectReason | null {
     if (
@@ -661,10 +740,12 @@ export class FullCodec {
     ) {
       // The plaintext phase and its leftovers: rare, through the array form.
       const r = this.decode(chunk);
-      for (const body of r.frames) sink.frame(body, 0, body.length);
+      for (const body of r.frames) {
+        sink.frame(body, 0, body.length, body.subarray(Math.min(sink.skip, body.length)));
+      }
       return r.reject;
     }
-    return this.#decodeCipher(chunk, sink);
+    return this.#decodeCipher(chunk, sink, this.#reuse);
   }
 
   /** Decrypt and decode `chunk` (see the class notes on plaintext and ownership). */
@@ -692,7 +773,7 @@ export class FullCodec {
     const collect = _collector;
     collect.frames = frames;
     try {
-      return { frames, reject: this.#decodeCipher(data, collect) };
+      return { frames, reject: this.#decodeCipher(data, collect, false) };
     } finally {
       collect.frames = _NO_FRAMES;
     }
@@ -720,7 +801,12 @@ export class FullCodec {
     return { frames: [step.frame.body], reject: null };
   }
 
-  #decodeCipher(data: Uint8Array, sink: FullFrameSink): FullRejectReason | null {
+  /** `keepBlock`: the sink is done with every body when this returns (see decodeTo). */
+  #decodeCipher(
+    data: Uint8Array,
+    sink: FullFrameSink,
+    keepBlock: boolean,
+  ): FullRejectReason | null {
     const decoder = this.#decoder!;
     const decryptor = this.#decryptor!;
     let off = 0;
@@ -729,9 +815,10 @@ export class FullCodec {
       this.#block.set(data.subarray(0, off), this.#blockLen);
       this.#blockLen += off;
       if (this.#blockLen < 16) return null;
-      // The decoder may return views into this block: hand it over and start a new one.
+      // The decoder may return views into this block: hand it over and start a new one
+      // (unless the sink uses bodies up before this returns).
       const block = this.#block;
-      this.#block = new Uint8Array(16);
+      if (!keepBlock) this.#block = new Uint8Array(16);
       this.#blockLen = 0;
       decryptor.update(block);
       if (decoder.pushTo(block, sink) !== null) return this.#fail(decoder);

@@ -17,17 +17,21 @@ export class PacketReader {
   #pendingLen = 0;
   /** The buffer of a carried-over frame handed out by the last `push`, until the next one. */
   #handedOut: Uint8Array | null = null;
+  /** What `push` returns, reused: the array and its packet objects live until the next push. */
+  readonly #out: _MutablePacket[] = [];
+  readonly #packets: _MutablePacket[] = [];
 
   constructor(tag: TransportTag) {
     this.#tag = tag;
   }
 
   /**
-   * Feed the next chunk. Returns the complete packets (views valid until the next call) or
-   * why the stream is broken.
+   * Feed the next chunk. Returns the complete packets or why the stream is broken. The array,
+   * its packets and their payloads (views) are valid until the next call: they are reused.
    */
   push(chunk: Uint8Array): Packet[] | FrameRejectReason {
-    const out: Packet[] = [];
+    const out = this.#out;
+    out.length = 0;
     const span = this.#span;
     if (this.#handedOut !== null) {
       _recycle(this.#handedOut); // the caller is done with the last call's packets
@@ -40,16 +44,16 @@ export class PacketReader {
       const r = scanFrame(this.#tag, held, 0, span);
       if (r === "reject") return span.reason!;
       if (r === "frame") {
-        out.push({
-          payload: this.#pending.subarray(span.payloadStart, span.payloadEnd),
-          quickAck: span.quickAck,
-        });
+        this.#add(this.#pending.subarray(span.payloadStart, span.payloadEnd), span.quickAck);
         this.#handedOut = this.#pending;
         this.#pending = _EMPTY;
         this.#pendingLen = 0;
         break;
       }
-      if (off === chunk.length) return out;
+      if (off === chunk.length) {
+        this.#forgetStale();
+        return out;
+      }
       const take = Math.min(span.end - this.#pendingLen, chunk.length - off);
       this.#hold(chunk.subarray(off, off + take), span.end);
       off += take;
@@ -62,13 +66,40 @@ export class PacketReader {
         this.#hold(chunk.subarray(off), span.end - off);
         break;
       }
-      out.push({
-        payload: chunk.subarray(span.payloadStart, span.payloadEnd),
-        quickAck: span.quickAck,
-      });
+      this.#add(chunk.subarray(span.payloadStart, span.payloadEnd), span.quickAck);
       off = span.end;
     }
+    this.#forgetStale();
     return out;
+  }
+
+  /**
+   * Let go of the payloads older pushes left in the kept packet objects (they may be the only
+   * reference to a large buffer), and of most objects once traffic is sparse.
+   */
+  #forgetStale(): void {
+    const packets = this.#packets;
+    const n = this.#out.length;
+    for (let i = n; i < packets.length && packets[i]!.payload !== _EMPTY; i++) {
+      packets[i]!.payload = _EMPTY;
+    }
+    if (n <= 1 && packets.length > _PACKETS_IDLE) packets.length = _PACKETS_IDLE;
+  }
+
+  /** Append a packet to what this push returns, in a packet object kept from earlier pushes. */
+  #add(payload: Uint8Array, quickAck: boolean): void {
+    const out = this.#out;
+    const packets = this.#packets;
+    const n = out.length;
+    let p = packets[n];
+    if (p === undefined) {
+      p = { payload, quickAck };
+      if (n < _PACKETS_KEPT) packets.push(p);
+    } else {
+      p.payload = payload;
+      p.quickAck = quickAck;
+    }
+    out.push(p);
   }
 
   /** Append `bytes` to the carried-over frame, which will need `frameLen` bytes in all. */
@@ -92,6 +123,19 @@ export class PacketReader {
 }
 
 const _EMPTY = new Uint8Array(0);
+
+/** A packet object of the reader's own (consumers see {@linkcode Packet}, read-only). */
+interface _MutablePacket {
+  payload: Uint8Array;
+  quickAck: boolean;
+}
+
+/**
+ * Packet objects a reader keeps for reuse: a 64 KiB read of 1 KiB packets holds 64. A push
+ * of at most one packet cuts them to `_PACKETS_IDLE`.
+ */
+const _PACKETS_KEPT = 128;
+const _PACKETS_IDLE = 4;
 
 /**
  * Shared buffers for frames split across reads (up to a 16 KiB packet and then some): a reader

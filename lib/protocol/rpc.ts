@@ -536,39 +536,66 @@ function _tagOf(flags: number): TransportTag | null {
   return null;
 }
 
+const _MALFORMED_PROXY_REQ = Object.freeze({ type: "malformed", code: RPC_PROXY_REQ } as const);
+
+/**
+ * A decoded RPC_PROXY_REQ. The two addresses are views made when first read: a middle proxy
+ * reads them once per client, not once per packet.
+ */
+class _ProxyReq implements ProxyReqMessage {
+  readonly type = "proxy_req";
+  readonly flags: number;
+  readonly connId: bigint;
+  readonly tag: TransportTag | null;
+  readonly quickAck: boolean;
+  readonly notEncrypted: boolean;
+  readonly clientPort: number;
+  readonly proxyPort: number;
+  readonly adTag: Uint8Array | null;
+  readonly payload: Uint8Array;
+  readonly #body: Uint8Array;
+
+  constructor(body: Uint8Array, flags: number, adTag: Uint8Array | null, payloadAt: number) {
+    this.#body = body;
+    this.flags = flags;
+    this.connId = _i64(body, 8);
+    this.tag = _tagOf(flags);
+    this.quickAck = (flags & F.QUICKACK) !== 0;
+    this.notEncrypted = (flags & F.NOT_ENCRYPTED) !== 0;
+    this.clientPort = readU32(body, 32);
+    this.proxyPort = readU32(body, 52);
+    this.adTag = adTag;
+    this.payload = body.subarray(payloadAt);
+  }
+
+  get clientIp(): Uint8Array {
+    return this.#body.subarray(16, 32);
+  }
+
+  get proxyIp(): Uint8Array {
+    return this.#body.subarray(36, 52);
+  }
+}
+
 function _decodeProxyReq(body: Uint8Array): RpcMessage {
-  const malformed = { type: "malformed", code: RPC_PROXY_REQ } as const;
-  if (body.length < PROXY_REQ_FIXED) return malformed;
+  if (body.length < PROXY_REQ_FIXED) return _MALFORMED_PROXY_REQ;
   const flags = readU32(body, 4);
   let off = PROXY_REQ_FIXED;
   let adTag: Uint8Array | null = null;
   if (flags & F.HAS_AD_TAG) {
-    if (body.length < off + 4) return malformed;
+    if (body.length < off + 4) return _MALFORMED_PROXY_REQ;
     const size = readU32(body, off);
     off += 4;
-    if (size % 4 !== 0 || body.length - off < size) return malformed;
-    const extra = body.subarray(off, off + size);
-    off += size;
-    if (extra.length >= 5 && readU32(extra, 0) === TL_PROXY_TAG) {
-      const n = extra[4]!;
-      if (n >= 254 || 5 + n > extra.length) return malformed;
-      adTag = extra.subarray(5, 5 + n);
+    if (size % 4 !== 0 || body.length - off < size) return _MALFORMED_PROXY_REQ;
+    // The extra section is body[off, off + size): a TL_PROXY_TAG item holds the ad tag.
+    if (size >= 5 && readU32(body, off) === TL_PROXY_TAG) {
+      const n = body[off + 4]!;
+      if (n >= 254 || 5 + n > size) return _MALFORMED_PROXY_REQ;
+      adTag = body.subarray(off + 5, off + 5 + n);
     }
+    off += size;
   }
-  return {
-    type: "proxy_req",
-    flags,
-    connId: _i64(body, 8),
-    tag: _tagOf(flags),
-    quickAck: (flags & F.QUICKACK) !== 0,
-    notEncrypted: (flags & F.NOT_ENCRYPTED) !== 0,
-    clientIp: body.subarray(16, 32),
-    clientPort: readU32(body, 32),
-    proxyIp: body.subarray(36, 52),
-    proxyPort: readU32(body, 52),
-    adTag,
-    payload: body.subarray(off),
-  };
+  return new _ProxyReq(body, flags, adTag, off);
 }
 
 /**

@@ -151,8 +151,14 @@ export class MiddleConnection {
   /** Written batches, for reuse (their arrays stay allocated). */
   #spareBatches: _Batch[] = [];
   #flushing = false;
+  /** The slot the last PROXY_ANS went to (cleared when it leaves). */
+  #lastSlot: MiddleSlot | null = null;
   /** Where decoded frames go (routes them as they are found: no array of bodies). */
-  readonly #sink: FullFrameSink = { frame: (buf, start, end) => this.#route(buf, start, end) };
+  readonly #sink: FullFrameSink = {
+    // The decoder's one view per frame is the answer's data, past type, flags and conn_id.
+    skip: 16,
+    frame: (buf, start, end, data) => this.#route(buf, start, end, data),
+  };
   #unackedBytes = 0;
   #unackedPackets = 0;
   #resume: (() => void) | null = null;
@@ -180,7 +186,7 @@ export class MiddleConnection {
     this.#options = options;
     this.#ourIp = ours.ip;
     this.#ourPort = ours.port;
-    for (const body of early) this.#route(body, 0, body.length);
+    for (const body of early) this.#route(body, 0, body.length, body.subarray(16));
     // Bodies are used up by #dispatch before the next read.
     codec.reuseBuffers();
     const keepaliveMs = options.keepaliveMs ?? 30_000;
@@ -289,6 +295,7 @@ export class MiddleConnection {
     if (slot.detached) return;
     slot.detached = true;
     this.#slots.delete(slot.key);
+    if (this.#lastSlot === slot) this.#lastSlot = null;
     this.#forget(slot);
     if (tellTelegram && !this.#closed) this.enqueue(encodeCloseConn(slot.connId)).catch(() => {});
   }
@@ -303,6 +310,7 @@ export class MiddleConnection {
       this.#forget(slot);
     }
     this.#slots.clear();
+    this.#lastSlot = null;
     return { idle, busy };
   }
 
@@ -494,14 +502,17 @@ export class MiddleConnection {
     }
   }
 
-  /** One RPC body, `buf[start, end)`: a PROXY_ANS goes straight to its client. */
-  #route(buf: Uint8Array, start: number, end: number): void {
+  /**
+   * One RPC body, `buf[start, end)`, and `data`, its bytes past the first 16: a PROXY_ANS goes
+   * straight to its client.
+   */
+  #route(buf: Uint8Array, start: number, end: number, data: Uint8Array): void {
     if (end - start < 16 || readU32(buf, start) !== RPC_PROXY_ANS) {
       return this.#dispatch(buf.subarray(start, end));
     }
     const slot = this.#slotAt(buf, start + 8);
     if (!slot) return; // A client that just left; Telegram learns it from CLOSE_CONN.
-    const size = end - start - 16;
+    const size = data.length;
     slot.unackedBytes += size;
     slot.unackedPackets++;
     this.#unackedBytes += size;
@@ -514,7 +525,7 @@ export class MiddleConnection {
     }
     // One client's failure must not end the read loop that serves all the others.
     try {
-      slot.client.onPacket(buf.subarray(start + 16, end));
+      slot.client.onPacket(data);
     } catch (e) {
       this.#clientFailed(slot, e);
     }
@@ -523,10 +534,14 @@ export class MiddleConnection {
   /** The slot whose connection id is the i64 at `buf[off]`. */
   #slotAt(buf: Uint8Array, off: number): MiddleSlot | undefined {
     const lo = readU32(buf, off) | 0;
+    const hi = readU32(buf, off + 4) | 0;
+    // Answers come in runs per client: try the last one before the map.
+    const last = this.#lastSlot;
+    if (last !== null && last.idLo === lo && last.idHi === hi && !last.detached) return last;
     const slot = this.#slots.get(_keyOf(lo));
-    return slot !== undefined && slot.idLo === lo && slot.idHi === (readU32(buf, off + 4) | 0)
-      ? slot
-      : undefined;
+    if (slot === undefined || slot.idLo !== lo || slot.idHi !== hi) return undefined;
+    this.#lastSlot = slot;
+    return slot;
   }
 
   #slotOf(connId: bigint): MiddleSlot | undefined {

@@ -75,7 +75,15 @@ export class MiddleHandle implements MiddleClient {
   }
 
   /** Send client packets to Telegram, in order; resolves once they are on the socket. */
-  async send(packets: readonly Packet[]): Promise<void> {
+  send(packets: readonly Packet[]): Promise<void> {
+    // Bound (the usual case): straight to the slot, no promise of our own in between.
+    if (this.#rebound === null && this.#slot !== null && !this.#released) {
+      return this.#slot.send(packets);
+    }
+    return this.#sendAfterRebind(packets);
+  }
+
+  async #sendAfterRebind(packets: readonly Packet[]): Promise<void> {
     if (this.#rebound) await this.#rebound.promise;
     const slot = this.#slot;
     if (!slot || this.#released) throw new Error("Not connected to Telegram");
