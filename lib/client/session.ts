@@ -59,6 +59,7 @@ import type { CloseReason, EventSink, RejectReason } from "./events.ts";
 import type { ConnectionPolicy, PolicySlot } from "../guard/policy.ts";
 import type { UserDirectory } from "../guard/users.ts";
 import { parseProxyHeader, type ProxySource } from "../protocol/proxy_protocol.ts";
+import { HelloProbe, InitProbe } from "../protocol/user_match.ts";
 import { reportUnexpected } from "../ops/last_resort.ts";
 import {
   type ChunkInspector,
@@ -760,7 +761,13 @@ export class Session implements PumpHost, TelegramClient {
     await hs.fill(INIT_LEN);
     const init = hs.view().subarray(0, INIT_LEN);
     const stream = openClientInit(init, this.#ctx.listener.secret) ??
-      this.#matchUser((secret) => openClientInit(init, secret));
+      this.#matchUser(
+        () => {
+          const probe = new InitProbe(init);
+          return (secret) => probe.opens(secret);
+        },
+        (secret) => openClientInit(init, secret),
+      );
     if (!stream) throw new Rejection("bad_secret", notClient);
     const protocol: ClientProtocol = stream.tag === "padded" ? "dd" : "plain";
     let refusal: Rejection | null = null;
@@ -781,14 +788,21 @@ export class Session implements PumpHost, TelegramClient {
 
   /**
    * Try the users of this listener, most likely first, until `attempt` accepts a secret; the
-   * user it accepted is this client's from then on.
+   * user it accepted is this client's from then on. `probe` makes a cheap, exact pre-check
+   * (lib/protocol/user_match.ts): `attempt`, the full check, runs only for a secret it lets
+   * through, so a client from an unknown address costs a fraction of a full check per user.
    */
-  #matchUser<T>(attempt: (secret: Uint8Array) => T | null): T | null {
+  #matchUser<T>(
+    probe: () => (secret: Uint8Array) => boolean,
+    attempt: (secret: Uint8Array) => T | null,
+  ): T | null {
     const users = this.#ctx.users;
     if (!users) return null;
     const name = this.#ctx.listener.name;
     const ip = this.clientIp;
+    const fits = probe();
     for (const user of users.candidates(name, ip)) {
+      if (!fits(user.secret)) continue;
       const got = attempt(user.secret);
       if (got !== null) {
         users.matched(name, user, ip);
@@ -901,7 +915,10 @@ export class Session implements PumpHost, TelegramClient {
     const skewSec = config.tls.maxClockSkewMs / 1000;
     let check = verifyClientHello(hello, secret, nowSec, skewSec);
     if (check.kind === "bad_digest") {
-      const user = this.#matchUser((s) => {
+      const user = this.#matchUser(() => {
+        const probe = new HelloProbe(hello);
+        return (s) => probe.digestFits(s);
+      }, (s) => {
         const c = verifyClientHello(hello, s, nowSec, skewSec);
         return c.kind === "bad_digest" ? null : { c, s };
       });
