@@ -300,7 +300,7 @@ telegram: { default-dc: 2 }
     'log-level: unknown key (did you mean "log_level"?)',
     'timeout: unknown key (did you mean "timeouts"?)',
     "port: unknown key (did you mean listeners[0].port?)",
-    "frobnicate: unknown key (known keys: role, workers, listeners, allowed_protocols, public_host, log_level, max_connections, telegram, timeouts, tls, replay, fronting, pool, external_ip, ip_lookup_urls, per_sni_secrets, per_sni_salt, state_file, policy, metrics, users, shared_state, backs, link_listeners, fronts, default_tag, link)",
+    "frobnicate: unknown key (known keys: role, workers, listeners, allowed_protocols, public_host, log_level, max_connections, telegram, timeouts, tls, replay, fronting, pool, external_ip, ip_lookup_urls, per_sni_secrets, per_sni_salt, state_file, policy, metrics, users, users_file, admin, shared_state, backs, link_listeners, fronts, default_tag, link)",
     'telegram.default-dc: unknown key (did you mean "default_dc"?)',
   ]);
 });

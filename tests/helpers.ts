@@ -161,6 +161,8 @@ export function testConfig(options: TestConfigOptions = {}): Config {
     workers: 1,
     sharedState: null,
     users: [],
+    admin: { listen: null, token: null },
+    usersFile: null,
   };
 }
 

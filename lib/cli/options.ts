@@ -16,10 +16,12 @@ import {
   ConfigError,
   type ConfigOverride,
   type ConfigOverrides,
-  loadConfigDraftFile,
+  type FileUsers,
+  readConfigFile,
   resolveSecrets,
   suggest,
 } from "../config/load.ts";
+import { readUsersFile, resolveUsersFilePath } from "../config/users_file.ts";
 import {
   loadOrCreateState,
   readState,
@@ -296,6 +298,8 @@ export interface ResolveRunOptions {
   createState?: boolean;
   /** Directory that relative paths start from. @default Deno.cwd() */
   cwd?: string;
+  /** The users file's users to check instead of the file's (the admin API's next version). */
+  fileUsers?: FileUsers;
 }
 
 /** The configuration `run` and `link` work with, and where it came from. */
@@ -305,6 +309,8 @@ export interface ResolvedRunConfig {
   readonly configPath: string | null;
   /** The state file location (used only when `stateUsed`). */
   readonly statePath: string;
+  /** The users file location (read when it exists; not on a back). */
+  readonly usersPath: string;
   /** True when some listener takes its secret from the state file. */
   readonly stateUsed: boolean;
   /** True when this call made the state file. */
@@ -375,13 +381,22 @@ export async function resolveRunConfig(
   const buildOptions = { overrides: overrides as ConfigOverrides };
 
   const configPath = a.config ?? e(ENV.config) ?? null;
-  const draft = configPath === null
-    ? buildConfigDraft(null, buildOptions)
-    : await loadConfigDraftFile(
-      options.cwd === undefined ? configPath : resolve(options.cwd, configPath),
-      buildOptions,
-    );
+  const raw = configPath === null ? null : await readConfigFile(
+    options.cwd === undefined ? configPath : resolve(options.cwd, configPath),
+  );
+  let draft = buildConfigDraft(raw, buildOptions);
   const statePath = resolveStatePath({ env, stateFile: draft.stateFile, configPath, cwd });
+  // The users file's users join the config file's (validated together; a back has none).
+  const usersPath = resolveUsersFilePath({
+    usersFile: draft.usersFile,
+    statePath,
+    configPath,
+    cwd,
+  });
+  const fileUsers = draft.role === "back"
+    ? null
+    : options.fileUsers ?? await readUsersFile(usersPath);
+  if (fileUsers !== null) draft = buildConfigDraft(raw, { ...buildOptions, fileUsers });
   const missing = draft.listeners.filter((l) => l.secret === null);
   let stateSecret: Uint8Array | null = null;
   let stateCreated = false;
@@ -408,6 +423,7 @@ export async function resolveRunConfig(
     config: resolveSecrets(draft, stateSecret),
     configPath,
     statePath,
+    usersPath,
     stateUsed: missing.length > 0,
     stateCreated,
     warnings: draft.warnings,

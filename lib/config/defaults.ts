@@ -76,6 +76,15 @@ export const DEFAULT_TLS_DOMAIN = "www.cloudflare.com";
 /** State file name, created next to the config file (or in the working directory). */
 export const DEFAULT_STATE_FILE_NAME = "mtproxy-state.json";
 
+/**
+ * Users file name (`users_file` unset), next to the state file: users the admin API adds live
+ * there, beside the proxy's other state, not in a config file an operator may keep in git.
+ */
+export const DEFAULT_USERS_FILE_NAME = "mtproxy-users.yaml";
+
+/** Shortest `admin.token`: 16 characters leave too many guesses for the rate limit to matter. */
+export const MIN_ADMIN_TOKEN_LENGTH = 16;
+
 /** Fallback size range of the fake certificate record: what real certificate chains take. */
 export const DEFAULT_FAKE_CERT_SIZE = Object.freeze({ min: 2500, max: 4700 });
 

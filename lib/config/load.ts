@@ -78,6 +78,7 @@ import {
   DEFAULT_WORKERS,
   MAX_BACK_LINKS,
   MAX_WORKERS,
+  MIN_ADMIN_TOKEN_LENGTH,
 } from "./defaults.ts";
 import {
   isValidTlsDomain,
@@ -143,10 +144,23 @@ export interface ConfigOverrides {
   readonly tag?: ConfigOverride<string>;
 }
 
+/** The users of a users file (`users_file`), as read from it, and where they came from. */
+export interface FileUsers {
+  /** User name -> the user's keys, as under `users:` (not validated yet). */
+  readonly users: Readonly<Record<string, unknown>>;
+  /** Shown in problems, e.g. "users file /var/lib/mtproxy/mtproxy-users.yaml". */
+  readonly source: string;
+}
+
 /** Options for {@linkcode buildConfigDraft} and the functions built on it. */
 export interface BuildConfigOptions {
   /** Environment and command-line values, laid over the file. @default {} */
   overrides?: ConfigOverrides;
+  /**
+   * Users from the users file, added to the file's `users` (a name in both is a problem) and
+   * validated with them. @default null
+   */
+  fileUsers?: FileUsers | null;
 }
 
 /** Options for {@linkcode buildConfig} and {@linkcode parseConfig}. */
@@ -212,6 +226,7 @@ export function buildConfigDraft(raw: unknown, options: BuildConfigOptions = {})
   const origins = new Map<string, string>();
   const root = _applyOverrides(raw, options.overrides ?? {}, origins);
   const c = new _Checker(origins);
+  if (options.fileUsers) _addFileUsers(root, options.fileUsers, origins, c);
   const parsed = ROOT(root, "", c);
   if (parsed === INVALID || c.problems.length > 0) {
     throw new ConfigError(c.problems.length > 0 ? c.problems : ["Configuration is invalid"]);
@@ -295,6 +310,8 @@ export function resolveSecrets(draft: ConfigDraft, stateSecret: Uint8Array | nul
       secret: u.secret.slice(),
       tag: u.tag?.slice() ?? null,
     })),
+    admin: draft.admin,
+    usersFile: draft.usersFile,
   };
   return _deepFreeze(config);
 }
@@ -330,6 +347,37 @@ export function parseConfig(
   options: ResolveConfigOptions = {},
 ): Config {
   return buildConfig(parseYaml(yamlText, source), options);
+}
+
+/**
+ * Read a YAML file into a plain value, as {@linkcode parseYaml} does (null for an empty file). A
+ * file that cannot be read is a {@linkcode ConfigError}.
+ *
+ * @example Usage
+ * ```ts ignore
+ * import { readConfigFile } from "./load.ts";
+ * const raw = await readConfigFile("/etc/mtproxy/config.yaml");
+ * ```
+ */
+export async function readConfigFile(path: string): Promise<unknown> {
+  return parseYaml(await _readConfigText(path), path);
+}
+
+/**
+ * Check one user's keys as `users.NAME` is checked (the admin API's request bodies): every
+ * problem as "key: reason", never echoing a secret. Empty when the user is valid.
+ *
+ * @example Usage
+ * ```ts
+ * import { checkUser } from "./load.ts";
+ * checkUser({ secret: "0123456789abcdef0123456789abcdef", max_connections: -1 });
+ * // ["max_connections: must be an integer 0-10000000: got -1"]
+ * ```
+ */
+export function checkUser(value: unknown): string[] {
+  const c = new _Checker(new Map());
+  USER(value, "", c);
+  return c.problems;
 }
 
 /**
@@ -534,6 +582,33 @@ function _applyOverrides(
     set(first, "tls_domain", "listeners[0].tls_domain", o.tlsDomains, list);
   }
   return root;
+}
+
+/**
+ * Lay the users file's users into `root.users`: each is labelled with the file in problems, and a
+ * name the config file has too is a problem (which of the two was meant is not ours to guess).
+ */
+function _addFileUsers(
+  root: unknown,
+  file: FileUsers,
+  origins: Map<string, string>,
+  c: _Checker,
+): void {
+  const names = Object.keys(file.users);
+  if (names.length === 0 || !_isMapping(root)) return;
+  if (root.users === undefined || root.users === null) root.users = {};
+  const users = root.users;
+  if (!_isMapping(users)) return;
+  for (const name of names) {
+    if (Object.hasOwn(users, name)) {
+      c.problems.push(
+        `users.${name}: defined both in the config file and in the ${file.source}: keep one`,
+      );
+      continue;
+    }
+    users[name] = file.users[name];
+    origins.set(`users.${name}`, file.source);
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -940,6 +1015,24 @@ const _url: Check<string> = (value, path, c) => {
   return c.fail(path, "must be an http:// or https:// URL", value);
 };
 
+/** `admin.token`: printable characters without spaces; never echoed, not even in part. */
+const _adminToken: Check<string> = (value, path, c) => {
+  if (typeof value !== "string") {
+    return c.fail(path, `must be a string (quote it): got ${_kind(value)}`);
+  }
+  const s = value.trim();
+  if (!/^[\x21-\x7e]+$/.test(s)) {
+    return c.fail(path, "must be printable ASCII characters without spaces");
+  }
+  if (s.length < MIN_ADMIN_TOKEN_LENGTH) {
+    return c.fail(
+      path,
+      `must be at least ${MIN_ADMIN_TOKEN_LENGTH} characters: got ${s.length} (leave it out to have one made in the state file)`,
+    );
+  }
+  return s;
+};
+
 /** A Redis URL; its password is never echoed in a problem. */
 const _redisUrl: Check<string> = (value, path, c) => {
   const s = typeof value === "string" ? value.trim() : "";
@@ -1284,6 +1377,11 @@ const ROOT_SHAPE = {
     listen: _bindAddress,
   }),
   users: _users,
+  users_file: _string("a file path"),
+  admin: _mapping({
+    listen: _bindAddress,
+    token: _adminToken,
+  }),
   shared_state: _mapping({
     redis_url: _redisUrl,
     key_prefix: _keyPrefix,
@@ -1339,6 +1437,7 @@ const NOT_FOR: Readonly<Record<Role, Readonly<Record<string, string>>>> = {
       "public_host",
       "max_connections",
       "users",
+      "users_file",
     ].map((key) => [key, NO_CLIENTS]),
   ),
 };
@@ -1463,6 +1562,16 @@ function _toDraft(p: Root, c: _Checker): ConfigDraft {
       "not a loopback address: anyone who reaches it sees an HTTP server beside the proxy, which a censor can probe; prefer 127.0.0.1 (or firewall it)",
     );
   }
+  const adminListen = p.admin?.listen ?? null;
+  if (adminListen && !_isLoopback(adminListen.host)) {
+    c.warn(
+      "admin.listen",
+      "not a loopback address: anyone who reaches it can try tokens against the admin API (rate-limited, but a censor sees an HTTP server beside the proxy); prefer 127.0.0.1 and an SSH tunnel (or firewall it)",
+    );
+  }
+  if (p.admin?.token !== undefined && adminListen === null) {
+    c.warn("admin.token", "has no effect without admin.listen");
+  }
   const frontingMode = p.fronting?.mode ?? DEFAULT_FRONTING_MODE;
   const behind = listeners.findIndex((l) => l.proxyProtocol);
   if (behind >= 0 && frontingMode === "sni") {
@@ -1536,6 +1645,8 @@ function _toDraft(p: Root, c: _Checker): ConfigDraft {
     },
     metrics: { listen: metricsListen },
     users,
+    admin: { listen: adminListen, token: p.admin?.token ?? null },
+    usersFile: p.users_file ?? null,
     sharedState: p.shared_state?.redis_url
       ? {
         redisUrl: p.shared_state.redis_url,

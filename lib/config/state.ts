@@ -7,6 +7,8 @@
  * { "version": 1, "secret": "0123456789abcdef0123456789abcdef", "created_at": "2026-01-01T00:00:00.000Z" }
  * ```
  *
+ * With the admin API on and no `admin.token`, it also keeps the API's token (`admin_token`).
+ *
  * @module
  */
 import { dirname, isAbsolute, join, resolve } from "node:path";
@@ -22,6 +24,8 @@ export interface ProxyState {
   readonly secret: Uint8Array;
   /** When the secret was made (ISO 8601). */
   readonly createdAt: string;
+  /** The admin API's bearer token, once one was made (no `admin.token` in the config). */
+  readonly adminToken?: string;
 }
 
 /** A state file that cannot be read, parsed or written. */
@@ -167,6 +171,35 @@ export async function loadOrCreateState(path: string): Promise<LoadedState> {
   return { state, created: true };
 }
 
+/** What {@linkcode loadOrCreateAdminToken} found or made. */
+export interface LoadedAdminToken {
+  readonly token: string;
+  /** True when this call made the token and wrote it into the state file. */
+  readonly created: boolean;
+}
+
+/**
+ * The admin API's token from the state file, or a new random one (32 base64url characters, 192
+ * bits) written into it, keeping the secret (or making the file, with a new secret, when there is
+ * none).
+ *
+ * @example Usage
+ * ```ts ignore
+ * import { loadOrCreateAdminToken } from "./state.ts";
+ * const { token } = await loadOrCreateAdminToken("./mtproxy-state.json");
+ * ```
+ */
+export async function loadOrCreateAdminToken(path: string): Promise<LoadedAdminToken> {
+  const { state } = await loadOrCreateState(path);
+  if (state.adminToken !== undefined) return { token: state.adminToken, created: false };
+  const bytes = crypto.getRandomValues(new Uint8Array(24));
+  const token = btoa(String.fromCharCode(...bytes)).replaceAll("+", "-").replaceAll("/", "_");
+  await writeState(path, { ...state, adminToken: token });
+  // Two processes starting at once: both use the token that was written last.
+  const written = await readState(path);
+  return { token: written?.adminToken ?? token, created: true };
+}
+
 function _parseState(path: string, text: string): ProxyState {
   const bad = (why: string) =>
     new StateFileError(
@@ -210,7 +243,12 @@ function _parseState(path: string, text: string): ProxyState {
     throw bad(`"secret" must be 32 hex digits: got ${got}`);
   }
   const createdAt = typeof doc.created_at === "string" ? doc.created_at : "";
-  return { secret, createdAt };
+  if (doc.admin_token === undefined) return { secret, createdAt };
+  // Never shown: what is wrong with it only.
+  if (typeof doc.admin_token !== "string" || !/^[\x21-\x7e]{16,}$/.test(doc.admin_token)) {
+    throw bad('"admin_token" must be at least 16 printable characters without spaces');
+  }
+  return { secret, createdAt, adminToken: doc.admin_token };
 }
 
 /** Where JSON.parse stopped (" at line L column C"), or "" when its message does not say. */
@@ -233,7 +271,12 @@ function _kind(v: unknown): string {
 
 async function _writeTemp(path: string, state: ProxyState): Promise<string> {
   const text = JSON.stringify(
-    { version: 1, secret: toHex(state.secret), created_at: state.createdAt },
+    {
+      version: 1,
+      secret: toHex(state.secret),
+      created_at: state.createdAt,
+      ...(state.adminToken !== undefined && { admin_token: state.adminToken }),
+    },
     null,
     2,
   ) + "\n";

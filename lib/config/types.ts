@@ -172,6 +172,14 @@ export interface MetricsConfig {
   readonly listen: HostPort | null;
 }
 
+/** The admin API and status page (`admin`); off unless `listen` is set. */
+export interface AdminConfig {
+  /** Where the admin HTTP server listens (keep it on 127.0.0.1); null: not served. */
+  readonly listen: HostPort | null;
+  /** The bearer token every request needs; null: the state file's (made on first start). */
+  readonly token: string | null;
+}
+
 /** A fleet's shared state on Redis (`shared_state`). */
 export interface SharedStateConfig {
   /** `redis://[user:password@]host:port[/db]` (or `rediss://`). */
@@ -273,4 +281,11 @@ export interface Config {
   readonly sharedState: SharedStateConfig | null;
   /** Users with their own secrets, on the listeners that list them (or all). */
   readonly users: readonly UserConfig[];
+  /** The admin API and status page. */
+  readonly admin: AdminConfig;
+  /**
+   * `users_file` as written (relative to the config file's directory); null: the default file
+   * next to the state file. Its users are part of `users`.
+   */
+  readonly usersFile: string | null;
 }
