@@ -40,6 +40,18 @@ import { ConnectionPolicy, createMemoryCounts, ipKey, parseIp16 } from "./guard/
 import { connectRedisState, type RedisState } from "./guard/redis_state.ts";
 import type { WorkerCounts } from "./workers/shared.ts";
 import { UserDirectory } from "./guard/users.ts";
+import {
+  createUserLedger,
+  ledgerSizeFor,
+  openUserLedger,
+  USAGE_FILE_NAME,
+  usageOf,
+  USER_IP_TOUCH_MS,
+  UsageStore,
+  type UserLedger,
+  type UserUsage,
+} from "./guard/quota.ts";
+import { join } from "node:path";
 import { bytesEqual } from "./protocol/bytes.ts";
 
 /** Deadline of each download from core.telegram.org (the Erlang proxy's value). */
@@ -87,6 +99,8 @@ export interface ServerHandle {
   readonly closed: Promise<void>;
   /** A snapshot of the counters. */
   stats(): ServerStats;
+  /** Each user's connections here, unique addresses, bytes used and quota left. */
+  userUsage(): UserUsage[];
   /** Fetch Telegram's middle-proxy config now (no-op without middle-proxy mode). */
   refreshTelegramConfig(): Promise<void>;
   /** Live middle-proxy connections (0 without middle-proxy mode). */
@@ -131,6 +145,16 @@ export interface StartServerOptions {
   instance?: Uint8Array;
   /** Connection counts shared with other workers (max_connections and policy limits). */
   counts?: WorkerCounts;
+  /**
+   * Users' bytes used, addresses seen and bandwidth buckets, shared with other workers (whose
+   * supervisor persists them); by default this server's own.
+   */
+  ledger?: UserLedger;
+  /**
+   * Where this server's own ledger persists the users' usage; null: nowhere.
+   * @default {`mtproxy-usage.json` in `cacheDir` (the state file's directory), else null}
+   */
+  usageFile?: string | null;
 }
 
 function _logEvent(e: ProxyEvent): void {
@@ -213,9 +237,24 @@ export async function startServer(
   config: Config,
   options: StartServerOptions = {},
 ): Promise<ServerHandle> {
+  // Users' usage: shared by the workers' supervisor, or this server's own, read from its file.
+  let store: UsageStore | null = null;
+  if (!options.ledger) {
+    const ledger = openUserLedger(createUserLedger(ledgerSizeFor(config.users)));
+    options = { ...options, ledger };
+    const path = options.usageFile === undefined
+      ? (options.cacheDir ? join(options.cacheDir, USAGE_FILE_NAME) : null)
+      : options.usageFile;
+    if (path !== null) {
+      store = new UsageStore(path, ledger, { warn: (m) => log.warn("{message}", { message: m }) });
+      await store.load();
+    }
+  }
   const middle = needsMiddleProxies(config) ? await _startMiddle(config, options) : null;
   try {
-    return _start(config, options, middle);
+    const handle = _start(config, options, middle, store);
+    store?.start();
+    return handle;
   } catch (e) {
     await middle?.stop();
     throw e;
@@ -400,6 +439,7 @@ function _start(
   config: Config,
   options: StartServerOptions,
   middle: _Middle | null,
+  store: UsageStore | null,
 ): ServerHandle {
   const backend = defaultCipherBackend();
   if (backend === "openssl") {
@@ -455,6 +495,7 @@ function _start(
   const metricsText = () =>
     metrics.render({
       ..._metricsSnapshot(sessions, middle, guard.replaySize()),
+      users: { usage: userUsage(), pauses: ledger.pauses },
       ...(fleet
         ? { sharedState: { up: fleet.state.available, localDecisions: fleet.localDecisions } }
         : {}),
@@ -512,8 +553,28 @@ function _start(
   );
   const listenerCounts = counts?.listeners ?? createMemoryCounts();
   const userCounts = counts?.users ?? createMemoryCounts();
+  const ledger = options.ledger!;
   const directoryOf = (list: readonly UserConfig[], listeners: readonly ListenerConfig[]) =>
-    list.length > 0 ? new UserDirectory(list, listeners, userCounts) : null;
+    list.length > 0 ? new UserDirectory(list, listeners, userCounts, ledger) : null;
+  // A connected client's address keeps counting under its user's max_unique_ips.
+  const touching = setInterval(() => {
+    const now = Date.now();
+    for (const s of sessions) {
+      const u = s.user;
+      if (u !== null && u.maxUniqueIps > 0 && s.phase !== "done") {
+        users?.stillUsing(u.name, s.clientIp, now);
+      }
+    }
+  }, USER_IP_TOUCH_MS);
+  const userUsage = (): UserUsage[] => {
+    const now = Date.now();
+    const live = new Map<string, number>();
+    for (const s of sessions) {
+      const u = s.user;
+      if (u !== null && s.phase !== "done") live.set(u.name, (live.get(u.name) ?? 0) + 1);
+    }
+    return usageOf(users?.all ?? [], ledger, now, (name) => live.get(name) ?? 0);
+  };
   let users = directoryOf(config.users, config.listeners);
   // Resolves a shutdown waiting for the last session (set only while one waits).
   let drainedNow: (() => void) | null = null;
@@ -624,6 +685,9 @@ function _start(
       drainedNow = null;
     }
     clearInterval(sweeper);
+    clearInterval(touching);
+    // Every client has ended: what they used is final, and written now.
+    await store?.stop();
     await linkServer?.shutdown(graceMs);
     await links?.close();
     await metricsHttp?.stop();
@@ -638,6 +702,7 @@ function _start(
     linkAddresses,
     closed,
     stats: () => ({ ...metrics.totals(), active: sessions.size }),
+    userUsage,
     updatePolicy(rules) {
       policy.update(rules);
       policyRules = rules;

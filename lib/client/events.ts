@@ -52,6 +52,10 @@ export type RejectReason =
   | "user_expired"
   /** A user's secret matched, and the user holds max_connections connections already. */
   | "user_limit"
+  /** A user's secret matched, from an address beyond the user's max_unique_ips in the window. */
+  | "user_ips"
+  /** A user's secret matched, and the user's data_quota is used up for this period. */
+  | "user_quota"
   | "shutdown";
 
 /** Why an established relay ended. */
@@ -74,12 +78,22 @@ export type CloseReason =
   | "link_lost"
   /** Something threw while serving this client (a bug): it alone was closed; `detail` says what. */
   | "internal_error"
+  /** The client's user used up their data_quota. */
+  | "user_quota"
   | "fronted";
 
 /** One thing that happened to a session. */
 export type ProxyEvent =
   | { type: "accepted"; listener: string; peer: string }
-  | { type: "rejected"; listener: string; peer: string; reason: RejectReason; detail?: string }
+  | {
+    type: "rejected";
+    listener: string;
+    peer: string;
+    reason: RejectReason;
+    detail?: string;
+    /** The user whose secret matched, when that user was refused. */
+    user?: string;
+  }
   | {
     type: "established";
     listener: string;
@@ -101,6 +115,8 @@ export type ProxyEvent =
     /** Why the connection could not be a client. */
     reason: RejectReason;
     target: string;
+    /** The user whose secret matched, when that user was refused. */
+    user?: string;
   }
   | {
     type: "closed";

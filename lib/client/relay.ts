@@ -87,8 +87,13 @@ export type PumpSide = "client" | "dc";
 
 /** Receives what pumps report. */
 export interface PumpHost {
-  /** `bytes` were read from the source of `side`, for idle tracking and traffic counters. */
-  pumped(side: PumpSide, bytes: number): void;
+  /**
+   * `bytes` were read from the source of `side`, for idle tracking and traffic counters. May
+   * return how many ms to wait before reading that source again (a rate limit): the pump writes
+   * what it has, then pauses, and asks again with 0 bytes when it wakes (waits are taken in
+   * steps of at most {@linkcode MAX_PAUSE_MS}, so that a closed connection is noticed soon).
+   */
+  pumped(side: PumpSide, bytes: number): number | void;
   /**
    * The pump of `side` stopped. Called once per pump. `error` is what was thrown when `end` is
    * "internal_error".
@@ -129,6 +134,9 @@ export const pumpFaults: {
 export function startPump(src: RelaySocket, dst: RelaySocket, options: PumpOptions): void {
   new _Pump(src, dst, options).read();
 }
+
+/** The longest single pause a host's wait makes; a longer wait is taken in steps. */
+export const MAX_PAUSE_MS = 250;
 
 /** Headers for up to four records: a 64 KiB read becomes at most four 16 KiB records. */
 export const TLS_HEADROOM = RECORD_HEADER_LEN * Math.ceil(LEVEL_SIZES[2] / MAX_RECORD_PAYLOAD);
@@ -178,6 +186,8 @@ class _Pump {
   /** The pending write: buf[#written, #end). */
   #written = 0;
   #end = 0;
+  /** What the host asked to wait after the last read (ms), before reading again. */
+  #wait = 0;
 
   constructor(src: RelaySocket, dst: RelaySocket, options: PumpOptions) {
     this.#src = src;
@@ -223,7 +233,7 @@ class _Pump {
     if (n === null) return this.#finish("eof");
     const buf = this.#buf!;
     const headroom = this.#headroom;
-    this.#host.pumped(this.#side, n);
+    this.#wait = this.#host.pumped(this.#side, n) || 0;
     this.#got = n;
     let len = n;
     if (this.#unwrapTls) {
@@ -283,8 +293,28 @@ class _Pump {
       this.#buf = relayBuffers.get(0);
       this.#readView = null;
     }
+    if (this.#wait > 0) return this.#pause();
     this.read();
   }
+
+  /** Wait as the host asked (its source's bytes stay in the socket meanwhile), then read on. */
+  #pause(): void {
+    const ms = Math.min(this.#wait, MAX_PAUSE_MS);
+    this.#wait = 0;
+    setTimeout(this.#wake, ms);
+  }
+
+  #wake = (): void => {
+    try {
+      if (this.#buf === null) return;
+      // Ask again: other connections of the same user may have spent the time meanwhile.
+      this.#wait = this.#host.pumped(this.#side, 0) || 0;
+      if (this.#wait > 0) return this.#pause();
+      this.read();
+    } catch (e) {
+      this.#fail(e);
+    }
+  };
 
   #onFail = (): void => {
     try {

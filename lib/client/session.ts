@@ -114,7 +114,7 @@ export interface SessionContext {
 }
 
 /** Why the server stops a session from outside ("policy": reloaded rules refuse it now). */
-export type AbortReason = "timeout" | "idle" | "shutdown" | "policy" | "reloaded";
+export type AbortReason = "timeout" | "idle" | "shutdown" | "policy" | "reloaded" | "user_quota";
 
 /** Options of a {@linkcode Rejection}. */
 interface RejectionOptions {
@@ -397,6 +397,7 @@ export class Session implements PumpHost, TelegramClient {
       peer: this.peer,
       reason: rejection.reason,
       target: where,
+      ...this.#refusedUser(rejection),
     });
     this.#hs = null;
     this.#fronted = true;
@@ -410,7 +411,9 @@ export class Session implements PumpHost, TelegramClient {
   /** The refusal an abort during the handshake or the dial stands for. */
   #abortRejection(): Rejection {
     const r = this.#abortReason;
-    return new Rejection(r === "shutdown" || r === "policy" || r === "reloaded" ? r : "timeout");
+    return new Rejection(
+      r === "shutdown" || r === "policy" || r === "reloaded" || r === "user_quota" ? r : "timeout",
+    );
   }
 
   /** Release everything and tell the server. */
@@ -440,6 +443,11 @@ export class Session implements PumpHost, TelegramClient {
     return new Rejection("eof", { detail: e instanceof Error ? e.message : String(e) });
   }
 
+  /** The user a `user_*` refusal is about, for its event (counted per user). */
+  #refusedUser(rejection: Rejection): { user?: string } {
+    return this.#user && rejection.reason.startsWith("user_") ? { user: this.#user.name } : {};
+  }
+
   async #reject(rejection: Rejection): Promise<void> {
     if (rejection.reply && this.#abortReason === null) {
       await writeAll(this.conn, rejection.reply).catch(() => {});
@@ -449,6 +457,7 @@ export class Session implements PumpHost, TelegramClient {
       listener: this.#ctx.listener.name,
       peer: this.peer,
       reason: rejection.reason,
+      ...this.#refusedUser(rejection),
     };
     this.#ctx.events.emit(rejection.detail ? { ...event, detail: rejection.detail } : event);
   }
@@ -531,6 +540,7 @@ export class Session implements PumpHost, TelegramClient {
     const reader = new PacketReader(client.stream.tag);
     const first = client.leftover;
     this.#bytesFromClient += first.length;
+    this.#charge(first.length);
     client.stream.decryptor.update(first);
     const broken = await _sendPackets(reader, first, stream);
     if (broken) throw new Rejection("bad_frame", { detail: broken });
@@ -668,6 +678,9 @@ export class Session implements PumpHost, TelegramClient {
         m.encryptor.update(o.buf.subarray(o.start, o.end));
         const start = m.tls ? frameTlsRecords(o.buf, o.start, o.end - o.start) : o.start;
         this.#bytesToClient += o.end - start;
+        // Answers already asked for are not held back: the rate limit paces what the client
+        // sends (its requests) instead.
+        this.#charge(o.end - start);
         try {
           await writeAll(this.conn, o.buf.subarray(start, o.end));
         } catch {
@@ -817,7 +830,7 @@ export class Session implements PumpHost, TelegramClient {
   #admitUser(front: { sni: string | null; tls: boolean }): Rejection | null {
     const user = this.#user;
     if (!user || !this.#ctx.users) return null;
-    const slot = this.#ctx.users.admit(user, Date.now());
+    const slot = this.#ctx.users.admit(user, Date.now(), this.clientIp);
     if (typeof slot === "string") return new Rejection(slot, { detail: user.name, front });
     if (this.phase === "done") slot();
     else this.#fleetSlots.push(slot);
@@ -1004,6 +1017,7 @@ export class Session implements PumpHost, TelegramClient {
     const { config } = this.#ctx;
     const first = client.leftover;
     this.#bytesFromClient += first.length;
+    this.#charge(first.length);
     client.stream.decryptor.update(first);
     const fast = config.telegram.fastMode;
     this.#dialAbort = new AbortController();
@@ -1035,11 +1049,28 @@ export class Session implements PumpHost, TelegramClient {
     return this.#dc;
   }
 
-  /** Traffic from one side (PumpHost). */
-  pumped(side: PumpSide, bytes: number): void {
+  /**
+   * Traffic from one side (PumpHost): counted, and for a user charged to their quota and rate
+   * limit. Returns how long the pump waits before it reads that side again.
+   */
+  pumped(side: PumpSide, bytes: number): number {
     if (side === "client") this.#bytesFromClient += bytes;
     else this.#bytesToClient += bytes;
     this.lastActivity = Date.now();
+    return this.#user === null ? 0 : this.#charge(bytes);
+  }
+
+  /**
+   * Charge `bytes` to this client's user: the wait their rate limit asks for (0 without a user,
+   * a limit or once the session is ending); a used-up quota closes the session (user_quota).
+   */
+  #charge(bytes: number): number {
+    const user = this.#user, users = this.#ctx.users;
+    if (user === null || users === null || this.#abortReason !== null) return 0;
+    const wait = users.charge(user.name, bytes, Date.now());
+    if (wait >= 0) return wait;
+    this.abort("user_quota");
+    return 0;
   }
 
   /** One side stopped (PumpHost): close both so the other pump stops too. */
@@ -1060,7 +1091,8 @@ export class Session implements PumpHost, TelegramClient {
     let reason: CloseReason;
     if (
       this.#abortReason === "idle" || this.#abortReason === "shutdown" ||
-      this.#abortReason === "policy" || this.#abortReason === "reloaded"
+      this.#abortReason === "policy" || this.#abortReason === "reloaded" ||
+      this.#abortReason === "user_quota"
     ) {
       reason = this.#abortReason;
     } else if (this.#fronted) {

@@ -1770,14 +1770,8 @@ function _usersDraft(p: Root, listeners: readonly ListenerDraft[], c: _Checker):
     if (u.quota_reset !== undefined && u.data_quota === undefined) {
       c.warn(`users.${name}.quota_reset`, "has no effect without data_quota");
     }
-    // Parsed and validated now, enforced in a coming version: say so rather than seem to work.
-    for (const key of ["max_unique_ips", "data_quota", "rate_limit"] as const) {
-      if (u[key] !== undefined) {
-        c.warn(
-          `users.${name}.${key}`,
-          "is not enforced yet by this version; the user is served without it",
-        );
-      }
+    if (u.unique_ip_window !== undefined && u.max_unique_ips === undefined) {
+      c.warn(`users.${name}.unique_ip_window`, "has no effect without max_unique_ips");
     }
   }
   const known = new Set(users.map((u) => u.name));

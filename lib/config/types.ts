@@ -63,7 +63,10 @@ export interface UserConfig {
   readonly quotaReset: QuotaReset | null;
   /** Unix time in ms after which the user is refused; null: never. */
   readonly expiresAt: number | null;
-  /** Bytes per second each way, as a token bucket; null: no limit. */
+  /**
+   * Bytes per second, both ways and over all the user's connections together, as a token
+   * bucket that pauses reading (lib/guard/rate_limit.ts); null: no limit.
+   */
   readonly rateLimitBytesPerSec: number | null;
   /** Promotion tag for this user's clients, overriding the listener's; null: the listener's. */
   readonly tag: Uint8Array | null;

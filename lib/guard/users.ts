@@ -10,9 +10,17 @@
  */
 import type { ListenerConfig, UserConfig } from "../config/types.ts";
 import type { ConnectionCounts } from "./policy.ts";
+import type { UserLedger } from "./quota.ts";
 
 /** Why a matched user is refused. */
-export type UserRefusal = "user_disabled" | "user_expired" | "user_limit";
+export type UserRefusal =
+  | "user_disabled"
+  | "user_expired"
+  | "user_limit"
+  /** `max_unique_ips` other addresses were seen within `unique_ip_window`. */
+  | "user_ips"
+  /** `data_quota` is used up for this period. */
+  | "user_quota";
 
 /** Client addresses remembered for their last user, at most. */
 const HINTS = 65_536;
@@ -24,14 +32,19 @@ export class UserDirectory {
   /** Client address -> the user it matched last (insertion order = age, for eviction). */
   readonly #hints = new Map<string, UserConfig>();
   readonly #counts: ConnectionCounts;
+  readonly #ledger: UserLedger | null;
+  readonly #byName = new Map<string, UserConfig>();
 
   constructor(
     users: readonly UserConfig[],
     listeners: readonly ListenerConfig[],
     counts: ConnectionCounts,
+    ledger: UserLedger | null = null,
   ) {
     this.#all = users;
     this.#counts = counts;
+    this.#ledger = ledger;
+    for (const u of users) this.#byName.set(u.name, u);
     for (const l of listeners) {
       const names = l.users;
       this.#byListener.set(
@@ -76,18 +89,57 @@ export class UserDirectory {
   }
 
   /**
-   * Admit one connection of a matched `user` at `nowMs`: a function that gives its slot back
-   * (call it once, when the connection ends), or why it is refused.
+   * Admit one connection of a matched `user` from client address `ip` at `nowMs`: a function
+   * that gives its slot back (call it once, when the connection ends), or why it is refused.
+   * Checked in this order: enabled, expiry, quota, connections at once, unique addresses (a
+   * refused connection leaves no address behind).
    */
-  admit(user: UserConfig, nowMs: number): (() => void) | UserRefusal {
+  admit(user: UserConfig, nowMs: number, ip = ""): (() => void) | UserRefusal {
     if (!user.enabled) return "user_disabled";
     if (user.expiresAt !== null && nowMs >= user.expiresAt) return "user_expired";
+    const ledger = this.#ledger;
+    if (
+      ledger && user.dataQuotaBytes !== null && ledger.used(user, nowMs) >= user.dataQuotaBytes
+    ) {
+      return "user_quota";
+    }
     if (!this.#counts.tryAcquire(user.name, user.maxConnections)) return "user_limit";
+    if (ledger && ip !== "" && !ledger.admitIp(user, ip, nowMs)) {
+      this.#counts.release(user.name);
+      return "user_ips";
+    }
     let released = false;
     return () => {
       if (released) return;
       released = true;
       this.#counts.release(user.name);
     };
+  }
+
+  /**
+   * Count `bytes` moved by a client of the user named `name` at `nowMs`, under the user's limits
+   * as they are now (a reload may have changed them): how many ms its relay should wait before
+   * reading again (0: go on), or `QUOTA_EXCEEDED` (quota.ts) when its quota is used up.
+   */
+  charge(name: string, bytes: number, nowMs: number): number {
+    const user = this.#byName.get(name);
+    if (!user || !this.#ledger) return 0;
+    return this.#ledger.charge(user, bytes, nowMs);
+  }
+
+  /** A client of user `name` from `ip` is still connected: its address keeps counting. */
+  stillUsing(name: string, ip: string, nowMs: number): void {
+    const user = this.#byName.get(name);
+    if (user && user.maxUniqueIps > 0) this.#ledger?.touchIp(user, ip, nowMs);
+  }
+
+  /** The user called `name`, if there is one. */
+  get(name: string): UserConfig | undefined {
+    return this.#byName.get(name);
+  }
+
+  /** Every user. */
+  get all(): readonly UserConfig[] {
+    return this.#all;
   }
 }

@@ -50,6 +50,19 @@ export interface MetricsSnapshot {
   };
   /** Resident set size of the process. */
   rssBytes: number;
+  /**
+   * Users: what each has used (shared by every worker, so the same in each) and how often their
+   * relays were paused by their rate limit (this thread's).
+   */
+  users?: {
+    usage: readonly {
+      name: string;
+      uniqueIps: number;
+      bytesUsed: number;
+      quotaLeft: number | null;
+    }[];
+    pauses: ReadonlyMap<string, number>;
+  };
 }
 
 /** Counters summed over listeners. */
@@ -104,6 +117,9 @@ export class Metrics {
   readonly #userEstablished = new Map<string, number>();
   readonly #userBytesFrom = new Map<string, number>();
   readonly #userBytesTo = new Map<string, number>();
+  /** Per user and reason: connections refused (user_*), and relays that ended. */
+  readonly #userRefused = new Map<string, number>();
+  readonly #userClosed = new Map<string, number>();
 
   constructor(listeners: readonly string[], version: string, startedAtMs: number) {
     this.#listeners = listeners;
@@ -121,6 +137,7 @@ export class Metrics {
     switch (e.type) {
       case "rejected":
         _add(this.#rejected, `${e.listener}\0${e.reason}`, 1);
+        if (e.user !== undefined) _add(this.#userRefused, `${e.user}\0${e.reason}`, 1);
         break;
       case "established":
         _add(this.#established, `${e.listener}\0${e.protocol}`, 1);
@@ -128,6 +145,7 @@ export class Metrics {
         break;
       case "fronted":
         _add(this.#fronted, `${e.listener}\0${e.reason}`, 1);
+        if (e.user !== undefined) _add(this.#userRefused, `${e.user}\0${e.reason}`, 1);
         break;
       case "closed":
         _add(this.#closed, `${e.listener}\0${e.reason}`, 1);
@@ -136,6 +154,7 @@ export class Metrics {
         if (e.user !== undefined) {
           _add(this.#userBytesFrom, e.user, e.bytesFromClient);
           _add(this.#userBytesTo, e.user, e.bytesToClient);
+          _add(this.#userClosed, `${e.user}\0${e.reason}`, 1);
         }
         break;
     }
@@ -398,6 +417,61 @@ export class Metrics {
         "Bytes sent to each user's clients (connections that ended).",
         labels,
         this.#userBytesTo.get(user) ?? 0,
+      );
+    }
+    for (const [key, n] of this.#userRefused) {
+      const at = key.indexOf("\0");
+      put(
+        "mtproxy_user_refused_total",
+        "counter",
+        "Clients of each user refused by the user's limits (fake-TLS ones fronted), by reason.",
+        { user: key.slice(0, at), reason: key.slice(at + 1) },
+        n,
+      );
+    }
+    for (const [key, n] of this.#userClosed) {
+      const at = key.indexOf("\0");
+      put(
+        "mtproxy_user_closed_total",
+        "counter",
+        "Relays of each user's clients that ended, by reason (user_quota: the quota ran out).",
+        { user: key.slice(0, at), reason: key.slice(at + 1) },
+        n,
+      );
+    }
+    for (const u of live.users?.usage ?? []) {
+      const labels = { user: u.name };
+      put(
+        "mtproxy_user_quota_used_bytes",
+        "gauge",
+        "Bytes both ways each user moved in the current quota period (data_quota, quota_reset).",
+        labels,
+        u.bytesUsed,
+      );
+      if (u.quotaLeft !== null) {
+        put(
+          "mtproxy_user_quota_left_bytes",
+          "gauge",
+          "Bytes each user with a data_quota may still move in this period.",
+          labels,
+          u.quotaLeft,
+        );
+      }
+      put(
+        "mtproxy_user_unique_ips",
+        "gauge",
+        "Client addresses each user with max_unique_ips was seen from within unique_ip_window.",
+        labels,
+        u.uniqueIps,
+      );
+    }
+    for (const [user, n] of live.users?.pauses ?? []) {
+      put(
+        "mtproxy_user_rate_limited_total",
+        "counter",
+        "Times a relay of each user paused reading because of the user's rate_limit.",
+        { user },
+        n,
       );
     }
     put(

@@ -1,0 +1,225 @@
+/**
+ * A user's limits through real sockets: unique client addresses within a window, a data quota
+ * (refusing new clients and closing live ones, persisted across restarts) and a bandwidth limit
+ * that slows a fast client without breaking its stream. Refused fake-TLS clients are fronted.
+ */
+import { assert, assertEquals } from "./assert.ts";
+import { startByteSink, startTestProxy, testConfig, until } from "./helpers.ts";
+import { startFakeDc } from "./kit/fake_dc.ts";
+import {
+  buildSignedHello,
+  connectTestClient,
+  openRawConnection,
+  type SecretKind,
+  type TestClient,
+} from "./kit/test_client.ts";
+import { randomBytes } from "../lib/crypto.ts";
+import type { Config, UserConfig } from "../lib/config/types.ts";
+import type { ProxyEvent } from "../lib/client/events.ts";
+
+function user(name: string, fields: Partial<UserConfig> = {}): UserConfig {
+  return {
+    name,
+    secret: randomBytes(16),
+    enabled: true,
+    maxConnections: 0,
+    maxUniqueIps: 0,
+    uniqueIpWindowMs: 86_400_000,
+    dataQuotaBytes: null,
+    quotaReset: null,
+    expiresAt: null,
+    rateLimitBytesPerSec: null,
+    tag: null,
+    ...fields,
+  };
+}
+
+function withUsers(base: Config, users: UserConfig[], proxyProtocol = false): Config {
+  return {
+    ...base,
+    users,
+    listeners: base.listeners.map((l) => ({ ...l, users: null, proxyProtocol })),
+  };
+}
+
+async function echo(client: TestClient, size = 200): Promise<void> {
+  const payload = randomBytes(size);
+  await client.send(payload, { padding: 0 });
+  assertEquals((await client.receive(5000)).subarray(0, size), payload);
+}
+
+/** A PROXY protocol v1 header naming `ip` as the client. */
+function from(ip: string): Uint8Array {
+  return new TextEncoder().encode(`PROXY TCP4 ${ip} 127.0.0.1 40000 443\r\n`);
+}
+
+const rejected = (events: readonly ProxyEvent[], reason: string) =>
+  events.filter((e) => (e.type === "rejected" || e.type === "fronted") && e.reason === reason);
+
+Deno.test("max_unique_ips lets N addresses in, refuses the N+1th as user_ips, and the N keep working", async () => {
+  await using site = startByteSink();
+  const dc = await startFakeDc({ mode: "echo" });
+  await using _dc = { [Symbol.asyncDispose]: () => dc.close() };
+  const alice = user("alice", { maxUniqueIps: 2 });
+  const bob = user("bob");
+  await using proxy = await startTestProxy(withUsers(
+    testConfig({ dcPorts: { 2: dc.port }, fronting: { host: "127.0.0.1", port: site.port } }),
+    [alice, bob],
+    true,
+  ));
+  const open = (u: UserConfig, ip: string, kind: SecretKind = "dd") =>
+    connectTestClient({ port: proxy.port, secret: u.secret, kind, dcId: 2, preface: from(ip) });
+  const a1 = await open(alice, "10.0.0.1");
+  const a2 = await open(alice, "10.0.0.2", "plain");
+  await Promise.all([echo(a1), echo(a2)]);
+  // A third address: refused with its own reason, and fronted like a stranger.
+  const a3 = await open(alice, "10.0.0.3");
+  await proxy.waitForEvent((e) => e.type === "fronted" && e.reason === "user_ips");
+  await a3.close();
+  // So is its fake-TLS client.
+  const probe = await openRawConnection(proxy.port);
+  await probe.write(from("10.0.0.4"));
+  await probe.write(buildSignedHello(alice.secret, { sni: "example.com" }));
+  await until(() => rejected(proxy.events, "user_ips").length === 2, "the probe fronted");
+  await probe.close();
+  // The two addresses seen keep working, in every protocol, live and new.
+  const again = await Promise.all([
+    open(alice, "10.0.0.1", "tls"),
+    open(alice, "10.0.0.2"),
+    open(alice, "10.0.0.1", "plain"),
+  ]);
+  await Promise.all([a1, a2, ...again].map((c) => echo(c)));
+  // Bob, from anywhere, is not counted against Alice.
+  const bobs = await Promise.all(["10.0.0.3", "10.0.0.5", "10.0.0.6"].map((ip) => open(bob, ip)));
+  await Promise.all(bobs.map((c) => echo(c)));
+  await Promise.all([a1, a2, ...again, ...bobs].map((c) => c.close()));
+  assertEquals(rejected(proxy.events, "user_ips").length, 2);
+  const text = proxy.server.metricsText();
+  assert(text.includes('mtproxy_user_refused_total{user="alice",reason="user_ips"} 2'), text);
+  assert(text.includes('mtproxy_user_unique_ips{user="alice"} 2'), text);
+  const usage = proxy.server.userUsage().find((u) => u.name === "alice")!;
+  assertEquals(usage.uniqueIps, 2);
+});
+
+Deno.test("max_unique_ips: an address whose window has passed gives its place to a new one", async () => {
+  const dc = await startFakeDc({ mode: "echo" });
+  await using _dc = { [Symbol.asyncDispose]: () => dc.close() };
+  const alice = user("alice", { maxUniqueIps: 1, uniqueIpWindowMs: 300 });
+  await using proxy = await startTestProxy(
+    withUsers(testConfig({ dcPorts: { 2: dc.port } }), [alice], true),
+  );
+  const open = (ip: string) =>
+    connectTestClient({
+      port: proxy.port,
+      secret: alice.secret,
+      kind: "dd",
+      dcId: 2,
+      preface: from(ip),
+    });
+  const a = await open("10.0.0.1");
+  await echo(a);
+  await a.close();
+  const b = await open("10.0.0.2");
+  await b.closed();
+  await b.close();
+  await proxy.waitForEvent((e) => e.type === "rejected" && e.reason === "user_ips");
+  // Once 10.0.0.1 was last seen more than the window ago, 10.0.0.2 may come in.
+  let admitted: TestClient | null = null;
+  await until(() => {
+    const usage = proxy.server.userUsage()[0]!;
+    return usage.uniqueIps === 0;
+  }, "the first address to leave the window");
+  admitted = await open("10.0.0.2");
+  await echo(admitted);
+  await admitted.close();
+});
+
+Deno.test("data_quota: a user moves bytes up to the quota, the client that passes it is closed as user_quota, new ones are refused", async () => {
+  await using site = startByteSink();
+  const dc = await startFakeDc({ mode: "echo" });
+  await using _dc = { [Symbol.asyncDispose]: () => dc.close() };
+  const quota = 100_000;
+  const alice = user("alice", { dataQuotaBytes: quota });
+  const bob = user("bob");
+  await using proxy = await startTestProxy(withUsers(
+    testConfig({ dcPorts: { 2: dc.port }, fronting: { host: "127.0.0.1", port: site.port } }),
+    [alice, bob],
+  ));
+  const open = (u: UserConfig, kind: SecretKind = "dd") =>
+    connectTestClient({ port: proxy.port, secret: u.secret, kind, dcId: 2 });
+  const used = () => proxy.server.userUsage().find((u) => u.name === "alice")!.bytesUsed;
+  const a = await open(alice);
+  // 10 x 4 KB each way: about 82 kB of the 100 kB, all of it relayed.
+  for (let i = 0; i < 10; i++) await echo(a, 4000);
+  await until(() => used() >= 80_000, "the bytes to be counted");
+  assert(used() < quota, `used ${used()}`);
+  const b = await open(alice, "tls");
+  await echo(b, 1000);
+  // Passing the quota: that client is closed as user_quota (every byte before it arrived).
+  await a.send(randomBytes(16_000), { padding: 0 });
+  await a.closed();
+  await a.close();
+  await proxy.waitForEvent((e) => e.type === "closed" && e.reason === "user_quota");
+  assert(used() >= quota, `used ${used()}`);
+  // The other live one goes at its next bytes; new ones are refused (fake-TLS: fronted).
+  await b.send(randomBytes(100), { padding: 0 }).catch(() => {});
+  await b.closed();
+  await b.close();
+  const c = await open(alice, "plain");
+  await proxy.waitForEvent((e) => e.type === "fronted" && e.reason === "user_quota");
+  await c.close();
+  const probe = await openRawConnection(proxy.port);
+  await probe.write(buildSignedHello(alice.secret, { sni: "example.com" }));
+  await until(() => rejected(proxy.events, "user_quota").length === 2, "the probe fronted");
+  await probe.close();
+  // Bob has no quota.
+  const bobs = await open(bob);
+  await echo(bobs, 50_000);
+  await bobs.close();
+  const usage = proxy.server.userUsage().find((u) => u.name === "alice")!;
+  assertEquals(usage.quotaLeft, 0);
+  assertEquals(usage.periodStart, null);
+  await until(
+    () => proxy.events.filter((e) => e.type === "closed" && e.reason === "user_quota").length === 2,
+    "both live clients closed as user_quota",
+  );
+  const text = proxy.server.metricsText();
+  assert(text.includes('mtproxy_user_refused_total{user="alice",reason="user_quota"} 2'), text);
+  assert(text.includes('mtproxy_user_closed_total{user="alice",reason="user_quota"} 2'), text);
+  assert(text.includes('mtproxy_user_quota_left_bytes{user="alice"} 0'), text);
+});
+
+Deno.test("rate_limit slows a fast client without breaking its stream: every byte arrives, the bucket paused", async () => {
+  const dc = await startFakeDc({ mode: "echo" });
+  await using _dc = { [Symbol.asyncDispose]: () => dc.close() };
+  const alice = user("alice", { rateLimitBytesPerSec: 1_000_000 });
+  await using proxy = await startTestProxy(
+    withUsers(testConfig({ dcPorts: { 2: dc.port } }), [alice]),
+  );
+  const clients = await Promise.all(
+    (["dd", "tls"] as const).map((kind) =>
+      connectTestClient({ port: proxy.port, secret: alice.secret, kind, dcId: 2 })
+    ),
+  );
+  // 2 clients x 20 frames of 16 kB each way: several times the bucket, sent as fast as they go.
+  await Promise.all(clients.map(async (c) => {
+    const frames = Array.from({ length: 20 }, () => randomBytes(16_000));
+    const sending = (async () => {
+      for (const f of frames) await c.send(f, { padding: 0 });
+    })();
+    for (const f of frames) assertEquals(await c.receive(20_000), f);
+    await sending;
+  }));
+  await Promise.all(clients.map((c) => c.close()));
+  await until(
+    () => proxy.events.filter((e) => e.type === "closed").length === 2,
+    "both clients closed",
+  );
+  const text = proxy.server.metricsText();
+  const m = text.match(/mtproxy_user_rate_limited_total\{user="alice"\} (\d+)/);
+  assert(m && Number(m[1]) >= 1, text);
+  assert(
+    proxy.events.every((e) => e.type !== "closed" || e.reason === "client_closed"),
+    JSON.stringify(proxy.events.filter((e) => e.type === "closed")),
+  );
+});
