@@ -211,6 +211,13 @@ function _logEvent(e: ProxyEvent): void {
         );
         break;
       }
+      if (e.reason === "user_quota") {
+        log.info("{listener}: {peer} closed: user_quota (user {user} used up its data_quota)", {
+          ...e,
+          user: e.user ?? "",
+        });
+        break;
+      }
       if (e.reason === "bad_frame") {
         log.info(
           "{listener}: {peer} closed: it sent a frame its transport does not allow ({detail})",
