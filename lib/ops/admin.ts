@@ -26,6 +26,7 @@ import { VERSION } from "../version.ts";
 import { logger } from "./log.ts";
 import { ADMIN_PAGE_HTML, ADMIN_PAGE_JS } from "./admin_page.ts";
 import { adminOpenApi } from "./admin_openapi.ts";
+import type { UserUsage } from "../guard/quota.ts";
 
 const log = logger("admin");
 
@@ -47,18 +48,7 @@ const MAX_BODY_BYTES = 64 * 1024;
 /** Client addresses whose failures are remembered at most (the oldest are forgotten first). */
 const MAX_TRACKED_ADDRESSES = 10_000;
 
-/**
- * One user's live usage, as the running proxy counts it (lib/guard/quota.ts); null fields are
- * not counted (no quota, or not known here).
- */
-export interface UserUsage {
-  readonly name: string;
-  readonly connections: number;
-  readonly uniqueIps: number;
-  readonly bytesUsed: number;
-  readonly quotaLeft: number | null;
-  readonly periodStart: number | null;
-}
+export type { UserUsage } from "../guard/quota.ts";
 
 /** What a reload did (the same as SIGHUP). */
 export interface ReloadReport {
@@ -766,7 +756,8 @@ function _userView(
     listeners: config.listeners.filter((l) => l.users === null || l.users.includes(u.name))
       .map((l) => l.name),
     connections: usage?.connections ?? null,
-    unique_ips: usage?.uniqueIps ?? null,
+    // Addresses are remembered only for a user with max_unique_ips: none counted otherwise.
+    unique_ips: u.maxUniqueIps > 0 ? usage?.uniqueIps ?? null : null,
     bytes_used: usage?.bytesUsed ?? null,
     quota_left: usage?.quotaLeft ?? null,
     period_start: usage?.periodStart == null ? null : new Date(usage.periodStart).toISOString(),

@@ -236,13 +236,15 @@ export const ADMIN_PAGE_JS = `"use strict";
 
   async function refresh() {
     try {
-      const [health, listeners, users, history] = await Promise.all([
-        api("/api/health"), api("/api/listeners"), api("/api/users"), api("/api/history"),
+      // One request first: a wrong token costs one failed attempt, not four.
+      const health = await api("/api/health");
+      const [listeners, users, history] = await Promise.all([
+        api("/api/listeners"), api("/api/users"), api("/api/history"),
       ]);
       $("error").hidden = !health.config_error;
       $("error").textContent = health.config_error ? "The configuration files do not validate now: " + health.config_error : "";
       $("version").textContent = health.version + " · " + health.role;
-      $("summary").textContent = health.connections + " connections now · " + health.users + " users · up " + Math.round(health.uptime_seconds / 60) + " min";
+      $("summary").textContent = health.connections + " connections now · " + health.users + (health.users === 1 ? " user" : " users") + " · up " + Math.round(health.uptime_seconds / 60) + " min";
       renderListeners(listeners.listeners);
       renderUsers(users.users);
       renderChart(history.samples);
