@@ -16,6 +16,7 @@ import {
 import { randomBytes } from "../lib/crypto.ts";
 import type { Config, UserConfig } from "../lib/config/types.ts";
 import type { ProxyEvent } from "../lib/client/events.ts";
+import { startSupervisor } from "../lib/workers/supervisor.ts";
 
 function user(name: string, fields: Partial<UserConfig> = {}): UserConfig {
   return {
@@ -222,4 +223,51 @@ Deno.test("rate_limit slows a fast client without breaking its stream: every byt
     proxy.events.every((e) => e.type !== "closed" || e.reason === "client_closed"),
     JSON.stringify(proxy.events.filter((e) => e.type === "closed")),
   );
+});
+
+Deno.test("with 2 workers the limits are one proxy's: addresses, quota and bucket are shared", async () => {
+  const dc = await startFakeDc({ mode: "echo" });
+  await using _dc = { [Symbol.asyncDispose]: () => dc.close() };
+  const alice = user("alice", { maxUniqueIps: 2, dataQuotaBytes: 2_000_000 });
+  const bob = user("bob", { rateLimitBytesPerSec: 2_000_000 });
+  const base = testConfig({ dcPorts: { 2: dc.port } });
+  const sup = await startSupervisor(
+    { ...withUsers(base, [alice, bob], true), metrics: { listen: null } },
+    { workers: 2, usageFile: null },
+  );
+  await using _sup = { [Symbol.asyncDispose]: () => sup.shutdown() };
+  const port = sup.addresses[0]!.port;
+  const open = (u: UserConfig, ip: string) =>
+    connectTestClient({ port, secret: u.secret, kind: "dd", dcId: 2, preface: from(ip) });
+  // Many connections from two addresses: the kernel spreads them over both workers.
+  const alices = await Promise.all(
+    Array.from({ length: 12 }, (_, i) => open(alice, i % 2 ? "10.0.0.1" : "10.0.0.2")),
+  );
+  await Promise.all(alices.map((c) => echo(c, 1000)));
+  const usage = () => sup.userUsage().find((u) => u.name === "alice")!;
+  assertEquals(usage().connections, 12);
+  assertEquals(usage().uniqueIps, 2);
+  // A third address is refused by whichever worker gets it.
+  for (let i = 0; i < 4; i++) {
+    const c = await open(alice, "10.0.0.3");
+    await c.closed();
+    await c.close();
+  }
+  // Bytes from every worker count against one quota.
+  await until(() => usage().bytesUsed >= 24_000, "both workers' bytes counted");
+  await Promise.all(alices.map((c) => c.close()));
+  await until(() => usage().connections === 0, "alice's connections released");
+  // Bob's bucket is one for his clients on both workers: the pauses add up.
+  const bobs = await Promise.all(Array.from({ length: 4 }, (_, i) => open(bob, `10.0.1.${i}`)));
+  await Promise.all(bobs.map(async (c) => {
+    for (let i = 0; i < 10; i++) await echo(c, 16_000);
+  }));
+  await Promise.all(bobs.map((c) => c.close()));
+  const text = await sup.metricsText();
+  assert(text.includes('mtproxy_user_refused_total{user="alice",reason="user_ips"} 4'), text);
+  assert(text.includes('mtproxy_user_unique_ips{user="alice"} 2'), text);
+  const used = text.match(/mtproxy_user_quota_used_bytes\{user="alice"\} (\d+)/);
+  assertEquals(Number(used?.[1]), usage().bytesUsed);
+  const paused = text.match(/mtproxy_user_rate_limited_total\{user="bob"\} (\d+)/);
+  assert(paused && Number(paused[1]) >= 1, text);
 });

@@ -249,22 +249,23 @@ Deno.test("a user's unique addresses are one count for the threads sharing a led
 });
 
 // Through a real `mtproxy run`: bytes used survive a restart, and the restarted proxy refuses.
-Deno.test("a user's data usage survives a restart of mtproxy run (usage file beside the state file)", async () => {
-  const dir = await Deno.makeTempDir();
-  const dc = await startFakeDc({ mode: "echo" });
-  try {
-    const secret = "0123456789abcdef0123456789abcdef";
-    const alice = "a1a2a3a4a5a6a7a8a9aaabacadaeafa0";
-    const config = `${dir}/config.yaml`;
-    await Deno.writeTextFile(
-      config,
-      `listeners:
+for (const workers of [1, 2]) {
+  Deno.test(`a user's data usage survives a restart of mtproxy run with ${workers} worker(s) (usage file beside the state file)`, async () => {
+    const dir = await Deno.makeTempDir();
+    const dc = await startFakeDc({ mode: "echo" });
+    try {
+      const secret = "0123456789abcdef0123456789abcdef";
+      const alice = "a1a2a3a4a5a6a7a8a9aaabacadaeafa0";
+      const config = `${dir}/config.yaml`;
+      await Deno.writeTextFile(
+        config,
+        `listeners:
   - host: 127.0.0.1
     port: ${freePort()}
     secret: "${secret}"
     tls_domain: example.com
 log_level: info
-workers: 1
+workers: ${workers}
 telegram:
   mode: direct
   dc_addresses: { 2: "127.0.0.1:${dc.port}" }
@@ -272,67 +273,70 @@ fronting: { mode: "off" }
 users:
   alice: { secret: "${alice}", data_quota: 60000 }
 `,
-    );
-    const run = () => new ProxyProcess(["run", "--config", config, "--quiet-links"], { cwd: dir });
-    const key = Uint8Array.from(alice.match(/../g)!, (h) => parseInt(h, 16));
-    const echo = async (c: TestClient, n: number) => {
-      const payload = randomBytes(n);
-      await c.send(payload, { padding: 0 });
-      assertEquals((await c.receive(5000)).subarray(0, n), payload);
-    };
-    const usage = async () => {
-      const text = await Deno.readTextFile(`${dir}/${USAGE_FILE_NAME}`).catch(() => "");
-      const got = text ? parseUsageFile(text) : new Map();
-      return typeof got === "string" ? 0 : got.get("alice")?.bytes ?? 0;
-    };
-    // First run: about 40 kB of the 60 kB, then a clean stop (SIGTERM flushes the file).
-    let proxy = run();
-    try {
-      await proxy.waitFor("listening on");
-      const c = await connectTestClient({ port: proxy.port(), secret: key, kind: "dd", dcId: 2 });
-      for (let i = 0; i < 5; i++) await echo(c, 4000);
-      await c.close();
+      );
+      const run = () =>
+        new ProxyProcess(["run", "--config", config, "--quiet-links"], { cwd: dir });
+      const key = Uint8Array.from(alice.match(/../g)!, (h) => parseInt(h, 16));
+      const echo = async (c: TestClient, n: number) => {
+        const payload = randomBytes(n);
+        await c.send(payload, { padding: 0 });
+        assertEquals((await c.receive(5000)).subarray(0, n), payload);
+      };
+      const usage = async () => {
+        const text = await Deno.readTextFile(`${dir}/${USAGE_FILE_NAME}`).catch(() => "");
+        const got = text ? parseUsageFile(text) : new Map();
+        return typeof got === "string" ? 0 : got.get("alice")?.bytes ?? 0;
+      };
+      // First run: about 40 kB of the 60 kB, then a clean stop (SIGTERM flushes the file).
+      let proxy = run();
+      try {
+        await proxy.waitFor("listening on");
+        if (workers > 1) await proxy.waitForLog(`${workers} workers serving`);
+        const c = await connectTestClient({ port: proxy.port(), secret: key, kind: "dd", dcId: 2 });
+        for (let i = 0; i < 5; i++) await echo(c, 4000);
+        await c.close();
+      } finally {
+        proxy.signal("SIGTERM");
+        assertEquals(await proxy.wait(), 0, proxy.stderr);
+      }
+      const first = await usage();
+      assert(first >= 40_000 && first < 60_000, `used ${first}`);
+      // Second run: the same bytes count; passing 60 kB closes the client and refuses new ones.
+      proxy = run();
+      try {
+        await proxy.waitFor("listening on");
+        const c = await connectTestClient({ port: proxy.port(), secret: key, kind: "dd", dcId: 2 });
+        await echo(c, 4000);
+        await c.send(randomBytes(16_000), { padding: 0 });
+        await c.closed();
+        await c.close();
+        await proxy.waitForLog("closed: user_quota (user alice used up its data_quota)");
+        const d = await connectTestClient({ port: proxy.port(), secret: key, kind: "dd", dcId: 2 });
+        await d.closed();
+        await d.close();
+        await proxy.waitForLog("refused: user_quota");
+        // The periodic flush writes it while running too (within 10 s).
+        await eventually(async () => (await usage()) >= 60_000, "the usage file's flush", 20_000);
+      } finally {
+        proxy.signal("SIGTERM");
+        assertEquals(await proxy.wait(), 0, proxy.stderr);
+      }
+      assert((await usage()) >= 60_000);
+      // Third run: still used up.
+      proxy = run();
+      try {
+        await proxy.waitFor("listening on");
+        const d = await connectTestClient({ port: proxy.port(), secret: key, kind: "dd", dcId: 2 });
+        await d.closed();
+        await d.close();
+        await proxy.waitForLog("refused: user_quota");
+      } finally {
+        proxy.signal("SIGTERM");
+        assertEquals(await proxy.wait(), 0, proxy.stderr);
+      }
     } finally {
-      proxy.signal("SIGTERM");
-      assertEquals(await proxy.wait(), 0, proxy.stderr);
+      await dc.close();
+      await Deno.remove(dir, { recursive: true });
     }
-    const first = await usage();
-    assert(first >= 40_000 && first < 60_000, `used ${first}`);
-    // Second run: the same bytes count; passing 60 kB closes the client and refuses new ones.
-    proxy = run();
-    try {
-      await proxy.waitFor("listening on");
-      const c = await connectTestClient({ port: proxy.port(), secret: key, kind: "dd", dcId: 2 });
-      await echo(c, 4000);
-      await c.send(randomBytes(16_000), { padding: 0 });
-      await c.closed();
-      await c.close();
-      await proxy.waitForLog("closed: user_quota (user alice used up its data_quota)");
-      const d = await connectTestClient({ port: proxy.port(), secret: key, kind: "dd", dcId: 2 });
-      await d.closed();
-      await d.close();
-      await proxy.waitForLog("refused: user_quota");
-      // The periodic flush writes it while running too (within 10 s).
-      await eventually(async () => (await usage()) >= 60_000, "the usage file's flush", 20_000);
-    } finally {
-      proxy.signal("SIGTERM");
-      assertEquals(await proxy.wait(), 0, proxy.stderr);
-    }
-    assert((await usage()) >= 60_000);
-    // Third run: still used up.
-    proxy = run();
-    try {
-      await proxy.waitFor("listening on");
-      const d = await connectTestClient({ port: proxy.port(), secret: key, kind: "dd", dcId: 2 });
-      await d.closed();
-      await d.close();
-      await proxy.waitForLog("refused: user_quota");
-    } finally {
-      proxy.signal("SIGTERM");
-      assertEquals(await proxy.wait(), 0, proxy.stderr);
-    }
-  } finally {
-    await dc.close();
-    await Deno.remove(dir, { recursive: true });
-  }
-});
+  });
+}

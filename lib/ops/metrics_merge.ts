@@ -16,6 +16,10 @@ export const SAME_IN_EVERY_WORKER: ReadonlySet<string> = new Set([
   "process_resident_memory_bytes",
   "mtproxy_replay_cache_entries",
   "mtproxy_link_rtt_seconds",
+  // The users' ledger is shared memory: every worker reads the same figures.
+  "mtproxy_user_quota_used_bytes",
+  "mtproxy_user_quota_left_bytes",
+  "mtproxy_user_unique_ips",
 ]);
 
 /** A parsed exposition: families in order of first appearance. */

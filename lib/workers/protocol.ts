@@ -36,6 +36,8 @@ export interface SharedBuffers {
   readonly counts: SharedArrayBuffer;
   /** Whose counts these are (1-based): the supervisor gives them back if the worker dies. */
   readonly worker: number;
+  /** The users' ledger: bytes used, addresses seen, rate-limit buckets (lib/guard/quota.ts). */
+  readonly users: SharedArrayBuffer;
 }
 
 /** A request from the supervisor; the worker answers with a {@linkcode WorkerReply}. */

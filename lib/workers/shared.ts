@@ -1,7 +1,9 @@
 /**
  * The state that keeps several worker threads one proxy, in shared memory: the replay cache
- * (a handshake seen by one worker is a replay to all) and the connection counts behind
- * `max_connections`, `policy.max_connections_per_ip` and `policy.max_connections_per_sni`.
+ * (a handshake seen by one worker is a replay to all), the connection counts behind
+ * `max_connections`, `policy.max_connections_per_ip` and `policy.max_connections_per_sni`, and
+ * the users' ledger (bytes used against `data_quota`, addresses seen for `max_unique_ips`, the
+ * `rate_limit` buckets: lib/guard/quota.ts), which the supervisor alone persists.
  * The supervisor creates the buffers; each worker opens them (synchronously usable on the
  * handshake path: no awaits, no messages).
  *
@@ -18,6 +20,12 @@ import {
 } from "../guard/replay.ts";
 import { createSharedCounts, openSharedCounts, type SharedCounts } from "../guard/shared_counts.ts";
 import type { ConnectionCounts } from "../guard/policy.ts";
+import {
+  createUserLedger,
+  ledgerSizeFor,
+  openUserLedger,
+  type UserLedger,
+} from "../guard/quota.ts";
 import type { SharedBuffers } from "./protocol.ts";
 
 /** What the supervisor keeps: buffers to hand out, and the counts to clean up after a death. */
@@ -26,6 +34,10 @@ export interface SharedState {
   forWorker(id: number): SharedBuffers;
   /** Give back every count worker `id` held (it died); returns how many. */
   releaseWorker(id: number): number;
+  /** The users' ledger, as the supervisor reads and persists it. */
+  readonly ledger: UserLedger;
+  /** Connections user `name` holds now, over all workers. */
+  userConnections(name: string): number;
 }
 
 /** Connection counts as a worker's server uses them. */
@@ -50,9 +62,12 @@ export function createWorkerShared(config: Config, workers: number): SharedState
     : null;
   const counts = createSharedCounts(countsCapacity(config), workers);
   const cleaner = openSharedCounts(counts);
+  const users = createUserLedger(ledgerSizeFor(config.users));
   return {
-    forWorker: (id) => ({ replay, counts, worker: id }),
+    forWorker: (id) => ({ replay, counts, worker: id, users }),
     releaseWorker: (id) => cleaner.releaseWorker(id),
+    ledger: openUserLedger(users),
+    userConnections: (name) => cleaner.count(`u:${name}`),
   };
 }
 
@@ -60,7 +75,7 @@ export function createWorkerShared(config: Config, workers: number): SharedState
 export function openWorkerShared(
   buffers: SharedBuffers,
   config: Config,
-): { replay: ReplayCache | null; counts: WorkerCounts } {
+): { replay: ReplayCache | null; counts: WorkerCounts; ledger: UserLedger } {
   const replay = buffers.replay
     ? openSharedReplayCache(buffers.replay, {
       maxEntries: config.replay.maxEntries,
@@ -70,6 +85,7 @@ export function openWorkerShared(
   const table = openSharedCounts(buffers.counts, buffers.worker);
   return {
     replay,
+    ledger: openUserLedger(buffers.users),
     counts: {
       ips: _prefixed(table, "i:"),
       snis: _prefixed(table, "s:"),

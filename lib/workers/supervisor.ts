@@ -42,6 +42,8 @@ import type {
   WorkerRequest,
 } from "./protocol.ts";
 import { createWorkerShared, type SharedState } from "./shared.ts";
+import { USAGE_FILE_NAME, usageOf, UsageStore, type UserUsage } from "../guard/quota.ts";
+import { join } from "node:path";
 
 const log = logger("workers");
 
@@ -64,6 +66,11 @@ export interface SupervisorOptions {
   readonly workers: number;
   /** Where the last good copies of Telegram's middle-proxy config are kept. */
   readonly cacheDir?: string;
+  /**
+   * Where the users' usage is persisted (the supervisor is its one writer); null: nowhere.
+   * @default {`mtproxy-usage.json` in `cacheDir`, else null}
+   */
+  readonly usageFile?: string | null;
 }
 
 /** Per worker, for logs, metrics and tests. */
@@ -101,6 +108,8 @@ export interface Supervisor {
   drain(): Promise<void>;
   /** Workers and their restarts. */
   workers(): readonly WorkerInfo[];
+  /** Each user's connections (all workers), unique addresses, bytes used and quota left. */
+  userUsage(): UserUsage[];
   /**
    * End worker `id` the way a crash does (tests: it must be noticed and restarted, the others
    * untouched). Resolves once it was asked.
@@ -186,6 +195,16 @@ export async function startSupervisor(
 ): Promise<Supervisor> {
   const count = options.workers;
   const shared: SharedState = createWorkerShared(config, count);
+  // The users' usage: read before any worker serves, flushed by this thread alone.
+  const usagePath = options.usageFile === undefined
+    ? (options.cacheDir ? join(options.cacheDir, USAGE_FILE_NAME) : null)
+    : options.usageFile;
+  const usage = usagePath === null
+    ? null
+    : new UsageStore(usagePath, shared.ledger, {
+      warn: (m) => log.warn("{message}", { message: m }),
+    });
+  await usage?.load();
   const instance = randomBytes(8);
 
   let feed: TelegramConfigFeed | null = null;
@@ -307,6 +326,8 @@ export async function startSupervisor(
     }));
     unsubscribe();
     feed?.stop();
+    // Every worker has stopped: what their clients used is final, and written now.
+    await usage?.stop();
     await measuring?.stop();
     await metricsHttp?.stop();
   };
@@ -346,6 +367,7 @@ export async function startSupervisor(
       }
     }
     log.info("{n} workers serving", { n: count });
+    usage?.start();
     // A worker that ended without an error (or hangs) is noticed by its silence.
     const heartbeat = setInterval(() => {
       for (const s of slots) {
@@ -395,6 +417,8 @@ export async function startSupervisor(
       shutdown: () => finish("shutdown"),
       drain: () => finish("drain"),
       workers: () => slots.map((s) => ({ id: s.id, up: s.up, restarts: s.restarts })),
+      userUsage: () =>
+        usageOf(resolved.users, shared.ledger, Date.now(), (name) => shared.userConnections(name)),
       async crash(id) {
         await slots[id - 1]?.request({ op: "crash" }, 5000);
       },

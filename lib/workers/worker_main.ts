@@ -89,6 +89,8 @@ async function start(m: WorkerStart): Promise<void> {
       instance: m.instance,
       ...(shared.replay ? { replay: shared.replay } : {}),
       counts: shared.counts,
+      // The supervisor persists the users' usage; this worker only adds to it.
+      ledger: shared.ledger,
       ...(telegram && m.telegram
         ? {
           telegram: {
