@@ -1,0 +1,141 @@
+/**
+ * Bench of `users.NAME.rate_limit`: clients of one user push data both ways as fast as they can
+ * through a proxy (in this process) to an echo DC, and the bytes the proxy moved for that user in
+ * a bounded window are divided by the window and by the configured rate. A ratio near 1.00 is the
+ * limit working; below it, the machine could not go that fast (see the unlimited baseline, which
+ * is run first in the same sitting).
+ *
+ *   deno run -A scripts/bench_rate_limit.ts [--seconds 5] [--warmup 1]
+ *     [--rates 1000000,4000000,16000000] [--clients 1,4] [--json]
+ *
+ * Prints one line per rate and client count, `achieved / configured` as a ratio, and with
+ * `--json` one `BENCH_JSON {...}` line at the end.
+ *
+ * @module
+ */
+import { parseArgs } from "node:util";
+import { startServer } from "../lib/server.ts";
+import type { Config, UserConfig } from "../lib/config/types.ts";
+import { randomBytes } from "../lib/crypto.ts";
+import { startFakeDc } from "../tests/kit/fake_dc.ts";
+import { connectTestClient, type TestClient } from "../tests/kit/test_client.ts";
+import { testConfig } from "../tests/helpers.ts";
+
+interface Result {
+  rate: number | null;
+  clients: number;
+  seconds: number;
+  bytes: number;
+  achieved: number;
+  ratio: number | null;
+}
+
+const { values } = parseArgs({
+  args: Deno.args,
+  options: {
+    seconds: { type: "string", default: "5" },
+    warmup: { type: "string", default: "1" },
+    rates: { type: "string", default: "1000000,4000000,16000000" },
+    clients: { type: "string", default: "1,4" },
+    json: { type: "boolean", default: false },
+  },
+});
+const seconds = Number(values.seconds);
+const warmup = Number(values.warmup);
+const rates = values.rates.split(",").map(Number);
+const clientCounts = values.clients.split(",").map(Number);
+
+function user(rate: number | null): UserConfig {
+  return {
+    name: "bench",
+    secret: randomBytes(16),
+    enabled: true,
+    maxConnections: 0,
+    maxUniqueIps: 0,
+    uniqueIpWindowMs: 86_400_000,
+    dataQuotaBytes: null,
+    quotaReset: null,
+    expiresAt: null,
+    rateLimitBytesPerSec: rate,
+    tag: null,
+  };
+}
+
+/** Bytes moved for the user in `seconds` after `warmup`, with `clients` clients pushing. */
+async function measure(rate: number | null, clients: number): Promise<Result> {
+  const dc = await startFakeDc({ mode: "echo" });
+  const u = user(rate);
+  const base = testConfig({ dcPorts: { 2: dc.port } });
+  const config: Config = {
+    ...base,
+    users: [u],
+    listeners: base.listeners.map((l) => ({ ...l, users: null })),
+  };
+  const server = await startServer(config);
+  const port = server.addresses[0]!.port;
+  let stop = false;
+  const conns: TestClient[] = [];
+  try {
+    for (let i = 0; i < clients; i++) {
+      conns.push(
+        await connectTestClient({
+          port,
+          secret: u.secret,
+          kind: i % 2 ? "tls" : "dd",
+          dcId: 2,
+        }),
+      );
+    }
+    const frame = randomBytes(16_000);
+    const loops = conns.flatMap((c) => [
+      (async () => {
+        while (!stop) await c.send(frame, { padding: 0 });
+      })().catch(() => {}),
+      (async () => {
+        while (!stop) await c.receive(30_000);
+      })().catch(() => {}),
+    ]);
+    const used = () => server.userUsage()[0]!.bytesUsed;
+    await new Promise((r) => setTimeout(r, warmup * 1000));
+    const b0 = used(), t0 = performance.now();
+    await new Promise((r) => setTimeout(r, seconds * 1000));
+    const b1 = used(), t1 = performance.now();
+    stop = true;
+    for (const c of conns) await c.close();
+    await Promise.all(loops);
+    const bytes = b1 - b0;
+    const achieved = bytes / ((t1 - t0) / 1000);
+    return {
+      rate,
+      clients,
+      seconds: (t1 - t0) / 1000,
+      bytes,
+      achieved,
+      ratio: rate === null ? null : achieved / rate,
+    };
+  } finally {
+    stop = true;
+    for (const c of conns) await c.close();
+    await server.shutdown();
+    await dc.close();
+  }
+}
+
+const results: Result[] = [];
+const mb = (n: number) => `${(n / 1e6).toFixed(2)} MB/s`;
+for (const clients of clientCounts) {
+  const free = await measure(null, clients);
+  results.push(free);
+  console.log(`no limit, ${clients} client(s): ${mb(free.achieved)} (both ways, the baseline)`);
+  for (const rate of rates) {
+    const r = await measure(rate, clients);
+    results.push(r);
+    const note = rate > free.achieved * 0.8 ? " (near the baseline: not a limit test)" : "";
+    console.log(
+      `rate_limit ${mb(rate)}, ${clients} client(s): ${mb(r.achieved)} over ${
+        r.seconds.toFixed(1)
+      } s, ratio ${r.ratio!.toFixed(3)}${note}`,
+    );
+  }
+}
+if (values.json) console.log(`BENCH_JSON ${JSON.stringify({ rate_limit: results })}`);
