@@ -4,7 +4,13 @@
  * that slows a fast client without breaking its stream. Refused fake-TLS clients are fronted.
  */
 import { assert, assertEquals } from "./assert.ts";
-import { startByteSink, startTestProxy, testConfig, until } from "./helpers.ts";
+import {
+  startByteSink,
+  startFakeTelegramMiddle,
+  startTestProxy,
+  testConfig,
+  until,
+} from "./helpers.ts";
 import { startFakeDc } from "./kit/fake_dc.ts";
 import {
   buildSignedHello,
@@ -169,9 +175,19 @@ Deno.test("data_quota: a user moves bytes up to the quota, the client that passe
   const c = await open(alice, "plain");
   await proxy.waitForEvent((e) => e.type === "fronted" && e.reason === "user_quota");
   await c.close();
+  // The site got the refused plain client's 64-byte init before this.
+  const before = 64;
   const probe = await openRawConnection(proxy.port);
-  await probe.write(buildSignedHello(alice.secret, { sni: "example.com" }));
+  const hello = buildSignedHello(alice.secret, { sni: "example.com" });
+  await probe.write(hello);
   await until(() => rejected(proxy.events, "user_quota").length === 2, "the probe fronted");
+  // The site gets all it is sent, as from any stranger: fronted bytes are nobody's quota.
+  const more = randomBytes(50_000);
+  await probe.write(more);
+  await until(
+    () => site.received().length === before + hello.length + more.length,
+    "the fronted bytes to reach the site",
+  );
   await probe.close();
   // Bob has no quota.
   const bobs = await open(bob);
@@ -270,4 +286,45 @@ Deno.test("with 2 workers the limits are one proxy's: addresses, quota and bucke
   assertEquals(Number(used?.[1]), usage().bytesUsed);
   const paused = text.match(/mtproxy_user_rate_limited_total\{user="bob"\} (\d+)/);
   assert(paused && Number(paused[1]) >= 1, text);
+});
+
+Deno.test("through the middle proxies (a user's ad tag) the rate limit keeps every byte and the quota closes", async () => {
+  const tag = Uint8Array.from({ length: 16 }, (_, i) => 0xc0 + i);
+  await using telegram = await startFakeTelegramMiddle(tag, "echo");
+  const alice = user("alice", { tag, rateLimitBytesPerSec: 1_000_000 });
+  const bob = user("bob", { tag, dataQuotaBytes: 50_000 });
+  const base = testConfig({
+    proxyUrls: telegram.proxyUrls,
+    externalIp: "127.0.0.1",
+    telegramMode: "auto",
+  });
+  await using proxy = await startTestProxy(withUsers(base, [alice, bob]));
+  const a = await connectTestClient({
+    port: proxy.port,
+    secret: alice.secret,
+    kind: "tls",
+    dcId: 2,
+  });
+  const frames = Array.from({ length: 20 }, () => randomBytes(16_000));
+  const sending = (async () => {
+    for (const f of frames) await a.send(f, { padding: 0 });
+  })();
+  for (const f of frames) assertEquals(await a.receive(20_000), f);
+  await sending;
+  await a.close();
+  const b = await connectTestClient({ port: proxy.port, secret: bob.secret, kind: "dd", dcId: 2 });
+  for (let i = 0; i < 5; i++) await echo(b, 4000);
+  await b.send(randomBytes(16_000), { padding: 0 }).catch(() => {});
+  await b.send(randomBytes(16_000), { padding: 0 }).catch(() => {});
+  await b.closed();
+  await b.close();
+  await proxy.waitForEvent((e) => e.type === "closed" && e.reason === "user_quota");
+  await proxy.waitForEvent((e) => e.type === "closed" && e.user === "alice");
+  const text = proxy.server.metricsText();
+  const m = text.match(/mtproxy_user_rate_limited_total\{user="alice"\} (\d+)/);
+  assert(m && Number(m[1]) >= 1, text);
+  const closes = proxy.events.filter((e) => e.type === "closed").map((e) =>
+    e.type === "closed" && [e.user, e.reason]
+  );
+  assertEquals(closes.sort(), [["alice", "client_closed"], ["bob", "user_quota"]]);
 });

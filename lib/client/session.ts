@@ -774,10 +774,13 @@ export class Session implements PumpHost, TelegramClient {
     await hs.fill(INIT_LEN);
     const init = hs.view().subarray(0, INIT_LEN);
     const stream = openClientInit(init, this.#ctx.listener.secret) ??
-      this.#matchUser((secret) => openClientInit(init, secret), () => {
-        const probe = new InitProbe(init);
-        return (secret) => probe.opens(secret);
-      });
+      this.#matchUser(
+        () => {
+          const probe = new InitProbe(init);
+          return (secret) => probe.opens(secret);
+        },
+        (secret) => openClientInit(init, secret),
+      );
     if (!stream) throw new Rejection("bad_secret", notClient);
     const protocol: ClientProtocol = stream.tag === "padded" ? "dd" : "plain";
     let refusal: Rejection | null = null;
@@ -798,21 +801,21 @@ export class Session implements PumpHost, TelegramClient {
 
   /**
    * Try the users of this listener, most likely first, until `attempt` accepts a secret; the
-   * user it accepted is this client's from then on. `probe`, when given, makes a cheap, exact
-   * pre-check (lib/protocol/user_match.ts): `attempt` then runs only for a secret it lets
+   * user it accepted is this client's from then on. `probe` makes a cheap, exact pre-check
+   * (lib/protocol/user_match.ts): `attempt`, the full check, runs only for a secret it lets
    * through, so a client from an unknown address costs a fraction of a full check per user.
    */
   #matchUser<T>(
+    probe: () => (secret: Uint8Array) => boolean,
     attempt: (secret: Uint8Array) => T | null,
-    probe?: () => (secret: Uint8Array) => boolean,
   ): T | null {
     const users = this.#ctx.users;
     if (!users) return null;
     const name = this.#ctx.listener.name;
     const ip = this.clientIp;
-    const fits = probe?.() ?? null;
+    const fits = probe();
     for (const user of users.candidates(name, ip)) {
-      if (fits && !fits(user.secret)) continue;
+      if (!fits(user.secret)) continue;
       const got = attempt(user.secret);
       if (got !== null) {
         users.matched(name, user, ip);
@@ -925,11 +928,11 @@ export class Session implements PumpHost, TelegramClient {
     const skewSec = config.tls.maxClockSkewMs / 1000;
     let check = verifyClientHello(hello, secret, nowSec, skewSec);
     if (check.kind === "bad_digest") {
-      // One HMAC per user tried (nothing to share between keys), over one zeroed copy.
-      let probe: HelloProbe | null = null;
-      const user = this.#matchUser((s) => {
-        probe ??= new HelloProbe(hello);
-        const c = probe.check(s, nowSec, skewSec);
+      const user = this.#matchUser(() => {
+        const probe = new HelloProbe(hello);
+        return (s) => probe.digestFits(s);
+      }, (s) => {
+        const c = verifyClientHello(hello, s, nowSec, skewSec);
         return c.kind === "bad_digest" ? null : { c, s };
       });
       if (user) ({ c: check, s: secret } = user);
@@ -1054,7 +1057,8 @@ export class Session implements PumpHost, TelegramClient {
     if (side === "client") this.#bytesFromClient += bytes;
     else this.#bytesToClient += bytes;
     this.lastActivity = Date.now();
-    return this.#user === null ? 0 : this.#charge(bytes);
+    // A fronted connection's bytes are the site's, nobody's quota (even when a user matched).
+    return this.#user === null || this.#fronted ? 0 : this.#charge(bytes);
   }
 
   /**
