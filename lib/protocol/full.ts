@@ -14,7 +14,7 @@
  */
 import { concatBytes, readU32, writeU32 } from "./bytes.ts";
 import type { StreamCipher } from "../crypto.ts";
-import { crc32, crc32Js } from "./crc32.ts";
+import { crc32, crc32Known, crc32Range, crc32Words } from "./crc32.ts";
 
 /** Why the full decoder refused its input. */
 export type FullRejectReason = "bad_length" | "bad_crc" | "bad_seq";
@@ -86,34 +86,6 @@ let _end = 0;
 let _seq = 0;
 let _reason: FullRejectReason = "bad_length";
 
-/** CRC-32 byte table (the same polynomial as crc32.ts), for the few bytes before a view. */
-const _CRC_TABLE: Int32Array = (() => {
-  const t = new Int32Array(256);
-  for (let n = 0; n < 256; n++) {
-    let c = n;
-    for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
-    t[n] = c;
-  }
-  return t;
-})();
-
-/** CRC-32 of `buf[from, to)` continuing `previous` (as crc32), without a view of it. */
-function _crcRange(buf: Uint8Array, from: number, to: number, previous: number): number {
-  const t = _CRC_TABLE;
-  let c = ~previous;
-  for (let i = from; i < to; i++) c = t[(c ^ buf[i]!) & 0xff]! ^ (c >>> 8);
-  return ~c >>> 0;
-}
-
-/** CRC-32 of the 8 bytes `u32 LE a | u32 LE b`. */
-function _crcWords(a: number, b: number): number {
-  const t = _CRC_TABLE;
-  let c = -1;
-  for (let k = 0; k < 4; k++) c = t[(c ^ (a >>> (8 * k))) & 0xff]! ^ (c >>> 8);
-  for (let k = 0; k < 4; k++) c = t[(c ^ (b >>> (8 * k))) & 0xff]! ^ (c >>> 8);
-  return ~c >>> 0;
-}
-
 /**
  * Whether the frame at `buf[off]` ending at `end` (its CRC in the last 4 bytes) checks out,
  * `tail` being a view of its last bytes before the CRC: the bytes in front of it are summed
@@ -121,7 +93,7 @@ function _crcWords(a: number, b: number): number {
  */
 function _crcOk(buf: Uint8Array, off: number, end: number, tail: Uint8Array): boolean {
   const tailAt = end - 4 - tail.length;
-  return crc32(tail, _crcRange(buf, off, tailAt, 0)) === readU32(buf, end - 4);
+  return crc32(tail, crc32Range(buf, off, tailAt, 0)) === readU32(buf, end - 4);
 }
 
 /** Look for one frame in `buf[from:limit]`, skipping padding words. Offsets are absolute. */
@@ -233,7 +205,7 @@ function _writeFrame(
   writeU32(out, off, len);
   writeU32(out, off + 4, seq);
   // The CRC over the parts as given: no view of the frame per frame.
-  let c = _crcWords(len, seq);
+  let c = crc32Words(len, seq);
   if (body instanceof Uint8Array) {
     out.set(body, off + 8);
     c = crc32(body, c);
@@ -269,8 +241,9 @@ function _writePair(
   if (tail.length > 0) out.set(tail, off + 8 + head.length);
   const crcAt = off + len - 4;
   // Over the parts as given (no view of the frame): len and seq, the head, the tail.
-  const c = _crcWords(len, seq);
-  const withHead = head.length <= 128 ? crc32Js(head, c) : crc32(head, c);
+  const c = crc32Words(len, seq);
+  // A client's RPC header is registered with its CRC worked out: four table lookups.
+  const withHead = head.length <= 128 ? crc32Known(head, c) : crc32(head, c);
   writeU32(out, crcAt, crc32(tail, withHead));
   const end = off + fullFrameLength(bodyLen, pad);
   for (let at = off + len; at < end; at += 4) writeU32(out, at, 4); // 04 00 00 00

@@ -7,6 +7,7 @@
  * @module
  */
 import { readU32, writeU32 } from "./bytes.ts";
+import { crc32Register } from "./crc32.ts";
 import type { TransportTag } from "./obfuscated2.ts";
 
 /** Proxy → MP: a client's MTProto packet. */
@@ -348,6 +349,8 @@ export class ProxyReqHeader {
       out.set(tag, 65);
     }
     this.#template = out;
+    // Sent in front of every packet of this client: its CRC is worked out once.
+    crc32Register(out);
   }
 
   /** Header bytes (56 without an ad tag, 80 with a 16-byte one). */
