@@ -26,13 +26,17 @@
  * runs the proxy with one worker (`workers: 1` in its config, `--workers 1` on its command
  * line), as the figures were measured before the default became `auto`.
  *
+ * The `users` part (scripts/bench_users.ts) runs a proxy with 1, 100 and 1,000 users on one port:
+ * handshakes per second (`ee` and `dd`) with each user's clients from its own loopback address
+ * and from addresses never seen before, and the proxy's CPU per handshake, as ratios to 1 user.
+ *
  * Prints one table (proxy figure, relay figure, ratio proxy/relay), one for middle mode (middle
  * figure, direct figure, ratio middle/direct), one for split mode (split figure, standalone
  * figure), a PASS/MISS line per target, and one `BENCH_JSON {...}` line. Exits 0 unless the
  * bench itself broke.
  *
  * Usage: `deno task bench [--quick]
- * [--only throughput,latency,handshakes,memory,middle,split,workers] [--repeat N]
+ * [--only throughput,latency,handshakes,memory,middle,split,workers,users] [--repeat N]
  * [--proxy cli|inproc] [--v8-flags FLAGS]`.
  *
  * @module
@@ -41,13 +45,14 @@ import { parseArgs } from "node:util";
 import { createAes, randomBytes } from "../lib/crypto.ts";
 import { runSplit, type SplitResults, splitTable, splitTargets } from "./bench_split.ts";
 import { runWorkers, type WorkersResults, workersTable, workersTargets } from "./bench_workers.ts";
+import { runUsers, type UsersResults, usersTable, usersTargets } from "./bench_users.ts";
 
 const HELP = `Usage: deno task bench [options]
 
 Options:
   --quick            shorter runs (about a third of the time)
   --only PARTS       comma-separated subset of:
-                     ${"throughput,latency,handshakes,memory,middle,split,workers"}
+                     ${"throughput,latency,handshakes,memory,middle,split,workers,users"}
                      (middle: middle-proxy mode's throughput, latency, memory and
                      Telegram-side connections, next to direct mode; split: a front and
                      a back vs a standalone proxy: throughput, CPU per GB of each,
@@ -55,7 +60,10 @@ Options:
                      stream, link connections; workers: the proxy with 1, 2 and auto
                      worker threads: dd throughput, CPU per GB, ee handshakes/s, a
                      CPU-bound handshake scenario, memory per idle client, each as a
-                     ratio to 1 worker. The other parts run the proxy with 1 worker)
+                     ratio to 1 worker. The other parts run the proxy with 1 worker;
+                     users: a proxy with 1, 100 and 1,000 users on one port: ee and dd
+                     handshakes/s and proxy CPU per handshake, clients from their
+                     user's own address and from new ones, as ratios to 1 user)
   --repeat N         run each throughput measurement N times and keep the median
                      (default 3, middle and split modes 2; with --quick 1)
   --proxy KIND       cli: main.ts run --config FILE (default); inproc: scripts/bench_proxy.ts,
@@ -73,6 +81,7 @@ const PARTS = [
   "middle",
   "split",
   "workers",
+  "users",
 ] as const;
 type Part = typeof PARTS[number];
 const STREAMS = [1, 16, 256] as const;
@@ -498,6 +507,8 @@ interface Results {
   split?: SplitResults;
   /** The `workers` part. */
   workers?: WorkersResults;
+  /** The `users` part. */
+  users?: UsersResults;
   errors: number;
   error_samples: string[];
   detail: Record<string, unknown>;
@@ -1181,6 +1192,42 @@ async function _workers(env: Env): Promise<void> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Many users on one port (scripts/bench_users.ts)
+
+async function _users(env: Env): Promise<void> {
+  const detail: Record<string, unknown> = {};
+  env.results.detail.users = detail;
+  // One worker thread, as every part but workers; always the CLI (a real proxy process).
+  const cliEnv: Env = { ...env, proxyKind: "cli" };
+  env.results.users = await runUsers({
+    settings: env.settings,
+    tmp: env.tmp,
+    configYaml: (port) => _configYaml(env.dc.port, port),
+    tlsDomain: TLS_DOMAIN,
+    spawnProxy: (name, configPath, ports) => _spawnProxy(cliEnv, name, configPath, ports),
+    runJson: async (name, args, timeoutS) => {
+      const child = new Child(name, ["run", "--allow-all", ...args]);
+      const status = await child.wait(timeoutS * 1000);
+      env.dc.child.assertRunning();
+      const last = child.lines.filter((l) => l.startsWith("{")).at(-1);
+      if (!status.success || !last) {
+        const how = status.signal ? `signal ${status.signal}` : `code ${status.code}`;
+        throw new BenchError(`${child.name} failed (${how}): ${child.stderr.slice(-1500)}`);
+      }
+      return JSON.parse(last);
+    },
+    dcPid: env.dc.child.pid,
+    noteErrors: (r) => _noteErrors(env.results, r),
+    freePort: _freePort,
+    progress: (line) => console.error(line),
+    fail: (what, message) => {
+      env.failures.push(`users ${what}: ${message}`);
+      console.error(`bench: users ${what} failed: ${message}`);
+    },
+  }, detail);
+}
+
+// ---------------------------------------------------------------------------------------------
 // Output
 
 function _round(x: number, digits: number): number {
@@ -1692,6 +1739,7 @@ async function _main(): Promise<number> {
       middle: _middle,
       split: _split,
       workers: _workers,
+      users: _users,
     };
     for (const part of PARTS) {
       if (!parts.has(part)) continue;
@@ -1722,9 +1770,12 @@ async function _main(): Promise<number> {
     ..._targets(results, settings),
     ...(results.split ? splitTargets(results.split) : []),
     ...(results.workers ? workersTargets(results.workers) : []),
+    ...(results.users ? usersTargets(results.users) : []),
   ];
   const seconds = (performance.now() - started) / 1000;
-  const mainParts = [...parts].some((p) => p !== "middle" && p !== "split" && p !== "workers");
+  const mainParts = [...parts].some((p) =>
+    p !== "middle" && p !== "split" && p !== "workers" && p !== "users"
+  );
   if (mainParts) console.log(_table(results, settings));
   if (results.middle) {
     if (mainParts) console.log("");
@@ -1747,6 +1798,10 @@ async function _main(): Promise<number> {
   if (results.workers) {
     if (mainParts || results.middle || results.split) console.log("");
     console.log(workersTable(results.workers, settings));
+  }
+  if (results.users) {
+    if (mainParts || results.middle || results.split || results.workers) console.log("");
+    console.log(usersTable(results.users, settings));
   }
   if (results.idle_memory_breakdown) {
     for (const [mode, b] of Object.entries(results.idle_memory_breakdown)) {

@@ -110,14 +110,22 @@ function helloOf(record: Uint8Array) {
   return step.hello;
 }
 
-Deno.test("HelloProbe matches the spec's fake-TLS vectors, an expired one included", () => {
-  for (const id of ["tls_legacy_valid", "tls_modern_valid", "tls_legacy_expired"]) {
+Deno.test("HelloProbe gives the spec's fake-TLS verdicts, an expired hello included", () => {
+  for (const id of ["tls_legacy_valid", "tls_modern_valid"]) {
     const v = vector(id);
     const probe = new HelloProbe(helloOf(bytesOf(v, "client_hello")));
-    assert(probe.digestFits(bytesOf(v, "secret")), id);
+    const got = probe.check(bytesOf(v, "secret"), Number(v.inputs.now), 120);
+    assertEquals(got, { kind: "ok", timestamp: v.expected.timestamp as number }, id);
   }
+  const expired = vector("tls_legacy_expired");
+  assertEquals(
+    new HelloProbe(helloOf(bytesOf(expired, "client_hello")))
+      .check(bytesOf(expired, "secret"), Number(expired.inputs.now), 120),
+    { kind: "bad_timestamp", timestamp: expired.expected.timestamp as number },
+  );
   const modern = new HelloProbe(helloOf(bytesOf(vector("tls_modern_valid"), "client_hello")));
-  assertEquals(modern.digestFits(bytesOf(vector("tls_modern_wrong_secret"), "secret")), false);
+  const wrong = bytesOf(vector("tls_modern_wrong_secret"), "secret");
+  assertEquals(modern.check(wrong, 1_700_000_002, 120), { kind: "bad_digest" });
 });
 
 Deno.test("HelloProbe agrees with verifyClientHello and node:crypto for many secrets", () => {
@@ -134,15 +142,17 @@ Deno.test("HelloProbe agrees with verifyClientHello and node:crypto for many sec
     const hello = helloOf(record);
     const probe = new HelloProbe(hello);
     for (const s of secrets) {
-      const full = verifyClientHello(hello, s, now, 600).kind !== "bad_digest";
-      assertEquals(probe.digestFits(s), full);
+      for (const at of [now, now + 599, now - 601]) {
+        assertEquals(probe.check(s, at, 600), verifyClientHello(hello, s, at, 600));
+      }
       const zeroed = record.slice();
       zeroed.fill(0, 11, 43);
       const mac = new Uint8Array(nodeCrypto.createHmac("sha256", s).update(zeroed).digest());
       const fits = mac.subarray(0, 28).every((b, i) => b === hello.random[i]);
-      assertEquals(probe.digestFits(s), fits);
+      assertEquals(probe.check(s, now, 600).kind !== "bad_digest", fits);
     }
-    assert(probe.digestFits(signer));
+    assertEquals(probe.check(signer, now, 600), { kind: "ok", timestamp: now });
+    assertEquals(probe.check(signer, now + 601, 600), { kind: "bad_timestamp", timestamp: now });
   }
 });
 

@@ -774,13 +774,10 @@ export class Session implements PumpHost, TelegramClient {
     await hs.fill(INIT_LEN);
     const init = hs.view().subarray(0, INIT_LEN);
     const stream = openClientInit(init, this.#ctx.listener.secret) ??
-      this.#matchUser(
-        () => {
-          const probe = new InitProbe(init);
-          return (secret) => probe.opens(secret);
-        },
-        (secret) => openClientInit(init, secret),
-      );
+      this.#matchUser((secret) => openClientInit(init, secret), () => {
+        const probe = new InitProbe(init);
+        return (secret) => probe.opens(secret);
+      });
     if (!stream) throw new Rejection("bad_secret", notClient);
     const protocol: ClientProtocol = stream.tag === "padded" ? "dd" : "plain";
     let refusal: Rejection | null = null;
@@ -801,21 +798,21 @@ export class Session implements PumpHost, TelegramClient {
 
   /**
    * Try the users of this listener, most likely first, until `attempt` accepts a secret; the
-   * user it accepted is this client's from then on. `probe` makes a cheap, exact pre-check
-   * (lib/protocol/user_match.ts): `attempt`, the full check, runs only for a secret it lets
+   * user it accepted is this client's from then on. `probe`, when given, makes a cheap, exact
+   * pre-check (lib/protocol/user_match.ts): `attempt` then runs only for a secret it lets
    * through, so a client from an unknown address costs a fraction of a full check per user.
    */
   #matchUser<T>(
-    probe: () => (secret: Uint8Array) => boolean,
     attempt: (secret: Uint8Array) => T | null,
+    probe?: () => (secret: Uint8Array) => boolean,
   ): T | null {
     const users = this.#ctx.users;
     if (!users) return null;
     const name = this.#ctx.listener.name;
     const ip = this.clientIp;
-    const fits = probe();
+    const fits = probe?.() ?? null;
     for (const user of users.candidates(name, ip)) {
-      if (!fits(user.secret)) continue;
+      if (fits && !fits(user.secret)) continue;
       const got = attempt(user.secret);
       if (got !== null) {
         users.matched(name, user, ip);
@@ -928,11 +925,11 @@ export class Session implements PumpHost, TelegramClient {
     const skewSec = config.tls.maxClockSkewMs / 1000;
     let check = verifyClientHello(hello, secret, nowSec, skewSec);
     if (check.kind === "bad_digest") {
-      const user = this.#matchUser(() => {
-        const probe = new HelloProbe(hello);
-        return (s) => probe.digestFits(s);
-      }, (s) => {
-        const c = verifyClientHello(hello, s, nowSec, skewSec);
+      // One HMAC per user tried (nothing to share between keys), over one zeroed copy.
+      let probe: HelloProbe | null = null;
+      const user = this.#matchUser((s) => {
+        probe ??= new HelloProbe(hello);
+        const c = probe.check(s, nowSec, skewSec);
         return c.kind === "bad_digest" ? null : { c, s };
       });
       if (user) ({ c: check, s: secret } = user);
