@@ -46,13 +46,14 @@ import {
   openUserLedger,
   USAGE_FILE_NAME,
   usageOf,
-  USER_IP_TOUCH_MS,
   UsageStore,
+  USER_IP_TOUCH_MS,
   type UserLedger,
   type UserUsage,
 } from "./guard/quota.ts";
 import { join } from "node:path";
 import { bytesEqual } from "./protocol/bytes.ts";
+import { planReload, sameValue } from "./config/reload.ts";
 
 /** Deadline of each download from core.telegram.org (the Erlang proxy's value). */
 const CORE_API_TIMEOUT_MS = 3000;
@@ -67,8 +68,27 @@ export interface ServerStats extends MetricsTotals {
 
 /** A running proxy. */
 export interface ServerHandle {
-  /** Where each listener is bound (port resolved when 0 was configured). */
+  /** Where each listener is bound (port resolved when 0 was configured); a reload changes it. */
   readonly addresses: readonly { name: string; host: string; port: number }[];
+  /** The configuration in force: the start's, then each reload's (ports resolved). */
+  readonly config: Config;
+  /**
+   * Bind these listeners now, without accepting yet: a later {@linkcode reconfigure} naming
+   * them (same name, host and port) takes the sockets, so that every worker can bind before
+   * any applies a reload. Throws, keeping nothing, when one cannot be bound; returns where
+   * each is bound (port 0 resolved).
+   */
+  listen(listeners: readonly ListenerConfig[]): { name: string; host: string; port: number }[];
+  /** Close what {@linkcode listen} bound and no reload took. */
+  unlisten(): void;
+  /**
+   * Run with `next` from now on (a reload; keys that cannot change live must already hold
+   * their running values: see lib/config/reload.ts). New listeners open, removed ones stop
+   * accepting (their clients stay until they end), changed ones keep their socket; clients the
+   * new configuration refuses are closed ("policy" for the policy's lists, else "reloaded"),
+   * the others are untouched. Throws, changing nothing, when a new listener cannot be bound.
+   */
+  reconfigure(next: Config): ReconfigureResult;
   /** A back: where each link listener is bound (empty in other roles). */
   readonly linkAddresses: readonly BoundLinkListener[];
   /**
@@ -122,6 +142,16 @@ export interface ServerHandle {
     migrated: number;
     closedMidSend: number;
   };
+}
+
+/** What {@linkcode ServerHandle.reconfigure} did. */
+export interface ReconfigureResult {
+  /** Clients closed as "reloaded" (their user, secret, protocol or SNI is refused now). */
+  readonly reloaded: number;
+  /** Clients closed by the new policy's lists ("policy"). */
+  readonly policy: number;
+  /** A back: links of fronts no longer allowed that were closed. */
+  readonly fronts: number;
 }
 
 /** Options for {@linkcode startServer}. */
@@ -476,28 +506,41 @@ function _start(
     },
   };
 
-  const bound: { config: ListenerConfig; socket: Listener }[] = [];
-  try {
-    for (const l of config.listeners) {
-      bound.push({
-        config: l,
-        socket: listenTcp(l.host, l.port, { reusePort: options.reusePort ?? false }),
-      });
+  // The configuration in force: a reload swaps it (sessions read it through their context).
+  let current = config;
+  const reusePort = options.reusePort ?? false;
+  /** Bind every one of `list`, or none (throws naming the one that failed). */
+  const bindAll = (list: readonly ListenerConfig[]) => {
+    const out = new Map<string, Listener>();
+    for (const l of list) {
+      try {
+        out.set(l.name, listenTcp(l.host, l.port, { reusePort }));
+      } catch (e) {
+        for (const socket of out.values()) closeQuietly(socket);
+        const why = e instanceof Error ? e.message : String(e);
+        throw new Error(`Cannot listen on ${formatHostPort(l.host, l.port)} (${l.name}): ${why}`);
+      }
     }
-  } catch (e) {
-    for (const b of bound) closeQuietly(b.socket);
-    const failed = config.listeners[bound.length]!;
-    const why = e instanceof Error ? e.message : String(e);
-    throw new Error(
-      `Cannot listen on ${formatHostPort(failed.host, failed.port)} (${failed.name}): ${why}`,
-    );
+    return out;
+  };
+  const portOf = (socket: Listener) => (socket.addr as Deno.NetAddr).port;
+  const initial = bindAll(config.listeners);
+  const bound = [...initial.values()];
+  /** One listener by name: its settings now, and the socket accepting for it. */
+  interface Entry {
+    config: ListenerConfig;
+    socket: Listener;
+    ctx: SessionContext | null;
   }
-
-  const addresses = bound.map((b) => ({
-    name: b.config.name,
-    host: b.config.host,
-    port: (b.socket.addr as Deno.NetAddr).port,
-  }));
+  const entries = new Map<string, Entry>();
+  for (const l of config.listeners) {
+    const socket = initial.get(l.name)!;
+    entries.set(l.name, { config: { ...l, port: portOf(socket) }, socket, ctx: null });
+  }
+  current = { ...config, listeners: config.listeners.map((l) => entries.get(l.name)!.config) };
+  // Bound by listen() ahead of a reload (workers), by name.
+  const pending = new Map<string, Listener>();
+  let addresses = current.listeners.map((l) => ({ name: l.name, host: l.host, port: l.port }));
   // The handler runs only once requests arrive, after everything below is set up.
   const metricsText = () =>
     metrics.render({
@@ -514,7 +557,7 @@ function _start(
     try {
       metricsHttp = serveMetrics(config.metrics.listen, metricsText);
     } catch (e) {
-      for (const b of bound) closeQuietly(b.socket);
+      for (const b of bound) closeQuietly(b);
       const { host, port } = config.metrics.listen;
       const why = e instanceof Error ? e.message : String(e);
       throw new Error(`Cannot listen on ${formatHostPort(host, port)} (metrics): ${why}`);
@@ -545,7 +588,7 @@ function _start(
     try {
       linkAddresses = linkServer.listen();
     } catch (e) {
-      for (const b of bound) closeQuietly(b.socket);
+      for (const b of bound) closeQuietly(b);
       metricsHttp?.stop().catch(() => {});
       guard.stop().catch(() => {});
       throw e;
@@ -588,25 +631,33 @@ function _start(
   let accepting = true;
 
   // One timer for all sessions: per-connection timers would cost memory on every idle client.
-  const tickMs = Math.max(
-    50,
-    Math.min(1000, config.timeouts.handshakeMs / 4, config.timeouts.idleMs / 4),
-  );
-  const sweeper = setInterval(() => {
+  // A reload that changes the timeouts sets it again.
+  const tickOf = (t: Config["timeouts"]) =>
+    Math.max(50, Math.min(1000, t.handshakeMs / 4, t.idleMs / 4));
+  let tickMs = tickOf(config.timeouts);
+  const sweep = () => {
     const now = Date.now();
+    const { handshakeMs, idleMs } = current.timeouts;
     for (const s of sessions) {
-      if (s.phase === "handshake" && now - s.startedAt > config.timeouts.handshakeMs) {
+      if (s.phase === "handshake" && now - s.startedAt > handshakeMs) {
         s.abort("timeout");
-      } else if (s.phase === "relay" && now - s.lastActivity > config.timeouts.idleMs) {
+      } else if (s.phase === "relay" && now - s.lastActivity > idleMs) {
         s.abort("idle");
       }
     }
-  }, tickMs);
+  };
+  let sweeper = setInterval(sweep, tickMs);
 
-  async function acceptLoop(l: ListenerConfig, socket: Listener): Promise<void> {
-    const ctx: SessionContext = {
-      listener: l,
-      config,
+  /** What every session of a listener reads: its settings and the configuration, as they are now. */
+  const contextOf = (entry: Entry): SessionContext => {
+    const name = entry.config.name;
+    return {
+      get listener() {
+        return entry.config;
+      },
+      get config() {
+        return current;
+      },
       events: sink,
       guard: guard.session,
       telegram,
@@ -618,20 +669,27 @@ function _start(
       onDone(session) {
         session.ipSlot?.release();
         sessions.delete(session);
-        listenerCounts.release(l.name);
+        listenerCounts.release(name);
         if (sessions.size === 0) drainedNow?.();
       },
     };
+  };
+
+  async function acceptLoop(entry: Entry, socket: Listener): Promise<void> {
+    const ctx = entry.ctx ??= contextOf(entry);
+    const l = { name: entry.config.name };
+    /** Whether this socket is still the one its listener accepts on (a reload may close it). */
+    const open = () => accepting && entry.socket === socket;
     const admit = (conn: Deno.TcpConn) => {
       metrics.accepted(l.name);
       // The connection limit and the address rules cost nothing to check: refuse at once.
       const remote = conn.remoteAddr as Deno.NetAddr;
       // Behind a balancer (proxy_protocol) the session applies the address rules to the client
       // its PROXY header names.
-      const counted = listenerCounts.tryAcquire(l.name, config.maxConnections);
+      const counted = listenerCounts.tryAcquire(l.name, current.maxConnections);
       const slot = !counted
         ? "too_many_connections"
-        : l.proxyProtocol
+        : entry.config.proxyProtocol
         ? null
         : policy.admitIp(remote.hostname);
       if (typeof slot === "string") {
@@ -647,16 +705,21 @@ function _start(
       sessions.add(session);
       session.start();
     };
-    while (accepting) {
+    while (open()) {
       let conn: Deno.TcpConn;
       try {
         conn = await socket.accept();
       } catch (e) {
-        if (!accepting || e instanceof Deno.errors.BadResource) return;
+        if (!open() || e instanceof Deno.errors.BadResource) return;
         // Out of file descriptors and the like: log, breathe, keep serving.
         log.error("{listener}: accept failed: {error}", { listener: l.name, error: String(e) });
         await new Promise((r) => setTimeout(r, 100));
         continue;
+      }
+      if (!open()) {
+        // Accepted as a reload closed this socket: the listener's other socket (or none) serves.
+        closeQuietly(conn);
+        return;
       }
       try {
         admit(conn);
@@ -668,7 +731,143 @@ function _start(
     }
   }
 
-  const loops = bound.map((b) => acceptLoop(b.config, b.socket));
+  const loops = new Set<Promise<void>>();
+  const startLoop = (entry: Entry) => {
+    const loop = acceptLoop(entry, entry.socket);
+    loops.add(loop);
+    loop.finally(() => loops.delete(loop));
+  };
+  for (const entry of entries.values()) startLoop(entry);
+
+  /** Apply `next` (see ServerHandle.reconfigure). */
+  function reconfigure(next: Config): ReconfigureResult {
+    const before = current;
+    const plan = planReload(before, next);
+    const opening = [...plan.added, ...plan.moved];
+    // Bind first: when one cannot be bound, nothing has changed yet.
+    const taken = new Map<string, Listener>();
+    const unbound: ListenerConfig[] = [];
+    for (const l of opening) {
+      const ready = pending.get(l.name);
+      const addr = ready?.addr as Deno.NetAddr | undefined;
+      if (ready && addr && (l.port === 0 || addr.port === l.port)) {
+        taken.set(l.name, ready);
+        pending.delete(l.name);
+      } else unbound.push(l);
+    }
+    let fresh: Map<string, Listener>;
+    try {
+      fresh = bindAll(unbound);
+    } catch (e) {
+      for (const [name, socket] of taken) pending.set(name, socket);
+      throw e;
+    }
+    for (const [name, socket] of fresh) taken.set(name, socket);
+    const withPort = (l: ListenerConfig) => {
+      const socket = taken.get(l.name);
+      return socket ? { ...l, port: portOf(socket) } : l;
+    };
+    current = { ...plan.config, listeners: plan.config.listeners.map(withPort) };
+    const oldListeners = new Map(before.listeners.map((l) => [l.name, l]));
+
+    for (const l of plan.removed) {
+      const entry = entries.get(l.name);
+      if (!entry) continue;
+      entries.delete(l.name);
+      closeQuietly(entry.socket);
+      const n = [...sessions].filter((s) => s.phase !== "done" && s.listenerName === l.name).length;
+      log.info(
+        "{listener}: removed; no longer accepting on {address}; its {n} clients stay until they end",
+        { listener: l.name, address: formatHostPort(l.host, l.port), n },
+      );
+    }
+    for (const l of current.listeners) {
+      const entry = entries.get(l.name);
+      const socket = taken.get(l.name);
+      if (entry) {
+        // Updated in place (or moved: the old socket stops accepting, the new one takes over).
+        entry.config = l;
+        if (socket) {
+          const old = entry.socket;
+          entry.socket = socket;
+          closeQuietly(old);
+          startLoop(entry);
+          log.info("{listener}: moved to {address}", {
+            listener: l.name,
+            address: formatHostPort(l.host, l.port),
+          });
+        }
+      } else if (socket) {
+        const added: Entry = { config: l, socket, ctx: null };
+        entries.set(l.name, added);
+        startLoop(added);
+        log.info("{listener}: added, listening on {address}", {
+          listener: l.name,
+          address: formatHostPort(l.host, l.port),
+        });
+      }
+    }
+    addresses = current.listeners.map((l) => ({ name: l.name, host: l.host, port: l.port }));
+    guard.reconfigure(current);
+    const tick = tickOf(current.timeouts);
+    if (tick !== tickMs) {
+      tickMs = tick;
+      clearInterval(sweeper);
+      sweeper = setInterval(sweep, tickMs);
+    }
+    const policyChanged = !sameValue(before.policy, current.policy);
+    if (policyChanged) {
+      policy.update(current.policy);
+      policyRules = current.policy;
+    }
+    const usersChanged = !sameValue(before.users, current.users) ||
+      !sameValue(
+        before.listeners.map((l) => [l.name, l.users]),
+        current.listeners.map((l) => [l.name, l.users]),
+      );
+    if (usersChanged) users = directoryOf(current.users, current.listeners);
+    const byName = new Map(current.users.map((u) => [u.name, u]));
+    const perSniChanged = before.perSniSecrets !== current.perSniSecrets ||
+      before.perSniSalt !== current.perSniSalt;
+    const now = Date.now();
+    let reloaded = 0;
+    let denied = 0;
+    for (const s of sessions) {
+      if (s.phase === "done") continue;
+      const sni = s.sni;
+      if (
+        policyChanged && (policy.deniesIp(s.clientIp) || (sni !== null && policy.deniesSni(sni)))
+      ) {
+        s.abort("policy");
+        denied++;
+        continue;
+      }
+      const l = entries.get(s.listenerName)?.config;
+      const was = oldListeners.get(s.listenerName);
+      const held = s.user;
+      let keeps = true;
+      if (held !== null && usersChanged) {
+        keeps = _userKept(held, byName.get(held.name), l === undefined ? undefined : l.users, now);
+      }
+      const protocol = s.protocol;
+      // Clients of a removed listener drain: only their user can cut them.
+      if (keeps && protocol !== null && l !== undefined && was !== undefined) {
+        keeps = l.allowedProtocols.includes(protocol) &&
+          (protocol !== "tls" || current.perSniSecrets || sni === null ||
+            l.tlsDomains.includes(sni)) &&
+          (held !== null ||
+            (bytesEqual(was.secret, l.secret) && (protocol !== "tls" || !perSniChanged)));
+      }
+      if (!keeps) {
+        s.abort("reloaded");
+        reloaded++;
+      }
+    }
+    const fronts = sameValue(before.fronts, current.fronts)
+      ? 0
+      : linkServer?.updateFronts(current.fronts) ?? 0;
+    return { reloaded, policy: denied, fronts };
+  }
 
   let resolveClosed!: () => void;
   const closed = new Promise<void>((r) => (resolveClosed = r));
@@ -676,8 +875,10 @@ function _start(
 
   async function shutdown(graceMs: number): Promise<void> {
     accepting = false;
-    for (const b of bound) closeQuietly(b.socket);
-    await Promise.all(loops);
+    for (const entry of entries.values()) closeQuietly(entry.socket);
+    for (const socket of pending.values()) closeQuietly(socket);
+    pending.clear();
+    await Promise.all([...loops]);
     if (sessions.size > 0) {
       log.info("Shutting down: waiting up to {ms} ms for {n} clients", {
         ms: graceMs,
@@ -705,7 +906,26 @@ function _start(
   }
 
   return {
-    addresses,
+    get addresses() {
+      return addresses;
+    },
+    get config() {
+      return current;
+    },
+    listen(list) {
+      const got = bindAll(list);
+      for (const [name, socket] of got) {
+        const old = pending.get(name);
+        if (old) closeQuietly(old);
+        pending.set(name, socket);
+      }
+      return list.map((l) => ({ name: l.name, host: l.host, port: portOf(got.get(l.name)!) }));
+    },
+    unlisten() {
+      for (const socket of pending.values()) closeQuietly(socket);
+      pending.clear();
+    },
+    reconfigure,
     linkAddresses,
     closed,
     stats: () => ({ ...metrics.totals(), active: sessions.size }),
@@ -725,7 +945,7 @@ function _start(
       return closed;
     },
     updateUsers(list, listenerUsers) {
-      const listeners = config.listeners.map((l) => ({
+      const listeners = current.listeners.map((l) => ({
         ...l,
         users: listenerUsers.has(l.name) ? listenerUsers.get(l.name)! : l.users,
       }));
@@ -736,12 +956,8 @@ function _start(
       for (const s of sessions) {
         const held = s.user;
         if (s.phase === "done" || held === null) continue;
-        const next = byName.get(held.name);
         const allowed = listeners.find((l) => l.name === s.listenerName)?.users;
-        const keeps = next !== undefined && next.enabled && bytesEqual(next.secret, held.secret) &&
-          (next.expiresAt === null || next.expiresAt > now) &&
-          (allowed === null || allowed === undefined || allowed.includes(next.name));
-        if (!keeps) {
+        if (!_userKept(held, byName.get(held.name), allowed, now)) {
           s.abort("reloaded");
           closed++;
         }
@@ -754,8 +970,8 @@ function _start(
     frontLinks: () => linkServer?.stats() ?? null,
     metricsAddress: metricsHttp?.address ?? null,
     metricsText,
-    shutdown: () => (shuttingDown ??= shutdown(config.timeouts.shutdownGraceMs)),
-    drain: () => (shuttingDown ??= shutdown(config.timeouts.drainMs)),
+    shutdown: () => (shuttingDown ??= shutdown(current.timeouts.shutdownGraceMs)),
+    drain: () => (shuttingDown ??= shutdown(current.timeouts.drainMs)),
     refreshTelegramConfig: () => middle?.refresh() ?? Promise.resolve(),
     middleConnections: () => middle?.proxies.connectionCount ?? 0,
     middleStats() {
@@ -772,6 +988,21 @@ function _start(
   };
 }
 
+/**
+ * Whether a client of user `held` may stay once `next` is that user's entry (undefined: removed)
+ * and `allowed` its listener's `users` (null or undefined: everyone).
+ */
+function _userKept(
+  held: UserConfig,
+  next: UserConfig | undefined,
+  allowed: readonly string[] | null | undefined,
+  now: number,
+): boolean {
+  return next !== undefined && next.enabled && bytesEqual(next.secret, held.secret) &&
+    (next.expiresAt === null || next.expiresAt > now) &&
+    (allowed === null || allowed === undefined || allowed.includes(next.name));
+}
+
 /** The sites whose TLS profile a server imitates: its listeners', or a back's link listeners'. */
 export function imitatedSites(config: Config): readonly { tlsDomains: readonly string[] }[] {
   return config.role === "back" ? config.linkListeners : config.listeners;
@@ -786,8 +1017,15 @@ function _guard(
   options: StartServerOptions,
   addresses: () => readonly { host: string; port: number }[],
   fleet: _Fleet | null,
-): { session: SessionGuard; replaySize(): number; stop(): Promise<void> } {
-  const sites = imitatedSites(config);
+): {
+  session: SessionGuard;
+  replaySize(): number;
+  reconfigure(next: Config): void;
+  stop(): Promise<void>;
+} {
+  // A reload changes which SNIs may be fronted and the fake certificate's size range.
+  let live = config;
+  let snis = frontableSnis(imitatedSites(config), config.fronting);
   const replay = options.replay ??
     (config.replay.maxEntries > 0
       ? createReplayCache({
@@ -807,12 +1045,14 @@ function _guard(
       return fleet.state.replaySeen(key, replayTtlSec).then((seen) => seen ?? fleet.alone(false));
     },
     ...(fleet ? { admitFleet: (kind, key) => fleet.admit(kind, key) } : {}),
-    frontableSnis: frontableSnis(sites, config.fronting),
+    get frontableSnis() {
+      return snis;
+    },
     isOwnAddress: (addr) => isOwnAddress(addr, addresses(), localIps),
     answerShape(sni) {
       const profile = profiles.get(sni);
       return {
-        appDataLength: fakeCertSize(profile, randomInt, config.tls.fakeCertSize),
+        appDataLength: fakeCertSize(profile, randomInt, live.tls.fakeCertSize),
         extensionOrder: profile?.extensionOrder ?? "key_share_first",
         // Unmeasured: big sites pick the post-quantum group when a browser offers it.
         keyShareGroup: profile ? (profile.keyShareGroup ?? GROUP_X25519) : GROUP_X25519_MLKEM768,
@@ -821,7 +1061,15 @@ function _guard(
     },
   };
   const measuring = options.profiles ? null : measureSites(config, profiles);
-  return { session, replaySize, stop: () => measuring?.stop() ?? Promise.resolve() };
+  return {
+    session,
+    replaySize,
+    reconfigure(next) {
+      live = next;
+      snis = frontableSnis(imitatedSites(next), next.fronting);
+    },
+    stop: () => measuring?.stop() ?? Promise.resolve(),
+  };
 }
 
 /**

@@ -154,7 +154,7 @@ Deno.test("SIGHUP reloads the policy: a denied SNI's clients are closed, a broke
 
     await config("policy: { deny_ips: [not-a-network] }");
     proxy.signal("SIGHUP");
-    await proxy.waitForLog("Policy not reloaded, the previous one stays");
+    await proxy.waitForLog("Configuration not reloaded, the previous one stays");
     await proxy.waitForLog("policy.deny_ips[0]"); // the reason, on the same line
     await bob.reqPq();
     await assertRejects(() => connect("a.example")); // the previous policy is still in force

@@ -283,7 +283,7 @@ Deno.test("a proxy at log_level debug never logs a secret, a link or the Redis p
         ),
       );
       proxy.signal("SIGHUP");
-      await proxy.waitForLog("Policy not reloaded");
+      await proxy.waitForLog("Configuration not reloaded");
       assertEquals(await proxy.stop(), 0);
     } finally {
       await proxy.stop();

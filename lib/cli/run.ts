@@ -8,13 +8,20 @@ import { dirname } from "node:path";
 import type { Config } from "../config/types.ts";
 import { MAX_WORKERS } from "../config/defaults.ts";
 import { reusePortUnavailable } from "../net.ts";
-import { type ServerHandle, startServer } from "../server.ts";
+import { type ReconfigureResult, type ServerHandle, startServer } from "../server.ts";
+import { planReload } from "../config/reload.ts";
+import { reload, type ReloadReport, setReloadHandler } from "./reload_hook.ts";
 import { startSupervisor, type Supervisor } from "../workers/supervisor.ts";
 import { logger, setupLogging } from "../ops/log.ts";
 import { describeError, installLastResort } from "../ops/last_resort.ts";
 import { threadCounters } from "../ops/metrics.ts";
 import { formatAddress, formatLinkListeners, formatLinks } from "./link.ts";
+import type { AdminServer } from "../ops/admin.ts";
+import { loadOrCreateAdminToken } from "../config/state.ts";
+import type { UserUsage } from "../guard/quota.ts";
 import {
+  ENV,
+  type LinkPrinting,
   linkPrinting,
   parseCommandArgs,
   reportError,
@@ -33,7 +40,8 @@ export const RUN_HELP = `Usage: mtproxy [run] [options]
 Run the proxy: print the proxy links (to a terminal only, unless --print-links),
 listen, and relay Telegram clients until SIGINT or SIGTERM (live clients then
 get timeouts.shutdown_grace seconds to finish; a second signal exits at once).
-SIGHUP reloads the policy (and a back's fronts); SIGUSR2 stops accepting and
+SIGHUP reloads the configuration (what cannot change live is named in the log
+and keeps its value until a restart); SIGUSR2 stops accepting and
 lets live clients finish for timeouts.drain (an upgrade: start the new version
 first, it shares the ports). A back (role: back) prints its link listeners
 instead of links. Logs go to stderr.
@@ -43,6 +51,8 @@ ${RUN_LINK_OPTIONS_HELP}
 ${RUN_OPTIONS_HELP}`;
 
 const SIGNALS: readonly Deno.Signal[] = ["SIGINT", "SIGTERM"];
+
+export { reload, type ReloadReport } from "./reload_hook.ts";
 
 /**
  * Run `mtproxy run`; resolves with the exit code once the server has shut down.
@@ -56,6 +66,7 @@ const SIGNALS: readonly Deno.Signal[] = ["SIGINT", "SIGTERM"];
 export async function runCommand(args: string[]): Promise<number> {
   let server: Running;
   let parsed: RunArgs;
+  let statePath: string;
   try {
     const { values } = parseCommandArgs(args, { ...RUN_OPTIONS, ...RUN_LINK_OPTIONS });
     parsed = runArgsFromValues(values);
@@ -67,6 +78,7 @@ export async function runCommand(args: string[]): Promise<number> {
     const printing = linkPrinting(values, Deno.env.toObject(), Deno.stdout.isTerminal());
     const resolved = await resolveRunConfig(parsed, Deno.env.toObject(), { createState: true });
     const { config } = resolved;
+    statePath = resolved.statePath;
     await setupLogging(config.logLevel);
     _installLastResort();
     for (const w of resolved.warnings) console.error(`Warning: ${w}`);
@@ -109,6 +121,10 @@ export async function runCommand(args: string[]): Promise<number> {
         : "";
       throw new Error(`${message}${hint}`);
     }
+    // The admin API and status page (admin.listen; off by default).
+    if (config.admin.listen) {
+      await _startAdmin(server, parsed, { config, statePath: resolved.statePath, printing });
+    }
   } catch (e) {
     return reportError("run", e);
   }
@@ -116,36 +132,91 @@ export async function runCommand(args: string[]): Promise<number> {
   for (const a of [...server.addresses, ...server.linkAddresses]) {
     console.log(`listening on ${formatAddress(a.host, a.port)} (${a.name})`);
   }
-  const reloadPolicy = async () => {
-    try {
-      const { config } = await resolveRunConfig(parsed, Deno.env.toObject());
-      const closed = await server.updatePolicy(config.policy);
-      log.info("Policy reloaded from the configuration; {closed} clients closed by it", { closed });
-      if (config.role !== "back") {
-        // Users added, changed, disabled or removed; untouched users' clients stay.
-        const listenerUsers = new Map(config.listeners.map((l) => [l.name, l.users]));
-        const cut = await server.updateUsers(config.users, listenerUsers);
-        log.info("Users reloaded: {n} users; {cut} clients closed (reloaded)", {
-          n: config.users.length,
-          cut,
-        });
-      }
-      if (config.role === "back") {
-        // A front removed from `fronts` (or given a new secret) is cut off; the others stay.
-        const cut = await server.updateFronts(config.fronts);
-        log.info("Fronts reloaded: {n} allowed, {cut} links closed", {
-          n: config.fronts.length,
-          cut,
-        });
-      }
-    } catch (e) {
-      log.warn("Policy not reloaded, the previous one stays: {error}", {
-        error: e instanceof Error ? e.message : String(e),
-      });
-    }
-  };
-  await _serveUntilSignal(server, reloadPolicy);
+  const running = server;
+  const reloadNow = () => _reload(running, parsed, statePath);
+  // One reload at a time: SIGHUP and the admin API may ask at once.
+  let reloading: Promise<unknown> = Promise.resolve();
+  setReloadHandler(() => {
+    const next = reloading.then(reloadNow);
+    reloading = next;
+    return next;
+  });
+  try {
+    await _serveUntilSignal(server, async () => void await reload());
+  } finally {
+    setReloadHandler(null);
+  }
   return 0;
+}
+
+/**
+ * Read the configuration again (same flags and environment) and apply it: what can change
+ * live does, the rest keeps its running value and is named in one log line. A file that does
+ * not validate, or a new listener that cannot be bound, changes nothing.
+ */
+async function _reload(server: Running, args: RunArgs, statePath: string): Promise<ReloadReport> {
+  const failed = (e: unknown): ReloadReport => {
+    const error = e instanceof Error ? e.message : String(e);
+    log.warn("Configuration not reloaded, the previous one stays: {error}", { error });
+    return { ok: false, error, changed: [], notLive: [], closed: 0 };
+  };
+  const notLive: string[] = [];
+  let next: Config;
+  try {
+    const env = Deno.env.toObject();
+    let resolved = await resolveRunConfig(args, env);
+    if (resolved.statePath !== statePath) {
+      // The listeners' secrets came from the state file of the start: it stays until a restart.
+      notLive.push("state_file");
+      resolved = await resolveRunConfig(args, { ...env, [ENV.stateFile]: statePath });
+    }
+    for (const w of resolved.warnings) log.warn("Configuration: {warning}", { warning: w });
+    next = resolved.config;
+  } catch (e) {
+    return failed(e);
+  }
+  const before = server.config;
+  const plan = planReload(before, next);
+  notLive.push(...plan.notLive);
+  let result: ReconfigureResult;
+  try {
+    result = await server.reconfigure(plan.config);
+  } catch (e) {
+    return failed(e);
+  }
+  if (notLive.length > 0) {
+    log.warn("Not changed until a restart (the running values stay): {keys}", {
+      keys: notLive.join(", "),
+    });
+  }
+  if (plan.config.logLevel !== before.logLevel) await setupLogging(plan.config.logLevel);
+  const known = new Set(before.listeners.map((l) => `${l.name} ${l.port}`));
+  for (const a of server.addresses) {
+    if (!known.has(`${a.name} ${a.port}`)) {
+      console.log(`listening on ${formatAddress(a.host, a.port)} (${a.name})`);
+    }
+  }
+  if (plan.changed.includes("policy")) {
+    log.info("Policy reloaded from the configuration; {closed} clients closed by it", {
+      closed: result.policy,
+    });
+  }
+  if (plan.changed.includes("fronts")) {
+    log.info("Fronts reloaded: {n} allowed, {cut} links closed", {
+      n: plan.config.fronts.length,
+      cut: result.fronts,
+    });
+  }
+  log.info("Configuration reloaded: {changed}; {closed} clients closed (reloaded)", {
+    changed: plan.changed.length > 0 ? plan.changed.join(", ") : "nothing changed",
+    closed: result.reloaded,
+  });
+  return {
+    ok: true,
+    changed: plan.changed,
+    notLive,
+    closed: result.reloaded + result.policy + result.fronts,
+  };
 }
 
 const log = logger("cli");
@@ -160,9 +231,81 @@ function _installLastResort(): void {
   });
 }
 
+/**
+ * Start the admin API and status page on `admin.listen`, printing where (and the state file's
+ * token only where links would be printed). It stops with the server, or at once on SIGUSR2 (an
+ * upgrade: the next process shares the port). A port that cannot be bound stops the server.
+ */
+async function _startAdmin(
+  server: Running,
+  args: RunArgs,
+  started: { config: Config; statePath: string; printing: LinkPrinting },
+): Promise<void> {
+  const { config, statePath, printing } = started;
+  const listen = config.admin.listen!;
+  let admin: AdminServer;
+  let token: string;
+  try {
+    token = config.admin.token ?? (await loadOrCreateAdminToken(statePath)).token;
+    // Loaded only when asked for: a proxy without the admin API never loads npm:hono.
+    const { startAdmin } = await import("../ops/admin.ts");
+    admin = await startAdmin({
+      listen,
+      token,
+      reusePort: reusePortUnavailable() === null,
+      backend: {
+        // As a reload reads it: the state file of the start.
+        resolve: async (fileUsers) => {
+          const env = { ...Deno.env.toObject(), [ENV.stateFile]: statePath };
+          const r = await resolveRunConfig(args, env, fileUsers ? { fileUsers } : {});
+          return { config: r.config, usersPath: r.usersPath };
+        },
+        reload,
+        listeners: () => server.addresses,
+        metricsText: () => server.metricsText(),
+        ...(server.userUsage && { userUsage: () => server.userUsage!() }),
+      },
+    });
+  } catch (e) {
+    await server.shutdown();
+    const message = e instanceof Error ? e.message : String(e);
+    throw new Error(
+      `Cannot start the admin API on ${formatAddress(listen.host, listen.port)}: ${message}`,
+    );
+  }
+  console.log(
+    `Admin API and status page: http://${formatAddress(admin.address.host, admin.address.port)}/`,
+  );
+  if (config.admin.token === null) {
+    console.log(
+      printing.print
+        ? `Admin token: ${token}`
+        : `Admin token not printed (${printing.why}): it is "admin_token" in the state file ${statePath}`,
+    );
+  }
+  const onUsr2 = () => void admin.stop();
+  try {
+    Deno.addSignalListener("SIGUSR2", onUsr2);
+  } catch {
+    // No SIGUSR2 on this platform.
+  }
+  void server.closed.finally(() => {
+    try {
+      Deno.removeSignalListener("SIGUSR2", onUsr2);
+    } catch {
+      // Never added.
+    }
+    return admin.stop();
+  });
+}
+
 /** A running proxy, in this thread or as workers: what the command line drives. */
 interface Running {
   readonly addresses: readonly { name: string; host: string; port: number }[];
+  /** The configuration in force (ports resolved). */
+  readonly config: Config;
+  /** Run with `next` from now on (see ServerHandle.reconfigure); rejects changing nothing. */
+  reconfigure(next: Config): Promise<ReconfigureResult>;
   readonly linkAddresses: readonly { name: string; host: string; port: number }[];
   readonly closed: Promise<void>;
   updatePolicy(policy: Config["policy"]): Promise<number>;
@@ -174,6 +317,10 @@ interface Running {
   refreshTelegramConfig(): Promise<void>;
   shutdown(): Promise<void>;
   drain(): Promise<void>;
+  /** The metrics exposition (`GET /metrics`). */
+  metricsText(): Promise<string>;
+  /** Each user's live usage (the admin API's); absent where not counted. */
+  userUsage?(): UserUsage[] | Promise<UserUsage[]>;
 }
 
 /** How many workers `workers: auto | N` means here. */
@@ -204,7 +351,13 @@ async function _start(config: Config, cacheDir: string): Promise<Running> {
 
 function _fromServer(s: ServerHandle): Running {
   return {
-    addresses: s.addresses,
+    get addresses() {
+      return s.addresses;
+    },
+    get config() {
+      return s.config;
+    },
+    reconfigure: async (next) => await Promise.resolve().then(() => s.reconfigure(next)),
     linkAddresses: s.linkAddresses,
     closed: s.closed,
     updatePolicy: (p) => Promise.resolve(s.updatePolicy(p)),
@@ -213,6 +366,8 @@ function _fromServer(s: ServerHandle): Running {
     refreshTelegramConfig: () => s.refreshTelegramConfig(),
     shutdown: () => s.shutdown(),
     drain: () => s.drain(),
+    metricsText: () => Promise.resolve(s.metricsText()),
+    userUsage: () => s.userUsage(),
   };
 }
 
@@ -222,7 +377,7 @@ function _fromSupervisor(s: Supervisor): Running {
 
 async function _serveUntilSignal(
   server: Running,
-  reloadPolicy: () => Promise<void>,
+  reloadConfig: () => Promise<void>,
 ): Promise<void> {
   let signals = 0;
   const { promise: stop, resolve } = Promise.withResolvers<Deno.Signal>();
@@ -243,11 +398,11 @@ async function _serveUntilSignal(
       return null;
     }
   });
-  // SIGHUP: reload the policy section of the configuration, and fetch Telegram's middle-proxy
-  // config now instead of at the next interval.
+  // SIGHUP: reload the configuration, and fetch Telegram's middle-proxy config now instead of
+  // at the next interval.
   const onHup = () => {
-    log.info("SIGHUP: reloading the policy; refreshing Telegram's middle-proxy config");
-    void reloadPolicy();
+    log.info("SIGHUP: reloading the configuration; refreshing Telegram's middle-proxy config");
+    void reloadConfig();
     server.refreshTelegramConfig();
   };
   let hup = false;

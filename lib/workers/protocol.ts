@@ -5,7 +5,13 @@
  *
  * @module
  */
-import type { Config, FrontCredential, PolicyConfig, UserConfig } from "../config/types.ts";
+import type {
+  Config,
+  FrontCredential,
+  ListenerConfig,
+  PolicyConfig,
+  UserConfig,
+} from "../config/types.ts";
 import type { TlsProfile } from "../guard/tls_profile.ts";
 import type { TelegramConfigSnapshot } from "../telegram/proxy_config.ts";
 import type { LogLevel } from "../config/types.ts";
@@ -64,7 +70,47 @@ export type WorkerRequest =
     readonly op: "users";
     readonly users: readonly UserConfig[];
     readonly listenerUsers: ReadonlyMap<string, readonly string[] | null>;
+  }
+  /**
+   * A reload, first step: bind these listeners without accepting yet (ServerHandle.listen).
+   * Answers a {@linkcode ListenReply} as JSON.
+   */
+  | {
+    readonly type: "request";
+    readonly id: number;
+    readonly op: "listen";
+    readonly listeners: readonly ListenerConfig[];
+  }
+  /** A reload that another worker could not bind for: close what "listen" bound. */
+  | { readonly type: "request"; readonly id: number; readonly op: "unlisten" }
+  /**
+   * A reload, second step: run with this configuration (ServerHandle.reconfigure). Answers a
+   * {@linkcode ReconfigureReply} as JSON.
+   */
+  | {
+    readonly type: "request";
+    readonly id: number;
+    readonly op: "reconfigure";
+    readonly config: Config;
   };
+
+/** A worker's answer to "listen" (JSON in the reply's value). */
+export type ListenReply =
+  | {
+    readonly ok: true;
+    readonly addresses: readonly { name: string; host: string; port: number }[];
+  }
+  | { readonly ok: false; readonly error: string };
+
+/** A worker's answer to "reconfigure" (JSON in the reply's value). */
+export type ReconfigureReply =
+  | {
+    readonly ok: true;
+    readonly reloaded: number;
+    readonly policy: number;
+    readonly fronts: number;
+  }
+  | { readonly ok: false; readonly error: string };
 
 /** News the supervisor pushes to every worker. */
 export type WorkerNews =

@@ -20,9 +20,11 @@ import {
   measureSites,
   type MetricsEndpoint,
   needsMiddleProxies,
+  type ReconfigureResult,
   serveMetrics,
   type TelegramConfigFeed,
 } from "../server.ts";
+import { planReload } from "../config/reload.ts";
 import type { TlsProfile } from "../guard/tls_profile.ts";
 import { TlsProfileStore } from "../guard/tls_profile.ts";
 import { randomBytes } from "../crypto.ts";
@@ -35,6 +37,8 @@ import {
 } from "../ops/metrics_merge.ts";
 import type {
   FromWorker,
+  ListenReply,
+  ReconfigureReply,
   SharedBuffers,
   ToWorker,
   WorkerAddresses,
@@ -82,8 +86,16 @@ export interface WorkerInfo {
 
 /** A running set of workers. */
 export interface Supervisor {
-  /** Where each listener is bound (the same ports in every worker). */
+  /** Where each listener is bound (the same ports in every worker); a reload changes it. */
   readonly addresses: WorkerAddresses["addresses"];
+  /** The configuration in force (ports resolved): the start's, then each reload's. */
+  readonly config: Config;
+  /**
+   * A reload in every worker (see ServerHandle.reconfigure): new listeners are bound in every
+   * worker first (the first resolves port 0), and when one cannot bind, none keeps anything
+   * and this rejects. A worker started later gets the configuration in force.
+   */
+  reconfigure(next: Config): Promise<ReconfigureResult>;
   readonly linkAddresses: WorkerAddresses["linkAddresses"];
   /** Resolves once every worker has stopped after shutdown() or drain(). */
   readonly closed: Promise<void>;
@@ -199,11 +211,9 @@ export async function startSupervisor(
   const usagePath = options.usageFile === undefined
     ? (options.cacheDir ? join(options.cacheDir, USAGE_FILE_NAME) : null)
     : options.usageFile;
-  const usage = usagePath === null
-    ? null
-    : new UsageStore(usagePath, shared.ledger, {
-      warn: (m) => log.warn("{message}", { message: m }),
-    });
+  const usage = usagePath === null ? null : new UsageStore(usagePath, shared.ledger, {
+    warn: (m) => log.warn("{message}", { message: m }),
+  });
   await usage?.load();
   const instance = randomBytes(8);
 
@@ -230,6 +240,8 @@ export async function startSupervisor(
     });
     slot.worker = worker;
     slot.startedAt = Date.now();
+    // A reload while this worker starts: it gets the configuration in force once ready.
+    const sent = resolved;
     const timer = setTimeout(() => {
       slot.ready?.reject(new Error(`worker w${slot.id} did not start in ${START_TIMEOUT_MS} ms`));
       gone(slot, worker, "did not start in time");
@@ -240,6 +252,9 @@ export async function startSupervisor(
         case "ready":
           clearTimeout(timer);
           slot.up = true;
+          if (sent !== resolved) {
+            void slot.request({ op: "reconfigure", config: workerConfig(resolved) }, 10_000);
+          }
           slot.ready?.resolve({ addresses: m.addresses, linkAddresses: m.linkAddresses });
           break;
         case "failed":
@@ -317,7 +332,7 @@ export async function startSupervisor(
     stopHeartbeat();
     for (const t of timers) clearTimeout(t);
     timers.clear();
-    const graceMs = op === "drain" ? config.timeouts.drainMs : config.timeouts.shutdownGraceMs;
+    const graceMs = op === "drain" ? resolved.timeouts.drainMs : resolved.timeouts.shutdownGraceMs;
     await Promise.all(slots.map(async (s) => {
       if (s.up) await s.request({ op }, graceMs + 10_000);
       s.worker?.terminate();
@@ -394,7 +409,13 @@ export async function startSupervisor(
       shutdown ??= stopAll(op).then(() => closed.resolve());
 
     return {
-      addresses: ready.addresses,
+      get addresses() {
+        return resolved.listeners.map((l) => ({ name: l.name, host: l.host, port: l.port }));
+      },
+      get config() {
+        return resolved;
+      },
+      reconfigure,
       linkAddresses: ready.linkAddresses,
       closed: closed.promise,
       metricsAddress: metricsHttp?.address ?? null,
@@ -426,6 +447,58 @@ export async function startSupervisor(
   } catch (e) {
     await stopAll("shutdown");
     throw e;
+  }
+
+  /** A reload in every worker: bind everywhere first, then apply everywhere. */
+  async function reconfigure(next: Config): Promise<ReconfigureResult> {
+    const plan = planReload(resolved, next);
+    let config = plan.config;
+    const opening = [...plan.added, ...plan.moved];
+    const up = slots.filter((s) => s.up);
+    if (opening.length > 0 && up.length > 0) {
+      const listen = async (slot: WorkerSlot, listeners: typeof opening) => {
+        const v = await slot.request({ op: "listen", listeners }, 10_000);
+        const reply: ListenReply = typeof v === "string"
+          ? JSON.parse(v)
+          : { ok: false, error: `worker w${slot.id} did not answer` };
+        return reply;
+      };
+      const [first, ...rest] = up;
+      // The first worker resolves port 0; the others join the ports it got.
+      const got = await listen(first!, opening);
+      if (!got.ok) throw new Error(got.error);
+      const ports = new Map(got.addresses.map((a) => [a.name, a.port]));
+      const withPort = <L extends { name: string; port: number }>(l: L): L =>
+        ports.has(l.name) ? { ...l, port: ports.get(l.name)! } : l;
+      config = { ...config, listeners: config.listeners.map(withPort) };
+      const others = await Promise.all(rest.map((s) => listen(s, opening.map(withPort))));
+      const refused = others.find((r) => !r.ok);
+      if (refused && !refused.ok) {
+        await Promise.all(up.map((s) => s.request({ op: "unlisten" }, 10_000)));
+        throw new Error(refused.error);
+      }
+    }
+    resolved = config;
+    const replies = await Promise.all(
+      up.map((s) => s.request({ op: "reconfigure", config: workerConfig(config) }, 10_000)),
+    );
+    const sum = { reloaded: 0, policy: 0, fronts: 0 };
+    replies.forEach((v, i) => {
+      const reply: ReconfigureReply = typeof v === "string"
+        ? JSON.parse(v)
+        : { ok: false, error: "no answer" };
+      if (!reply.ok) {
+        log.error("Worker w{id} did not apply the reload: {error}", {
+          id: up[i]!.id,
+          error: reply.error,
+        });
+        return;
+      }
+      sum.reloaded += reply.reloaded;
+      sum.policy += reply.policy;
+      sum.fronts += reply.fronts;
+    });
+    return sum;
   }
 
   async function metricsText(): Promise<string> {

@@ -64,6 +64,8 @@ class RelayedTelegramConfig implements TelegramConfigSource {
 
 let server: ServerHandle | null = null;
 let telegram: RelayedTelegramConfig | null = null;
+/** This worker's id, for its log lines' tag. */
+let workerId = 0;
 const profiles = new TlsProfileStore();
 
 function send(message: FromWorker): void {
@@ -71,6 +73,7 @@ function send(message: FromWorker): void {
 }
 
 async function start(m: WorkerStart): Promise<void> {
+  workerId = m.id;
   await setupLogging(m.logLevel, { tag: `w${m.id}` });
   // A bug in one client's handling must not end this worker and all its clients.
   const unexpected = logger("unexpected");
@@ -134,6 +137,29 @@ async function answer(r: WorkerRequest): Promise<void> {
         break;
       case "users":
         value = s.updateUsers(r.users, r.listenerUsers);
+        break;
+      case "listen":
+        try {
+          value = JSON.stringify({ ok: true, addresses: s.listen(r.listeners) });
+        } catch (e) {
+          value = JSON.stringify({ ok: false, error: e instanceof Error ? e.message : String(e) });
+        }
+        break;
+      case "unlisten":
+        s.unlisten();
+        value = 1;
+        break;
+      case "reconfigure":
+        try {
+          const level = s.config.logLevel;
+          const result = s.reconfigure(r.config);
+          if (r.config.logLevel !== level) {
+            await setupLogging(r.config.logLevel, { tag: `w${workerId}` });
+          }
+          value = JSON.stringify({ ok: true, ...result });
+        } catch (e) {
+          value = JSON.stringify({ ok: false, error: e instanceof Error ? e.message : String(e) });
+        }
         break;
       case "shutdown":
         await s.shutdown();
