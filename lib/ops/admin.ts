@@ -656,10 +656,7 @@ async function _answer(
 }
 
 async function _jsonBody(c: Context<_Env>): Promise<Record<string, unknown>> {
-  const text = await c.req.text();
-  if (text.length > MAX_BODY_BYTES) {
-    throw new _Answer(413, { error: `Request body over ${MAX_BODY_BYTES} bytes` });
-  }
+  const text = await _readCapped(c.req.raw, MAX_BODY_BYTES);
   let body: unknown;
   try {
     body = JSON.parse(text);
@@ -671,6 +668,33 @@ async function _jsonBody(c: Context<_Env>): Promise<Record<string, unknown>> {
     throw _bad("", "the body must be a JSON object");
   }
   return body as Record<string, unknown>;
+}
+
+/** The request body as text, refused (413) past `max` bytes without reading further. */
+async function _readCapped(req: Request, max: number): Promise<string> {
+  const tooLarge = () => new _Answer(413, { error: `Request body over ${max} bytes` });
+  if (Number(req.headers.get("content-length") ?? 0) > max) throw tooLarge();
+  if (req.body === null) return "";
+  const reader = req.body.getReader();
+  const parts: Uint8Array[] = [];
+  let size = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    size += value.byteLength;
+    if (size > max) {
+      await reader.cancel();
+      throw tooLarge();
+    }
+    parts.push(value);
+  }
+  const all = new Uint8Array(size);
+  let at = 0;
+  for (const p of parts) {
+    all.set(p, at);
+    at += p.byteLength;
+  }
+  return new TextDecoder().decode(all);
 }
 
 /** 400 with every problem of a user's keys. */
