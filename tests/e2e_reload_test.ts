@@ -15,6 +15,8 @@ import {
   type TestClient,
 } from "./kit/test_client.ts";
 import { randomBytes } from "../lib/crypto.ts";
+import type { Config, UserConfig } from "../lib/config/types.ts";
+import { startTestProxy, TEST_SECRET, testConfig } from "./helpers.ts";
 
 const KINDS: SecretKind[] = ["plain", "dd", "tls"];
 
@@ -285,4 +287,97 @@ Deno.test("SIGHUP reloads the whole configuration while 50 clients relay: only t
 
 Deno.test("workers: SIGHUP reloads the whole configuration in every worker while 50 clients relay", async () => {
   await reloadWhileRelaying(2);
+});
+
+Deno.test("a reload updates a listener in place on the same socket and moves another: only the refused are cut", async () => {
+  const dc = await startFakeDc({ mode: "echo" });
+  await using _dc = { [Symbol.asyncDispose]: () => dc.close() };
+  const side = randomBytes(16), alice = randomBytes(16), fresh = randomBytes(16);
+  const base = testConfig({ dcPorts: { 2: dc.port }, listeners: [{ secret: side }] });
+  const aliceUser: UserConfig = {
+    name: "alice",
+    secret: alice,
+    enabled: true,
+    maxConnections: 0,
+    maxUniqueIps: 0,
+    uniqueIpWindowMs: 86_400_000,
+    dataQuotaBytes: null,
+    quotaReset: null,
+    expiresAt: null,
+    rateLimitBytesPerSec: null,
+    tag: null,
+  };
+  await using proxy = await startTestProxy({ ...base, users: [aliceUser] });
+  const [main, moved] = proxy.server.addresses.map((a) => a.port) as [number, number];
+  const connect = async (name: string, port: number, secret: Uint8Array, kind: SecretKind) =>
+    new Relay(name, await connectTestClient({ port, secret, kind, dcId: 2 }));
+  const relays = [
+    ...await Promise.all(KINDS.map((k) => connect(`listener ${k}`, main, TEST_SECRET, k))),
+    await connect("alice plain", main, alice, "plain"),
+    await connect("alice tls", main, alice, "tls"),
+    await connect("moved 1", moved, side, "dd"),
+    await connect("moved 2", moved, side, "tls"),
+  ];
+  try {
+    await eventually(() => Promise.resolve(relays.every((r) => r.rounds >= 2)), "relaying");
+    const newPort = freePort();
+    const running = proxy.server.config;
+    const next: Config = {
+      ...running,
+      listeners: running.listeners.map((l) =>
+        l.name === "test"
+          ? { ...l, secret: fresh, allowedProtocols: ["dd", "tls"] }
+          : { ...l, port: newPort }
+      ),
+    };
+    const result = proxy.server.reconfigure(next);
+    // The listener's old secret (three clients) and alice's now refused protocol: cut.
+    assertEquals(result, { reloaded: 4, policy: 0, fronts: 0 });
+    const cut = relays.filter((r) => r.name.startsWith("listener") || r.name === "alice plain");
+    await within(Promise.all(cut.map((r) => r.client.closed())), 10_000, "the refused closed");
+    const closed = proxy.events.filter((e) => e.type === "closed" && e.reason === "reloaded");
+    assertEquals(closed.length, 4);
+    // Same socket, new secret; the moved listener answers at its new port only.
+    assertEquals(proxy.server.addresses.map((a) => a.port), [main, newPort]);
+    await echoOnce(main, fresh, "dd");
+    await assertRejects(() => echoOnce(main, TEST_SECRET, "dd"));
+    await echoOnce(newPort, side, "tls");
+    await eventually(() => refusesConnections(moved), "the old port to refuse");
+    // Alice's fake-TLS client and the moved listener's clients never noticed.
+    const kept = relays.filter((r) => !cut.includes(r));
+    const mark = new Map(kept.map((r) => [r, r.rounds]));
+    await eventually(
+      () => Promise.resolve(kept.every((r) => r.error !== null || r.rounds >= mark.get(r)! + 3)),
+      "the kept clients relaying",
+    );
+    await Promise.all(relays.map((r) => r.stop()));
+    assertEquals(kept.filter((r) => r.error !== null).map((r) => `${r.name}: ${r.error}`), []);
+    // A listener that cannot be bound changes nothing.
+    const taken = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    try {
+      const bad: Config = {
+        ...proxy.server.config,
+        users: [],
+        listeners: [
+          ...proxy.server.config.listeners,
+          { ...next.listeners[0]!, name: "third", port: (taken.addr as Deno.NetAddr).port },
+        ],
+      };
+      let error = "";
+      try {
+        proxy.server.reconfigure(bad);
+      } catch (e) {
+        error = String(e);
+      }
+      assert(error.includes("Cannot listen on") && error.includes("(third)"), error);
+      assertEquals(proxy.server.config.users.length, 1);
+      assertEquals(proxy.server.addresses.length, 2);
+      await echoOnce(main, alice, "tls");
+    } finally {
+      taken.close();
+    }
+  } finally {
+    await Promise.all(relays.map((r) => r.stop()));
+    await Promise.all(relays.map((r) => r.client.close()));
+  }
 });
