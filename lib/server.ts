@@ -604,6 +604,11 @@ function _start(
   const listenerCounts = counts?.listeners ?? createMemoryCounts();
   const userCounts = counts?.users ?? createMemoryCounts();
   const ledger = options.ledger!;
+  ledger.onSpill = (name) =>
+    log.warn(
+      "User {name} and any added after: more users than the limits' shared memory was sized for at start; their limits count in each worker apart (restart to share them again)",
+      { name },
+    );
   const directoryOf = (list: readonly UserConfig[], listeners: readonly ListenerConfig[]) =>
     list.length > 0 ? new UserDirectory(list, listeners, userCounts, ledger) : null;
   // A connected client's address keeps counting under its user's max_unique_ips.

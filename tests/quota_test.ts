@@ -248,6 +248,25 @@ Deno.test("a user's unique addresses are one count for the threads sharing a led
   assertEquals(w1.uniqueIps(raised, t), 3);
 });
 
+Deno.test("a user beyond the ledger's size is still limited, by this thread alone, and it says so once", () => {
+  const l = openUserLedger(createUserLedger({ users: 1, ipSlots: 16 }));
+  const spilled: string[] = [];
+  l.onSpill = (name) => spilled.push(name);
+  const alice = user({ dataQuotaBytes: 100 }), bob = user({ name: "bob", dataQuotaBytes: 100 });
+  const carol = user({ name: "carol", maxUniqueIps: 1 });
+  const t = Date.now();
+  assertEquals(l.charge(alice, 50, t), 0);
+  assertEquals(l.charge(bob, 50, t), 0);
+  assertEquals(l.charge(bob, 50, t), QUOTA_EXCEEDED);
+  assert(l.admitIp(carol, "203.0.113.1", t));
+  assert(!l.admitIp(carol, "203.0.113.2", t));
+  assertEquals(spilled, ["bob"]);
+  assertEquals(l.entries().map((e) => [e.name, e.bytes]), [["alice", 50], ["bob", 100], [
+    "carol",
+    0,
+  ]]);
+});
+
 // Through a real `mtproxy run`: bytes used survive a restart, and the restarted proxy refuses.
 for (const workers of [1, 2]) {
   Deno.test(`a user's data usage survives a restart of mtproxy run with ${workers} worker(s) (usage file beside the state file)`, async () => {

@@ -88,15 +88,17 @@ export interface UserLedgerSize {
  * @example Usage
  * ```ts
  * import { ledgerSizeFor } from "./quota.ts";
- * ledgerSizeFor([]).users; // 256
+ * ledgerSizeFor([]).users; // 4096
  * ```
  */
 export function ledgerSizeFor(users: readonly UserConfig[]): UserLedgerSize {
   let ipSlots = 0;
   for (const u of users) if (u.maxUniqueIps > 0) ipSlots += ipTableSlots(u.maxUniqueIps);
+  // Memory the threads never touch costs nothing resident: be generous with room for reloads
+  // (a user added by the admin API later needs a record, and maybe an address table).
   return {
-    users: Math.min(_MAX_USERS, Math.max(256, users.length * 2 + 256)),
-    ipSlots: Math.min(_MAX_IP_SLOTS, ipSlots * 2 + 4096),
+    users: Math.min(_MAX_USERS, Math.max(4096, users.length * 2 + 1024)),
+    ipSlots: Math.min(_MAX_IP_SLOTS, ipSlots * 2 + 65_536),
   };
 }
 
@@ -180,6 +182,11 @@ export class UserLedger {
   readonly pauses: Map<string, number> = new Map();
   /** New addresses let in without being counted because the address tables were full. */
   untracked = 0;
+  /**
+   * Told once when a user does not fit any more (more users than the ledger was made for, after
+   * reloads): that user's figures are then kept by this thread alone.
+   */
+  onSpill: ((name: string) => void) | null = null;
 
   constructor(storage: SharedArrayBuffer) {
     this.#head = new Int32Array(storage, 0, _HEADER_BYTES / 4);
@@ -200,7 +207,7 @@ export class UserLedger {
    */
   charge(user: UserConfig, bytes: number, nowMs: number): number {
     const r = this.#record(user.name);
-    if (r < 0) return this.#spilled().charge(user, bytes, nowMs);
+    if (r < 0) return this.#spilled(user.name).charge(user, bytes, nowMs);
     const head = this.#head, f64 = this.#f64, at = r * _R_CELLS;
     lockShared(head, _H_LOCK);
     try {
@@ -220,7 +227,7 @@ export class UserLedger {
   /** Bytes `user` has used in the quota period holding `nowMs`. */
   used(user: UserConfig, nowMs: number): number {
     const r = this.#record(user.name);
-    if (r < 0) return this.#spilled().used(user, nowMs);
+    if (r < 0) return this.#spilled(user.name).used(user, nowMs);
     lockShared(this.#head, _H_LOCK);
     try {
       this.#roll(r * _R_CELLS, user.quotaReset, nowMs);
@@ -239,7 +246,7 @@ export class UserLedger {
     const bytes = parseIp16(ip);
     if (!bytes) return true;
     const r = this.#record(user.name);
-    if (r < 0) return this.#spilled().admitIp(user, ip, nowMs);
+    if (r < 0) return this.#spilled(user.name).admitIp(user, ip, nowMs);
     lockShared(this.#head, _H_LOCK);
     try {
       const table = this.#table(r, user, nowMs);
@@ -262,7 +269,7 @@ export class UserLedger {
     const bytes = parseIp16(ip);
     if (!bytes) return;
     const r = this.#record(user.name);
-    if (r < 0) return this.#spilled().touchIp(user, ip, nowMs);
+    if (r < 0) return this.#spilled(user.name).touchIp(user, ip, nowMs);
     lockShared(this.#head, _H_LOCK);
     try {
       const table = this.#existingTable(r);
@@ -275,7 +282,7 @@ export class UserLedger {
   /** Addresses `user` was seen from within their window (0 without max_unique_ips). */
   uniqueIps(user: UserConfig, nowMs: number): number {
     const r = this.#record(user.name);
-    if (r < 0) return this.#spilled().uniqueIps(user, nowMs);
+    if (r < 0) return this.#spilled(user.name).uniqueIps(user, nowMs);
     lockShared(this.#head, _H_LOCK);
     try {
       const table = this.#existingTable(r);
@@ -295,7 +302,7 @@ export class UserLedger {
   /** Set what `name` has used (from the usage file, at start). */
   restore(name: string, bytes: number, periodStart: number | null): void {
     const r = this.#record(name);
-    if (r < 0) return this.#spilled().restore(name, bytes, periodStart);
+    if (r < 0) return this.#spilled(name).restore(name, bytes, periodStart);
     lockShared(this.#head, _H_LOCK);
     try {
       this.#f64[r * _R_CELLS + _C_BYTES] = bytes;
@@ -311,7 +318,7 @@ export class UserLedger {
    */
   absorb(name: string, bytes: number, periodStart: number | null): void {
     const r = this.#record(name);
-    if (r < 0) return this.#spilled().absorb(name, bytes, periodStart);
+    if (r < 0) return this.#spilled(name).absorb(name, bytes, periodStart);
     lockShared(this.#head, _H_LOCK);
     try {
       const at = r * _R_CELLS;
@@ -418,7 +425,8 @@ export class UserLedger {
     return table;
   }
 
-  #spilled(): UserLedger {
+  #spilled(name: string): UserLedger {
+    if (this.#spill === null) this.onSpill?.(name);
     return this.#spill ??= openUserLedger(createUserLedger({ users: 16_384, ipSlots: 65_536 }));
   }
 }

@@ -207,6 +207,11 @@ export async function startSupervisor(
 ): Promise<Supervisor> {
   const count = options.workers;
   const shared: SharedState = createWorkerShared(config, count);
+  shared.ledger.onSpill = (name) =>
+    log.warn(
+      "User {name} and any added after: more users than the limits' shared memory was sized for at start; their limits count in each worker apart (restart to share them again)",
+      { name },
+    );
   // The users' usage: read before any worker serves, flushed by this thread alone.
   const usagePath = options.usageFile === undefined
     ? (options.cacheDir ? join(options.cacheDir, USAGE_FILE_NAME) : null)
