@@ -381,3 +381,51 @@ Deno.test("a reload updates a listener in place on the same socket and moves ano
     await Promise.all(relays.map((r) => r.client.close()));
   }
 });
+
+Deno.test("workers: users added by a reload all connect at once (the shared counts have room)", async () => {
+  const dc = await startFakeDc({ mode: "echo" });
+  const dir = await Deno.makeTempDir();
+  const port = freePort();
+  const users = Array.from({ length: 40 }, () => randomBytes(16));
+  const file = (n: number) =>
+    [
+      "workers: 2",
+      "listeners:",
+      `  - { name: main, host: 127.0.0.1, port: ${port}, secret: "${hex(KEYS.main)}" }`,
+      "users:",
+      ...users.slice(0, n).map((s, i) => `  u${i}: { secret: "${hex(s)}" }`),
+      "fronting: { mode: off }",
+      `telegram: { dc_addresses: { "2": "127.0.0.1:${dc.port}" } }`,
+      "timeouts: { shutdown_grace: 2 }",
+      "",
+    ].join("\n");
+  await Deno.writeTextFile(`${dir}/config.yaml`, file(1));
+  const proxy = new ProxyProcess(["--config", "config.yaml"], { cwd: dir });
+  const clients: TestClient[] = [];
+  try {
+    await proxy.waitForLog("2 workers serving");
+    await Deno.writeTextFile(`${dir}/config.yaml`, file(users.length));
+    proxy.signal("SIGHUP");
+    await proxy.waitForLog("Configuration reloaded:");
+    for (const secret of users) {
+      clients.push(await connectTestClient({ port, secret, kind: "dd", dcId: 2 }));
+    }
+    await Promise.all(clients.map(async (c) => {
+      const payload = randomBytes(128);
+      await c.send(payload, { padding: 0 });
+      assertEquals(await c.receive(5000), payload);
+    }));
+    await Promise.all(clients.map((c) => c.close()));
+    assertEquals(await proxy.stop(), 0, proxy.stderr);
+  } finally {
+    await Promise.all(clients.map((c) => c.close()));
+    try {
+      proxy.signal("SIGTERM");
+    } catch {
+      // Already gone.
+    }
+    await proxy.wait();
+    await dc.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});

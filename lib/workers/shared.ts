@@ -106,7 +106,10 @@ function countsCapacity(config: Config): number {
   const p = config.policy;
   const perKey = (p.maxConnectionsPerIp > 0 ? connections : 0) +
     (p.maxConnectionsPerSni > 0 ? connections : 0);
-  return Math.min(2 ** 24, Math.max(16, listeners + config.users.length + perKey));
+  // Room for reloads: users and listeners added later (the admin API, SIGHUP) need keys too, and
+  // the table is sized once, at start.
+  const named = 2 * (listeners + config.users.length) + 1024;
+  return Math.min(2 ** 24, named + perKey);
 }
 
 /** One kind of key in the shared table: a prefix keeps kinds apart. */
