@@ -122,7 +122,15 @@ const YAML_NAMES: Readonly<Record<string, string>> = {
   redisUrl: "redis_url",
 };
 
-/** The YAML key of a config field. */
+/**
+ * The YAML key of a config field.
+ *
+ * @example Usage
+ * ```ts
+ * import { yamlKey } from "./reload.ts";
+ * yamlKey("shutdownGraceMs"); // "shutdown_grace"
+ * ```
+ */
 export function yamlKey(field: string): string {
   const named = YAML_NAMES[field];
   if (named !== undefined) return named;
@@ -193,7 +201,15 @@ export function planReload(running: Config, next: Config): ReloadPlan {
   return { config, changed, notLive, ...listeners.plan };
 }
 
-/** Whether two config values are equal: primitives, byte arrays, arrays, maps and records. */
+/**
+ * Whether two config values are equal: primitives, byte arrays, arrays, maps and records.
+ *
+ * @example Usage
+ * ```ts
+ * import { sameValue } from "./reload.ts";
+ * sameValue({ a: Uint8Array.of(1) }, { a: Uint8Array.of(1) }); // true
+ * ```
+ */
 export function sameValue(a: unknown, b: unknown): boolean {
   if (a === b) return true;
   if (a instanceof Uint8Array || b instanceof Uint8Array) {
