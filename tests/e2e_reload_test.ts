@@ -17,6 +17,8 @@ import {
 import { randomBytes } from "../lib/crypto.ts";
 import type { Config, UserConfig } from "../lib/config/types.ts";
 import { startTestProxy, TEST_SECRET, testConfig } from "./helpers.ts";
+import { backConfig, frontConfig, LINK_SECRET } from "./kit/split.ts";
+import { startServer } from "../lib/server.ts";
 
 const KINDS: SecretKind[] = ["plain", "dd", "tls"];
 
@@ -428,4 +430,35 @@ Deno.test("workers: users added by a reload all connect at once (the shared coun
     await dc.close();
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+Deno.test("a back's reload revokes a front (its links close) and keeps the other's links", async () => {
+  const dc = await startFakeDc({ mode: "echo" });
+  await using _dc = { [Symbol.asyncDispose]: () => dc.close() };
+  const other = Uint8Array.from({ length: 16 }, (_, i) => 0x70 + i);
+  const b = backConfig({ secret: "http://127.0.0.1:9/s", config: "http://127.0.0.1:9/c" });
+  const back = await startServer({
+    ...b,
+    telegram: { ...testConfig({ dcPorts: { 2: dc.port } }).telegram, mode: "direct" },
+    fronts: [...b.fronts, { name: "away", secret: other }],
+  });
+  await using _back = { [Symbol.asyncDispose]: () => back.shutdown() };
+  const port = back.linkAddresses[0]!.port;
+  await using home = await startTestProxy(frontConfig(port));
+  await using away = await startTestProxy(frontConfig(port, other));
+  await eventually(
+    () => Promise.resolve(home.server.linksUp() === 2 && away.server.linksUp() === 2),
+    "links up",
+  );
+  const result = back.reconfigure({
+    ...back.config,
+    fronts: [{ name: "home", secret: LINK_SECRET }],
+  });
+  assertEquals(result, { reloaded: 0, policy: 0, fronts: 2 });
+  await eventually(
+    () => Promise.resolve(away.server.linksUp() === 0),
+    "the revoked front's links closed",
+  );
+  await echoOnce(home.port, TEST_SECRET, "dd");
+  assertEquals(home.server.linksUp(), 2);
 });
