@@ -429,6 +429,9 @@ Deno.test("users added through the admin API survive a restart, and a hand edit 
       `${dir}/mtproxy-users.yaml`,
       `${text}  dave:\n    secret: "${dave}"\n`,
     );
+    // The API shows the users in force: dave only once a reload applied the file.
+    const unapplied = await call(p, "GET", "/api/users");
+    assertEquals(unapplied.body.users.map((u: { name: string }) => u.name), ["carol", "alice"]);
     p.proxy.signal("SIGHUP");
     await p.proxy.waitForLog("users.dave (added)");
     const d = await connect(p, parseSecret(dave).key);
@@ -448,6 +451,12 @@ Deno.test("users added through the admin API survive a restart, and a hand edit 
     await p.proxy.waitForLog("users.carol: defined both in the config file and in the users file");
     const health = await call(p, "GET", "/api/health");
     assertStringIncludes(health.body.config_error, "users.carol: defined both");
+    const kept = await call(p, "GET", "/api/users");
+    assertEquals(kept.body.users.map((u: { name: string }) => u.name), ["carol", "alice", "dave"]);
+    // Changes through the API wait until the files validate again.
+    const blocked = await call(p, "POST", "/api/users", { json: { name: "erin" } });
+    assertEquals(blocked.status, 409);
+    assertStringIncludes(blocked.body.problems[0].key, "users.carol");
     assert(!p.proxy.stderr.includes(dave), "no secret in the log");
     const d2 = await connect(p, parseSecret(dave).key);
     await served(d2);

@@ -261,6 +261,7 @@ async function _startAdmin(
           return { config: r.config, usersPath: r.usersPath };
         },
         reload,
+        running: () => server.config,
         listeners: () => server.addresses,
         metricsText: () => server.metricsText(),
         ...(server.userUsage && { userUsage: () => server.userUsage!() }),

@@ -76,6 +76,11 @@ export interface AdminBackend {
    * in place of the users file's when given. Throws {@linkcode ConfigError} when invalid.
    */
   resolve(fileUsers?: FileUsers): Promise<ResolvedForAdmin>;
+  /**
+   * The configuration in force (after the last reload that applied); what the answers show.
+   * Without it, the files' configuration is shown.
+   */
+  running?(): Config;
   /** Reload the whole configuration, as SIGHUP does. */
   reload(): Promise<ReloadReport>;
   /** The listeners as bound. */
@@ -312,16 +317,21 @@ export function adminApp(options: AdminOptions): {
     return run;
   };
 
-  /** The configuration now; the last good one (and why) when the files do not validate. */
+  /**
+   * The configuration in force, the users file's path, and why the files do not validate now
+   * (null when they do; the last good reading stands in for them then).
+   */
   const current = async (): Promise<{ resolved: ResolvedForAdmin; error: string | null }> => {
+    let error: string | null = null;
     try {
       lastGood = await backend.resolve();
-      return { resolved: lastGood, error: null };
     } catch (e) {
-      const error = e instanceof Error ? e.message : String(e);
-      if (lastGood === null) throw e;
-      return { resolved: lastGood, error };
+      error = e instanceof Error ? e.message : String(e);
+      if (lastGood === null && !backend.running) throw e;
     }
+    const usersPath = lastGood?.usersPath ?? "";
+    const config = backend.running?.() ?? lastGood!.config;
+    return { resolved: { config, usersPath }, error };
   };
 
   const usageByName = async (): Promise<Map<string, UserUsage>> => {
@@ -484,7 +494,10 @@ export function adminApp(options: AdminOptions): {
       throw new _Answer(500, { error: "Saved in the users file, but not applied", reload });
     }
     lastGood = checked;
-    return { config: checked.config, reload };
+    // The answer shows the user as now in force (as checked, should a reload have kept it out).
+    const live = backend.running?.();
+    const inForce = live?.users.some((u) => u.name === name) ? live : undefined;
+    return { config: inForce ?? checked.config, reload };
   };
 
   app.post("/api/users", (c) =>
