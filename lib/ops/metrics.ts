@@ -460,7 +460,7 @@ export class Metrics {
       put(
         "mtproxy_user_unique_ips",
         "gauge",
-        "Client addresses each user with max_unique_ips was seen from within unique_ip_window.",
+        "Client addresses each user was seen from within unique_ip_window (0 without max_unique_ips).",
         labels,
         u.uniqueIps,
       );
