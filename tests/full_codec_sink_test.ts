@@ -89,6 +89,22 @@ Deno.test("encodePairs writes the same frames as encodeMany of the joined bodies
   for (const c of [one.a, one.b, other.a, other.b]) c.close();
 });
 
+Deno.test("encodePairs with a count uses only the first pairs of a longer array", () => {
+  const counted = new FullEncoder();
+  const whole = new FullEncoder();
+  // Room to spare after the pairs in use (stale entries from an earlier, longer batch).
+  const roomy = [...PARTS.slice(0, 4), randomBytes(8), randomBytes(20), randomBytes(3)];
+  assertEquals(
+    counted.encodePairs(roomy, true, undefined, 4),
+    whole.encodePairs(PARTS.slice(0, 4), true),
+  );
+  assertEquals(counted.nextSeq, whole.nextSeq);
+  assertEquals(counted.encodePairs(roomy, true, undefined, 0).length, 0);
+  assertThrows(() => counted.encodePairs(roomy, true, undefined, 3), RangeError);
+  assertThrows(() => counted.encodePairs(PARTS, true, undefined, PARTS.length + 2), RangeError);
+  assertEquals(counted.nextSeq, whole.nextSeq, "a refused batch numbers nothing");
+});
+
 Deno.test("FullDecoder.pushTo hands out the bodies push returns, for any chunking", () => {
   const wire = new FullEncoder().encodeMany(BODIES, true);
   for (let seed = 1; seed <= 20; seed++) {

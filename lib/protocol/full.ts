@@ -334,19 +334,21 @@ export class FullEncoder {
 
   /**
    * {@linkcode FullEncoder.encodeMany} for bodies given as pairs: body `i` is
-   * `parts[2i] ++ parts[2i+1]` (an RPC header and a client's packet, say). Nothing is allocated
-   * per frame.
+   * `parts[2i] ++ parts[2i+1]` (an RPC header and a client's packet, say), for the first
+   * `count` parts (all by default: a caller can keep one array with room to spare). Nothing is
+   * allocated per frame.
    */
   encodePairs(
     parts: readonly Uint8Array[],
     pad = false,
     alloc: (total: number) => Uint8Array = _alloc,
+    count: number = parts.length,
   ): Uint8Array {
-    if (parts.length % 2 !== 0) {
-      throw new RangeError(`Parts must come in pairs: got ${parts.length}`);
+    if (count % 2 !== 0 || count > parts.length) {
+      throw new RangeError(`Parts must come in pairs: got ${count} of ${parts.length}`);
     }
     let total = 0;
-    for (let i = 0; i < parts.length; i += 2) {
+    for (let i = 0; i < count; i += 2) {
       const n = parts[i]!.length + parts[i + 1]!.length;
       _checkBody(n);
       total += fullFrameLength(n, pad);
@@ -357,7 +359,7 @@ export class FullEncoder {
     }
     const out = buf.length === total ? buf : buf.subarray(0, total);
     let off = 0;
-    for (let i = 0; i < parts.length; i += 2) {
+    for (let i = 0; i < count; i += 2) {
       off = _writePair(out, off, parts[i]!, parts[i + 1]!, this.#seq, pad);
       this.#seq = (this.#seq + 1) | 0;
     }
@@ -692,11 +694,16 @@ export class FullCodec {
 
   /**
    * Frame, pad and encrypt bodies given as pairs into one buffer (see
-   * {@linkcode FullEncoder.encodePairs}; `alloc` as for {@linkcode FullCodec.encodeMany}).
+   * {@linkcode FullEncoder.encodePairs}, `count` too; `alloc` as for
+   * {@linkcode FullCodec.encodeMany}).
    */
-  encodePairs(parts: readonly Uint8Array[], alloc?: (total: number) => Uint8Array): Uint8Array {
+  encodePairs(
+    parts: readonly Uint8Array[],
+    alloc?: (total: number) => Uint8Array,
+    count?: number,
+  ): Uint8Array {
     const enc = this.#encryptor;
-    const out = this.#encoder.encodePairs(parts, enc !== null || this.#padPlaintext, alloc);
+    const out = this.#encoder.encodePairs(parts, enc !== null || this.#padPlaintext, alloc, count);
     enc?.update(out);
     return out;
   }

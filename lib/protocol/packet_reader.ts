@@ -19,6 +19,11 @@ export class PacketReader {
   #handedOut: Uint8Array | null = null;
   /** What `push` returns, reused: the array and its packet objects live until the next push. */
   readonly #out: _MutablePacket[] = [];
+  /**
+   * Packets this push has found: `#out` is filled by index and cut to this length on return
+   * (emptying it first would drop its backing store, to be regrown by every push).
+   */
+  #count = 0;
   readonly #packets: _MutablePacket[] = [];
 
   constructor(tag: TransportTag) {
@@ -30,8 +35,7 @@ export class PacketReader {
    * its packets and their payloads (views) are valid until the next call: they are reused.
    */
   push(chunk: Uint8Array): Packet[] | FrameRejectReason {
-    const out = this.#out;
-    out.length = 0;
+    this.#count = 0;
     const span = this.#span;
     if (this.#handedOut !== null) {
       _recycle(this.#handedOut); // the caller is done with the last call's packets
@@ -50,10 +54,7 @@ export class PacketReader {
         this.#pendingLen = 0;
         break;
       }
-      if (off === chunk.length) {
-        this.#forgetStale();
-        return out;
-      }
+      if (off === chunk.length) return this.#result();
       const take = Math.min(span.end - this.#pendingLen, chunk.length - off);
       this.#hold(chunk.subarray(off, off + take), span.end);
       off += take;
@@ -69,6 +70,14 @@ export class PacketReader {
       this.#add(chunk.subarray(span.payloadStart, span.payloadEnd), span.quickAck);
       off = span.end;
     }
+    return this.#result();
+  }
+
+  /** What `push` returns: `#out` cut to the packets found, older payloads let go. */
+  #result(): Packet[] {
+    const out = this.#out;
+    const n = this.#count;
+    if (out.length !== n) out.length = n;
     this.#forgetStale();
     return out;
   }
@@ -88,9 +97,8 @@ export class PacketReader {
 
   /** Append a packet to what this push returns, in a packet object kept from earlier pushes. */
   #add(payload: Uint8Array, quickAck: boolean): void {
-    const out = this.#out;
     const packets = this.#packets;
-    const n = out.length;
+    const n = this.#count++;
     let p = packets[n];
     if (p === undefined) {
       p = { payload, quickAck };
@@ -99,7 +107,7 @@ export class PacketReader {
       p.payload = payload;
       p.quickAck = quickAck;
     }
-    out.push(p);
+    this.#out[n] = p;
   }
 
   /** Append `bytes` to the carried-over frame, which will need `frameLen` bytes in all. */
@@ -107,10 +115,14 @@ export class PacketReader {
     const need = this.#pendingLen + bytes.length;
     if (this.#pending.length < need) {
       // Room in proportion to what the client really sent, never to the length it claims (a
-      // header alone must not buy a large buffer): a shared buffer once a good part of a frame
-      // that fits one is here, else twice what is held.
-      const shared = frameLen <= _SPLIT_BUFFER && need >= _SPLIT_BUFFER / 4;
-      const bigger = shared
+      // header alone must not buy a large buffer): a small shared buffer for a small frame (the
+      // usual one cut by the end of a read) once 256 bytes are here, a large one once a good
+      // part of a frame that fits one is here, else twice what is held.
+      const small = frameLen <= _SMALL_SPLIT_BUFFER && need >= _SMALL_SPLIT_MIN;
+      const shared = !small && frameLen <= _SPLIT_BUFFER && need >= _SPLIT_BUFFER / 4;
+      const bigger = small
+        ? _smallSplitBuffers.pop() ?? new Uint8Array(_SMALL_SPLIT_BUFFER)
+        : shared
         ? _splitBuffers.pop() ?? new Uint8Array(_SPLIT_BUFFER)
         : new Uint8Array(Math.min(Math.max(need, 2 * this.#pending.length, 256), frameLen));
       bigger.set(this.#pending.subarray(0, this.#pendingLen));
@@ -146,8 +158,19 @@ const _SPLIT_BUFFER = 32 * 1024;
 const _SPLIT_BUFFERS_MAX = 64;
 const _splitBuffers: Uint8Array[] = [];
 
+/**
+ * The same for small frames (a 1 KiB packet cut by the end of a read), from 256 bytes held:
+ * what a buffer of its own would take at least.
+ */
+const _SMALL_SPLIT_BUFFER = 2 * 1024;
+const _SMALL_SPLIT_MIN = 256;
+const _SMALL_SPLIT_BUFFERS_MAX = 256;
+const _smallSplitBuffers: Uint8Array[] = [];
+
 function _recycle(buf: Uint8Array): void {
-  if (buf.length === _SPLIT_BUFFER && _splitBuffers.length < _SPLIT_BUFFERS_MAX) {
-    _splitBuffers.push(buf);
+  if (buf.length === _SPLIT_BUFFER) {
+    if (_splitBuffers.length < _SPLIT_BUFFERS_MAX) _splitBuffers.push(buf);
+  } else if (buf.length === _SMALL_SPLIT_BUFFER) {
+    if (_smallSplitBuffers.length < _SMALL_SPLIT_BUFFERS_MAX) _smallSplitBuffers.push(buf);
   }
 }

@@ -318,7 +318,8 @@ export class MiddleConnection {
   enqueue(body: Uint8Array): Promise<void> {
     if (this.#closed) return Promise.reject(new Error("Middle-proxy connection is closed"));
     const batch = this.#openBatch();
-    batch.parts.push(body, _EMPTY);
+    batch.parts[batch.count++] = body;
+    batch.parts[batch.count++] = _EMPTY;
     batch.bytes += fullFrameLength(body.length, true);
     return batch.written.promise;
   }
@@ -332,13 +333,16 @@ export class MiddleConnection {
     if (this.#closed) return Promise.reject(new Error("Middle-proxy connection is closed"));
     const batch = this.#openBatch();
     const parts = batch.parts;
+    let n = batch.count;
     let bytes = batch.bytes;
     for (let i = 0; i < packets.length; i++) {
       const p = packets[i]!;
       const h = header.header(p.payload, p.quickAck);
-      parts.push(h, p.payload);
+      parts[n++] = h;
+      parts[n++] = p.payload;
       bytes += fullFrameLength(h.length + p.payload.length, true);
     }
+    batch.count = n;
     batch.bytes = bytes;
     return batch.written.promise;
   }
@@ -348,7 +352,8 @@ export class MiddleConnection {
     const batches = this.#batches;
     let batch = batches.length > 0 ? batches[batches.length - 1]! : null;
     if (batch === null || batch.bytes >= _BATCH_BYTES) {
-      batch = this.#spareBatches.pop() ?? { parts: [], bytes: 0, written: _resolvers() };
+      batch = this.#spareBatches.pop() ??
+        { parts: [], count: 0, bytes: 0, written: _resolvers() };
       batches.push(batch);
     }
     if (!this.#flushing) {
@@ -362,30 +367,37 @@ export class MiddleConnection {
     this.#flush();
   };
 
+  /** The pooled buffer the batch being encoded took (given back once it is written). */
+  #pooled: Uint8Array | null = null;
+  #allocBatch = (total: number): Uint8Array => {
+    const pooled = _takeEncodeBuffer(total);
+    this.#pooled = pooled;
+    return pooled ?? new Uint8Array(total);
+  };
+
   async #flush(): Promise<void> {
     try {
       while (this.#batches.length > 0 && !this.#closed) {
         const batch = this.#batches.shift()!;
-        let pooled: Uint8Array | null = null;
+        this.#pooled = null;
         try {
-          const bytes = this.#codec.encodePairs(batch.parts, (total) => {
-            pooled = _takeEncodeBuffer(total);
-            return pooled ?? new Uint8Array(total);
-          });
+          const bytes = this.#codec.encodePairs(batch.parts, this.#allocBatch, batch.count);
           // The packets are copied out: their senders may reuse them once told.
-          batch.parts.length = 0;
+          _clearParts(batch);
           this.#writingSince = Date.now();
           await writeAll(this.#conn, bytes);
           this.#writingSince = 0;
           this.#lastTraffic = Date.now();
           batch.written.resolve();
         } catch (e) {
-          batch.parts.length = 0;
+          _clearParts(batch);
           batch.written.reject(e);
           this.#failBatches(e);
           this.#shutdown("write failed");
           return;
         } finally {
+          const pooled = this.#pooled;
+          this.#pooled = null;
           if (pooled) _giveEncodeBuffer(pooled);
         }
         batch.bytes = 0;
@@ -601,7 +613,12 @@ export class MiddleConnection {
 
 /** RPC bodies for one write, as header / packet pairs, and who waits for them. */
 interface _Batch {
+  /**
+   * The first `count` entries are this batch's (filled by index and cleared after the write,
+   * so that the array keeps its room instead of growing again for every batch).
+   */
   readonly parts: Uint8Array[];
+  count: number;
   /** Bytes the frames take on the wire. */
   bytes: number;
   written: PromiseWithResolvers<void>;
@@ -619,6 +636,20 @@ const _READ_MAX = 256 * 1024;
 const _READ_SHRINK_AFTER = 256;
 
 const _EMPTY = new Uint8Array(0);
+
+/** A batch's parts array keeps at most this many entries of room between batches. */
+const _PARTS_KEPT = 8192;
+
+/** Let go of a written batch's bodies (they are the clients' buffers), keeping the room. */
+function _clearParts(batch: _Batch): void {
+  const parts = batch.parts;
+  if (parts.length > _PARTS_KEPT) {
+    parts.length = 0;
+  } else {
+    for (let i = 0; i < batch.count; i++) parts[i] = _EMPTY;
+  }
+  batch.count = 0;
+}
 
 function _resolvers(): PromiseWithResolvers<void> {
   return Promise.withResolvers<void>();
