@@ -12,6 +12,7 @@
  * @module
  */
 import { dirname, isAbsolute, join, resolve } from "node:path";
+import { writeFileAtomic } from "./atomic_file.ts";
 import { DEFAULT_STATE_FILE_NAME } from "./defaults.ts";
 import { generateSecret, parseSecret, SecretError, toHex } from "../secret.ts";
 
@@ -111,14 +112,10 @@ export async function readState(path: string): Promise<ProxyState | null> {
  * ```
  */
 export async function writeState(path: string, state: ProxyState): Promise<void> {
-  const tmp = await _writeTemp(path, state);
   try {
-    await Deno.rename(tmp, path);
+    await writeFileAtomic(path, _encodeState(state));
   } catch (e) {
-    await _removeQuietly(tmp);
-    throw new StateFileError(path, `Cannot write state file ${JSON.stringify(path)}: ${_why(e)}`, {
-      cause: e,
-    });
+    throw _writeError(path, e);
   }
 }
 
@@ -143,31 +140,14 @@ export async function loadOrCreateState(path: string): Promise<LoadedState> {
   const existing = await readState(path);
   if (existing) return { state: existing, created: false };
   const state: ProxyState = { secret: generateSecret(), createdAt: new Date().toISOString() };
-  const tmp = await _writeTemp(path, state);
   try {
-    // A hard link creates `path` only if it does not exist yet: no clobbering a racing writer.
-    await Deno.link(tmp, path);
+    await writeFileAtomic(path, _encodeState(state), { createNew: true });
   } catch (e) {
-    if (e instanceof Deno.errors.AlreadyExists) {
-      await _removeQuietly(tmp);
-      const other = await readState(path);
-      if (other) return { state: other, created: false };
-      return await loadOrCreateState(path);
-    }
-    // No hard links here (some file systems): fall back to a plain rename.
-    try {
-      await Deno.rename(tmp, path);
-      return { state, created: true };
-    } catch (e2) {
-      await _removeQuietly(tmp);
-      throw new StateFileError(
-        path,
-        `Cannot write state file ${JSON.stringify(path)}: ${_why(e2)}`,
-        { cause: e2 },
-      );
-    }
+    if (!(e instanceof Deno.errors.AlreadyExists)) throw _writeError(path, e);
+    const other = await readState(path);
+    if (other) return { state: other, created: false };
+    return await loadOrCreateState(path);
   }
-  await _removeQuietly(tmp);
   return { state, created: true };
 }
 
@@ -269,8 +249,8 @@ function _kind(v: unknown): string {
   return typeof v === "object" ? "an object" : `a ${typeof v}`;
 }
 
-async function _writeTemp(path: string, state: ProxyState): Promise<string> {
-  const text = JSON.stringify(
+function _encodeState(state: ProxyState): string {
+  return JSON.stringify(
     {
       version: 1,
       secret: toHex(state.secret),
@@ -280,32 +260,12 @@ async function _writeTemp(path: string, state: ProxyState): Promise<string> {
     null,
     2,
   ) + "\n";
-  const tmp = `${path}.${toHex(crypto.getRandomValues(new Uint8Array(6)))}.tmp`;
-  try {
-    await Deno.mkdir(dirname(path), { recursive: true, mode: 0o700 });
-    const file = await Deno.open(tmp, { write: true, createNew: true, mode: 0o600 });
-    try {
-      const bytes = new TextEncoder().encode(text);
-      for (let off = 0; off < bytes.length;) off += await file.write(bytes.subarray(off));
-      await file.syncData();
-    } finally {
-      file.close();
-    }
-    return tmp;
-  } catch (e) {
-    await _removeQuietly(tmp);
-    throw new StateFileError(path, `Cannot write state file ${JSON.stringify(path)}: ${_why(e)}`, {
-      cause: e,
-    });
-  }
 }
 
-async function _removeQuietly(path: string): Promise<void> {
-  try {
-    await Deno.remove(path);
-  } catch {
-    // Already gone.
-  }
+function _writeError(path: string, e: unknown): StateFileError {
+  return new StateFileError(path, `Cannot write state file ${JSON.stringify(path)}: ${_why(e)}`, {
+    cause: e,
+  });
 }
 
 function _why(e: unknown): string {

@@ -15,6 +15,7 @@
  */
 import { dirname, isAbsolute, join, resolve } from "node:path";
 import { stringify } from "yaml";
+import { writeFileAtomic } from "./atomic_file.ts";
 import { DEFAULT_USERS_FILE_NAME } from "./defaults.ts";
 import { ConfigError, type FileUsers, parseYaml } from "./load.ts";
 
@@ -135,26 +136,7 @@ export async function writeUsersFile(
     "# Users of mtproxy, kept by its admin API (edit it by hand only while no request\n" +
     "# changes it; SIGHUP or POST /api/reload applies it). Same schema as `users:`.\n" +
     stringify({ users }, { defaultStringType: "QUOTE_DOUBLE", defaultKeyType: "PLAIN" });
-  const tmp = `${path}.${crypto.randomUUID().slice(0, 8)}.tmp`;
-  await Deno.mkdir(dirname(path), { recursive: true, mode: 0o700 });
-  try {
-    const file = await Deno.open(tmp, { write: true, createNew: true, mode: 0o600 });
-    try {
-      const bytes = new TextEncoder().encode(text);
-      for (let off = 0; off < bytes.length;) off += await file.write(bytes.subarray(off));
-      await file.syncData();
-    } finally {
-      file.close();
-    }
-    await Deno.rename(tmp, path);
-  } catch (e) {
-    try {
-      await Deno.remove(tmp);
-    } catch {
-      // Never made, or already renamed.
-    }
-    throw e;
-  }
+  await writeFileAtomic(path, text);
 }
 
 function _isMapping(v: unknown): v is Record<string, unknown> {

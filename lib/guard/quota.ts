@@ -9,7 +9,7 @@
  *
  * @module
  */
-import { basename, dirname, join } from "node:path";
+import { writeFileAtomic } from "../config/atomic_file.ts";
 import type { QuotaReset, UserConfig } from "../config/types.ts";
 import { lockShared, unlockShared } from "./shared_lock.ts";
 import { BUCKET_AT, takeTokens } from "./rate_limit.ts";
@@ -579,7 +579,7 @@ export class UsageStore {
       }
     }
     try {
-      await _writeAtomically(this.#path, _encode(out, this.#options.now?.() ?? Date.now()));
+      await writeFileAtomic(this.#path, _encode(out, this.#options.now?.() ?? Date.now()));
       this.#base = out;
     } catch (e) {
       this.#options.warn(
@@ -675,19 +675,4 @@ function _encode(entries: ReadonlyMap<string, _FileEntry>, nowMs: number): strin
     null,
     2,
   ) + "\n";
-}
-
-/** Write `text` to a temporary file beside `path`, then rename it over `path`. */
-async function _writeAtomically(path: string, text: string): Promise<void> {
-  const tmp = join(
-    dirname(path),
-    `.${basename(path)}.${Deno.pid}.${crypto.getRandomValues(new Uint32Array(1))[0]}.tmp`,
-  );
-  try {
-    await Deno.writeTextFile(tmp, text, { mode: 0o600 });
-    await Deno.rename(tmp, path);
-  } catch (e) {
-    await Deno.remove(tmp).catch(() => {});
-    throw e;
-  }
 }
