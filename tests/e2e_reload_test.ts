@@ -15,8 +15,8 @@ import {
   type TestClient,
 } from "./kit/test_client.ts";
 import { randomBytes } from "../lib/crypto.ts";
-import type { Config, UserConfig } from "../lib/config/types.ts";
-import { startTestProxy, TEST_SECRET, testConfig } from "./helpers.ts";
+import type { Config } from "../lib/config/types.ts";
+import { startTestProxy, TEST_SECRET, testConfig, testUser } from "./helpers.ts";
 import { backConfig, frontConfig, LINK_SECRET } from "./kit/split.ts";
 import { startServer } from "../lib/server.ts";
 
@@ -296,19 +296,7 @@ Deno.test("a reload updates a listener in place on the same socket and moves ano
   await using _dc = { [Symbol.asyncDispose]: () => dc.close() };
   const side = randomBytes(16), alice = randomBytes(16), fresh = randomBytes(16);
   const base = testConfig({ dcPorts: { 2: dc.port }, listeners: [{ secret: side }] });
-  const aliceUser: UserConfig = {
-    name: "alice",
-    secret: alice,
-    enabled: true,
-    maxConnections: 0,
-    maxUniqueIps: 0,
-    uniqueIpWindowMs: 86_400_000,
-    dataQuotaBytes: null,
-    quotaReset: null,
-    expiresAt: null,
-    rateLimitBytesPerSec: null,
-    tag: null,
-  };
+  const aliceUser = testUser("alice", { secret: alice });
   await using proxy = await startTestProxy({ ...base, users: [aliceUser] });
   const [main, moved] = proxy.server.addresses.map((a) => a.port) as [number, number];
   const connect = async (name: string, port: number, secret: Uint8Array, kind: SecretKind) =>

@@ -9,6 +9,7 @@ import {
   startFakeTelegramMiddle,
   startTestProxy,
   testConfig,
+  testUser,
   until,
 } from "./helpers.ts";
 import { startFakeDc } from "./kit/fake_dc.ts";
@@ -23,23 +24,6 @@ import { randomBytes } from "../lib/crypto.ts";
 import type { Config, UserConfig } from "../lib/config/types.ts";
 import type { ProxyEvent } from "../lib/client/events.ts";
 import { startSupervisor } from "../lib/workers/supervisor.ts";
-
-function user(name: string, fields: Partial<UserConfig> = {}): UserConfig {
-  return {
-    name,
-    secret: randomBytes(16),
-    enabled: true,
-    maxConnections: 0,
-    maxUniqueIps: 0,
-    uniqueIpWindowMs: 86_400_000,
-    dataQuotaBytes: null,
-    quotaReset: null,
-    expiresAt: null,
-    rateLimitBytesPerSec: null,
-    tag: null,
-    ...fields,
-  };
-}
 
 function withUsers(base: Config, users: UserConfig[], proxyProtocol = false): Config {
   return {
@@ -67,8 +51,8 @@ Deno.test("max_unique_ips lets N addresses in, refuses the N+1th as user_ips, an
   await using site = startByteSink();
   const dc = await startFakeDc({ mode: "echo" });
   await using _dc = { [Symbol.asyncDispose]: () => dc.close() };
-  const alice = user("alice", { maxUniqueIps: 2 });
-  const bob = user("bob");
+  const alice = testUser("alice", { maxUniqueIps: 2 });
+  const bob = testUser("bob");
   await using proxy = await startTestProxy(withUsers(
     testConfig({ dcPorts: { 2: dc.port }, fronting: { host: "127.0.0.1", port: site.port } }),
     [alice, bob],
@@ -111,7 +95,7 @@ Deno.test("max_unique_ips lets N addresses in, refuses the N+1th as user_ips, an
 Deno.test("max_unique_ips: an address whose window has passed gives its place to a new one", async () => {
   const dc = await startFakeDc({ mode: "echo" });
   await using _dc = { [Symbol.asyncDispose]: () => dc.close() };
-  const alice = user("alice", { maxUniqueIps: 1, uniqueIpWindowMs: 300 });
+  const alice = testUser("alice", { maxUniqueIps: 1, uniqueIpWindowMs: 300 });
   await using proxy = await startTestProxy(
     withUsers(testConfig({ dcPorts: { 2: dc.port } }), [alice], true),
   );
@@ -146,8 +130,8 @@ Deno.test("data_quota: a user moves bytes up to the quota, the client that passe
   const dc = await startFakeDc({ mode: "echo" });
   await using _dc = { [Symbol.asyncDispose]: () => dc.close() };
   const quota = 100_000;
-  const alice = user("alice", { dataQuotaBytes: quota });
-  const bob = user("bob");
+  const alice = testUser("alice", { dataQuotaBytes: quota });
+  const bob = testUser("bob");
   await using proxy = await startTestProxy(withUsers(
     testConfig({ dcPorts: { 2: dc.port }, fronting: { host: "127.0.0.1", port: site.port } }),
     [alice, bob],
@@ -209,7 +193,7 @@ Deno.test("data_quota: a user moves bytes up to the quota, the client that passe
 Deno.test("rate_limit slows a fast client without breaking its stream: every byte arrives, the bucket paused", async () => {
   const dc = await startFakeDc({ mode: "echo" });
   await using _dc = { [Symbol.asyncDispose]: () => dc.close() };
-  const alice = user("alice", { rateLimitBytesPerSec: 1_000_000 });
+  const alice = testUser("alice", { rateLimitBytesPerSec: 1_000_000 });
   await using proxy = await startTestProxy(
     withUsers(testConfig({ dcPorts: { 2: dc.port } }), [alice]),
   );
@@ -244,8 +228,8 @@ Deno.test("rate_limit slows a fast client without breaking its stream: every byt
 Deno.test("with 2 workers the limits are one proxy's: addresses, quota and bucket are shared", async () => {
   const dc = await startFakeDc({ mode: "echo" });
   await using _dc = { [Symbol.asyncDispose]: () => dc.close() };
-  const alice = user("alice", { maxUniqueIps: 2, dataQuotaBytes: 2_000_000 });
-  const bob = user("bob", { rateLimitBytesPerSec: 2_000_000 });
+  const alice = testUser("alice", { maxUniqueIps: 2, dataQuotaBytes: 2_000_000 });
+  const bob = testUser("bob", { rateLimitBytesPerSec: 2_000_000 });
   const base = testConfig({ dcPorts: { 2: dc.port } });
   const sup = await startSupervisor(
     { ...withUsers(base, [alice, bob], true), metrics: { listen: null } },
@@ -291,8 +275,8 @@ Deno.test("with 2 workers the limits are one proxy's: addresses, quota and bucke
 Deno.test("through the middle proxies (a user's ad tag) the rate limit keeps every byte and the quota closes", async () => {
   const tag = Uint8Array.from({ length: 16 }, (_, i) => 0xc0 + i);
   await using telegram = await startFakeTelegramMiddle(tag, "echo");
-  const alice = user("alice", { tag, rateLimitBytesPerSec: 1_000_000 });
-  const bob = user("bob", { tag, dataQuotaBytes: 50_000 });
+  const alice = testUser("alice", { tag, rateLimitBytesPerSec: 1_000_000 });
+  const bob = testUser("bob", { tag, dataQuotaBytes: 50_000 });
   const base = testConfig({
     proxyUrls: telegram.proxyUrls,
     externalIp: "127.0.0.1",

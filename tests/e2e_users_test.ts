@@ -9,6 +9,7 @@ import {
   startTestProxy,
   TEST_SECRET,
   testConfig,
+  testUser,
 } from "./helpers.ts";
 import { startFakeDc } from "./kit/fake_dc.ts";
 import {
@@ -23,23 +24,6 @@ import type { Config, UserConfig } from "../lib/config/types.ts";
 import type { ProxyEvent } from "../lib/client/events.ts";
 
 const KINDS: SecretKind[] = ["plain", "dd", "tls"];
-
-function user(name: string, fields: Partial<UserConfig> = {}): UserConfig {
-  return {
-    name,
-    secret: randomBytes(16),
-    enabled: true,
-    maxConnections: 0,
-    maxUniqueIps: 0,
-    uniqueIpWindowMs: 86_400_000,
-    dataQuotaBytes: null,
-    quotaReset: null,
-    expiresAt: null,
-    rateLimitBytesPerSec: null,
-    tag: null,
-    ...fields,
-  };
-}
 
 function withUsers(base: Config, users: UserConfig[], listenerUsers: string[] | null = null) {
   return {
@@ -61,7 +45,7 @@ const established = (events: readonly ProxyEvent[]) =>
 Deno.test("200 users on one port each connect with their own secret in every protocol", async () => {
   const dc = await startFakeDc({ mode: "echo" });
   await using _dc = { [Symbol.asyncDispose]: () => dc.close() };
-  const users = Array.from({ length: 200 }, (_, i) => user(`user${i}`));
+  const users = Array.from({ length: 200 }, (_, i) => testUser(`user${i}`));
   await using proxy = await startTestProxy(
     withUsers(testConfig({ dcPorts: { 2: dc.port } }), users),
   );
@@ -105,8 +89,8 @@ Deno.test("200 users on one port each connect with their own secret in every pro
 Deno.test("a user's max_connections refuses exactly at its boundary, for that user only", async () => {
   const dc = await startFakeDc({ mode: "echo" });
   await using _dc = { [Symbol.asyncDispose]: () => dc.close() };
-  const alice = user("alice", { maxConnections: 2 });
-  const bob = user("bob");
+  const alice = testUser("alice", { maxConnections: 2 });
+  const bob = testUser("bob");
   await using proxy = await startTestProxy(
     withUsers(testConfig({ dcPorts: { 2: dc.port } }), [alice, bob]),
   );
@@ -144,10 +128,10 @@ Deno.test("a disabled or expired user's fake-TLS client is fronted like any stra
   await using site = startByteSink();
   const dc = await startFakeDc({ mode: "echo" });
   await using _dc = { [Symbol.asyncDispose]: () => dc.close() };
-  const off = user("off", { enabled: false });
-  const old = user("old", { expiresAt: Date.now() - 1000 });
-  const elsewhere = user("elsewhere");
-  const fine = user("fine");
+  const off = testUser("off", { enabled: false });
+  const old = testUser("old", { expiresAt: Date.now() - 1000 });
+  const elsewhere = testUser("elsewhere");
+  const fine = testUser("fine");
   const base = testConfig({
     dcPorts: { 2: dc.port },
     fronting: { host: "127.0.0.1", port: site.port },
@@ -182,8 +166,8 @@ Deno.test("a user's own ad tag takes that user through the middle proxies; the o
   await using telegram = await startFakeTelegramMiddle(tag, "mtproto");
   const dc = await startFakeDc({ mode: "echo" });
   await using _dc = { [Symbol.asyncDispose]: () => dc.close() };
-  const promoted = user("promoted", { tag });
-  const plain = user("plain");
+  const promoted = testUser("promoted", { tag });
+  const plain = testUser("plain");
   const base = testConfig({
     dcPorts: { 2: dc.port },
     proxyUrls: telegram.proxyUrls,
@@ -207,7 +191,10 @@ Deno.test("a user's own ad tag takes that user through the middle proxies; the o
 Deno.test("a reload adds, changes and removes users while their clients relay: untouched ones see every byte", async () => {
   const dc = await startFakeDc({ mode: "echo" });
   await using _dc = { [Symbol.asyncDispose]: () => dc.close() };
-  const alice = user("alice"), bob = user("bob"), carol = user("carol"), dave = user("dave");
+  const alice = testUser("alice"),
+    bob = testUser("bob"),
+    carol = testUser("carol"),
+    dave = testUser("dave");
   await using proxy = await startTestProxy(
     withUsers(testConfig({ dcPorts: { 2: dc.port } }), [alice, bob, carol]),
   );

@@ -12,6 +12,7 @@ import type {
   PolicyConfig,
   PoolConfig,
   ServerErrorFilter,
+  UserConfig,
 } from "../lib/config/types.ts";
 import type { ProxyEvent } from "../lib/client/events.ts";
 import {
@@ -167,6 +168,27 @@ export function testConfig(options: TestConfigOptions = {}): Config {
 }
 
 /** A proxy running in this process, with the events it emitted. */
+/**
+ * A user as the configuration loader makes one: a random secret, enabled, no limits, the
+ * default 24 h window for unique addresses; `fields` override any of it.
+ */
+export function testUser(name: string, fields: Partial<UserConfig> = {}): UserConfig {
+  return {
+    name,
+    secret: randomBytes(16),
+    enabled: true,
+    maxConnections: 0,
+    maxUniqueIps: 0,
+    uniqueIpWindowMs: 86_400_000,
+    dataQuotaBytes: null,
+    quotaReset: null,
+    expiresAt: null,
+    rateLimitBytesPerSec: null,
+    tag: null,
+    ...fields,
+  };
+}
+
 export interface TestProxy {
   readonly server: ServerHandle;
   readonly port: number;

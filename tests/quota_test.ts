@@ -17,7 +17,7 @@ import {
 import { admitIp, countIps, IP_SLOT_CELLS, ipTableSlots } from "../lib/guard/unique_ips.ts";
 import { UserDirectory } from "../lib/guard/users.ts";
 import { createMemoryCounts } from "../lib/guard/policy.ts";
-import type { UserConfig } from "../lib/config/types.ts";
+import { testUser } from "./helpers.ts";
 import { freePort, ProxyProcess } from "./kit/proxy_process.ts";
 import { startFakeDc } from "./kit/fake_dc.ts";
 import { connectTestClient, type TestClient } from "./kit/test_client.ts";
@@ -30,23 +30,6 @@ async function eventually(cond: () => Promise<boolean>, what: string, timeoutMs:
     if (Date.now() > deadline) throw new Error(`Timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 50));
   }
-}
-
-function user(fields: Partial<UserConfig> = {}): UserConfig {
-  return {
-    name: "alice",
-    secret: new Uint8Array(16),
-    enabled: true,
-    maxConnections: 0,
-    maxUniqueIps: 0,
-    uniqueIpWindowMs: 86_400_000,
-    dataQuotaBytes: null,
-    quotaReset: null,
-    expiresAt: null,
-    rateLimitBytesPerSec: null,
-    tag: null,
-    ...fields,
-  };
 }
 
 const ledger = () => openUserLedger(createUserLedger({ users: 16, ipSlots: 256 }));
@@ -73,7 +56,7 @@ Deno.test("quotaPeriodStart: days, ISO weeks (Monday) and months in UTC, at thei
 
 Deno.test("a quota refuses exactly at its boundary and starts again when the period rolls over", () => {
   const l = ledger();
-  const alice = user({ dataQuotaBytes: 1000, quotaReset: "monthly" });
+  const alice = testUser("alice", { dataQuotaBytes: 1000, quotaReset: "monthly" });
   const users = new UserDirectory([alice], [], createMemoryCounts(), l);
   const dec31 = Date.UTC(2026, 11, 31, 23, 59, 59);
   const release = users.admit(alice, dec31, "198.51.100.1");
@@ -93,7 +76,7 @@ Deno.test("a quota refuses exactly at its boundary and starts again when the per
   assertEquals(users.charge("alice", 500, jan1 + 1), 0);
   assertEquals(l.used(alice, jan1 + 2), 500);
   // Without quota_reset it never starts again.
-  const bob = user({ name: "bob", dataQuotaBytes: 10 });
+  const bob = testUser("bob", { dataQuotaBytes: 10 });
   assertEquals(l.charge(bob, 10, dec31), QUOTA_EXCEEDED);
   assertEquals(l.used(bob, Date.UTC(2030, 0, 1)), 10);
   assertEquals(l.periodStart(bob, dec31), null);
@@ -108,8 +91,8 @@ Deno.test("the usage file is written atomically, read back at start, and a stale
     const l1 = ledger();
     const s1 = new UsageStore(path, l1, { warn: (m) => warnings.push(m), now: () => now });
     await s1.load();
-    const alice = user({ dataQuotaBytes: 10_000, quotaReset: "daily" });
-    const bob = user({ name: "bob" });
+    const alice = testUser("alice", { dataQuotaBytes: 10_000, quotaReset: "daily" });
+    const bob = testUser("bob");
     l1.charge(alice, 1234, now);
     l1.charge(bob, 99, now);
     await s1.stop();
@@ -148,7 +131,7 @@ Deno.test("two processes sharing the usage file (an upgrade) add up their bytes"
     const warn = (m: string) => {
       throw new Error(m);
     };
-    const alice = user({ dataQuotaBytes: 1000 });
+    const alice = testUser("alice", { dataQuotaBytes: 1000 });
     const t = Date.UTC(2026, 11, 9);
     const oldL = ledger(), newL = ledger();
     const oldS = new UsageStore(path, oldL, { warn });
@@ -188,9 +171,9 @@ Deno.test("a broken or unreadable usage file is reported in one line and usage s
       await s.load();
       assertEquals(warnings.length, 1, text);
       assert(warnings[0]!.includes(path) && warnings[0]!.includes("starts from zero"), warnings[0]);
-      assertEquals(l.used(user(), Date.now()), 0);
+      assertEquals(l.used(testUser("alice"), Date.now()), 0);
       // The next flush replaces it with a good one.
-      l.charge(user(), 7, Date.now());
+      l.charge(testUser("alice"), 7, Date.now());
       await s.flush();
       const file = parseUsageFile(await Deno.readTextFile(path));
       assert(typeof file !== "string");
@@ -203,7 +186,7 @@ Deno.test("a broken or unreadable usage file is reported in one line and usage s
     const l = ledger();
     const s = new UsageStore(path, l, { warn: (m) => warnings.push(m) });
     await s.load();
-    l.charge(user(), 7, Date.now());
+    l.charge(testUser("alice"), 7, Date.now());
     await s.flush();
     assertEquals(warnings.length, 2, warnings.join("\n"));
     assert(warnings[1]!.startsWith("Cannot write the usage file"), warnings[1]);
@@ -235,7 +218,7 @@ Deno.test("an address table keeps at most its limit within the window, refreshin
 Deno.test("a user's unique addresses are one count for the threads sharing a ledger; a raised limit keeps them", () => {
   const storage = createUserLedger({ users: 4, ipSlots: 64 });
   const w1 = openUserLedger(storage), w2 = openUserLedger(storage);
-  const alice = user({ maxUniqueIps: 2 });
+  const alice = testUser("alice", { maxUniqueIps: 2 });
   const t = Date.now();
   assert(w1.admitIp(alice, "203.0.113.1", t));
   assert(w2.admitIp(alice, "203.0.113.2", t));
@@ -252,8 +235,9 @@ Deno.test("a user beyond the ledger's size is still limited, by this thread alon
   const l = openUserLedger(createUserLedger({ users: 1, ipSlots: 16 }));
   const spilled: string[] = [];
   l.onSpill = (name) => spilled.push(name);
-  const alice = user({ dataQuotaBytes: 100 }), bob = user({ name: "bob", dataQuotaBytes: 100 });
-  const carol = user({ name: "carol", maxUniqueIps: 1 });
+  const alice = testUser("alice", { dataQuotaBytes: 100 }),
+    bob = testUser("bob", { dataQuotaBytes: 100 });
+  const carol = testUser("carol", { maxUniqueIps: 1 });
   const t = Date.now();
   assertEquals(l.charge(alice, 50, t), 0);
   assertEquals(l.charge(bob, 50, t), 0);

@@ -11,24 +11,7 @@ import {
   takeTokens,
 } from "../lib/guard/rate_limit.ts";
 import { createUserLedger, openUserLedger } from "../lib/guard/quota.ts";
-import type { UserConfig } from "../lib/config/types.ts";
-
-function user(fields: Partial<UserConfig> = {}): UserConfig {
-  return {
-    name: "alice",
-    secret: new Uint8Array(16),
-    enabled: true,
-    maxConnections: 0,
-    maxUniqueIps: 0,
-    uniqueIpWindowMs: 86_400_000,
-    dataQuotaBytes: null,
-    quotaReset: null,
-    expiresAt: null,
-    rateLimitBytesPerSec: 1_000_000,
-    tag: null,
-    ...fields,
-  };
-}
+import { testUser } from "./helpers.ts";
 
 Deno.test("takeTokens starts full, waits exactly for the debt, and refills up to the burst", () => {
   const b = new Float64Array(BUCKET_CELLS);
@@ -77,7 +60,8 @@ Deno.test("a relay that reads 64 KiB chunks as the waits allow moves the configu
 Deno.test("threads opening one ledger share one bucket per user", () => {
   const storage = createUserLedger({ users: 8, ipSlots: 0 });
   const w1 = openUserLedger(storage), w2 = openUserLedger(storage);
-  const alice = user(), bob = user({ name: "bob" });
+  const alice = testUser("alice", { rateLimitBytesPerSec: 1_000_000 }),
+    bob = testUser("bob", { rateLimitBytesPerSec: 1_000_000 });
   const t = 1_700_000_000_000;
   assertEquals(w1.charge(alice, 100_000, t), 0);
   // Worker 2 finds alice's bucket empty, bob's full.
@@ -86,7 +70,7 @@ Deno.test("threads opening one ledger share one bucket per user", () => {
   assertEquals(w2.pauses.get("alice"), 1);
   assertEquals(w1.pauses.get("alice"), undefined);
   // A user without a limit never waits.
-  const carol = user({ name: "carol", rateLimitBytesPerSec: null });
+  const carol = testUser("carol", { rateLimitBytesPerSec: null });
   assertEquals(w1.charge(carol, 10_000_000, t), 0);
   // A reload may lower the rate: the bucket follows the user's limit as it is now.
   assertEquals(w1.charge({ ...bob, rateLimitBytesPerSec: 100_000 }, 100_000, t), 100);
