@@ -5,19 +5,9 @@
  * @module
  */
 
-/** What a reload did. */
-export interface ReloadReport {
-  /** False when the file could not be read or validated (or a listener bound): nothing changed. */
-  readonly ok: boolean;
-  /** Why it failed (never a secret). */
-  readonly error?: string;
-  /** YAML paths of what changed live, e.g. `timeouts.idle`, `users.bob (removed)`. */
-  readonly changed: readonly string[];
-  /** YAML paths that changed in the file but need a restart: their running values stay. */
-  readonly notLive: readonly string[];
-  /** Clients (and a back's front links) the new configuration refused and that were closed. */
-  readonly closed: number;
-}
+import type { ReloadReport } from "../config/reload.ts";
+
+export type { ReloadReport };
 
 let handler: (() => Promise<ReloadReport>) | null = null;
 

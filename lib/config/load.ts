@@ -485,17 +485,30 @@ async function _readConfigText(path: string): Promise<string> {
   try {
     return await Deno.readTextFile(path);
   } catch (e) {
-    const why = e instanceof Deno.errors.NotFound
-      ? "no such file"
-      : e instanceof Deno.errors.PermissionDenied
-      ? "permission denied"
-      : e instanceof Deno.errors.IsADirectory
-      ? "it is a directory"
-      : e instanceof Error
-      ? e.message
-      : String(e);
-    throw new ConfigError([`Cannot read config file ${JSON.stringify(path)}: ${why}`]);
+    throw new ConfigError([`Cannot read config file ${JSON.stringify(path)}: ${readFailure(e)}`]);
   }
+}
+
+/**
+ * Why reading a file failed, in a few words for a problem line (the error's message for what
+ * has no words here; never anything the file holds).
+ *
+ * @example Usage
+ * ```ts
+ * import { readFailure } from "./load.ts";
+ * readFailure(new Deno.errors.PermissionDenied("open")); // "permission denied"
+ * ```
+ */
+export function readFailure(e: unknown): string {
+  return e instanceof Deno.errors.NotFound
+    ? "no such file"
+    : e instanceof Deno.errors.PermissionDenied
+    ? "permission denied"
+    : e instanceof Deno.errors.IsADirectory
+    ? "it is a directory"
+    : e instanceof Error
+    ? e.message
+    : String(e);
 }
 
 function _editDistance(a: string, b: string): number {

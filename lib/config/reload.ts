@@ -18,6 +18,20 @@
  */
 import type { Config, ListenerConfig, UserConfig } from "./types.ts";
 
+/** What a reload did (SIGHUP, or the admin API's `POST /api/reload`). */
+export interface ReloadReport {
+  /** False when the file could not be read or validated (or a listener bound): nothing changed. */
+  readonly ok: boolean;
+  /** Why it failed (never a secret). */
+  readonly error?: string;
+  /** YAML paths of what changed live, e.g. `timeouts.idle`, `users.bob (removed)`. */
+  readonly changed: readonly string[];
+  /** YAML paths that changed in the file but need a restart: their running values stay. */
+  readonly notLive: readonly string[];
+  /** Clients (and a back's front links) the new configuration refused and that were closed. */
+  readonly closed: number;
+}
+
 /** What a reload does: see {@linkcode planReload}. */
 export interface ReloadPlan {
   /** The configuration to run from now on: the new one, not-live keys at their running value. */

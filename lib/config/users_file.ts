@@ -17,7 +17,7 @@ import { dirname, isAbsolute, join, resolve } from "node:path";
 import { stringify } from "yaml";
 import { writeFileAtomic } from "./atomic_file.ts";
 import { DEFAULT_USERS_FILE_NAME } from "./defaults.ts";
-import { ConfigError, type FileUsers, parseYaml } from "./load.ts";
+import { ConfigError, type FileUsers, parseYaml, readFailure } from "./load.ts";
 
 /** Inputs of {@linkcode resolveUsersFilePath}. */
 export interface UsersFilePathOptions {
@@ -75,14 +75,7 @@ export async function readUsersFile(path: string): Promise<FileUsers | null> {
     text = await Deno.readTextFile(path);
   } catch (e) {
     if (e instanceof Deno.errors.NotFound) return null;
-    const why = e instanceof Deno.errors.PermissionDenied
-      ? "permission denied"
-      : e instanceof Deno.errors.IsADirectory
-      ? "it is a directory"
-      : e instanceof Error
-      ? e.message
-      : String(e);
-    throw new ConfigError([`Cannot read users file ${JSON.stringify(path)}: ${why}`]);
+    throw new ConfigError([`Cannot read users file ${JSON.stringify(path)}: ${readFailure(e)}`]);
   }
   return parseUsersFile(text, path);
 }

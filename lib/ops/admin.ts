@@ -17,8 +17,8 @@
 import { createHash, timingSafeEqual } from "node:crypto";
 import { type Context, Hono } from "hono";
 import type { Config, HostPort, UserConfig } from "../config/types.ts";
-import { ConfigError, type FileUsers, isValidName } from "../config/load.ts";
-import { checkUser } from "../config/load.ts";
+import { checkUser, ConfigError, type FileUsers, isValidName } from "../config/load.ts";
+import type { ReloadReport } from "../config/reload.ts";
 import { readUsersFile, usersFileSource, writeUsersFile } from "../config/users_file.ts";
 import { generateSecret, proxyLinks, toHex } from "../secret.ts";
 import { formatHostPort } from "../net.ts";
@@ -50,18 +50,7 @@ const MAX_TRACKED_ADDRESSES = 10_000;
 
 export type { UserUsage } from "../guard/quota.ts";
 
-/** What a reload did (the same as SIGHUP). */
-export interface ReloadReport {
-  readonly ok: boolean;
-  /** Why nothing changed, when `ok` is false. */
-  readonly error?: string;
-  /** Keys (or sections) that changed and were applied. */
-  readonly changed: readonly string[];
-  /** Keys that changed but cannot change live: they keep their old value until a restart. */
-  readonly notLive: readonly string[];
-  /** Clients closed because the new configuration refuses them. */
-  readonly closed: number;
-}
+export type { ReloadReport };
 
 /** The configuration as the files say now, and where the users file is. */
 export interface ResolvedForAdmin {

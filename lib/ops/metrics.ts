@@ -419,25 +419,24 @@ export class Metrics {
         this.#userBytesTo.get(user) ?? 0,
       );
     }
-    for (const [key, n] of this.#userRefused) {
-      const at = key.indexOf("\0");
-      put(
+    const byReason = [
+      [
         "mtproxy_user_refused_total",
-        "counter",
         "Clients of each user refused by the user's limits (fake-TLS ones fronted), by reason.",
-        { user: key.slice(0, at), reason: key.slice(at + 1) },
-        n,
-      );
-    }
-    for (const [key, n] of this.#userClosed) {
-      const at = key.indexOf("\0");
-      put(
+        this.#userRefused,
+      ],
+      [
         "mtproxy_user_closed_total",
-        "counter",
         "Relays of each user's clients that ended, by reason (user_quota: the quota ran out).",
-        { user: key.slice(0, at), reason: key.slice(at + 1) },
-        n,
-      );
+        this.#userClosed,
+      ],
+    ] as const;
+    for (const [name, help, counts] of byReason) {
+      for (const [key, n] of counts) {
+        // Keyed "user\0reason".
+        const at = key.indexOf("\0");
+        put(name, "counter", help, { user: key.slice(0, at), reason: key.slice(at + 1) }, n);
+      }
     }
     for (const u of live.users?.usage ?? []) {
       const labels = { user: u.name };
