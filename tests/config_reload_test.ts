@@ -1,8 +1,12 @@
 /**
  * The reload plan: what a reload applies live, which keys keep their running value, and how
- * listeners are matched (by name).
+ * listeners are matched (by name); and a real `mtproxy run` process given a new `users_file`.
  */
-import { assert, assertEquals } from "./assert.ts";
+import { assert, assertEquals, assertRejects, assertStringIncludes } from "./assert.ts";
+import { startFakeDc } from "./kit/fake_dc.ts";
+import { freePort, ProxyProcess } from "./kit/proxy_process.ts";
+import { connectTestClient, type TestClient } from "./kit/test_client.ts";
+import { randomBytes } from "../lib/crypto.ts";
 import { buildConfig } from "../lib/config/load.ts";
 import { planReload, sameValue, yamlKey } from "../lib/config/reload.ts";
 import type { Config } from "../lib/config/types.ts";
@@ -171,3 +175,104 @@ Deno.test("yamlKey names config fields as the file does", () => {
   assertEquals(yamlKey("proxyConfigV6Url"), "proxy_config_v6_url");
   assertEquals(yamlKey("dataQuotaBytes"), "data_quota");
 });
+
+Deno.test("planReload applies a new users_file path live (its users are the ones read)", () => {
+  const running = edit((r) => (r.users_file = "a.yaml"));
+  const next = edit((r) => (r.users_file = "b.yaml"));
+  const plan = planReload(running, next);
+  assertEquals(plan.changed, ["users_file"]);
+  assertEquals(plan.notLive, []);
+  assertEquals(plan.config.usersFile, "b.yaml");
+  assertEquals(planReload(plan.config, next).changed, []);
+});
+
+Deno.test("a reload of mtproxy run that points users_file at another file serves that file's users, and the admin API writes there", async () => {
+  const dir = await Deno.makeTempDir();
+  const dc = await startFakeDc({ mode: "echo" });
+  try {
+    const token = "reload-users-file-token-0123456789";
+    const admin = freePort();
+    const yaml = (usersFile: string) =>
+      [
+        "listeners:",
+        `  - { name: main, host: 127.0.0.1, port: ${freePort()}, secret: "${S1}" }`,
+        'fronting: { mode: "off" }',
+        "log_level: info",
+        "telegram:",
+        "  mode: direct",
+        `  dc_addresses: { 2: "127.0.0.1:${dc.port}" }`,
+        `admin: { listen: "127.0.0.1:${admin}", token: "${token}" }`,
+        `users_file: ${usersFile}`,
+        "",
+      ].join("\n");
+    await Deno.writeTextFile(`${dir}/a.yaml`, `users:\n  alice: { secret: "${S3}" }\n`);
+    await Deno.writeTextFile(`${dir}/b.yaml`, `users:\n  bob: { secret: "${S4}" }\n`);
+    await Deno.writeTextFile(`${dir}/config.yaml`, yaml("a.yaml"));
+    const proxy = new ProxyProcess(["run", "--config", "config.yaml", "--quiet-links"], {
+      cwd: dir,
+    });
+    try {
+      await proxy.waitFor("listening on");
+      const port = proxy.port();
+      const alice = await connectTestClient({ port, secret: _bytes(S3), kind: "dd", dcId: 2 });
+      await _echo(alice);
+      await assertRejects(() => _echoOnce(port, S4));
+
+      // The same port (a listener moved would be another test): keep the first file's port.
+      await Deno.writeTextFile(
+        `${dir}/config.yaml`,
+        yaml("b.yaml").replace(/port: \d+/, `port: ${port}`),
+      );
+      proxy.signal("SIGHUP");
+      await proxy.waitForLog("Configuration reloaded:");
+      const line = proxy.stderr.split("\n").find((l) => l.includes("Configuration reloaded:"))!;
+      assertStringIncludes(line, "users_file");
+      assertStringIncludes(line, "users.alice (removed)");
+      assertStringIncludes(line, "users.bob (added)");
+      assert(!proxy.stderr.includes("Not changed until a restart"), proxy.stderr);
+      await alice.closed();
+      await alice.close();
+      await _echoOnce(port, S4);
+      await assertRejects(() => _echoOnce(port, S3));
+
+      const auth = { authorization: `Bearer ${token}` };
+      const list = await fetch(`http://127.0.0.1:${admin}/api/users`, { headers: auth });
+      const body = await list.json();
+      assertEquals(body.users_file, `${dir}/b.yaml`);
+      assertEquals(body.users.map((u: { name: string }) => u.name), ["bob"]);
+      const added = await fetch(`http://127.0.0.1:${admin}/api/users`, {
+        method: "POST",
+        headers: { ...auth, "content-type": "application/json" },
+        body: JSON.stringify({ name: "carol", secret: S5 }),
+      });
+      assertEquals(added.status, 201, await added.text());
+      assertStringIncludes(await Deno.readTextFile(`${dir}/b.yaml`), "carol");
+      assert(!(await Deno.readTextFile(`${dir}/a.yaml`)).includes("carol"));
+      await _echoOnce(port, S5);
+    } finally {
+      await proxy.stop();
+    }
+  } finally {
+    await dc.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+function _bytes(hex: string): Uint8Array {
+  return Uint8Array.from(hex.match(/../g)!, (h) => parseInt(h, 16));
+}
+
+async function _echo(c: TestClient): Promise<void> {
+  const payload = randomBytes(256);
+  await c.send(payload, { padding: 0 });
+  assertEquals((await c.receive(5000)).subarray(0, 256), payload);
+}
+
+async function _echoOnce(port: number, secret: string): Promise<void> {
+  const c = await connectTestClient({ port, secret: _bytes(secret), kind: "dd", dcId: 2 });
+  try {
+    await _echo(c);
+  } finally {
+    await c.close();
+  }
+}

@@ -124,6 +124,11 @@ const LIVE: {
   sharedState: "the fleet's Redis connection is made at start",
   // Users added, changed, disabled or removed; their clients are judged one by one.
   users: true,
+  // Every reload (and every admin API request) resolves the users file's path anew from the
+  // file: a new path's users are the ones read and applied, and the API writes there from now.
+  usersFile: true,
+  // The admin API's socket and token are set up at start.
+  admin: "the admin API is bound at start",
 };
 
 /** YAML names where the camelCase-to-snake_case rule (and dropping "Ms") gets them wrong. */
