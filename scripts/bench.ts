@@ -30,13 +30,18 @@
  * handshakes per second (`ee` and `dd`) with each user's clients from its own loopback address
  * and from addresses never seen before, and the proxy's CPU per handshake, as ratios to 1 user.
  *
+ * The `ratelimit` part (scripts/bench_rate_limit.ts) has one user's clients push data both ways
+ * through a proxy with `rate_limit` set, and compares the bytes moved in a bounded window (as
+ * the clients saw them, and as the proxy counted them) with the configured rate.
+ *
  * Prints one table (proxy figure, relay figure, ratio proxy/relay), one for middle mode (middle
  * figure, direct figure, ratio middle/direct), one for split mode (split figure, standalone
  * figure), a PASS/MISS line per target, and one `BENCH_JSON {...}` line. Exits 0 unless the
  * bench itself broke.
  *
  * Usage: `deno task bench [--quick]
- * [--only throughput,latency,handshakes,memory,middle,split,workers,users] [--repeat N]
+ * [--only throughput,latency,handshakes,memory,middle,split,workers,users,ratelimit]
+ * [--repeat N]
  * [--proxy cli|inproc] [--v8-flags FLAGS]`.
  *
  * @module
@@ -52,7 +57,8 @@ const HELP = `Usage: deno task bench [options]
 Options:
   --quick            shorter runs (about a third of the time)
   --only PARTS       comma-separated subset of:
-                     ${"throughput,latency,handshakes,memory,middle,split,workers,users"}
+                     ${"throughput,latency,handshakes,memory,middle,split,workers,users,"}
+                     ${"ratelimit"}
                      (middle: middle-proxy mode's throughput, latency, memory and
                      Telegram-side connections, next to direct mode; split: a front and
                      a back vs a standalone proxy: throughput, CPU per GB of each,
@@ -63,7 +69,9 @@ Options:
                      ratio to 1 worker. The other parts run the proxy with 1 worker;
                      users: a proxy with 1, 100 and 1,000 users on one port: ee and dd
                      handshakes/s and proxy CPU per handshake, clients from their
-                     user's own address and from new ones, as ratios to 1 user)
+                     user's own address and from new ones, as ratios to 1 user;
+                     ratelimit: one user's clients through users.NAME.rate_limit,
+                     bytes moved in a bounded window over the configured rate)
   --repeat N         run each throughput measurement N times and keep the median
                      (default 3, middle and split modes 2; with --quick 1)
   --proxy KIND       cli: main.ts run --config FILE (default); inproc: scripts/bench_proxy.ts,
@@ -82,6 +90,7 @@ const PARTS = [
   "split",
   "workers",
   "users",
+  "ratelimit",
 ] as const;
 type Part = typeof PARTS[number];
 const STREAMS = [1, 16, 256] as const;
@@ -509,6 +518,8 @@ interface Results {
   workers?: WorkersResults;
   /** The `users` part. */
   users?: UsersResults;
+  /** The `ratelimit` part: one row per configured rate (null: the unlimited baseline). */
+  rate_limit?: RateLimitRow[];
   errors: number;
   error_samples: string[];
   detail: Record<string, unknown>;
@@ -1192,6 +1203,109 @@ async function _workers(env: Env): Promise<void> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// A user's bandwidth limit (scripts/bench_rate_limit.ts)
+
+/** One measurement of scripts/bench_rate_limit.ts (see its `Result`). */
+interface RateLimitRow {
+  rate: number | null;
+  clients: number;
+  seconds: number;
+  bytes: number;
+  achieved: number;
+  ratio: number | null;
+  ledger_bytes: number;
+}
+
+const RATE_LIMIT_RATES = [1_000_000, 4_000_000, 16_000_000];
+
+async function _rateLimit(env: Env): Promise<void> {
+  const s = env.settings;
+  // Long windows: loopback socket buffers hold megabytes, which a short window at 1 MB/s sees
+  // drain or fill instead of the limit.
+  const seconds = Math.max(3, s.seconds * 2);
+  const warmup = Math.max(2, s.warmupS * 2);
+  const runs = 2 * (1 + RATE_LIMIT_RATES.length);
+  const child = new Child("rate-limit bench", [
+    "run",
+    "--allow-all",
+    script("bench_rate_limit.ts"),
+    "--seconds",
+    String(seconds),
+    "--warmup",
+    String(warmup),
+    "--rates",
+    RATE_LIMIT_RATES.join(","),
+    "--clients",
+    "1,4",
+    "--json",
+  ]);
+  const status = await child.wait((runs * (seconds + warmup) + 120) * 1000);
+  const line = child.lines.find((l) => l.startsWith("BENCH_JSON "));
+  if (!status.success || !line) {
+    throw new BenchError(`rate-limit bench failed: ${child.stderr.slice(-1500)}`);
+  }
+  for (const l of child.lines) if (!l.startsWith("BENCH_JSON ")) console.error(`  ${l}`);
+  env.results.rate_limit = JSON.parse(line.slice("BENCH_JSON ".length)).rate_limit;
+}
+
+/** Rows where the limit is below what the machine did without one (else it is no test). */
+function _limitedRows(rows: readonly RateLimitRow[]): RateLimitRow[] {
+  return rows.filter((r) => {
+    const free = rows.find((b) => b.rate === null && b.clients === r.clients);
+    return r.rate !== null && (!free || r.rate <= free.achieved * 0.8);
+  });
+}
+
+function _rateLimitTable(rows: readonly RateLimitRow[]): string {
+  const mb = (n: number) => (n / 1e6).toFixed(2);
+  const lines = [
+    "rate limit (MB/s both ways)           configured  clients saw  proxy counted  ratio",
+    "-".repeat(84),
+  ];
+  for (const r of rows) {
+    const what = `${r.rate === null ? "no limit" : "rate_limit"}, ${r.clients} client(s)`;
+    lines.push(
+      `${what.padEnd(36)} ${(r.rate === null ? "-" : mb(r.rate)).padStart(11)} ${
+        mb(r.achieved).padStart(12)
+      } ${mb(r.ledger_bytes / r.seconds).padStart(14)} ${
+        (r.ratio === null ? "n/a" : r.ratio.toFixed(2)).padStart(6)
+      }`,
+    );
+  }
+  lines.push("-".repeat(84));
+  lines.push(
+    "Ratio = what the clients saw / configured. The clients saw twice the bytes echoed back",
+    "to them in the window (the limit counts both ways); the proxy counted what it read from",
+    "either side for the user. Every byte above the limit would show in what the clients saw;",
+    "bytes still in loopback socket buffers make it read low, more so with 4 clients.",
+  );
+  return lines.join("\n");
+}
+
+function _rateLimitTargets(rows: readonly RateLimitRow[]): Target[] {
+  const limited = _limitedRows(rows);
+  if (limited.length === 0) return [];
+  const counted = limited.map((r) => r.ledger_bytes / r.seconds / r.rate!);
+  const worst = counted.reduce((w, x) => Math.abs(x - 1) > Math.abs(w - 1) ? x : w);
+  const saw = limited.reduce((sum, r) => sum + r.ratio!, 0) / limited.length;
+  return [
+    {
+      name: "rate_limit: bytes the proxy moved over the configured rate, furthest from 1",
+      value: worst,
+      limit: "0.90x-1.10x",
+      pass: worst >= 0.9 && worst <= 1.1,
+    },
+    {
+      // Socket buffers on the way make each window read high or low: a check, not a target.
+      name: "rate_limit: bytes the clients saw over the configured rate, mean of all rows",
+      value: saw,
+      limit: "about 1.00x",
+      pass: null,
+    },
+  ];
+}
+
+// ---------------------------------------------------------------------------------------------
 // Many users on one port (scripts/bench_users.ts)
 
 async function _users(env: Env): Promise<void> {
@@ -1740,6 +1854,7 @@ async function _main(): Promise<number> {
       split: _split,
       workers: _workers,
       users: _users,
+      ratelimit: _rateLimit,
     };
     for (const part of PARTS) {
       if (!parts.has(part)) continue;
@@ -1771,10 +1886,11 @@ async function _main(): Promise<number> {
     ...(results.split ? splitTargets(results.split) : []),
     ...(results.workers ? workersTargets(results.workers) : []),
     ...(results.users ? usersTargets(results.users) : []),
+    ...(results.rate_limit ? _rateLimitTargets(results.rate_limit) : []),
   ];
   const seconds = (performance.now() - started) / 1000;
   const mainParts = [...parts].some((p) =>
-    p !== "middle" && p !== "split" && p !== "workers" && p !== "users"
+    p !== "middle" && p !== "split" && p !== "workers" && p !== "users" && p !== "ratelimit"
   );
   if (mainParts) console.log(_table(results, settings));
   if (results.middle) {
@@ -1802,6 +1918,12 @@ async function _main(): Promise<number> {
   if (results.users) {
     if (mainParts || results.middle || results.split || results.workers) console.log("");
     console.log(usersTable(results.users, settings));
+  }
+  if (results.rate_limit) {
+    if (mainParts || results.middle || results.split || results.workers || results.users) {
+      console.log("");
+    }
+    console.log(_rateLimitTable(results.rate_limit));
   }
   if (results.idle_memory_breakdown) {
     for (const [mode, b] of Object.entries(results.idle_memory_breakdown)) {

@@ -1,9 +1,10 @@
 /**
  * Bench of `users.NAME.rate_limit`: clients of one user push data both ways as fast as they can
- * through a proxy (in this process) to an echo DC, and the bytes the proxy moved for that user in
- * a bounded window are divided by the window and by the configured rate. A ratio near 1.00 is the
- * limit working; below it, the machine could not go that fast (see the unlimited baseline, which
- * is run first in the same sitting).
+ * through a proxy (in this process) to an echo DC. The bytes the clients got back in a bounded
+ * window, twice (the echo moves each byte up and down, and the limit counts both ways), are
+ * divided by the window and by the configured rate. A ratio near 1.00 is the limit working;
+ * below it, the machine could not go that fast (see the unlimited baseline, which is run first
+ * in the same sitting). The proxy's own count for the user (its usage ledger) is shown beside.
  *
  *   deno run -A scripts/bench_rate_limit.ts [--seconds 5] [--warmup 1]
  *     [--rates 1000000,4000000,16000000] [--clients 1,4] [--json]
@@ -25,9 +26,12 @@ interface Result {
   rate: number | null;
   clients: number;
   seconds: number;
+  /** Bytes both ways by the clients' count (twice what came back), and per second. */
   bytes: number;
   achieved: number;
   ratio: number | null;
+  /** Bytes the proxy counted for the user in the same window (both ways). */
+  ledger_bytes: number;
 }
 
 const { values } = parseArgs({
@@ -74,6 +78,7 @@ async function measure(rate: number | null, clients: number): Promise<Result> {
   const server = await startServer(config);
   const port = server.addresses[0]!.port;
   let stop = false;
+  let received = 0;
   const conns: TestClient[] = [];
   try {
     for (let i = 0; i < clients; i++) {
@@ -92,18 +97,22 @@ async function measure(rate: number | null, clients: number): Promise<Result> {
         while (!stop) await c.send(frame, { padding: 0 });
       })().catch(() => {}),
       (async () => {
-        while (!stop) await c.receive(30_000);
+        while (!stop) {
+          // Not `received += await ...`: that reads `received` before the await.
+          const frame = await c.receive(30_000);
+          received += frame.length;
+        }
       })().catch(() => {}),
     ]);
     const used = () => server.userUsage()[0]!.bytesUsed;
     await new Promise((r) => setTimeout(r, warmup * 1000));
-    const b0 = used(), t0 = performance.now();
+    const b0 = used(), r0 = received, t0 = performance.now();
     await new Promise((r) => setTimeout(r, seconds * 1000));
-    const b1 = used(), t1 = performance.now();
+    const b1 = used(), r1 = received, t1 = performance.now();
     stop = true;
     for (const c of conns) await c.close();
     await Promise.all(loops);
-    const bytes = b1 - b0;
+    const bytes = 2 * (r1 - r0);
     const achieved = bytes / ((t1 - t0) / 1000);
     return {
       rate,
@@ -112,6 +121,7 @@ async function measure(rate: number | null, clients: number): Promise<Result> {
       bytes,
       achieved,
       ratio: rate === null ? null : achieved / rate,
+      ledger_bytes: b1 - b0,
     };
   } finally {
     stop = true;
@@ -134,7 +144,9 @@ for (const clients of clientCounts) {
     console.log(
       `rate_limit ${mb(rate)}, ${clients} client(s): ${mb(r.achieved)} over ${
         r.seconds.toFixed(1)
-      } s, ratio ${r.ratio!.toFixed(3)}${note}`,
+      } s, ratio ${r.ratio!.toFixed(3)} (the proxy counted ${
+        mb(r.ledger_bytes / r.seconds)
+      })${note}`,
     );
   }
 }
