@@ -346,6 +346,54 @@ Deno.test("mtproxy check-config reports YAML syntax errors and missing files wit
 // ---------------------------------------------------------------------------------------------
 // run (without starting a server)
 
+Deno.test("mtproxy check-config checks the users file too, naming it and the key, never a secret", async () => {
+  await withTempDir(async (dir) => {
+    // A near-miss of a secret (31 hex digits) is mostly the secret: it must never be printed.
+    const nearMiss = HEX.slice(1);
+    const other = "fedcba9876543210fedcba9876543210";
+    await Deno.writeTextFile(
+      `${dir}/c.yaml`,
+      `listeners: [{ port: 443 }]\nusers:\n  carol: { secret: "${HEX}" }\n`,
+    );
+    const users = `${dir}/mtproxy-users.yaml`;
+    await Deno.writeTextFile(
+      users,
+      `users:\n  bob: { secret: "${nearMiss}", max_connections: -1 }\n  carol: { secret: "${other}" }\n`,
+    );
+    const r = await mtproxy(["check-config", "c.yaml"], { cwd: dir });
+    assertEquals(r.code, 1, r.stdout);
+    assertNoStack(r);
+    assertEquals(r.stderr.trim().split("\n"), [
+      "c.yaml: 3 problems",
+      `users.carol: defined both in the config file and in the users file ${users}: keep one`,
+      `users.bob.secret (from users file ${users}): must be 32 hex digits, "dd" + 32 hex digits, or an "ee" secret in hex or base64url: got 31 hex digits`,
+      `users.bob.max_connections (from users file ${users}): must be an integer 0-10000000: got -1`,
+    ]);
+    for (const s of [HEX, nearMiss, other]) assert(!r.stderr.includes(s), r.stderr);
+
+    // users_file (relative to the config file), read even when the config file has problems.
+    await Deno.writeTextFile(
+      `${dir}/d.yaml`,
+      "listeners: [{ port: abc }]\nusers_file: sub/u.yaml\n",
+    );
+    await Deno.mkdir(`${dir}/sub`);
+    await Deno.writeTextFile(`${dir}/sub/u.yaml`, "users: [1]\n");
+    const d = await mtproxy(["check-config", `${dir}/d.yaml`]);
+    assertEquals(d.code, 1);
+    assertEquals(d.stderr.trim().split("\n"), [
+      `${dir}/d.yaml: 2 problems`,
+      'listeners[0].port: must be an integer 1-65535: got "abc"',
+      `users file ${dir}/sub/u.yaml: users: must be a mapping of user names to users`,
+    ]);
+
+    // A good users file: OK.
+    await Deno.writeTextFile(users, `users:\n  bob: { secret: "${other}" }\n`);
+    const ok = await mtproxy(["check-config", "c.yaml"], { cwd: dir });
+    assertEquals(ok.code, 0, ok.stderr);
+    assertEquals(ok.stdout, "Configuration OK: 1 listener\n");
+  });
+});
+
 Deno.test("mtproxy run stops before listening when the configuration is invalid", async () => {
   await withTempDir(async (dir) => {
     const r = await mtproxy(["run", "--log-level", "loud", "-p", "0"], { cwd: dir });

@@ -3,7 +3,15 @@
  *
  * @module
  */
-import { type ConfigDraft, ConfigError, loadConfigDraftFile } from "../config/load.ts";
+import {
+  buildConfigDraft,
+  type ConfigDraft,
+  ConfigError,
+  type FileUsers,
+  readConfigFile,
+} from "../config/load.ts";
+import { resolveStatePath } from "../config/state.ts";
+import { readUsersFile, resolveUsersFilePath } from "../config/users_file.ts";
 import { formatAddress } from "./link.ts";
 import { parseCommandArgs, reportError, UsageError } from "./options.ts";
 
@@ -14,7 +22,9 @@ Validate a YAML configuration file. Prints "Configuration OK: N listeners" (for 
 split pair: the role, and the backs of a front or the link listeners and fronts
 of a back) and exits with 0, or prints every problem (one per line: key path and
 reason) and exits with 1. Listeners without a secret are fine: "mtproxy run"
-takes theirs from the state file. Environment variables are not read.
+takes theirs from the state file. The users file is checked with it (users_file,
+or mtproxy-users.yaml beside the state file; not for a back). Environment
+variables are not read.
 
 Options:
       --role ROLE   check the file as this role (standalone, front or back)
@@ -85,11 +95,7 @@ export async function checkConfigCommand(args: string[]): Promise<number> {
     }
     const path = positionals[0]!;
     try {
-      const draft = await loadConfigDraftFile(path, {
-        overrides: values.role === undefined ? {} : {
-          role: { value: values.role, source: "--role" },
-        },
-      });
+      const draft = await _checkFiles(path, values.role);
       for (const w of draft.warnings) console.error(`Warning: ${w}`);
       console.log(summarizeConfig(draft));
       return 0;
@@ -103,4 +109,60 @@ export async function checkConfigCommand(args: string[]): Promise<number> {
   } catch (e) {
     return reportError("check-config", e);
   }
+}
+
+/**
+ * The draft of the config file with the users file's users, as `run` builds it (the state
+ * file's location as the file names it, the environment not read). Throws one
+ * {@linkcode ConfigError} with the problems of both files.
+ */
+async function _checkFiles(path: string, role: string | undefined): Promise<ConfigDraft> {
+  const raw = await readConfigFile(path);
+  const options = {
+    overrides: role === undefined ? {} : { role: { value: role, source: "--role" } },
+  };
+  let draft: ConfigDraft | null = null;
+  let problems: string[] = [];
+  try {
+    draft = buildConfigDraft(raw, options);
+  } catch (e) {
+    if (!(e instanceof ConfigError)) throw e;
+    problems = [...e.problems];
+  }
+  // Where the users file is: from the draft, or, when the file has problems, from its keys as
+  // written (so that both files' problems are listed at once).
+  const keys = draft ?? _rawKeys(raw, role);
+  if (keys.role !== "back") {
+    let fileUsers: FileUsers | null = null;
+    try {
+      const statePath = resolveStatePath({ stateFile: keys.stateFile, configPath: path });
+      fileUsers = await readUsersFile(
+        resolveUsersFilePath({ usersFile: keys.usersFile, statePath, configPath: path }),
+      );
+    } catch (e) {
+      if (!(e instanceof ConfigError)) throw e;
+      problems.push(...e.problems);
+    }
+    if (fileUsers !== null) {
+      try {
+        draft = buildConfigDraft(raw, { ...options, fileUsers });
+      } catch (e) {
+        if (!(e instanceof ConfigError)) throw e;
+        // The config file's problems again, and the users file's.
+        problems = [...e.problems, ...problems.filter((p) => !e.problems.includes(p))];
+        draft = null;
+      }
+    }
+  }
+  if (draft === null || problems.length > 0) throw new ConfigError(problems);
+  return draft;
+}
+
+function _rawKeys(
+  raw: unknown,
+  role: string | undefined,
+): { role: unknown; stateFile: string | null; usersFile: string | null } {
+  const r = typeof raw === "object" && raw !== null ? raw as Record<string, unknown> : {};
+  const text = (v: unknown) => typeof v === "string" && v !== "" ? v : null;
+  return { role: role ?? r.role, stateFile: text(r.state_file), usersFile: text(r.users_file) };
 }
