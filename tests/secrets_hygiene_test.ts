@@ -3,9 +3,12 @@
  * bad clients go through them, configuration errors are provoked next to secrets, and every line
  * they print (stdout, stderr, /metrics) is searched for every form of every secret: hex, `dd`,
  * `ee` hex and base64url (with each domain), any 16 characters in a row of them (a near-miss or a
- * cut-off secret is still mostly the secret), the Redis password, and proxy links. Only output
- * that asked for links (`link`, `run --print-links`) may hold them, and a positive control shows
- * the search finds them there.
+ * cut-off secret is still mostly the secret), the Redis password, the admin API's token
+ * (configured, or made into the state file), and proxy links. Only output that asked for links
+ * (`link`, `run --print-links`, the admin API's `/api/users/:name/links`) may hold them, and a
+ * positive control shows the search finds them there. Users of the users file and users added
+ * or changed through the admin API are searched for too, in the log and in every other answer
+ * of the API.
  */
 import { assert, assertEquals, assertStringIncludes } from "./assert.ts";
 import { startFakeDc } from "./kit/fake_dc.ts";
@@ -489,6 +492,181 @@ Deno.test("a split pair at log_level debug never logs its link secret or its cli
     });
   });
 });
+
+/** A users-file user's secret (written into the file before start). */
+const DORA_HEX = "c4e81a5f2b7d9036e1a4c7f02b5d8e39";
+/** The secret the admin API is given for a new user, and the one it changes it to. */
+const ERIN_HEX = "5f9b3d71e2a4c6081f3b5d7e9a2c4e60";
+const ERIN_NEW_HEX = "a0c2e4f6183a5c7e90b2d4f6183a5c7e";
+/** The admin token when it is configured (another one is made into the state file). */
+const ADMIN_TOKEN = "Adm1n-t0ken.for-the-hygiene_test-Qx7";
+
+/** Every 16 characters in a row of a token (any cut of it is still mostly the token). */
+function tokenNeedles(token: string): string[] {
+  const out: string[] = [];
+  for (let i = 0; i + 16 <= token.length; i++) out.push(token.slice(i, i + 16).toLowerCase());
+  return out;
+}
+
+for (const tokenKind of ["configured", "made into the state file"] as const) {
+  Deno.test(`a proxy with the admin API (token ${tokenKind}) never logs the token or a users-file user's secret, and only a user's links answer holds a secret`, async () => {
+    await withTempDir(async (dir) => {
+      const dc = await startFakeDc();
+      const [port, adminPort] = [freePort(), freePort()];
+      await Deno.writeTextFile(
+        `${dir}/config.yaml`,
+        [
+          "log_level: debug",
+          "listeners:",
+          `  - { name: main, host: 127.0.0.1, port: ${port}, secret: "${MAIN_HEX}", tls_domain: ${DOMAIN} }`,
+          "public_host: proxy.example.net",
+          "fronting: { mode: off }",
+          `telegram: { mode: direct, dc_addresses: { "2": "127.0.0.1:${dc.port}" } }`,
+          `admin: { listen: "127.0.0.1:${adminPort}"${
+            tokenKind === "configured" ? `, token: "${ADMIN_TOKEN}"` : ""
+          } }`,
+          "",
+        ].join("\n"),
+      );
+      const usersPath = `${dir}/mtproxy-users.yaml`;
+      const usersText = `users:\n  dora: { secret: "${DORA_HEX}", max_connections: 5 }\n`;
+      await Deno.writeTextFile(usersPath, usersText);
+      const proxy = new ProxyProcess(["--config", "config.yaml"], { cwd: dir });
+      const answers: { what: string; text: string }[] = [];
+      let token = ADMIN_TOKEN;
+      try {
+        await proxy.waitFor("listening on");
+        if (tokenKind !== "configured") {
+          token = JSON.parse(await Deno.readTextFile(`${dir}/mtproxy-state.json`)).admin_token;
+          assert(typeof token === "string" && token.length >= 16, "a token was made");
+        }
+        const call = async (
+          method: string,
+          path: string,
+          options: { json?: unknown; token?: string | null } = {},
+        ) => {
+          const headers: Record<string, string> = {};
+          const t = options.token === undefined ? token : options.token;
+          if (t !== null) headers.authorization = `Bearer ${t}`;
+          if (options.json !== undefined) headers["content-type"] = "application/json";
+          const res = await fetch(`http://127.0.0.1:${adminPort}${path}`, {
+            method,
+            headers,
+            ...(options.json !== undefined && { body: JSON.stringify(options.json) }),
+          });
+          const text = await res.text();
+          answers.push({ what: `${method} ${path} (${res.status})`, text });
+          return { status: res.status, text };
+        };
+
+        // The users file's user gets in; clients with wrong secrets do not.
+        const dora = _key(DORA_HEX);
+        for (const kind of ["dd", "tls", "plain"] as const) {
+          const c = await connectTestClient({ port, secret: dora, kind, dcId: 2, sni: DOMAIN });
+          await c.reqPq();
+          await c.close();
+        }
+        const wrong = await openRawConnection(port);
+        await wrong.write(buildObfuscatedInit(_key(DORA_HEX.slice(1) + "0"), "padded", 2).wire);
+        await wrong.closed();
+        await wrong.close();
+
+        // Every endpoint but the links, with good and bad requests.
+        for (const path of ["/", "/admin.js", "/api/openapi.json"]) await call("GET", path);
+        for (
+          const path of ["/api/health", "/api/listeners", "/api/history", "/api/users"]
+        ) assertEquals((await call("GET", path)).status, 200, path);
+        assertEquals((await call("GET", "/api/users/dora")).status, 200);
+        assertEquals((await call("GET", "/api/users/nobody")).status, 404);
+        const near = ERIN_HEX.slice(0, 31);
+        assertEquals(
+          (await call("POST", "/api/users", { json: { name: "erin", secret: near } })).status,
+          400,
+        );
+        assertEquals(
+          (await call("POST", "/api/users", {
+            json: {
+              name: "erin",
+              secret: `ee${ERIN_HEX}${toHex(new TextEncoder().encode("x y"))}`,
+            },
+          })).status,
+          400,
+        );
+        // Dora's secret is taken: refused by the whole configuration's check.
+        assertEquals(
+          (await call("POST", "/api/users", { json: { name: "erin", secret: DORA_HEX } })).status,
+          400,
+        );
+        assertEquals(
+          (await call("POST", "/api/users", { json: { name: "erin", secret: ERIN_HEX } })).status,
+          201,
+        );
+        const erin = await connectTestClient({ port, secret: _key(ERIN_HEX), kind: "dd", dcId: 2 });
+        await erin.reqPq();
+        await erin.close();
+        assertEquals(
+          (await call("PATCH", "/api/users/erin", {
+            json: { secret: `dd${ERIN_NEW_HEX.slice(1)}` },
+          }))
+            .status,
+          400,
+        );
+        assertEquals(
+          (await call("PATCH", "/api/users/erin", { json: { secret: ERIN_NEW_HEX } })).status,
+          200,
+        );
+        assertEquals((await call("POST", "/api/reload")).status, 200);
+
+        // A hand edit that breaks a secret: the reload and the API say what is wrong, not what.
+        const written = await Deno.readTextFile(usersPath);
+        assertStringIncludes(written, ERIN_NEW_HEX);
+        await Deno.writeTextFile(usersPath, written.replace(DORA_HEX, DORA_HEX.slice(0, 31)));
+        proxy.signal("SIGHUP");
+        await proxy.waitForLog("Configuration not reloaded");
+        assertStringIncludes(proxy.stderr, "users.dora.secret (from users file");
+        assertEquals((await call("DELETE", "/api/users/erin")).status, 409);
+        assertEquals((await call("POST", "/api/reload")).status, 422);
+        const health = await call("GET", "/api/health");
+        assertStringIncludes(health.text, "users.dora.secret");
+        await Deno.writeTextFile(usersPath, written);
+        assertEquals((await call("DELETE", "/api/users/erin")).status, 200);
+
+        // The positive control: the links answer holds dora's secret, and the search finds it.
+        const links = await fetch(`http://127.0.0.1:${adminPort}/api/users/dora/links`, {
+          headers: { authorization: `Bearer ${token}` },
+        });
+        assertEquals(links.status, 200);
+        assertHolds(await links.text(), formatDdSecret(dora), "the links answer");
+
+        // Refused tokens: none, a near-miss of the token, wrong ones; then the limit (429).
+        await call("GET", "/api/users", { token: null });
+        await call("GET", "/api/users", { token: token.slice(1) });
+        for (let i = 0; i < 4; i++) await call("GET", "/api/users", { token: `${token}x${i}` });
+        assertEquals((await call("GET", "/api/health", { token })).status, 429);
+        await proxy.waitForLog("Admin API: refused", 5);
+
+        assertEquals(await proxy.stop(), 0);
+      } finally {
+        await proxy.stop();
+        await dc.close();
+      }
+      assertStringIncludes(proxy.stderr, "accepted");
+      assertStringIncludes(proxy.stderr, "wrong token");
+      const secrets = [
+        ...needles([
+          ...forms(MAIN_KEY, [DOMAIN]),
+          ...forms(_key(DORA_HEX), [DOMAIN]),
+          ...forms(_key(ERIN_HEX), [DOMAIN]),
+          ...forms(_key(ERIN_NEW_HEX), [DOMAIN]),
+        ]),
+        ...tokenNeedles(token),
+      ];
+      assertNoSecret(proxy.stdout, "run's stdout", secrets);
+      assertNoSecret(proxy.stderr, "run's log", secrets);
+      for (const a of answers) assertNoSecret(a.text, `the answer to ${a.what}`, secrets);
+    });
+  });
+}
 
 /** Broken configuration files, each with a secret (or a near-miss of one) beside the fault. */
 const BROKEN_FILES: readonly { name: string; yaml: string; key: string; secrets?: string[] }[] = [
