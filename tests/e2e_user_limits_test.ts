@@ -14,6 +14,7 @@ import {
 } from "./helpers.ts";
 import { startFakeDc } from "./kit/fake_dc.ts";
 import {
+  buildObfuscatedInit,
   buildSignedHello,
   connectTestClient,
   openRawConnection,
@@ -21,6 +22,8 @@ import {
   type TestClient,
 } from "./kit/test_client.ts";
 import { randomBytes } from "../lib/crypto.ts";
+import { encodeFrame } from "../lib/protocol/framing.ts";
+import { concatBytes } from "../lib/protocol/bytes.ts";
 import type { Config, UserConfig } from "../lib/config/types.ts";
 import type { ProxyEvent } from "../lib/client/events.ts";
 import { startSupervisor } from "../lib/workers/supervisor.ts";
@@ -311,4 +314,69 @@ Deno.test("through the middle proxies (a user's ad tag) the rate limit keeps eve
     e.type === "closed" && [e.user, e.reason]
   );
   assertEquals(closes.sort(), [["alice", "client_closed"], ["bob", "user_quota"]]);
+});
+
+/**
+ * A `dd` client's init and its first packet in one write: the proxy reads both at once, so the
+ * packet's bytes are charged with the handshake.
+ */
+function initWithPacket(secret: Uint8Array, size: number): Uint8Array {
+  const init = buildObfuscatedInit(secret, "padded", 2);
+  const packet = encodeFrame("padded", randomBytes(size));
+  init.encryptor.update(packet);
+  init.encryptor.close();
+  init.decryptor.close();
+  return concatBytes([init.wire, packet]);
+}
+
+Deno.test("data_quota: a client whose first bytes already pass the quota is refused before the DC is dialled", async () => {
+  const dc = await startFakeDc({ mode: "echo" });
+  await using _dc = { [Symbol.asyncDispose]: () => dc.close() };
+  // 1,500 bytes with the init (under the handshake buffer's first 2 KiB): past a 1,000-byte quota.
+  const alice = testUser("alice", { dataQuotaBytes: 1000 });
+  const bob = testUser("bob", { dataQuotaBytes: 100_000 });
+  await using proxy = await startTestProxy(
+    withUsers(testConfig({ dcPorts: { 2: dc.port } }), [alice, bob]),
+  );
+  const conn = await openRawConnection(proxy.port);
+  await conn.write(initWithPacket(alice.secret, 1500));
+  await conn.closed();
+  await conn.close();
+  const refusal = await proxy.waitForEvent((e) => e.type === "rejected");
+  assertEquals(refusal.type === "rejected" && [refusal.reason, refusal.user], [
+    "user_quota",
+    "alice",
+  ]);
+  assertEquals(dc.accepted, 0, "no DC connection for a refused client");
+  assert(!proxy.events.some((e) => e.type === "established"));
+  assert(proxy.server.userUsage().find((u) => u.name === "alice")!.bytesUsed >= 1000);
+  const text = proxy.server.metricsText();
+  assert(text.includes('mtproxy_user_refused_total{user="alice",reason="user_quota"} 1'), text);
+  // Under the quota, the same first bytes are relayed: the DC is dialled.
+  const ok = await openRawConnection(proxy.port);
+  await ok.write(initWithPacket(bob.secret, 1500));
+  await until(() => dc.accepted === 1, "bob's DC connection");
+  await ok.close();
+});
+
+Deno.test("data_quota through the middle proxies: first bytes past the quota open no Telegram stream", async () => {
+  const tag = Uint8Array.from({ length: 16 }, (_, i) => 0xc0 + i);
+  await using telegram = await startFakeTelegramMiddle(tag, "echo");
+  const carol = testUser("carol", { tag, dataQuotaBytes: 1000 });
+  const base = testConfig({
+    proxyUrls: telegram.proxyUrls,
+    externalIp: "127.0.0.1",
+    telegramMode: "auto",
+  });
+  await using proxy = await startTestProxy(withUsers(base, [carol]));
+  const conn = await openRawConnection(proxy.port);
+  await conn.write(initWithPacket(carol.secret, 1500));
+  await conn.closed();
+  await conn.close();
+  const refusal = await proxy.waitForEvent((e) => e.type === "rejected");
+  assertEquals(refusal.type === "rejected" && [refusal.reason, refusal.user], [
+    "user_quota",
+    "carol",
+  ]);
+  assert(!proxy.events.some((e) => e.type === "established"));
 });

@@ -503,6 +503,7 @@ export class Session implements PumpHost, TelegramClient {
     const { listener, telegram } = this.#ctx;
     const remote = this.#proxySource ??
       { ip: (this.conn.remoteAddr as Deno.NetAddr).hostname, port: this.conn.remoteAddr.port };
+    const first = this.#chargeFirst(client);
     this.#dialAbort = new AbortController();
     let opened;
     try {
@@ -539,9 +540,6 @@ export class Session implements PumpHost, TelegramClient {
       writing: false,
     };
     const reader = new PacketReader(client.stream.tag);
-    const first = client.leftover;
-    this.#bytesFromClient += first.length;
-    this.#charge(first.length);
     client.stream.decryptor.update(first);
     const broken = await _sendPackets(reader, first, stream);
     if (broken) throw new Rejection("bad_frame", { detail: broken });
@@ -1018,11 +1016,22 @@ export class Session implements PumpHost, TelegramClient {
     };
   }
 
-  async #dial(route: DcRoute, client: Authenticated): Promise<DcConnection> {
-    const { config } = this.#ctx;
+  /**
+   * Count and charge the bytes that came with the handshake, before anything is dialled or
+   * opened for them: when they already pass the user's quota the client is refused here
+   * (user_quota), with no Telegram connection made for it.
+   */
+  #chargeFirst(client: Authenticated): Uint8Array {
     const first = client.leftover;
     this.#bytesFromClient += first.length;
     this.#charge(first.length);
+    if (this.#abortReason) throw this.#abortRejection();
+    return first;
+  }
+
+  async #dial(route: DcRoute, client: Authenticated): Promise<DcConnection> {
+    const { config } = this.#ctx;
+    const first = this.#chargeFirst(client);
     client.stream.decryptor.update(first);
     const fast = config.telegram.fastMode;
     this.#dialAbort = new AbortController();
