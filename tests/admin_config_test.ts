@@ -155,6 +155,30 @@ Deno.test("the users file: default path beside the state file, parsed strictly, 
   }
 });
 
+Deno.test("resolveRunConfig lets a listener's users name a user of the users file only", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    await Deno.writeTextFile(
+      `${dir}/config.yaml`,
+      `listeners:\n  - { port: 443, secret: "${SECRET}", users: [alice, bob] }\n` +
+        `users:\n  alice:\n    secret: "${SECRET.replace("0", "1")}"\n`,
+    );
+    const env = { MTP_STATE_FILE: `${dir}/state.json` };
+    const args = ["--config", `${dir}/config.yaml`];
+    // Without the users file, bob is nobody: the problem names the key.
+    const e = await assertRejects(() => resolveRunConfig(args, env), ConfigError);
+    assertEquals((e as ConfigError).problems, [
+      'listeners[0].users[1]: no such user in users: got "bob"',
+    ]);
+    await writeUsersFile(`${dir}/mtproxy-users.yaml`, { bob: { secret: OTHER } });
+    const r = await resolveRunConfig(args, env);
+    assertEquals(r.config.listeners[0]!.users, ["alice", "bob"]);
+    assertEquals(r.config.users.map((u) => u.name), ["alice", "bob"]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("resolveRunConfig reads the users file beside the state file, and a broken one is a ConfigError", async () => {
   const dir = await Deno.makeTempDir();
   try {

@@ -391,6 +391,17 @@ Deno.test("mtproxy check-config checks the users file too, naming it and the key
     const ok = await mtproxy(["check-config", "c.yaml"], { cwd: dir });
     assertEquals(ok.code, 0, ok.stderr);
     assertEquals(ok.stdout, "Configuration OK: 1 listener\n");
+    // A listener's users may name a user of the users file only.
+    await Deno.writeTextFile(
+      `${dir}/e.yaml`,
+      `listeners: [{ port: 443, users: [carol, bob] }]\nusers:\n  carol: { secret: "${HEX}" }\n`,
+    );
+    const named = await mtproxy(["check-config", "e.yaml"], { cwd: dir });
+    assertEquals(named.code, 0, named.stderr);
+    await Deno.remove(users);
+    const nobody = await mtproxy(["check-config", "e.yaml"], { cwd: dir });
+    assertEquals(nobody.code, 1);
+    assertStringIncludes(nobody.stderr, 'listeners[0].users[1]: no such user in users: got "bob"');
   });
 });
 

@@ -3,17 +3,9 @@
  *
  * @module
  */
-import {
-  buildConfigDraft,
-  type ConfigDraft,
-  ConfigError,
-  type FileUsers,
-  readConfigFile,
-} from "../config/load.ts";
-import { resolveStatePath } from "../config/state.ts";
-import { readUsersFile, resolveUsersFilePath } from "../config/users_file.ts";
+import { type ConfigDraft, ConfigError, readConfigFile } from "../config/load.ts";
 import { formatAddress } from "./link.ts";
-import { parseCommandArgs, reportError, UsageError } from "./options.ts";
+import { buildDraftWithUsers, parseCommandArgs, reportError, UsageError } from "./options.ts";
 
 /** Help screen of `mtproxy check-config`. */
 export const CHECK_CONFIG_HELP = `Usage: mtproxy check-config [--role ROLE] FILE
@@ -95,7 +87,14 @@ export async function checkConfigCommand(args: string[]): Promise<number> {
     }
     const path = positionals[0]!;
     try {
-      const draft = await _checkFiles(path, values.role);
+      const { draft } = await buildDraftWithUsers(await readConfigFile(path), {
+        build: {
+          overrides: values.role === undefined ? {} : {
+            role: { value: values.role, source: "--role" },
+          },
+        },
+        configPath: path,
+      });
       for (const w of draft.warnings) console.error(`Warning: ${w}`);
       console.log(summarizeConfig(draft));
       return 0;
@@ -109,60 +108,4 @@ export async function checkConfigCommand(args: string[]): Promise<number> {
   } catch (e) {
     return reportError("check-config", e);
   }
-}
-
-/**
- * The draft of the config file with the users file's users, as `run` builds it (the state
- * file's location as the file names it, the environment not read). Throws one
- * {@linkcode ConfigError} with the problems of both files.
- */
-async function _checkFiles(path: string, role: string | undefined): Promise<ConfigDraft> {
-  const raw = await readConfigFile(path);
-  const options = {
-    overrides: role === undefined ? {} : { role: { value: role, source: "--role" } },
-  };
-  let draft: ConfigDraft | null = null;
-  let problems: string[] = [];
-  try {
-    draft = buildConfigDraft(raw, options);
-  } catch (e) {
-    if (!(e instanceof ConfigError)) throw e;
-    problems = [...e.problems];
-  }
-  // Where the users file is: from the draft, or, when the file has problems, from its keys as
-  // written (so that both files' problems are listed at once).
-  const keys = draft ?? _rawKeys(raw, role);
-  if (keys.role !== "back") {
-    let fileUsers: FileUsers | null = null;
-    try {
-      const statePath = resolveStatePath({ stateFile: keys.stateFile, configPath: path });
-      fileUsers = await readUsersFile(
-        resolveUsersFilePath({ usersFile: keys.usersFile, statePath, configPath: path }),
-      );
-    } catch (e) {
-      if (!(e instanceof ConfigError)) throw e;
-      problems.push(...e.problems);
-    }
-    if (fileUsers !== null) {
-      try {
-        draft = buildConfigDraft(raw, { ...options, fileUsers });
-      } catch (e) {
-        if (!(e instanceof ConfigError)) throw e;
-        // The config file's problems again, and the users file's.
-        problems = [...e.problems, ...problems.filter((p) => !e.problems.includes(p))];
-        draft = null;
-      }
-    }
-  }
-  if (draft === null || problems.length > 0) throw new ConfigError(problems);
-  return draft;
-}
-
-function _rawKeys(
-  raw: unknown,
-  role: string | undefined,
-): { role: unknown; stateFile: string | null; usersFile: string | null } {
-  const r = typeof raw === "object" && raw !== null ? raw as Record<string, unknown> : {};
-  const text = (v: unknown) => typeof v === "string" && v !== "" ? v : null;
-  return { role: role ?? r.role, stateFile: text(r.state_file), usersFile: text(r.users_file) };
 }

@@ -13,6 +13,8 @@ import { parseArgs, type ParseArgsOptionsConfig } from "node:util";
 import type { Config } from "../config/types.ts";
 import {
   buildConfigDraft,
+  type BuildConfigOptions,
+  type ConfigDraft,
   ConfigError,
   type ConfigOverride,
   type ConfigOverrides,
@@ -384,19 +386,13 @@ export async function resolveRunConfig(
   const raw = configPath === null ? null : await readConfigFile(
     options.cwd === undefined ? configPath : resolve(options.cwd, configPath),
   );
-  let draft = buildConfigDraft(raw, buildOptions);
-  const statePath = resolveStatePath({ env, stateFile: draft.stateFile, configPath, cwd });
-  // The users file's users join the config file's (validated together; a back has none).
-  const usersPath = resolveUsersFilePath({
-    usersFile: draft.usersFile,
-    statePath,
+  const { draft, statePath, usersPath } = await buildDraftWithUsers(raw, {
+    build: buildOptions,
+    env,
     configPath,
     cwd,
+    ...(options.fileUsers && { fileUsers: options.fileUsers }),
   });
-  const fileUsers = draft.role === "back"
-    ? null
-    : options.fileUsers ?? await readUsersFile(usersPath);
-  if (fileUsers !== null) draft = buildConfigDraft(raw, { ...buildOptions, fileUsers });
   const missing = draft.listeners.filter((l) => l.secret === null);
   let stateSecret: Uint8Array | null = null;
   let stateCreated = false;
@@ -428,6 +424,99 @@ export async function resolveRunConfig(
     stateCreated,
     warnings: draft.warnings,
   };
+}
+
+/** Options of {@linkcode buildDraftWithUsers}. */
+export interface DraftWithUsersOptions {
+  /** As for {@linkcode buildConfigDraft}. @default {} */
+  build?: BuildConfigOptions;
+  /** Environment (`MTP_STATE_FILE`). @default {} */
+  env?: Env;
+  /** The config file, as given (relative paths in it are relative to its directory). */
+  configPath: string | null;
+  /** Directory for relative paths. @default Deno.cwd() */
+  cwd?: string;
+  /** The users file's users to use instead of reading the file (the admin API's next version). */
+  fileUsers?: FileUsers;
+}
+
+/** What {@linkcode buildDraftWithUsers} built, and where the state and users files are. */
+export interface DraftWithUsers {
+  readonly draft: ConfigDraft;
+  readonly statePath: string;
+  readonly usersPath: string;
+}
+
+/**
+ * The draft of a config file's contents with the users file's users joined to its `users`, as
+ * `run`, `link` and `check-config` build it. The users file is found from the draft's
+ * `state_file`, `users_file` and `role`; when the config file alone does not validate (a
+ * listener's `users` may name a user of the users file) from those keys as written, so that
+ * the users file is read all the same. A back reads none. Throws one {@linkcode ConfigError}
+ * with the problems of both files.
+ *
+ * @example Usage
+ * ```ts ignore
+ * import { buildDraftWithUsers } from "./options.ts";
+ * const raw = await readConfigFile("/etc/mtproxy/config.yaml");
+ * const { draft, usersPath } = await buildDraftWithUsers(raw, { configPath: "/etc/mtproxy/config.yaml" });
+ * ```
+ */
+export async function buildDraftWithUsers(
+  raw: unknown,
+  options: DraftWithUsersOptions,
+): Promise<DraftWithUsers> {
+  const build = options.build ?? {};
+  const { configPath } = options;
+  const cwd = options.cwd ?? Deno.cwd();
+  let draft: ConfigDraft | null = null;
+  let problems: readonly string[] = [];
+  try {
+    draft = buildConfigDraft(raw, build);
+  } catch (e) {
+    if (!(e instanceof ConfigError)) throw e;
+    problems = e.problems;
+  }
+  const keys = draft ?? _rawFileKeys(raw, build.overrides?.role?.value);
+  const env = options.env ?? {};
+  const statePath = resolveStatePath({ env, stateFile: keys.stateFile, configPath, cwd });
+  const usersPath = resolveUsersFilePath({ usersFile: keys.usersFile, statePath, configPath, cwd });
+  if (keys.role !== "back") {
+    let fileUsers: FileUsers | null = options.fileUsers ?? null;
+    let unreadable: readonly string[] = [];
+    if (options.fileUsers === undefined) {
+      try {
+        fileUsers = await readUsersFile(usersPath);
+      } catch (e) {
+        if (!(e instanceof ConfigError)) throw e;
+        unreadable = e.problems;
+      }
+    }
+    if (fileUsers !== null) {
+      // Both files together: these problems are all there are.
+      try {
+        draft = buildConfigDraft(raw, { ...build, fileUsers });
+        problems = [];
+      } catch (e) {
+        if (!(e instanceof ConfigError)) throw e;
+        draft = null;
+        problems = e.problems;
+      }
+    }
+    problems = [...problems, ...unreadable];
+  }
+  if (draft === null || problems.length > 0) throw new ConfigError([...problems]);
+  return { draft, statePath, usersPath };
+}
+
+/** `role`, `state_file` and `users_file` as a file that does not validate writes them. */
+function _rawFileKeys(
+  raw: unknown,
+  role: string | undefined,
+): { role: unknown; stateFile: string | null; usersFile: string | null } {
+  const r = typeof raw === "object" && raw !== null ? raw as Record<string, unknown> : {};
+  const text = (v: unknown) => typeof v === "string" && v !== "" ? v : null;
+  return { role: role ?? r.role, stateFile: text(r.state_file), usersFile: text(r.users_file) };
 }
 
 function _isRunArgs(args: readonly string[] | RunArgs): args is RunArgs {
