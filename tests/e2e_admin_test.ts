@@ -468,3 +468,46 @@ Deno.test("users added through the admin API survive a restart, and a hand edit 
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("a listener's users may name a user of the users file: it connects there, and deleting it is refused (400, the key) while named", async () => {
+  const dir = await Deno.makeTempDir();
+  const dc = await startFakeDc();
+  const ports = { port: freePort(), admin: freePort() };
+  const bob = "0a1b2c3d4e5f60718293a4b5c6d7e8f9";
+  await Deno.writeTextFile(
+    `${dir}/config.yaml`,
+    [
+      "workers: 1",
+      "listeners:",
+      `  - { name: main, host: 127.0.0.1, port: ${ports.port}, tls_domain: example.com, users: [carol, bob] }`,
+      "public_host: proxy.example.net",
+      "fronting: { mode: off }",
+      `telegram: { dc_addresses: { "2": "127.0.0.1:${dc.port}" } }`,
+      `users: { carol: { secret: "${CAROL_SECRET}" } }`,
+      `admin: { listen: "127.0.0.1:${ports.admin}" }`,
+      "",
+    ].join("\n"),
+  );
+  await Deno.writeTextFile(`${dir}/mtproxy-users.yaml`, `users:\n  bob: { secret: "${bob}" }\n`);
+  const p = await startAdminProxy(dir, dc.port, ports);
+  try {
+    const c = await connect(p, parseSecret(bob).key);
+    await served(c);
+    await c.close();
+    const listeners = await call(p, "GET", "/api/listeners");
+    assertEquals(listeners.body.listeners[0].users, ["carol", "bob"]);
+    const refused = await call(p, "DELETE", "/api/users/bob");
+    assertEquals(refused.status, 400, refused.text);
+    assertEquals(refused.body.problems[0].key, "listeners[0].users[1]");
+    assert(!refused.text.includes(bob), "no secret in the answer");
+    assertEquals(Object.keys(await usersFile(p)), ["bob"]);
+    const again = await connect(p, parseSecret(bob).key);
+    await served(again);
+    await again.close();
+    assertEquals(await p.proxy.stop(), 0);
+  } finally {
+    await p.proxy.stop();
+    await dc.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});

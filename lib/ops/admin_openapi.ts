@@ -80,7 +80,7 @@ function _json(description: string, schema: unknown): Record<string, unknown> {
 
 const _errors = {
   "400": _json(
-    "Bad JSON, an unknown key or an invalid value: each problem's key and reason",
+    "Bad JSON, an unknown key, an invalid value, or a change the whole configuration refuses (a user still named in listeners[].users, a taken secret): each problem's key and reason",
     _error,
   ),
   "401": _json("No token or a wrong one", _error),
@@ -188,7 +188,7 @@ export function adminOpenApi(version: string): { openapi: string } & Record<stri
           responses: {
             "200": _json("Deleted and applied", { type: "object" }),
             "404": _json("No such user", _error),
-            "409": _json("In the config file, or still named in listeners[].users", _error),
+            "409": _json("In the config file, or the files do not validate now", _error),
             ..._errors,
           },
         },
