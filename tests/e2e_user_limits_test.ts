@@ -9,6 +9,7 @@ import {
   startFakeTelegramMiddle,
   startTestProxy,
   testConfig,
+  type TestProxy,
   testUser,
   until,
 } from "./helpers.ts";
@@ -329,26 +330,33 @@ function initWithPacket(secret: Uint8Array, size: number): Uint8Array {
   return concatBytes([init.wire, packet]);
 }
 
-Deno.test("data_quota: a client whose first bytes already pass the quota is refused before the DC is dialled", async () => {
-  const dc = await startFakeDc({ mode: "echo" });
-  await using _dc = { [Symbol.asyncDispose]: () => dc.close() };
-  // 1,500 bytes with the init (under the handshake buffer's first 2 KiB): past a 1,000-byte quota.
-  const alice = testUser("alice", { dataQuotaBytes: 1000 });
-  const bob = testUser("bob", { dataQuotaBytes: 100_000 });
-  await using proxy = await startTestProxy(
-    withUsers(testConfig({ dcPorts: { 2: dc.port } }), [alice, bob]),
-  );
+/**
+ * `user`'s client sends its init with 1,500 bytes (under the handshake buffer's first 2 KiB,
+ * past a 1,000-byte quota) and is closed: refused as user_quota, with no relay established.
+ */
+async function refusedWithFirstBytes(proxy: TestProxy, user: UserConfig): Promise<void> {
   const conn = await openRawConnection(proxy.port);
-  await conn.write(initWithPacket(alice.secret, 1500));
+  await conn.write(initWithPacket(user.secret, 1500));
   await conn.closed();
   await conn.close();
   const refusal = await proxy.waitForEvent((e) => e.type === "rejected");
   assertEquals(refusal.type === "rejected" && [refusal.reason, refusal.user], [
     "user_quota",
-    "alice",
+    user.name,
   ]);
-  assertEquals(dc.accepted, 0, "no DC connection for a refused client");
   assert(!proxy.events.some((e) => e.type === "established"));
+}
+
+Deno.test("data_quota: a client whose first bytes already pass the quota is refused before the DC is dialled", async () => {
+  const dc = await startFakeDc({ mode: "echo" });
+  await using _dc = { [Symbol.asyncDispose]: () => dc.close() };
+  const alice = testUser("alice", { dataQuotaBytes: 1000 });
+  const bob = testUser("bob", { dataQuotaBytes: 100_000 });
+  await using proxy = await startTestProxy(
+    withUsers(testConfig({ dcPorts: { 2: dc.port } }), [alice, bob]),
+  );
+  await refusedWithFirstBytes(proxy, alice);
+  assertEquals(dc.accepted, 0, "no DC connection for a refused client");
   assert(proxy.server.userUsage().find((u) => u.name === "alice")!.bytesUsed >= 1000);
   const text = proxy.server.metricsText();
   assert(text.includes('mtproxy_user_refused_total{user="alice",reason="user_quota"} 1'), text);
@@ -369,14 +377,5 @@ Deno.test("data_quota through the middle proxies: first bytes past the quota ope
     telegramMode: "auto",
   });
   await using proxy = await startTestProxy(withUsers(base, [carol]));
-  const conn = await openRawConnection(proxy.port);
-  await conn.write(initWithPacket(carol.secret, 1500));
-  await conn.closed();
-  await conn.close();
-  const refusal = await proxy.waitForEvent((e) => e.type === "rejected");
-  assertEquals(refusal.type === "rejected" && [refusal.reason, refusal.user], [
-    "user_quota",
-    "carol",
-  ]);
-  assert(!proxy.events.some((e) => e.type === "established"));
+  await refusedWithFirstBytes(proxy, carol);
 });
