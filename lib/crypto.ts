@@ -687,6 +687,28 @@ export interface Aead {
   seal(nonce: Uint8Array, aad: Uint8Array, data: Uint8Array, tag: Uint8Array): void;
   /** Decrypt `data` in place; false when the tag does not verify (then `data` is garbage). */
   open(nonce: Uint8Array, aad: Uint8Array, data: Uint8Array, tag: Uint8Array): boolean;
+  /**
+   * Encrypt `src` into `dst` (the same length; they must not overlap unless they are the same
+   * bytes): seal() without copying the plaintext there first.
+   */
+  sealTo(
+    nonce: Uint8Array,
+    aad: Uint8Array,
+    src: Uint8Array,
+    dst: Uint8Array,
+    tag: Uint8Array,
+  ): void;
+  /**
+   * Decrypt `src` into `dst` (the same length; no overlap unless the same bytes); false when the
+   * tag does not verify (then `dst` is garbage).
+   */
+  openTo(
+    nonce: Uint8Array,
+    aad: Uint8Array,
+    src: Uint8Array,
+    dst: Uint8Array,
+    tag: Uint8Array,
+  ): boolean;
   /** Free native state. Safe to call more than once; `seal` and `open` after `close` throw. */
   close(): void;
 }
@@ -699,6 +721,12 @@ const EVP_CTRL_GCM_GET_TAG = 0x10;
 const EVP_CTRL_GCM_SET_TAG = 0x11;
 /** EVP_CipherFinal_ex writes no bytes for GCM but wants somewhere to write them. */
 const gcmFinalOut = new Uint8Array(16);
+
+function _checkGcmLengths(src: Uint8Array, dst: Uint8Array): void {
+  if (dst.length !== src.length) {
+    throw new RangeError(`GCM output must be as long as the input: ${dst.length} vs ${src.length}`);
+  }
+}
 
 function _checkGcmArgs(nonce: Uint8Array, tag: Uint8Array): void {
   if (nonce.length !== GCM_NONCE_LEN) {
@@ -727,14 +755,47 @@ class _OpenSslGcm implements Aead {
   }
 
   seal(nonce: Uint8Array, aad: Uint8Array, data: Uint8Array, tag: Uint8Array): void {
-    if (!this.#run(1, nonce, aad, data, tag)) throw new Error("OpenSSL EVP_CipherFinal_ex failed");
+    if (!this.#run(1, nonce, aad, data, data, tag)) {
+      throw new Error("OpenSSL EVP_CipherFinal_ex failed");
+    }
   }
 
   open(nonce: Uint8Array, aad: Uint8Array, data: Uint8Array, tag: Uint8Array): boolean {
-    return this.#run(0, nonce, aad, data, tag);
+    return this.#run(0, nonce, aad, data, data, tag);
   }
 
-  #run(enc: 0 | 1, nonce: Uint8Array, aad: Uint8Array, data: Uint8Array, tag: Uint8Array): boolean {
+  sealTo(
+    nonce: Uint8Array,
+    aad: Uint8Array,
+    src: Uint8Array,
+    dst: Uint8Array,
+    tag: Uint8Array,
+  ): void {
+    _checkGcmLengths(src, dst);
+    if (!this.#run(1, nonce, aad, src, dst, tag)) {
+      throw new Error("OpenSSL EVP_CipherFinal_ex failed");
+    }
+  }
+
+  openTo(
+    nonce: Uint8Array,
+    aad: Uint8Array,
+    src: Uint8Array,
+    dst: Uint8Array,
+    tag: Uint8Array,
+  ): boolean {
+    _checkGcmLengths(src, dst);
+    return this.#run(0, nonce, aad, src, dst, tag);
+  }
+
+  #run(
+    enc: 0 | 1,
+    nonce: Uint8Array,
+    aad: Uint8Array,
+    data: Uint8Array,
+    out: Uint8Array,
+    tag: Uint8Array,
+  ): boolean {
     const ctx = this.#ctx;
     if (ctx === null) throw new Error("Cipher is closed");
     _checkGcmArgs(nonce, tag);
@@ -745,7 +806,7 @@ class _OpenSslGcm implements Aead {
     if (aad.length > 0 && lib.EVP_CipherUpdate_aad(ctx, null, outLenBytes, aad, aad.length) !== 1) {
       throw new Error("OpenSSL EVP_CipherUpdate failed");
     }
-    if (data.length > 0 && lib.EVP_CipherUpdate(ctx, data, outLenBytes, data, data.length) !== 1) {
+    if (data.length > 0 && lib.EVP_CipherUpdate(ctx, out, outLenBytes, data, data.length) !== 1) {
       throw new Error("OpenSSL EVP_CipherUpdate failed");
     }
     if (enc === 0 && lib.EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_TAG, GCM_TAG_LEN, tag) !== 1) {
@@ -778,17 +839,39 @@ class _NodeGcm implements Aead {
   }
 
   seal(nonce: Uint8Array, aad: Uint8Array, data: Uint8Array, tag: Uint8Array): void {
+    this.sealTo(nonce, aad, data, data, tag);
+  }
+
+  open(nonce: Uint8Array, aad: Uint8Array, data: Uint8Array, tag: Uint8Array): boolean {
+    return this.openTo(nonce, aad, data, data, tag);
+  }
+
+  sealTo(
+    nonce: Uint8Array,
+    aad: Uint8Array,
+    src: Uint8Array,
+    dst: Uint8Array,
+    tag: Uint8Array,
+  ): void {
+    _checkGcmLengths(src, dst);
     const key = this.#key;
     if (key === null) throw new Error("Cipher is closed");
     _checkGcmArgs(nonce, tag);
     const c = nodeCrypto.createCipheriv("aes-256-gcm", key, nonce, { authTagLength: GCM_TAG_LEN });
     c.setAAD(aad);
-    data.set(c.update(data));
+    dst.set(c.update(src));
     c.final();
     tag.set(c.getAuthTag());
   }
 
-  open(nonce: Uint8Array, aad: Uint8Array, data: Uint8Array, tag: Uint8Array): boolean {
+  openTo(
+    nonce: Uint8Array,
+    aad: Uint8Array,
+    src: Uint8Array,
+    dst: Uint8Array,
+    tag: Uint8Array,
+  ): boolean {
+    _checkGcmLengths(src, dst);
     const key = this.#key;
     if (key === null) throw new Error("Cipher is closed");
     _checkGcmArgs(nonce, tag);
@@ -797,7 +880,7 @@ class _NodeGcm implements Aead {
     });
     d.setAuthTag(tag);
     d.setAAD(aad);
-    data.set(d.update(data));
+    dst.set(d.update(src));
     try {
       d.final();
       return true;

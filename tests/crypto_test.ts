@@ -203,6 +203,82 @@ Deno.test("createAesGcm backends are byte-identical and interchangeable for one 
   node.close();
 });
 
+Deno.test("createAesGcm sealTo and openTo work out of place, as seal and open do in place", () => {
+  for (const backend of BACKENDS) {
+    const key = randomBytes(32);
+    const aead = createAesGcm(key, { backend });
+    const other = createAesGcm(key, { backend: backend === "openssl" ? "node" : "openssl" });
+    for (const size of [0, 1, 16, 1000, 16384, 70_000]) {
+      const nonce = randomBytes(12);
+      const aad = randomBytes(5);
+      const plain = randomBytes(size);
+      const src = plain.slice();
+      const sealed = new Uint8Array(size);
+      const tag = new Uint8Array(16);
+      aead.sealTo(nonce, aad, src, sealed, tag);
+      assertEquals(src, plain, `${backend} ${size}: the input is left as it was`);
+      const inPlace = plain.slice();
+      const inPlaceTag = new Uint8Array(16);
+      other.seal(nonce, aad, inPlace, inPlaceTag);
+      assertEquals(sealed, inPlace, `${backend} ${size}`);
+      assertEquals(tag, inPlaceTag, `${backend} ${size}`);
+      const opened = new Uint8Array(size);
+      assert(aead.openTo(nonce, aad, sealed, opened, tag), `${backend} ${size}`);
+      assertEquals(opened, plain);
+      assertEquals(sealed, inPlace, "openTo leaves its input as it was");
+      if (size > 0) {
+        const bad = sealed.slice();
+        bad[size - 1]! ^= 0x80;
+        assertEquals(aead.openTo(nonce, aad, bad, opened, tag), false, `${backend} ${size}`);
+      }
+      // Into the same bytes: the in-place operations.
+      const same = plain.slice();
+      aead.sealTo(nonce, aad, same, same, tag);
+      assertEquals(same, inPlace);
+      assert(aead.openTo(nonce, aad, same, same, tag));
+      assertEquals(same, plain);
+    }
+    assertThrows(
+      () =>
+        aead.sealTo(
+          randomBytes(12),
+          new Uint8Array(0),
+          new Uint8Array(4),
+          new Uint8Array(5),
+          new Uint8Array(16),
+        ),
+      RangeError,
+      "as long as",
+    );
+    assertThrows(
+      () =>
+        aead.openTo(
+          randomBytes(12),
+          new Uint8Array(0),
+          new Uint8Array(4),
+          new Uint8Array(3),
+          new Uint8Array(16),
+        ),
+      RangeError,
+      "as long as",
+    );
+    aead.close();
+    other.close();
+    assertThrows(
+      () =>
+        aead.sealTo(
+          randomBytes(12),
+          new Uint8Array(0),
+          new Uint8Array(1),
+          new Uint8Array(1),
+          new Uint8Array(16),
+        ),
+      Error,
+      "closed",
+    );
+  }
+});
+
 Deno.test("createAesGcm open returns false when one bit of data, tag or AAD is flipped", () => {
   for (const backend of BACKENDS) {
     const aead = createAesGcm(randomBytes(32), { backend });

@@ -293,6 +293,59 @@ Deno.test("RecordOpener recovers what RecordSealer sealed for any chunking and e
   assertEquals(openAll([wire], { backend: "node" }), whole);
 });
 
+Deno.test("RecordOpener pushJoined gives a push's records' plaintext in one piece, for any chunking", () => {
+  const sizes = [1, 100, 16384, 16385, 3, 40000, 0, 7];
+  const { wire, plain } = sealedStream(sizes);
+  const joined = (pieces: Uint8Array[], backend?: "openssl" | "node") => {
+    const opener = new RecordOpener(KEY, IV, backend ? { backend } : {});
+    const parts: number[] = [];
+    const calls: number[] = [];
+    let error: RecordError | null = null;
+    for (const p of pieces) {
+      const given = p.slice();
+      const before = given.slice();
+      let n = 0;
+      error = opener.pushJoined(given, (chunk) => {
+        n++;
+        parts.push(...chunk);
+      });
+      assertEquals(given, before, "the pushed bytes are left as they were");
+      calls.push(n);
+      if (error !== null) break;
+    }
+    opener.close();
+    return { plain: Uint8Array.from(parts), calls, error };
+  };
+  const whole = joined([wire]);
+  assertEquals(whole.error, null);
+  assertEquals(whole.plain, plain);
+  assertEquals(whole.calls, [1], "every record of one push in one call");
+  assertEquals(joined([wire], "node").plain, plain);
+  const rnd = seededRandom(9);
+  for (let round = 0; round < 100; round++) {
+    const cuts = Array.from(
+      { length: 1 + Math.floor(rnd() * 20) },
+      () => Math.floor(rnd() * wire.length),
+    );
+    const got = joined(cutAt(wire, cuts));
+    assertEquals(got.error, null, `cuts ${cuts}`);
+    assertEquals(got.plain, plain, `cuts ${cuts}`);
+    assert(got.calls.every((n) => n <= 1), `cuts ${cuts}: at most one call per push`);
+  }
+  // Byte by byte: no call until a record is whole.
+  const small = sealedStream([5, 300]);
+  const byByte = joined(Array.from(small.wire, (b) => Uint8Array.of(b)));
+  assertEquals(byByte.plain, small.plain);
+  assertEquals(byByte.calls.filter((n) => n > 0).length, 2);
+  // A tampered record: the records before it in the same push come out, then integrity.
+  const three = sealedStream([100, 200, 300]);
+  const bad = three.wire.slice();
+  bad[three.wire.length - 10]! ^= 1;
+  const failed = joined([bad]);
+  assertEquals(failed.error, "integrity");
+  assertEquals(failed.plain, three.plain.subarray(0, 300));
+});
+
 Deno.test("RecordSealer splits at 16 KiB and follows the TLS 1.3 record and nonce layout", () => {
   const sealer = new RecordSealer(KEY, IV);
   assertEquals(sealer.seal(new Uint8Array(0)).length, 0);

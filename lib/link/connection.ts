@@ -53,7 +53,12 @@ export interface LinkHost extends LinkFrameSink {
   drained?(): void;
 }
 
-const _READ_BUFFER = 64 * 1024;
+/**
+ * Link socket reads. A link carries many streams' frames interleaved: a large read holds whole
+ * runs of each stream's packets, so that each client or DC write the other end makes gets
+ * several of them (with 64 KiB, most got one or two 16 KiB packets), and a link is one of few.
+ */
+const _READ_BUFFER = 256 * 1024;
 /**
  * Plaintext sealed per write. Frames wait for the end of the turn of the event loop to go out
  * together, but once this much is waiting it goes at once: the peer starts on it while this end
@@ -284,7 +289,8 @@ export class LinkConnection {
           chunk = buf.subarray(0, n);
         }
         this.#lastReceived = Date.now();
-        const r = this.#opener.push(chunk, onPlain);
+        // All the plaintext of a read at once: frames that span records come whole.
+        const r = this.#opener.pushJoined(chunk, onPlain);
         chunk = null;
         if (r !== null) {
           end = r === "integrity" ? "integrity" : "protocol_error";

@@ -381,13 +381,14 @@ export class RecordSealer {
       out[w + 3] = len >> 8;
       out[w + 4] = len & 0xff;
       const body = w + HEADER;
-      out.set(plain.subarray(r, r + k), body);
       const keys = this.#keys;
       keys.at(this.#seq);
       _nonce(keys.iv, this.#seq++, nonce);
-      keys.aead.seal(
+      // Encrypted straight from `plain` into the record: no copy of the plaintext first.
+      keys.aead.sealTo(
         nonce,
         out.subarray(w, body),
+        plain.subarray(r, r + k),
         out.subarray(body, body + k),
         out.subarray(body + k, body + len),
       );
@@ -434,6 +435,11 @@ export class RecordOpener {
   #need = 0;
   #ccsSeen = false;
   #failed: RecordError | null = null;
+  /** pushJoined(): the plaintext of this push's records, end to end, and how much of it there is. */
+  #plain: Uint8Array = EMPTY;
+  #plainLen = 0;
+  /** Set during pushJoined(): records are decrypted into #plain instead of in place. */
+  #joining = false;
 
   constructor(key: Uint8Array, iv: Uint8Array, options?: RecordOptions) {
     this.#keys = new _DirectionKeys(key, iv, options);
@@ -442,6 +448,34 @@ export class RecordOpener {
   /** Records opened so far (the next record's sequence number). */
   get sequence(): number {
     return this.#seq;
+  }
+
+  /**
+   * Like {@linkcode RecordOpener.push}, but every record is decrypted into one buffer of the
+   * opener's, end to end, and `onPlain` is called once with all the plaintext of this push (a
+   * view valid until the next push): data that spans records (a 16 KiB packet and its frame
+   * header do) comes out whole, and `bytes` is left as it was. When a record fails, the
+   * plaintext of the records before it is handed over first.
+   */
+  pushJoined(bytes: Uint8Array, onPlain: (plain: Uint8Array) => void): RecordError | null {
+    if (this.#failed !== null) return this.#failed;
+    // The most plaintext this push can give: a split record's rest and every byte here.
+    const most = this.#have + bytes.length;
+    if (this.#plain.length < most) {
+      let size = Math.max(HEADER + MAX_RECORD_LENGTH, this.#plain.length);
+      while (size < most) size *= 2;
+      this.#plain = new Uint8Array(size);
+    }
+    this.#plainLen = 0;
+    this.#joining = true;
+    let e: RecordError | null;
+    try {
+      e = this.push(bytes, onPlain);
+    } finally {
+      this.#joining = false;
+    }
+    if (this.#plainLen > 0) onPlain(this.#plain.subarray(0, this.#plainLen));
+    return e;
   }
 
   /**
@@ -540,11 +574,17 @@ export class RecordOpener {
     _nonce(keys.iv, this.#seq, this.#nonce);
     const tagAt = o + total - LINK_RECORD_TAG;
     const data = b.subarray(o + HEADER, tagAt);
-    if (
-      !keys.aead.open(this.#nonce, b.subarray(o, o + HEADER), data, b.subarray(tagAt, o + total))
-    ) {
-      return "integrity";
+    const aad = b.subarray(o, o + HEADER);
+    const tag = b.subarray(tagAt, o + total);
+    if (this.#joining) {
+      const at = this.#plainLen;
+      const into = this.#plain.subarray(at, at + data.length);
+      if (!keys.aead.openTo(this.#nonce, aad, data, into, tag)) return "integrity";
+      this.#seq++;
+      this.#plainLen = at + data.length;
+      return null;
     }
+    if (!keys.aead.open(this.#nonce, aad, data, tag)) return "integrity";
     this.#seq++;
     if (data.length > 0) onPlain(data);
     return null;
