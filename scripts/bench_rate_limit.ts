@@ -16,11 +16,11 @@
  */
 import { parseArgs } from "node:util";
 import { startServer } from "../lib/server.ts";
-import type { Config, UserConfig } from "../lib/config/types.ts";
+import type { Config } from "../lib/config/types.ts";
 import { randomBytes } from "../lib/crypto.ts";
 import { startFakeDc } from "../tests/kit/fake_dc.ts";
 import { connectTestClient, type TestClient } from "../tests/kit/test_client.ts";
-import { testConfig } from "../tests/helpers.ts";
+import { testConfig, testUser } from "../tests/helpers.ts";
 
 interface Result {
   rate: number | null;
@@ -49,26 +49,10 @@ const warmup = Number(values.warmup);
 const rates = values.rates.split(",").map(Number);
 const clientCounts = values.clients.split(",").map(Number);
 
-function user(rate: number | null): UserConfig {
-  return {
-    name: "bench",
-    secret: randomBytes(16),
-    enabled: true,
-    maxConnections: 0,
-    maxUniqueIps: 0,
-    uniqueIpWindowMs: 86_400_000,
-    dataQuotaBytes: null,
-    quotaReset: null,
-    expiresAt: null,
-    rateLimitBytesPerSec: rate,
-    tag: null,
-  };
-}
-
 /** Bytes moved for the user in `seconds` after `warmup`, with `clients` clients pushing. */
 async function measure(rate: number | null, clients: number): Promise<Result> {
   const dc = await startFakeDc({ mode: "echo" });
-  const u = user(rate);
+  const u = testUser("bench", { rateLimitBytesPerSec: rate });
   const base = testConfig({ dcPorts: { 2: dc.port } });
   const config: Config = {
     ...base,

@@ -5,7 +5,7 @@
  */
 import nodeCrypto from "node:crypto";
 import { assert, assertEquals, assertThrows } from "./assert.ts";
-import { startTestProxy, testConfig } from "./helpers.ts";
+import { startTestProxy, testConfig, testUser } from "./helpers.ts";
 import { bytesOf, vector } from "./vectors.ts";
 import { seededRandom } from "./kit/seeded.ts";
 import { startFakeDc } from "./kit/fake_dc.ts";
@@ -159,23 +159,6 @@ Deno.test("HelloProbe agrees with verifyClientHello and node:crypto for many sec
 // ---------------------------------------------------------------------------------------------
 // Through real sockets
 
-function user(name: string, fields: Partial<UserConfig> = {}): UserConfig {
-  return {
-    name,
-    secret: randomBytes(16),
-    enabled: true,
-    maxConnections: 0,
-    maxUniqueIps: 0,
-    uniqueIpWindowMs: 86_400_000,
-    dataQuotaBytes: null,
-    quotaReset: null,
-    expiresAt: null,
-    rateLimitBytesPerSec: null,
-    tag: null,
-    ...fields,
-  };
-}
-
 function withUsers(base: Config, users: UserConfig[]): Config {
   return { ...base, users, listeners: base.listeners.map((l) => ({ ...l, users: null })) };
 }
@@ -189,11 +172,11 @@ async function echo(client: TestClient): Promise<void> {
 Deno.test("a proxy with 400 users matches the right user cold, and refuses as before", async () => {
   const dc = await startFakeDc({ mode: "echo" });
   await using _dc = { [Symbol.asyncDispose]: () => dc.close() };
-  const users = Array.from({ length: 400 }, (_, i) => user(`u${i}`));
+  const users = Array.from({ length: 400 }, (_, i) => testUser(`u${i}`));
   // Two users with one secret: the first in order wins, as it always did.
-  users[398] = user("twin_a", { secret: users[399]!.secret });
-  users[399] = user("twin_b", { secret: users[398]!.secret });
-  users[200] = user("off", { enabled: false });
+  users[398] = testUser("twin_a", { secret: users[399]!.secret });
+  users[399] = testUser("twin_b", { secret: users[398]!.secret });
+  users[200] = testUser("off", { enabled: false });
   await using proxy = await startTestProxy(
     withUsers(testConfig({ dcPorts: { 2: dc.port } }), users),
   );
